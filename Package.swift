@@ -1,0 +1,59 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+/// krnative: builds the Backend.AI kernel-runner volumes reproducibly and offline.
+///
+/// The library targets follow the pipeline (DESIGN §2): each imports only the stages before it.
+/// Each C library is reached by exactly one module: libcurl by `Fetch`, libarchive by `Archive`,
+/// liblzma by `Archive` (the pack step, later).
+let package = Package(
+    name: "krnative",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "krnative", targets: ["krnative"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        // C libraries from Debian, one thin module each.
+        .systemLibrary(
+            name: "CCurl", pkgConfig: "libcurl",
+            providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(
+            name: "CArchive", pkgConfig: "libarchive",
+            providers: [.apt(["libarchive-dev"])]),
+        .systemLibrary(
+            name: "CLZMA", pkgConfig: "liblzma",
+            providers: [.apt(["liblzma-dev"])]),
+        // Typed wrappers for libcurl's variadic curl_easy_setopt / curl_easy_getinfo.
+        .target(name: "CCurlShim", dependencies: ["CCurl"]),
+
+        // The pipeline.
+        .target(
+            name: "KrnativeBase",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "Lock", dependencies: ["KrnativeBase"]),
+        .target(name: "Store", dependencies: ["KrnativeBase", "Lock"]),
+        .target(name: "Archive", dependencies: ["KrnativeBase", "CArchive"]),
+        .target(name: "Fetch", dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "CCurl", "CCurlShim"]),
+        .target(name: "Bundle", dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch"]),
+
+        // The command line: argument parsing only.
+        .executableTarget(
+            name: "krnative",
+            dependencies: [
+                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+
+        .testTarget(
+            name: "KrnativeTests",
+            dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle"],
+            resources: [.copy("Support")]),
+    ],
+    swiftLanguageModes: [.v6]
+)

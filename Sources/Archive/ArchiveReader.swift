@@ -1,0 +1,108 @@
+import CArchive
+import Foundation
+import KrnativeBase
+
+/// An archive that cannot be read or holds something krnative refuses, naming the archive and entry.
+public enum ArchiveError: KrnativeError {
+    case cannotOpen(archive: String, reason: String)
+    case corrupt(archive: String, entry: String?, reason: String)
+    case rejectedEntry(archive: String, entry: String, reason: String)
+    case cannotWrite(archive: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .cannotOpen(let archive, let reason):
+            "cannot open archive \(archive): \(reason)"
+        case .corrupt(let archive, let entry, let reason):
+            "archive \(archive) is damaged" + (entry.map { " at entry '\($0)'" } ?? "") + ": \(reason)"
+        case .rejectedEntry(let archive, let entry, let reason):
+            "archive \(archive): entry '\(entry)' rejected: \(reason)"
+        case .cannotWrite(let archive, let reason):
+            "cannot write archive \(archive): \(reason)"
+        }
+    }
+    public var exitCode: Int32 { ExitStatus.archive }
+}
+
+/// One entry's header, as the archive states it.
+public struct ArchiveEntry: Sendable {
+    public enum Kind: Sendable, Equatable {
+        case directory, regular, symlink, hardlink, other(mode: UInt32)
+    }
+    public var path: String
+    public var kind: Kind
+    /// Permission bits (0o7777).
+    public var permissions: UInt32
+    public var size: Int64
+    /// Symlink target, or for a hard link the path of the entry it links to.
+    public var linkTarget: String?
+}
+
+/// Streams the entries of any archive libarchive reads (tar in any compression, zip, …).
+public final class ArchiveReader {
+    private let handle: OpaquePointer
+    public let archivePath: String
+
+    public init(path: String) throws(ArchiveError) {
+        archivePath = path
+        guard let handle = archive_read_new() else { throw .cannotOpen(archive: path, reason: "out of memory") }
+        self.handle = handle
+        archive_read_support_filter_all(handle)
+        archive_read_support_format_all(handle)
+        guard archive_read_open_filename(handle, path, 1 << 16) == ARCHIVE_OK else {
+            let reason = Self.message(handle)
+            archive_read_free(handle)
+            throw .cannotOpen(archive: path, reason: reason)
+        }
+    }
+
+    deinit { archive_read_free(handle) }
+
+    static func message(_ handle: OpaquePointer) -> String {
+        archive_error_string(handle).map { String(cString: $0) } ?? "unknown libarchive error"
+    }
+
+    /// The next entry's header, or nil at the end of the archive.
+    public func next() throws(ArchiveError) -> ArchiveEntry? {
+        var entry: OpaquePointer?
+        let status = archive_read_next_header(handle, &entry)
+        if status == ARCHIVE_EOF { return nil }
+        guard status == ARCHIVE_OK || status == ARCHIVE_WARN, let entry else {
+            throw .corrupt(archive: archivePath, entry: nil, reason: Self.message(handle))
+        }
+        let path =
+            archive_entry_pathname_utf8(entry).map { String(cString: $0) }
+            ?? archive_entry_pathname(entry).map { String(cString: $0) } ?? ""
+        let mode = UInt32(archive_entry_mode(entry))
+        let hardlink = archive_entry_hardlink(entry).map { String(cString: $0) }
+        let kind: ArchiveEntry.Kind
+        if hardlink != nil {
+            kind = .hardlink
+        } else {
+            switch mode & 0o170000 {
+            case 0o040000: kind = .directory
+            case 0o100000: kind = .regular
+            case 0o120000: kind = .symlink
+            default: kind = .other(mode: mode & 0o170000)
+            }
+        }
+        let symlink = archive_entry_symlink(entry).map { String(cString: $0) }
+        return ArchiveEntry(
+            path: path, kind: kind, permissions: mode & 0o7777, size: archive_entry_size(entry),
+            linkTarget: hardlink ?? symlink)
+    }
+
+    /// Reads the current entry's data in chunks, calling `body` with each.
+    public func readData(entry: String, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
+        defer { buffer.deallocate() }
+        while true {
+            let count = archive_read_data(handle, buffer.baseAddress, buffer.count)
+            if count == 0 { return }
+            guard count > 0 else {
+                throw ArchiveError.corrupt(archive: archivePath, entry: entry, reason: Self.message(handle))
+            }
+            try body(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+        }
+    }
+}

@@ -1,0 +1,175 @@
+import CCurl
+import CCurlShim
+import Foundation
+import KrnativeBase
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Settings every transfer shares.
+public struct TransferSettings: Sendable {
+    /// Abort a transfer that moves no byte for this long.
+    public var stallTimeout: Int = 30
+    public var connectTimeout: Int = 30
+    /// `SSL_CERT_FILE` / `SSL_CERT_DIR`, which libcurl does not read by itself (it does read the proxy variables).
+    public var caFile: String?
+    public var caDirectory: String?
+
+    public init(environment: [String: String] = ProcessInfo.processInfo.environment) {
+        caFile = environment["SSL_CERT_FILE"].flatMap { $0.isEmpty ? nil : $0 }
+        caDirectory = environment["SSL_CERT_DIR"].flatMap { $0.isEmpty ? nil : $0 }
+    }
+}
+
+/// How one attempt at one URL ended.
+enum TransferOutcome: Sendable {
+    case complete
+    /// Worth trying the same URL again (after a pause): timeouts, resets, 5xx, 429.
+    case transient(String)
+    /// This URL will not give the file: 404, bad host, unsupported scheme.
+    case permanent(String)
+    /// The server would not resume; the partial file was discarded and the next attempt starts over.
+    case restart(String)
+    case cancelled
+}
+
+/// Set by the CLI's SIGINT handler; transfers notice it within a fraction of a second.
+public enum Cancellation {
+    nonisolated(unsafe) private static var flag: sig_atomic_t = 0
+    public static var requested: Bool { flag != 0 }
+    public static func request() { flag = 1 }
+}
+
+/// One HTTP(S) GET into a partial file, resuming at its current size with `Range`.
+/// The digest is computed while the bytes arrive (after re-reading what an earlier run left).
+final class CurlTransfer {
+    let url: String
+    let partialPath: String
+    let settings: TransferSettings
+    let onProgress: (Int64) -> Void
+
+    private var fd: Int32 = -1
+    private var hasher = StreamingSHA256()
+    private(set) var received: Int64 = 0
+    private(set) var resumedFrom: Int64 = 0
+    private var writeErrno: Int32 = 0
+
+    init(url: String, partialPath: String, settings: TransferSettings, onProgress: @escaping (Int64) -> Void) {
+        self.url = url
+        self.partialPath = partialPath
+        self.settings = settings
+        self.onProgress = onProgress
+    }
+
+    private static let globalInit: Void = { curl_global_init(Int(CURL_GLOBAL_DEFAULT)) }()
+
+    /// The digest and size of the completed partial file.
+    var result: (SHA256Digest, Int64) { (hasher.finalize(), resumedFrom + received) }
+
+    func run() -> TransferOutcome {
+        _ = Self.globalInit
+        fd = open(partialPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { return .permanent("cannot open \(partialPath): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        // Re-hash what an earlier run left, then append.
+        resumedFrom = rehashExisting()
+        guard let handle = curl_easy_init() else { return .transient("curl_easy_init failed") }
+        defer { curl_easy_cleanup(handle) }
+
+        let context = Unmanaged.passUnretained(self).toOpaque()
+        krn_curl_setopt_string(handle, CURLOPT_URL, url)
+        krn_curl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, 1)
+        krn_curl_setopt_long(handle, CURLOPT_MAXREDIRS, 10)
+        krn_curl_setopt_long(handle, CURLOPT_FAILONERROR, 1)
+        krn_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
+        krn_curl_setopt_string(handle, CURLOPT_USERAGENT, "krnative")
+        krn_curl_setopt_string(handle, CURLOPT_PROTOCOLS_STR, "http,https")
+        krn_curl_setopt_string(handle, CURLOPT_REDIR_PROTOCOLS_STR, "http,https")
+        krn_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT, settings.connectTimeout)
+        krn_curl_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1)
+        krn_curl_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, settings.stallTimeout)
+        if let caFile = settings.caFile { krn_curl_setopt_string(handle, CURLOPT_CAINFO, caFile) }
+        if let caDirectory = settings.caDirectory { krn_curl_setopt_string(handle, CURLOPT_CAPATH, caDirectory) }
+        if resumedFrom > 0 { krn_curl_setopt_off_t(handle, CURLOPT_RESUME_FROM_LARGE, curl_off_t(resumedFrom)) }
+        krn_curl_setopt_pointer(handle, CURLOPT_WRITEDATA, context)
+        krn_curl_setopt_write_function(handle) { data, size, count, context in
+            let transfer = Unmanaged<CurlTransfer>.fromOpaque(context!).takeUnretainedValue()
+            return transfer.write(UnsafeRawBufferPointer(start: data, count: size * count))
+        }
+        krn_curl_setopt_long(handle, CURLOPT_NOPROGRESS, 0)
+        krn_curl_setopt_pointer(handle, CURLOPT_XFERINFODATA, context)
+        krn_curl_setopt_xferinfo_function(handle) { context, _, _, _, _ in
+            Cancellation.requested ? 1 : 0
+        }
+
+        let code = curl_easy_perform(handle)
+        var status = 0
+        krn_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        return classify(code, status: status)
+    }
+
+    private func rehashExisting() -> Int64 {
+        var total: Int64 = 0
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        while true {
+            let count = read(fd, buffer.baseAddress, buffer.count)
+            guard count > 0 else { break }
+            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+            total += Int64(count)
+        }
+        return total
+    }
+
+    private func write(_ bytes: UnsafeRawBufferPointer) -> Int {
+        var offset = 0
+        while offset < bytes.count {
+            let written = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if written < 0 {
+                if errno == EINTR { continue }
+                writeErrno = errno
+                return 0
+            }
+            offset += written
+        }
+        hasher.update(bytes)
+        received += Int64(bytes.count)
+        onProgress(Int64(bytes.count))
+        return bytes.count
+    }
+
+    private func classify(_ code: CURLcode, status: Int) -> TransferOutcome {
+        let message = String(cString: curl_easy_strerror(code))
+        switch code {
+        case CURLE_OK:
+            return .complete
+        case CURLE_ABORTED_BY_CALLBACK:
+            return .cancelled
+        case CURLE_RANGE_ERROR:
+            discardPartial()
+            return .restart("the server ignored the Range request; starting over")
+        case CURLE_HTTP_RETURNED_ERROR where status == 416:
+            discardPartial()
+            return .restart("the server refused the resume offset (HTTP 416); starting over")
+        case CURLE_HTTP_RETURNED_ERROR where status >= 500 || status == 429 || status == 408:
+            return .transient("HTTP \(status)")
+        case CURLE_HTTP_RETURNED_ERROR:
+            return .permanent("HTTP \(status)")
+        case CURLE_WRITE_ERROR where writeErrno != 0:
+            return .permanent("cannot write \(partialPath): \(String(cString: strerror(writeErrno)))")
+        case CURLE_OPERATION_TIMEDOUT:
+            return .transient("stalled: no data for \(settings.stallTimeout) s (\(message))")
+        case CURLE_COULDNT_CONNECT, CURLE_PARTIAL_FILE, CURLE_RECV_ERROR, CURLE_SEND_ERROR, CURLE_GOT_NOTHING,
+            CURLE_SSL_CONNECT_ERROR, CURLE_HTTP2, CURLE_HTTP2_STREAM:
+            return .transient(message)
+        default:
+            return .permanent(message)
+        }
+    }
+
+    private func discardPartial() {
+        ftruncate(fd, 0)
+        lseek(fd, 0, SEEK_SET)
+    }
+}

@@ -1,0 +1,48 @@
+import Foundation
+import KrnativeBase
+import Lock
+
+/// Why an input could not be had.
+public enum FetchError: KrnativeError {
+    /// Every URL was tried; `attempts` says what each gave.
+    case exhausted(input: String, attempts: [String])
+    case hashMismatch(input: String, url: String, expected: SHA256Digest, actual: SHA256Digest, quarantinedAt: String)
+    case treeMismatch(input: String, url: String, expected: SHA256Digest, actual: SHA256Digest, quarantinedAt: String)
+    /// `--offline`, and the store lacks it.
+    case missingOffline(input: LockedInput, lockPath: String)
+    case pipFailed(input: String, reason: String)
+    case cancelled
+
+    public var description: String {
+        switch self {
+        case .exhausted(let input, let attempts):
+            return "could not fetch \(input); every source failed:\n" + attempts.map { "  - \($0)" }.joined(separator: "\n")
+        case .hashMismatch(let input, let url, let expected, let actual, let quarantine):
+            return "\(input): \(url) sent a file whose sha256 is \(actual), but the lock pins \(expected); "
+                + "not admitted (kept in \(quarantine))"
+        case .treeMismatch(let input, let url, let expected, let actual, let quarantine):
+            return "\(input): the archive from \(url) unpacks to tree \(actual), but the lock pins tree \(expected); "
+                + "not admitted (kept in \(quarantine))"
+        case .missingOffline(let input, let lockPath):
+            var pin = input.sha256.map { "sha256 \($0)" } ?? ""
+            if let tree = input.treeSha256 { pin += (pin.isEmpty ? "" : ", ") + "tree \(tree)" }
+            let from = input.urls.isEmpty ? (input.pip.map { ["pip: \($0.requirement)"] } ?? []) : input.urls
+            return "\(input.name) \(input.version) (\(input.filename), \(pin)) is not in the store and --offline forbids downloading it.\n"
+                + "  It comes from: \(from.joined(separator: " | "))\n"
+                + "  On a machine with network: krnative fetch --lock \(lockPath) && krnative bundle export inputs.tar --lock \(lockPath) --target …\n"
+                + "  Then here: krnative bundle import inputs.tar   (or: krnative store import --lock \(lockPath) \(input.filename))"
+        case .pipFailed(let input, let reason):
+            return "\(input): pip download failed: \(reason)"
+        case .cancelled:
+            return "cancelled; partial downloads are kept in the store and resume on the next run"
+        }
+    }
+    public var exitCode: Int32 {
+        switch self {
+        case .missingOffline: ExitStatus.missingInput
+        case .hashMismatch, .treeMismatch: ExitStatus.integrity
+        case .cancelled: 130
+        default: ExitStatus.fetch
+        }
+    }
+}

@@ -1,0 +1,218 @@
+import Foundation
+import KrnativeBase
+import Lock
+import Store
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// How `krnative fetch` behaves.
+public struct FetchOptions: Sendable {
+    /// Open no socket and run no pip: report what the store lacks.
+    public var offline = false
+    /// Transfers at once.
+    public var jobs = 4
+    /// Attempts per URL before moving to the next mirror.
+    public var attemptsPerURL = 3
+    /// First pause between attempts; doubles each time.
+    public var retryDelay: Double = 1
+    public var mirrors = MirrorConfig()
+    public var transfer = TransferSettings()
+    /// The Python whose pip downloads wheels.
+    public var python = "python3"
+    /// The lock's path, for the commands printed when an input is missing.
+    public var lockPath = Lockfile.defaultFileName
+
+    public init() {}
+}
+
+/// What happened to each input.
+public struct FetchReport: Sendable, Codable {
+    public struct Item: Sendable, Codable {
+        public enum Status: String, Sendable, Codable { case present, fetched, missing, failed }
+        public var name: String
+        public var kind: LockedInput.Kind
+        public var version: String
+        public var status: Status
+        public var sha256: SHA256Digest?
+        public var size: Int64?
+        public var from: String?
+        public var error: String?
+    }
+    public var items: [Item]
+    public var failures: [Item] { items.filter { $0.status == .missing || $0.status == .failed } }
+}
+
+/// Brings every input of a lock into the store (DESIGN §2.3): mirrors in order, retries with
+/// backoff, resume with `Range` (also after the process was killed), bounded parallelism, one
+/// `flock` per entry so concurrent krnative processes never download the same file twice.
+public struct Fetcher: Sendable {
+    public let resolver: InputResolver
+    public let options: FetchOptions
+    public let progress: ProgressReporter
+
+    public init(resolver: InputResolver, options: FetchOptions, progress: ProgressReporter = ProgressReporter()) {
+        self.resolver = resolver
+        self.options = options
+        self.progress = progress
+    }
+
+    /// Fetches `inputs`, `options.jobs` at a time; never throws: the report says what failed.
+    public func fetch(_ inputs: [LockedInput]) -> FetchReport {
+        progress.plan(count: inputs.count)
+        let results = ResultSlots<FetchReport.Item>(count: inputs.count)
+        let next = Counter()
+        let workers = max(1, min(options.jobs, inputs.count))
+        let group = DispatchGroup()
+        for _ in 0..<workers {
+            group.enter()
+            let thread = Thread {
+                while let index = next.take(below: inputs.count) {
+                    results[index] = fetchOne(inputs[index])
+                }
+                group.leave()
+            }
+            thread.stackSize = 1 << 20
+            thread.start()
+        }
+        group.wait()
+        progress.done()
+        return FetchReport(items: results.values)
+    }
+
+    private func item(_ input: LockedInput, _ status: FetchReport.Item.Status, digest: SHA256Digest? = nil, from: String? = nil, error: (any Error)? = nil) -> FetchReport.Item {
+        let digest = digest ?? resolver.located(input)
+        return FetchReport.Item(
+            name: input.name, kind: input.kind, version: input.version, status: status,
+            sha256: digest ?? input.sha256, size: digest.flatMap { FileSystem.size(of: resolver.store.path(for: $0)) },
+            from: from, error: error.map { "\($0)" })
+    }
+
+    func fetchOne(_ input: LockedInput) -> FetchReport.Item {
+        if resolver.located(input) != nil { return item(input, .present) }
+        if options.offline {
+            return item(input, .missing, error: FetchError.missingOffline(input: input, lockPath: options.lockPath))
+        }
+        let entryLock: FileLock
+        do { entryLock = try resolver.store.lock(resolver.key(for: input)) } catch { return item(input, .failed, error: error) }
+        defer { entryLock.unlock() }
+        // Another process may have admitted it while this one waited for the lock.
+        if resolver.located(input) != nil { return item(input, .present) }
+        do {
+            let (digest, from) = try download(input)
+            return item(input, .fetched, digest: digest, from: from)
+        } catch {
+            return item(input, .failed, error: error)
+        }
+    }
+
+    private func download(_ input: LockedInput) throws(FetchError) -> (SHA256Digest, String) {
+        var attempts: [String] = []
+        for url in options.mirrors.candidates(for: input.urls) {
+            if let digest = try fetch(input, from: url, attempts: &attempts) { return (digest, url) }
+        }
+        if let pip = input.pip {
+            do { return (try PipDownload(options: options, resolver: resolver).fetch(input, query: pip, progress: progress), "pip") } catch {
+                attempts.append("pip \(pip.requirement): \(error)")
+            }
+        }
+        if attempts.isEmpty { attempts.append("no URL is left after the mirror config's block rules") }
+        throw .exhausted(input: "\(input.name) \(input.version)", attempts: attempts)
+    }
+
+    /// Tries one URL up to `attemptsPerURL` times; nil when it gave up on this URL.
+    private func fetch(_ input: LockedInput, from url: String, attempts: inout [String]) throws(FetchError) -> SHA256Digest? {
+        let partial = resolver.store.partialPath(for: resolver.key(for: input))
+        let started = Date()
+        progress.began(input.name, from: url)
+        for attempt in 1...max(1, options.attemptsPerURL) {
+            let transfer = CurlTransfer(url: url, partialPath: partial, settings: options.transfer) { [progress] in
+                progress.advanced(by: $0)
+            }
+            let outcome = transfer.run()
+            switch outcome {
+            case .complete:
+                let (digest, size) = transfer.result
+                switch resolver.check(file: partial, digest: digest, for: input) {
+                case .accepted:
+                    do { try resolver.admit(temporary: partial, digest: digest, for: input) } catch {
+                        attempts.append("\(url): \(error)")
+                        progress.ended(input.name, "failed \(input.name): \(error)")
+                        return nil
+                    }
+                    let seconds = String(format: "%.1f", Date().timeIntervalSince(started))
+                    let resumed = transfer.resumedFrom > 0 ? ", resumed at byte \(transfer.resumedFrom)" : ""
+                    progress.ended(
+                        input.name,
+                        "fetched \(input.name) \(input.version): \(size) bytes in \(seconds) s\(resumed), sha256 \(digest)")
+                    return digest
+                case .wrongFile(let expected, let actual):
+                    let quarantined = resolver.store.quarantine(partial, reason: "from-mirror")
+                    let error = FetchError.hashMismatch(input: input.name, url: url, expected: expected, actual: actual, quarantinedAt: quarantined)
+                    progress.note(error.description)
+                    attempts.append(error.description)
+                    if transfer.resumedFrom > 0 && attempt < options.attemptsPerURL { continue }  // maybe a stale partial: once more from zero
+                    progress.ended(input.name, "trying the next source for \(input.name)")
+                    return nil
+                case .wrongTree(let expected, let actual):
+                    let quarantined = resolver.store.quarantine(partial, reason: "from-mirror")
+                    let error = FetchError.treeMismatch(input: input.name, url: url, expected: expected, actual: actual, quarantinedAt: quarantined)
+                    progress.note(error.description)
+                    attempts.append(error.description)
+                    if transfer.resumedFrom > 0 && attempt < options.attemptsPerURL { continue }
+                    progress.ended(input.name, "trying the next source for \(input.name)")
+                    return nil
+                case .unreadable(let reason):
+                    let quarantined = resolver.store.quarantine(partial, reason: "unreadable")
+                    attempts.append("\(url): the file is not a readable archive (\(reason)); kept in \(quarantined)")
+                    progress.ended(input.name, "\(url): not a readable archive")
+                    return nil
+                }
+            case .cancelled:
+                progress.ended(input.name, "cancelled \(input.name); \(FileSystem.size(of: partial) ?? 0) bytes kept for resume")
+                throw .cancelled
+            case .restart(let reason):
+                progress.note("\(input.name): \(url): \(reason)")
+                attempts.append("\(url): \(reason)")
+            case .transient(let reason):
+                attempts.append("\(url): \(reason) (attempt \(attempt) of \(options.attemptsPerURL))")
+                guard attempt < options.attemptsPerURL else { break }
+                let pause = options.retryDelay * pow(2, Double(attempt - 1)) * Double.random(in: 0.8...1.2)
+                progress.note("\(input.name): \(url): \(reason); retrying in \(String(format: "%.1f", pause)) s")
+                Thread.sleep(forTimeInterval: pause)
+            case .permanent(let reason):
+                attempts.append("\(url): \(reason)")
+                progress.ended(input.name, "\(input.name): \(url): \(reason); trying the next source")
+                return nil
+            }
+        }
+        progress.ended(input.name, "\(input.name): giving up on \(url)")
+        return nil
+    }
+}
+
+/// A fixed number of result slots filled from several threads.
+final class ResultSlots<Value>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var slots: [Value?]
+    init(count: Int) { slots = Array(repeating: nil, count: count) }
+    subscript(index: Int) -> Value? {
+        get { lock.withLock { slots[index] } }
+        set { lock.withLock { slots[index] = newValue } }
+    }
+    var values: [Value] { lock.withLock { slots.compactMap { $0 } } }
+}
+
+/// Hands out 0, 1, 2, … to worker threads.
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = 0
+    func take(below limit: Int) -> Int? {
+        lock.withLock {
+            guard value < limit else { return nil }
+            defer { value += 1 }
+            return value
+        }
+    }
+}

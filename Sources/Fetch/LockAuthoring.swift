@@ -1,0 +1,57 @@
+import Archive
+import Foundation
+import KrnativeBase
+import Lock
+import Store
+
+/// Completes lock entries from a file or a URL, so nobody computes hashes by hand
+/// (`krnative lock add`). The file is admitted to the store on the way.
+public struct LockAuthoring: Sendable {
+    public let resolver: InputResolver
+    public let options: FetchOptions
+
+    public init(resolver: InputResolver, options: FetchOptions) {
+        self.resolver = resolver
+        self.options = options
+    }
+
+    /// Fills in `draft`'s sha256, size and (for sources) tree hash from `file`, or else by
+    /// downloading its first reachable URL. For a source read from a local file only the tree hash
+    /// is pinned: the local bytes need not be the bytes its URL serves.
+    public func complete(_ draft: LockedInput, file: String?) throws -> LockedInput {
+        var input = draft
+        let temp = resolver.store.temporaryPath("lock-add")
+        defer { FileSystem.remove(temp) }
+        let digest: SHA256Digest
+        let size: Int64
+        if let file {
+            (digest, size) = try Store.copyHashing(from: file, to: temp)
+        } else {
+            var failures: [String] = []
+            var fetched: (SHA256Digest, Int64)?
+            for url in options.mirrors.candidates(for: draft.urls) {
+                FileSystem.remove(temp)
+                let transfer = CurlTransfer(url: url, partialPath: temp, settings: options.transfer) { _ in }
+                if case .complete = transfer.run() {
+                    fetched = transfer.result
+                    break
+                }
+                failures.append(url)
+            }
+            guard let fetched else {
+                throw FetchError.exhausted(input: draft.name, attempts: failures.map { "\($0): not downloadable" })
+            }
+            (digest, size) = fetched
+        }
+        if input.kind == .source {
+            input.treeSha256 = try TreeHash.ofArchive(at: temp)
+            input.sha256 = file == nil ? digest : nil
+            input.size = file == nil ? size : nil
+        } else {
+            input.sha256 = digest
+            input.size = size
+        }
+        try resolver.admit(temporary: temp, digest: digest, for: input)
+        return input
+    }
+}

@@ -1,0 +1,54 @@
+import Foundation
+import KrnativeBase
+import Lock
+import Store
+
+/// Fetches a wheel with `pip download` of the exact file, so no index host is named by krnative:
+/// pip's own configuration (index, proxy, certificates) decides where it comes from.
+struct PipDownload {
+    let options: FetchOptions
+    let resolver: InputResolver
+
+    func argv(for query: LockedInput.PipQuery, destination: String) -> [String] {
+        var argv = [
+            options.python, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+            "--disable-pip-version-check", "--no-input", "--dest", destination,
+        ]
+        for platform in query.platforms { argv += ["--platform", platform] }
+        if let version = query.pythonVersion { argv += ["--python-version", version] }
+        if let implementation = query.implementation { argv += ["--implementation", implementation] }
+        if let abi = query.abi { argv += ["--abi", abi] }
+        return argv + [query.requirement]
+    }
+
+    func fetch(_ input: LockedInput, query: LockedInput.PipQuery, progress: ProgressReporter) throws(FetchError) -> SHA256Digest {
+        let directory = resolver.store.temporaryPath("pip-\(input.name)")
+        defer { FileSystem.remove(directory) }
+        do { try FileSystem.createDirectory(directory) } catch { throw .pipFailed(input: input.name, reason: error.description) }
+        progress.began(input.name, from: "pip \(query.requirement)")
+        let argv = argv(for: query, destination: directory)
+        do { try ChildProcess.check(argv) } catch {
+            progress.ended(input.name, "pip could not download \(input.name)")
+            throw .pipFailed(input: input.name, reason: error.description)
+        }
+        let file = directory + "/" + input.filename
+        guard FileSystem.exists(file) else {
+            let chosen = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+            progress.ended(input.name, "pip chose another file for \(input.name)")
+            throw .pipFailed(
+                input: input.name,
+                reason: "pip chose \(chosen.joined(separator: ", ")), the lock pins \(input.filename); check the platform tags in the lock's pip query")
+        }
+        let digest: SHA256Digest
+        do { digest = try SHA256Digest.of(fileAt: file).digest } catch { throw .pipFailed(input: input.name, reason: error.description) }
+        guard case .accepted = resolver.check(file: file, digest: digest, for: input) else {
+            let quarantined = resolver.store.quarantine(file, reason: "from-pip")
+            throw .hashMismatch(input: input.name, url: "pip: \(query.requirement)", expected: input.sha256 ?? digest, actual: digest, quarantinedAt: quarantined)
+        }
+        do { try resolver.admit(temporary: file, digest: digest, for: input) } catch {
+            throw .pipFailed(input: input.name, reason: error.description)
+        }
+        progress.ended(input.name, "fetched \(input.name) \(input.version) with pip, sha256 \(digest)")
+        return digest
+    }
+}

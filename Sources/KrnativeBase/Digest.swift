@@ -1,0 +1,73 @@
+import Crypto
+import Foundation
+
+/// A sha256 digest, written as 64 lowercase hex digits everywhere krnative shows or stores one.
+public struct SHA256Digest: Hashable, Sendable, Comparable, CustomStringConvertible, Codable {
+    public let hex: String
+
+    /// Accepts exactly 64 hex digits (either case); anything else is not a sha256.
+    public init?(hex: String) {
+        let lower = hex.lowercased()
+        guard lower.utf8.count == 64, lower.utf8.allSatisfy({ (48...57).contains($0) || (97...102).contains($0) })
+        else { return nil }
+        self.hex = lower
+    }
+
+    init(bytes: some Sequence<UInt8>) {
+        self.hex = bytes.map { byte in
+            let digits = Array("0123456789abcdef".utf8)
+            return String(decoding: [digits[Int(byte >> 4)], digits[Int(byte & 0xf)]], as: UTF8.self)
+        }.joined()
+    }
+
+    public var description: String { hex }
+    public static func < (a: Self, b: Self) -> Bool { a.hex < b.hex }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let digest = SHA256Digest(hex: text) else {
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: decoder.codingPath, debugDescription: "'\(text)' is not 64 hex digits of sha256"))
+        }
+        self = digest
+    }
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(hex)
+    }
+
+    /// The digest of bytes in memory.
+    public static func of(_ data: some DataProtocol) -> SHA256Digest {
+        var hasher = StreamingSHA256()
+        hasher.update(data)
+        return hasher.finalize()
+    }
+
+    /// The digest and size of a file, read in chunks.
+    public static func of(fileAt path: String) throws(FileSystemError) -> (digest: SHA256Digest, size: Int64) {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw .cannotOpen(path: path, errno: errno)
+        }
+        defer { try? handle.close() }
+        var hasher = StreamingSHA256()
+        var size: Int64 = 0
+        do {
+            while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+                hasher.update(chunk)
+                size += Int64(chunk.count)
+            }
+        } catch {
+            throw .cannotRead(path: path, reason: error.localizedDescription)
+        }
+        return (hasher.finalize(), size)
+    }
+}
+
+/// sha256 computed while bytes stream past.
+public struct StreamingSHA256 {
+    private var hasher = SHA256()
+    public init() {}
+    public mutating func update(_ data: some DataProtocol) { hasher.update(data: data) }
+    public mutating func update(_ buffer: UnsafeRawBufferPointer) { hasher.update(bufferPointer: buffer) }
+    public func finalize() -> SHA256Digest { SHA256Digest(bytes: hasher.finalize()) }
+}

@@ -1,0 +1,146 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#endif
+
+/// A file operation that failed, with the path and the system's reason.
+public enum FileSystemError: KrnativeError {
+    case cannotOpen(path: String, errno: Int32)
+    case cannotRead(path: String, reason: String)
+    case cannotWrite(path: String, errno: Int32)
+    case cannotRename(from: String, to: String, errno: Int32)
+    case cannotCreateDirectory(path: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .cannotOpen(let path, let code):
+            "cannot open \(path): \(String(cString: strerror(code)))"
+        case .cannotRead(let path, let reason):
+            "cannot read \(path): \(reason)"
+        case .cannotWrite(let path, let code):
+            "cannot write \(path): \(String(cString: strerror(code))); check free disk space and permissions"
+        case .cannotRename(let from, let to, let code):
+            "cannot move \(from) to \(to): \(String(cString: strerror(code)))"
+        case .cannotCreateDirectory(let path, let reason):
+            "cannot create directory \(path): \(reason)"
+        }
+    }
+    public var exitCode: Int32 { ExitStatus.store }
+}
+
+/// Small, careful file operations: every output appears whole or not at all.
+public enum FileSystem {
+    /// Creates `path` and its parents.
+    public static func createDirectory(_ path: String) throws(FileSystemError) {
+        do {
+            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        } catch {
+            throw .cannotCreateDirectory(path: path, reason: error.localizedDescription)
+        }
+    }
+
+    /// Flushes a file's bytes to disk.
+    public static func fsync(path: String) throws(FileSystemError) {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw .cannotOpen(path: path, errno: errno) }
+        defer { close(fd) }
+        guard Glibc.fsync(fd) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+    }
+
+    /// Renames within one file system and flushes the directory, so the rename survives a crash.
+    public static func rename(_ from: String, to: String) throws(FileSystemError) {
+        guard Glibc.rename(from, to) == 0 else { throw .cannotRename(from: from, to: to, errno: errno) }
+        let directory = (to as NSString).deletingLastPathComponent
+        try? fsync(path: directory.isEmpty ? "." : directory)
+    }
+
+    /// Writes `data` to `path` atomically: a temp file beside it, fsync, rename.
+    public static func writeAtomically(_ data: Data, to path: String, mode: mode_t = 0o644) throws(FileSystemError) {
+        let directory = (path as NSString).deletingLastPathComponent
+        let temp = (directory.isEmpty ? "." : directory) + "/.\((path as NSString).lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw .cannotOpen(path: temp, errno: errno) }
+        var failure: Int32 = 0
+        data.withUnsafeBytes { buffer in
+            var offset = 0
+            while offset < buffer.count {
+                let written = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    failure = errno
+                    return
+                }
+                offset += written
+            }
+        }
+        if failure == 0, Glibc.fsync(fd) != 0 { failure = errno }
+        fchmod(fd, mode)
+        close(fd)
+        if failure != 0 {
+            unlink(temp)
+            throw .cannotWrite(path: path, errno: failure)
+        }
+        do { try rename(temp, to: path) } catch {
+            unlink(temp)
+            throw error
+        }
+    }
+
+    public static func exists(_ path: String) -> Bool {
+        var info = stat()
+        return lstat(path, &info) == 0
+    }
+
+    /// The size of a regular file, or nil when there is none.
+    public static func size(of path: String) -> Int64? {
+        var info = stat()
+        guard stat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return Int64(info.st_size)
+    }
+
+    /// Free bytes on the file system holding `path`.
+    public static func freeBytes(at path: String) -> Int64? {
+        var info = statvfs()
+        guard statvfs(path, &info) == 0 else { return nil }
+        return Int64(info.f_bavail) * Int64(info.f_frsize)
+    }
+
+    /// Removes a file or a whole tree; quiet when it does not exist.
+    public static func remove(_ path: String) {
+        try? FileManager.default.removeItem(atPath: path)
+    }
+}
+
+/// An advisory lock on a file (`flock`), held until `unlock` or deinit.
+///
+/// `flock` locks belong to the open file description, so two krnative processes — or two
+/// threads of one that opened the file separately — exclude each other.
+public final class FileLock: @unchecked Sendable {
+    private var fd: Int32
+    public let path: String
+
+    /// Blocks until the exclusive lock on `path` (created if absent) is held.
+    public init(path: String) throws(FileSystemError) {
+        self.path = path
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .cannotOpen(path: path, errno: errno) }
+        while flock(fd, LOCK_EX) != 0 {
+            if errno == EINTR { continue }
+            let code = errno
+            close(fd)
+            throw .cannotOpen(path: path, errno: code)
+        }
+    }
+
+    public func unlock() {
+        guard fd >= 0 else { return }
+        flock(fd, LOCK_UN)
+        close(fd)
+        fd = -1
+    }
+
+    deinit { unlock() }
+}

@@ -1,0 +1,86 @@
+/// The four volumes krnative builds (DESIGN §1).
+public enum Target: String, CaseIterable, Sendable, Codable, Comparable {
+    case manylinuxX86_64 = "manylinux-x86_64"
+    case manylinuxAarch64 = "manylinux-aarch64"
+    case musllinuxX86_64 = "musllinux-x86_64"
+    case musllinuxAarch64 = "musllinux-aarch64"
+
+    public enum Libc: String, Sendable, Codable { case gnu, musl }
+
+    public static func < (a: Target, b: Target) -> Bool { a.rawValue < b.rawValue }
+
+    public var libc: Libc {
+        switch self {
+        case .manylinuxX86_64, .manylinuxAarch64: .gnu
+        case .musllinuxX86_64, .musllinuxAarch64: .musl
+        }
+    }
+
+    public var arch: Architecture {
+        switch self {
+        case .manylinuxX86_64, .musllinuxX86_64: .x86_64
+        case .manylinuxAarch64, .musllinuxAarch64: .aarch64
+        }
+    }
+
+    /// The distro name in the volume's file names (`krunner-env.{distro}.{arch}.tar.xz`).
+    public var distro: String { libc == .gnu ? "static-gnu" : "musllinux_1_2" }
+
+    /// The suffix of the plugin module `ai.backend.krunner.<name>` and of the entry point.
+    public var moduleName: String { libc == .gnu ? "static_gnu" : "alpine" }
+
+    /// The Python distribution name of the plugin wheel.
+    public var packageName: String { "backend.ai-krunner-" + (libc == .gnu ? "static-gnu" : "alpine") }
+
+    /// The python-build-standalone triple of the runtime that ships in the volume.
+    public var pythonBuildStandaloneTriple: String {
+        switch self {
+        case .manylinuxX86_64: "x86_64_v2-unknown-linux-gnu"
+        case .manylinuxAarch64: "aarch64-unknown-linux-gnu"
+        case .musllinuxX86_64: "x86_64_v2-unknown-linux-musl"
+        case .musllinuxAarch64: "aarch64-unknown-linux-musl"
+        }
+    }
+
+    /// The triple ttyd is cross-compiled for: always static musl.
+    public var ttydTriple: String { "\(arch.rawValue)-linux-musl" }
+
+    /// Parses a `--target` value, naming the valid ones when it is not one.
+    public static func parse(_ text: String) throws(UsageError) -> Target {
+        guard let target = Target(rawValue: text) else {
+            throw UsageError(
+                "unknown target '\(text)'; the targets are: "
+                    + Target.allCases.map(\.rawValue).joined(separator: ", "))
+        }
+        return target
+    }
+}
+
+/// A CPU architecture as krnative names it (the uname spelling).
+public enum Architecture: String, CaseIterable, Sendable, Codable {
+    case x86_64
+    case aarch64
+}
+
+/// The machine a toolchain runs on, as written in the lock: `x86_64-linux`, `aarch64-linux`.
+public struct HostPlatform: RawRepresentable, Hashable, Sendable, Codable, CustomStringConvertible {
+    public var arch: Architecture
+    public init(arch: Architecture) { self.arch = arch }
+    public init?(rawValue: String) {
+        guard rawValue.hasSuffix("-linux"),
+            let arch = Architecture(rawValue: String(rawValue.dropLast("-linux".count)))
+        else { return nil }
+        self.arch = arch
+    }
+    public var rawValue: String { "\(arch.rawValue)-linux" }
+    public var description: String { rawValue }
+
+    /// The machine krnative runs on.
+    public static var current: HostPlatform {
+        #if arch(arm64)
+            HostPlatform(arch: .aarch64)
+        #else
+            HostPlatform(arch: .x86_64)
+        #endif
+    }
+}

@@ -1,0 +1,180 @@
+import Foundation
+import KrnativeBase
+
+/// A lock file that cannot be used, naming the file and the key.
+public enum LockError: KrnativeError {
+    case unreadable(file: String, reason: String)
+    case malformed(file: String, reason: String)
+    case unsupportedVersion(file: String, found: String)
+    case invalid(file: String, key: String, problem: String)
+
+    public var description: String {
+        switch self {
+        case .unreadable(let file, let reason):
+            "cannot read the lock \(file): \(reason)\n"
+                + "Run krnative from the directory that holds \(Lockfile.defaultFileName), or pass --lock FILE (env KRNATIVE_LOCK)."
+        case .malformed(let file, let reason):
+            "the lock \(file) is not valid JSON: \(reason)"
+        case .unsupportedVersion(let file, let found):
+            "the lock \(file) has format version \(found); this krnative reads version \(Lockfile.formatVersion). "
+                + "Use the krnative release that wrote it, or rewrite the lock with `krnative lock add`."
+        case .invalid(let file, let key, let problem):
+            "the lock \(file) is invalid at \(key): \(problem)"
+        }
+    }
+    public var exitCode: Int32 { ExitStatus.lock }
+}
+
+extension Lockfile {
+    private struct Document: Codable {
+        var version: Int
+        var sourceDateEpoch: Int64
+        var inputs: [LockedInput]
+    }
+
+    private static let weakHashKeys = ["md5", "sha1", "sha224", "sha384", "sha512", "hash", "checksum", "integrity"]
+
+    /// Reads and validates the lock at `path`.
+    public static func load(from path: String) throws(LockError) -> Lockfile {
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+            throw .unreadable(file: path, reason: (error as NSError).localizedDescription)
+        }
+        return try parse(data, file: path)
+    }
+
+    /// Parses lock bytes; `file` names them in errors.
+    public static func parse(_ data: Data, file: String) throws(LockError) -> Lockfile {
+        let object: Any
+        do { object = try JSONSerialization.jsonObject(with: data) } catch {
+            let debug = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String
+            throw .malformed(file: file, reason: debug ?? "\(error)")
+        }
+        guard let top = object as? [String: Any] else {
+            throw .invalid(file: file, key: "(top level)", problem: "expected an object with version, sourceDateEpoch, inputs")
+        }
+        guard let version = top["version"] else {
+            throw .invalid(file: file, key: "version", problem: "missing; this krnative writes \"version\": \(Lockfile.formatVersion)")
+        }
+        struct VersionOnly: Decodable { var version: Int }
+        guard (try? JSONDecoder().decode(VersionOnly.self, from: data))?.version == formatVersion else {
+            throw .unsupportedVersion(file: file, found: "\(version)")
+        }
+        try checkKeys(top, allowed: ["version", "sourceDateEpoch", "inputs"], at: "", file: file)
+        for (index, entry) in ((top["inputs"] as? [Any]) ?? []).enumerated() {
+            guard let entry = entry as? [String: Any] else { continue }
+            let key = "inputs[\(index)]" + ((entry["name"] as? String).map { " (\($0))" } ?? "")
+            if let weak = weakHashKeys.first(where: { entry[$0] != nil }), entry["sha256"] == nil {
+                throw .invalid(
+                    file: file, key: "\(key).\(weak)",
+                    problem: "krnative accepts sha256 only; replace it with \"sha256\" (`krnative lock add` computes it)")
+            }
+            try checkKeys(entry, allowed: LockedInput.CodingKeys.allCases.map(\.rawValue), at: key + ".", file: file)
+        }
+        let document: Document
+        do { document = try JSONDecoder().decode(Document.self, from: data) } catch let error as DecodingError {
+            throw describe(error, file: file, top: top)
+        } catch {
+            throw .malformed(file: file, reason: "\(error)")
+        }
+        let lock = Lockfile(sourceDateEpoch: document.sourceDateEpoch, inputs: document.inputs)
+        try lock.validate(file: file)
+        return lock
+    }
+
+    /// Checks what JSON types alone cannot: unique names, the hash each kind needs.
+    func validate(file: String) throws(LockError) {
+        var seen = Set<String>()
+        for (index, input) in inputs.enumerated() {
+            let key = "inputs[\(index)] (\(input.name))"
+            guard seen.insert(input.name).inserted else {
+                throw .invalid(file: file, key: key + ".name", problem: "the name '\(input.name)' is used twice; names are unique")
+            }
+            switch input.kind {
+            case .source:
+                guard input.treeSha256 != nil else {
+                    throw .invalid(
+                        file: file, key: key + ".treeSha256",
+                        problem: "a source needs its tree hash; compute it with `krnative lock add --kind source --file ARCHIVE …`")
+                }
+            case .runtime, .toolchain, .wheel:
+                guard input.sha256 != nil else {
+                    throw .invalid(
+                        file: file, key: key + ".sha256",
+                        problem: "missing; every \(input.kind.rawValue) is pinned by sha256 (`krnative lock add` computes it)")
+                }
+            }
+            if input.urls.isEmpty && input.pip == nil {
+                throw .invalid(file: file, key: key + ".urls", problem: "no URL and no pip query: there is nowhere to fetch it from")
+            }
+            if input.filename.contains("/") || input.filename.isEmpty || input.filename.hasPrefix(".") {
+                throw .invalid(file: file, key: key + ".filename", problem: "'\(input.filename)' must be a plain file name")
+            }
+        }
+    }
+
+    private static func checkKeys(_ object: [String: Any], allowed: [String], at prefix: String, file: String) throws(LockError) {
+        for key in object.keys.sorted() where !allowed.contains(key) {
+            throw .invalid(
+                file: file, key: prefix + key,
+                problem: "unknown key; the keys here are: \(allowed.joined(separator: ", "))")
+        }
+    }
+
+    private static func describe(_ error: DecodingError, file: String, top: [String: Any]) -> LockError {
+        func render(_ path: [any CodingKey]) -> String {
+            var text = ""
+            var node: Any? = top
+            for key in path {
+                if let index = key.intValue {
+                    text += "[\(index)]"
+                    node = (node as? [Any]).flatMap { index < $0.count ? $0[index] : nil }
+                    if let name = (node as? [String: Any])?["name"] as? String { text += " (\(name))" }
+                } else {
+                    text += (text.isEmpty ? "" : ".") + key.stringValue
+                    node = (node as? [String: Any])?[key.stringValue]
+                }
+            }
+            return text.isEmpty ? "(top level)" : text
+        }
+        switch error {
+        case .keyNotFound(let key, let context):
+            return .invalid(file: file, key: render(context.codingPath + [key]), problem: "missing")
+        case .typeMismatch(let type, let context):
+            return .invalid(file: file, key: render(context.codingPath), problem: "expected \(describe(type))")
+        case .valueNotFound(let type, let context):
+            return .invalid(file: file, key: render(context.codingPath), problem: "expected \(describe(type)), found null")
+        case .dataCorrupted(let context):
+            return .invalid(file: file, key: render(context.codingPath), problem: context.debugDescription)
+        @unknown default:
+            return .malformed(file: file, reason: "\(error)")
+        }
+    }
+
+    private static func describe(_ type: Any.Type) -> String {
+        switch type {
+        case is String.Type: "a string"
+        case is Int.Type, is Int64.Type: "an integer"
+        case is [Any].Type: "a list"
+        default: "\(type)"
+        }
+    }
+
+    /// The lock as krnative writes it: keys sorted, two-space indent, trailing newline.
+    public func encoded() -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        let document = Document(version: Lockfile.formatVersion, sourceDateEpoch: sourceDateEpoch, inputs: inputs)
+        var data = (try? encoder.encode(document)) ?? Data()
+        data.append(0x0a)
+        return data
+    }
+
+    /// Writes the lock atomically.
+    public func write(to path: String) throws(FileSystemError) {
+        try FileSystem.writeAtomically(encoded(), to: path)
+    }
+
+    /// The digest of the lock as written, recorded in manifests and bundles.
+    public var digest: SHA256Digest { SHA256Digest.of(encoded()) }
+}

@@ -1,0 +1,249 @@
+import Foundation
+import KrnativeBase
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A store problem, with the entry and the fix.
+public enum StoreError: KrnativeError {
+    case corrupted(path: String, expected: SHA256Digest, actual: SHA256Digest, quarantinedAt: String)
+    case sizeMismatch(path: String, expected: Int64, actual: Int64, quarantinedAt: String)
+    case missing(digest: SHA256Digest)
+    case io(FileSystemError)
+
+    public var description: String {
+        switch self {
+        case .corrupted(let path, let expected, let actual, let quarantine):
+            "store entry \(path) is corrupted: expected sha256 \(expected), found \(actual); "
+                + "moved to \(quarantine). Run `krnative fetch` (or `krnative store import FILE`) to get it again."
+        case .sizeMismatch(let path, let expected, let actual, let quarantine):
+            "\(path) has \(actual) bytes where \(expected) were expected; moved to \(quarantine)"
+        case .missing(let digest):
+            "the store has no entry sha256 \(digest)"
+        case .io(let error):
+            error.description
+        }
+    }
+    public var exitCode: Int32 {
+        switch self {
+        case .missing: ExitStatus.missingInput
+        case .io: ExitStatus.store
+        case .corrupted, .sizeMismatch: ExitStatus.integrity
+        }
+    }
+}
+
+/// The content-addressed input store (DESIGN §2.2).
+///
+/// Layout under `root`:
+/// - `sha256/<hex>`: admitted files, read-only, named by their digest;
+/// - `trees/<tree-hex>`: for sources, the digest of the file whose unpacked tree has that tree hash;
+/// - `tmp/`: ingests in progress and `<key>.partial` downloads that a later run resumes;
+/// - `locks/<key>.lock`: per-entry `flock`s, so concurrent krnative processes never fetch or admit twice;
+/// - `quarantine/`: files that failed verification, kept for inspection.
+///
+/// Every admission writes a temp file while hashing it, verifies size and digest, fsyncs and renames.
+public struct Store: Sendable {
+    public let root: String
+
+    /// Opens (creating if needed) the store at `root`.
+    public init(root: String) throws(StoreError) {
+        self.root = root
+        for directory in ["sha256", "trees", "tmp", "locks", "quarantine"] {
+            do { try FileSystem.createDirectory(root + "/" + directory) } catch { throw .io(error) }
+        }
+    }
+
+    /// `--store`, else `KRNATIVE_STORE`, else `$XDG_CACHE_HOME/krnative/store`, else `~/.cache/krnative/store`.
+    public static func defaultRoot(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let explicit = environment["KRNATIVE_STORE"], !explicit.isEmpty { return explicit }
+        if let cache = environment["XDG_CACHE_HOME"], cache.hasPrefix("/") { return cache + "/krnative/store" }
+        let home = environment["HOME"] ?? NSHomeDirectory()
+        return home + "/.cache/krnative/store"
+    }
+
+    public func path(for digest: SHA256Digest) -> String { "\(root)/sha256/\(digest.hex)" }
+    public func contains(_ digest: SHA256Digest) -> Bool { FileSystem.exists(path(for: digest)) }
+
+    /// The path of a partial download of `key` that a later run may resume.
+    public func partialPath(for key: String) -> String { "\(root)/tmp/\(key).partial" }
+
+    /// A new temp path inside the store's file system, so admission is a rename.
+    public func temporaryPath(_ hint: String) -> String {
+        "\(root)/tmp/\(hint).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp"
+    }
+
+    /// Takes the exclusive lock for `key` (a digest or `tree-<hex>`), blocking while another holds it.
+    public func lock(_ key: String) throws(StoreError) -> FileLock {
+        do { return try FileLock(path: "\(root)/locks/\(key).lock") } catch { throw .io(error) }
+    }
+
+    /// The entry's path after hashing it again; a corrupted entry is quarantined and reported.
+    public func verifiedPath(for digest: SHA256Digest) throws(StoreError) -> String {
+        let path = path(for: digest)
+        guard FileSystem.exists(path) else { throw .missing(digest: digest) }
+        let actual: SHA256Digest
+        do { actual = try SHA256Digest.of(fileAt: path).digest } catch { throw .io(error) }
+        guard actual == digest else {
+            let quarantined = quarantine(path, reason: "expected-\(digest.hex)")
+            throw .corrupted(path: path, expected: digest, actual: actual, quarantinedAt: quarantined)
+        }
+        return path
+    }
+
+    /// Moves a file that failed verification out of the way; returns where it went.
+    @discardableResult
+    public func quarantine(_ path: String, reason: String) -> String {
+        let destination = "\(root)/quarantine/\((path as NSString).lastPathComponent).\(reason).\(Int(Date().timeIntervalSince1970))"
+        if Glibc.rename(path, destination) != 0 { unlink(path) }
+        return destination
+    }
+
+    /// Admits a complete temp file (inside `tmp/`) whose digest the caller computed while writing it.
+    /// The file becomes read-only and appears under `sha256/` by rename; a concurrent copy already
+    /// there wins and the temp file is dropped.
+    @discardableResult
+    public func admit(temporary: String, digest: SHA256Digest) throws(StoreError) -> String {
+        let destination = path(for: digest)
+        chmod(temporary, 0o444)
+        do {
+            try FileSystem.fsync(path: temporary)
+            if FileSystem.exists(destination) {
+                unlink(temporary)
+            } else {
+                try FileSystem.rename(temporary, to: destination)
+            }
+        } catch { throw .io(error) }
+        return destination
+    }
+
+    /// Copies a file into the store, hashing while it copies, and admits it when the digest
+    /// (and size, when given) match. A mismatch leaves nothing in the store.
+    @discardableResult
+    public func ingest(
+        copying source: String, expected: SHA256Digest? = nil, expectedSize: Int64? = nil
+    ) throws(StoreError) -> (digest: SHA256Digest, size: Int64) {
+        let temp = temporaryPath("ingest")
+        let (digest, size): (SHA256Digest, Int64)
+        do { (digest, size) = try Self.copyHashing(from: source, to: temp) } catch {
+            unlink(temp)
+            throw .io(error)
+        }
+        if let expected, expected != digest {
+            let quarantined = quarantine(temp, reason: "expected-\(expected.hex)")
+            throw .corrupted(path: source, expected: expected, actual: digest, quarantinedAt: quarantined)
+        }
+        if let expectedSize, expectedSize != size {
+            let quarantined = quarantine(temp, reason: "size")
+            throw .sizeMismatch(path: source, expected: expectedSize, actual: size, quarantinedAt: quarantined)
+        }
+        try admit(temporary: temp, digest: digest)
+        return (digest, size)
+    }
+
+    /// Copies a file, hashing the bytes as they pass; returns digest and size.
+    public static func copyHashing(from source: String, to destination: String) throws(FileSystemError) -> (SHA256Digest, Int64) {
+        guard let input = FileHandle(forReadingAtPath: source) else { throw .cannotOpen(path: source, errno: errno) }
+        defer { try? input.close() }
+        guard FileManager.default.createFile(atPath: destination, contents: nil),
+            let output = FileHandle(forWritingAtPath: destination)
+        else { throw .cannotOpen(path: destination, errno: errno) }
+        defer { try? output.close() }
+        var hasher = StreamingSHA256()
+        var size: Int64 = 0
+        do {
+            while let chunk = try input.read(upToCount: 1 << 20), !chunk.isEmpty {
+                hasher.update(chunk)
+                try output.write(contentsOf: chunk)
+                size += Int64(chunk.count)
+            }
+        } catch {
+            throw .cannotWrite(path: destination, errno: errno)
+        }
+        return (hasher.finalize(), size)
+    }
+
+    // MARK: Source tree index
+
+    /// Records that the file `digest` unpacks to the tree `tree`.
+    public func recordTree(_ tree: SHA256Digest, file digest: SHA256Digest) throws(StoreError) {
+        do { try FileSystem.writeAtomically(Data((digest.hex + "\n").utf8), to: "\(root)/trees/\(tree.hex)") } catch {
+            throw .io(error)
+        }
+    }
+
+    /// The file known to unpack to `tree`, if the store has one.
+    public func file(forTree tree: SHA256Digest) -> SHA256Digest? {
+        guard let text = try? String(contentsOfFile: "\(root)/trees/\(tree.hex)", encoding: .utf8),
+            let digest = SHA256Digest(hex: text.trimmingCharacters(in: .whitespacesAndNewlines)),
+            contains(digest)
+        else { return nil }
+        return digest
+    }
+
+    // MARK: Listing, verification, collection
+
+    public struct Entry: Sendable, Codable {
+        public var sha256: SHA256Digest
+        public var size: Int64
+        /// Tree hashes recorded for this file (sources).
+        public var trees: [SHA256Digest]
+    }
+
+    /// Every admitted entry, sorted by digest.
+    public func entries() -> [Entry] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: root + "/sha256")) ?? []
+        var trees: [SHA256Digest: [SHA256Digest]] = [:]
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: root + "/trees")) ?? [] {
+            guard let tree = SHA256Digest(hex: name),
+                let text = try? String(contentsOfFile: "\(root)/trees/\(name)", encoding: .utf8),
+                let file = SHA256Digest(hex: text.trimmingCharacters(in: .whitespacesAndNewlines))
+            else { continue }
+            trees[file, default: []].append(tree)
+        }
+        return names.compactMap(SHA256Digest.init(hex:)).sorted().map { digest in
+            Entry(sha256: digest, size: FileSystem.size(of: path(for: digest)) ?? 0, trees: (trees[digest] ?? []).sorted())
+        }
+    }
+
+    public struct VerifyReport: Sendable, Codable {
+        public var verified: [SHA256Digest] = []
+        /// Corrupted entries and where each was moved.
+        public var quarantined: [String: String] = [:]
+    }
+
+    /// Hashes every entry again; corrupted ones are quarantined.
+    public func verifyAll() -> VerifyReport {
+        var report = VerifyReport()
+        for entry in entries() {
+            do {
+                _ = try verifiedPath(for: entry.sha256)
+                report.verified.append(entry.sha256)
+            } catch .corrupted(_, _, let actual, let quarantinedAt) {
+                report.quarantined[entry.sha256.hex] = "found \(actual.hex), moved to \(quarantinedAt)"
+            } catch {
+                report.quarantined[entry.sha256.hex] = error.description
+            }
+        }
+        return report
+    }
+
+    /// Removes every entry not in `keep`, stale temp files and their tree records; returns what went.
+    public func collectGarbage(keep: Set<SHA256Digest>) -> [Entry] {
+        let removed = entries().filter { !keep.contains($0.sha256) }
+        for entry in removed {
+            let entryLock = try? lock(entry.sha256.hex)
+            unlink(path(for: entry.sha256))
+            for tree in entry.trees { unlink("\(root)/trees/\(tree.hex)") }
+            entryLock?.unlock()
+        }
+        // Temp files of ingests that died; partial downloads stay, they are resumable.
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: root + "/tmp")) ?? [] where name.hasSuffix(".tmp") {
+            let parts = name.split(separator: ".")
+            if parts.count >= 3, let pid = Int32(parts[parts.count - 3]), kill(pid, 0) == 0 { continue }
+            unlink("\(root)/tmp/\(name)")
+        }
+        return removed
+    }
+}

@@ -1,0 +1,118 @@
+import ArgumentParser
+import Fetch
+import Foundation
+import KrnativeBase
+import Lock
+import Store
+
+/// Options of every command that may download.
+struct NetworkOptions: ParsableArguments {
+    @Flag(help: "Open no socket and run no pip; fail, naming each input the store lacks. Default: off; env KRNATIVE_OFFLINE=1.")
+    var offline = false
+
+    @Option(help: "Transfers at once. Default: 4.")
+    var jobs = 4
+
+    @Option(help: "Attempts per URL before the next mirror. Default: 3.")
+    var retries = 3
+
+    @Option(help: "Seconds before the first retry; doubles each time. Default: 1.")
+    var retryDelay: Double = 1
+
+    @Option(help: "Abort a transfer that receives nothing for this many seconds. Default: 30.")
+    var stallTimeout = 30
+
+    @Option(help: "Mirror config: lines `rewrite PREFIX REPLACEMENT` and `block PREFIX`. Default: none; env KRNATIVE_MIRRORS.")
+    var mirrors: String?
+
+    @Option(help: "The Python whose pip fetches wheels. Default: python3; env KRNATIVE_PYTHON.")
+    var python: String?
+
+    func fetchOptions(lockPath: String) throws -> FetchOptions {
+        let environment = ProcessInfo.processInfo.environment
+        var options = FetchOptions()
+        options.offline = offline || environment["KRNATIVE_OFFLINE"] == "1"
+        options.jobs = max(1, jobs)
+        options.attemptsPerURL = max(1, retries)
+        options.retryDelay = max(0, retryDelay)
+        options.transfer.stallTimeout = max(1, stallTimeout)
+        options.python = python ?? environment["KRNATIVE_PYTHON"] ?? "python3"
+        options.lockPath = lockPath
+        if let path = mirrors ?? environment["KRNATIVE_MIRRORS"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            options.mirrors = try MirrorConfig.load(from: path)
+        }
+        return options
+    }
+}
+
+/// Which targets and host a command works for.
+struct TargetSelection: ParsableArguments {
+    @Option(name: .customLong("target"), help: "A target to work for (repeatable): \(Target.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var targets: [Target] = []
+
+    @Flag(help: "Every target.")
+    var all = false
+
+    @Option(help: "The machine the build will run on, for toolchains: x86_64-linux or aarch64-linux. Default: this machine.")
+    var host: String?
+
+    func resolved() throws -> (targets: [Target], host: HostPlatform) {
+        guard all || !targets.isEmpty else { throw UsageError("name at least one --target, or --all") }
+        var platform = HostPlatform.current
+        if let host {
+            guard let parsed = HostPlatform(rawValue: host) else {
+                throw UsageError("unknown --host '\(host)'; use x86_64-linux or aarch64-linux")
+            }
+            platform = parsed
+        }
+        return (all ? Target.allCases : targets, platform)
+    }
+}
+
+struct FetchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fetch",
+        abstract: "Download every input the targets need into the store, verified by hash.",
+        discussion: "Honours HTTPS_PROXY, HTTP_PROXY, NO_PROXY (through libcurl) and SSL_CERT_FILE / SSL_CERT_DIR.")
+
+    @OptionGroup var inputs: InputOptions
+    @OptionGroup var selection: TargetSelection
+    @OptionGroup var network: NetworkOptions
+    @OptionGroup var output: OutputOptions
+
+    func run() throws {
+        try perform("fetch") {
+            let (targets, host) = try selection.resolved()
+            _ = try fetchInputs(targets: targets, host: host, inputs: inputs, network: network, json: output.json)
+        }
+    }
+}
+
+/// Fetches what `targets` need and reports; throws when anything is missing.
+func fetchInputs(targets: [Target], host: HostPlatform, inputs: InputOptions, network: NetworkOptions, json: Bool) throws -> FetchReport {
+    let lock = try Lockfile.load(from: inputs.lockPath)
+    let resolver = InputResolver(store: try Store(root: inputs.storePath))
+    let fetcher = Fetcher(resolver: resolver, options: try network.fetchOptions(lockPath: inputs.lockPath))
+    let report = fetcher.fetch(lock.inputs(for: targets, host: host))
+    if json {
+        printJSON(report)
+    } else {
+        let counts = Dictionary(grouping: report.items, by: \.status).mapValues(\.count)
+        print(
+            "\(report.items.count) inputs: \(counts[.present] ?? 0) already in the store, \(counts[.fetched] ?? 0) fetched, "
+                + "\(counts[.missing] ?? 0) missing, \(counts[.failed] ?? 0) failed")
+    }
+    let failures = report.failures
+    if !failures.isEmpty {
+        let detail = failures.map { "\($0.name): \($0.error ?? "failed")" }.joined(separator: "\n")
+        throw FetchSummaryError(detail: detail, offline: failures.allSatisfy { $0.status == .missing })
+    }
+    return report
+}
+
+struct FetchSummaryError: KrnativeError {
+    var detail: String
+    var offline: Bool
+    var description: String { detail }
+    var exitCode: Int32 { offline ? ExitStatus.missingInput : ExitStatus.fetch }
+}

@@ -1,0 +1,99 @@
+import ArgumentParser
+import Archive
+import Fetch
+import Foundation
+import KrnativeBase
+import Lock
+import Store
+
+struct LockCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lock", abstract: "Write and check the lock.",
+        subcommands: [Add.self, Check.self, TreeHashCommand.self])
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Add or refresh an entry, hashing a local file or a download (the file is admitted to the store).",
+            discussion: "A source read with --file is pinned by tree hash only; its file hash is recorded when it is first downloaded.")
+        @OptionGroup var inputs: InputOptions
+        @OptionGroup var network: NetworkOptions
+        @Option(help: "Entry name, unique in the lock.") var name: String
+        @Option(help: "runtime, toolchain, source or wheel.") var kind: String
+        @Option(help: "Upstream version.") var version: String
+        @Option(name: .customLong("url"), help: "A URL (repeatable, tried in order).") var urls: [String] = []
+        @Option(help: "Read this file instead of downloading.") var file: String?
+        @Option(help: "The upstream file name. Default: the last component of --file or the first --url.") var filename: String?
+        @Option(name: .customLong("target"), help: "A target that needs it (repeatable). Default: every target.") var targets: [Target] = []
+        @Option(help: "For toolchains: the machine it runs on (x86_64-linux, aarch64-linux).") var host: String?
+        @Option(help: "Fetch with pip instead: the exact requirement, name==version.") var pipRequirement: String?
+        @Option(help: "pip --platform tag (repeatable).") var pipPlatform: [String] = []
+        @Option(help: "pip --python-version.") var pipPythonVersion: String?
+        @Option(help: "pip --implementation.") var pipImplementation: String?
+        @Option(help: "pip --abi.") var pipAbi: String?
+        @Option(help: "SPDX license expression.") var license: String?
+        @Option(help: "SOURCE_DATE_EPOCH for a new lock. Default: 0.") var sourceDateEpoch: Int64?
+
+        func run() throws {
+            try perform("lock add") {
+                guard let kind = LockedInput.Kind(rawValue: kind) else {
+                    throw UsageError("unknown --kind '\(kind)'; use \(LockedInput.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                guard file != nil || !urls.isEmpty else { throw UsageError("give --file or at least one --url") }
+                let platform = try host.map { text throws(UsageError) in
+                    guard let platform = HostPlatform(rawValue: text) else { throw UsageError("unknown --host '\(text)'") }
+                    return platform
+                }
+                let defaultName = file ?? urls.first.flatMap { URL(string: $0)?.lastPathComponent } ?? name
+                let pip = pipRequirement.map {
+                    LockedInput.PipQuery(
+                        requirement: $0, platforms: pipPlatform, pythonVersion: pipPythonVersion,
+                        implementation: pipImplementation, abi: pipAbi)
+                }
+                let draft = LockedInput(
+                    name: name, kind: kind, version: version,
+                    filename: filename ?? (defaultName as NSString).lastPathComponent.removingPercentEncoding ?? defaultName,
+                    urls: urls, targets: targets, host: platform, pip: pip, license: license)
+                var lock =
+                    FileSystem.exists(inputs.lockPath)
+                    ? try Lockfile.load(from: inputs.lockPath) : Lockfile(sourceDateEpoch: sourceDateEpoch ?? 0)
+                if let sourceDateEpoch { lock.sourceDateEpoch = sourceDateEpoch }
+                let authoring = LockAuthoring(
+                    resolver: InputResolver(store: try Store(root: inputs.storePath)),
+                    options: try network.fetchOptions(lockPath: inputs.lockPath))
+                let entry = try authoring.complete(draft, file: file)
+                lock.upsert(entry)
+                try lock.write(to: inputs.lockPath)
+                let pin = entry.kind == .source ? "tree \(entry.treeSha256!)" : "sha256 \(entry.sha256!)"
+                print("\(inputs.lockPath): \(entry.name) \(entry.version) pinned by \(pin)")
+            }
+        }
+    }
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Validate the lock and print its digest.")
+        @OptionGroup var inputs: InputOptions
+
+        func run() throws {
+            try perform("lock check") {
+                let lock = try Lockfile.load(from: inputs.lockPath)
+                print("\(inputs.lockPath): \(lock.inputs.count) inputs, format \(Lockfile.formatVersion), sha256 \(lock.digest)")
+            }
+        }
+    }
+
+    struct TreeHashCommand: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "tree-hash", abstract: "Print the tree hash v1 of an archive (top directory stripped) or a directory.")
+        @Argument(help: "An archive or a directory.") var path: String
+        @Option(help: "Leading path components to strip from archive entries. Default: 1.") var strip = 1
+
+        func run() throws {
+            try perform("tree-hash") {
+                var isDirectory: ObjCBool = false
+                FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
+                let digest = isDirectory.boolValue ? try TreeHash.ofDirectory(at: path) : try TreeHash.ofArchive(at: path, strip: strip)
+                print("\(digest)  \(path)")
+            }
+        }
+    }
+}
