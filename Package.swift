@@ -53,7 +53,7 @@ let package = Package(
         .testTarget(
             name: "KrnativeTests",
             dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle"],
-            resources: [.copy("Support")]),
+            exclude: ["Support"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -47,8 +47,8 @@ extension Lockfile {
     public static func parse(_ data: Data, file: String) throws(LockError) -> Lockfile {
         let object: Any
         do { object = try JSONSerialization.jsonObject(with: data) } catch {
-            let debug = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String
-            throw .malformed(file: file, reason: debug ?? "\(error)")
+            let debug = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? "\(error)"
+            throw .malformed(file: file, reason: debug + position(in: data, describedBy: debug))
         }
         guard let top = object as? [String: Any] else {
             throw .invalid(file: file, key: "(top level)", problem: "expected an object with version, sourceDateEpoch, inputs")
@@ -111,6 +111,17 @@ extension Lockfile {
                 throw .invalid(file: file, key: key + ".filename", problem: "'\(input.filename)' must be a plain file name")
             }
         }
+    }
+
+    /// " (line L, column C)" for a parser message that names a character offset.
+    private static func position(in data: Data, describedBy message: String) -> String {
+        guard let range = message.range(of: #"character \d+"#, options: .regularExpression),
+            let offset = Int(message[range].dropFirst("character ".count)), offset <= data.count
+        else { return "" }
+        let before = data.prefix(offset)
+        let line = before.filter { $0 == 0x0a }.count + 1
+        let column = offset - (before.lastIndex(of: 0x0a).map { $0 + 1 } ?? 0) + 1
+        return " (line \(line), column \(column))"
     }
 
     private static func checkKeys(_ object: [String: Any], allowed: [String], at prefix: String, file: String) throws(LockError) {

@@ -1,1 +1,84 @@
+import Foundation
+import KrnativeBase
+import Lock
 import Testing
+
+@Suite("Lock")
+struct LockTests {
+    func parseError(_ json: String) -> String {
+        do {
+            _ = try Lockfile.parse(Data(json.utf8), file: "test.lock.json")
+            return "parsed"
+        } catch { return error.description }
+    }
+
+    let wheel = #"{"name": "attrs", "kind": "wheel", "version": "25.4.0", "filename": "attrs-25.4.0-py3-none-any.whl", "sha256": "adcf7e2a1fb3b36ac48d97835bb6d8ade15b8dcce26aba8bf1d14847b57a3373", "urls": ["http://x/a.whl"]}"#
+
+    @Test func theRepositoryLockIsValidAndPinsEveryInput() throws {
+        let lock = try Lockfile.load(from: Package.root + "/krnative.lock.json")
+        #expect(lock.inputs.filter { $0.kind == .runtime }.count == 4)
+        #expect(Set(lock.inputs.filter { $0.kind == .source }.map(\.name)) == ["ttyd", "zlib", "json-c", "mbedtls", "libuv", "libwebsockets"])
+        #expect(lock.inputs.filter { $0.kind == .source }.allSatisfy { $0.treeSha256 != nil })
+        for target in Target.allCases {
+            let needed = lock.inputs(for: [target], host: HostPlatform(arch: .x86_64))
+            #expect(needed.filter { $0.kind == .wheel }.count == 13, "\(target)")
+            #expect(needed.filter { $0.kind == .runtime }.count == 1)
+            // Zig for the host, and the musl.cc toolchain for the target's arch.
+            #expect(Set(needed.filter { $0.kind == .toolchain }.map(\.name)) == ["zig-x86_64-linux", "musl-cross-\(target.ttydTriple)"])
+        }
+        let onArm = lock.inputs(for: [.musllinuxAarch64], host: HostPlatform(arch: .aarch64))
+        #expect(onArm.filter { $0.kind == .toolchain }.map(\.name) == ["zig-aarch64-linux"])
+    }
+
+    @Test func encodingRoundTripsAndIsStable() throws {
+        let lock = try Lockfile.load(from: Package.root + "/krnative.lock.json")
+        let again = try Lockfile.parse(lock.encoded(), file: "again")
+        #expect(again == lock)
+        #expect(again.encoded() == lock.encoded())
+    }
+
+    @Test func malformedJSONNamesTheFileAndPlace() {
+        let message = parseError("{\n  \"version\": 1,\n  \"inputs\": [,]\n}")
+        #expect(message.contains("test.lock.json"))
+        #expect(message.contains("not valid JSON"))
+        #expect(message.contains("line 3"), "\(message)")
+    }
+
+    @Test func unknownVersionSaysWhichVersionIsRead() {
+        let message = parseError(#"{"version": 2, "sourceDateEpoch": 0, "inputs": []}"#)
+        #expect(message.contains("format version 2"))
+        #expect(message.contains("reads version 1"))
+        #expect(parseError(#"{"sourceDateEpoch": 0, "inputs": []}"#).contains("at version: missing"))
+        #expect(parseError(#"{"version": true, "sourceDateEpoch": 0, "inputs": []}"#).contains("format version"))
+    }
+
+    @Test func missingHashNamesTheEntryAndKey() {
+        let json = #"{"version": 1, "sourceDateEpoch": 0, "inputs": [\#(wheel.replacingOccurrences(of: #""sha256": "adcf7e2a1fb3b36ac48d97835bb6d8ade15b8dcce26aba8bf1d14847b57a3373", "#, with: ""))]}"#
+        let message = parseError(json)
+        #expect(message.contains("inputs[0] (attrs).sha256"), "\(message)")
+        #expect(message.contains("krnative lock add"))
+    }
+
+    @Test func weakHashIsRefused() {
+        let json = #"{"version": 1, "sourceDateEpoch": 0, "inputs": [{"name": "z", "kind": "toolchain", "version": "1", "filename": "z.tgz", "md5": "d41d8cd98f00b204e9800998ecf8427e", "urls": ["http://x/z"]}]}"#
+        let message = parseError(json)
+        #expect(message.contains("inputs[0] (z).md5"), "\(message)")
+        #expect(message.contains("sha256 only"))
+    }
+
+    @Test func shortHashAndUnknownKeysAreRefused() {
+        let short = #"{"version": 1, "sourceDateEpoch": 0, "inputs": [\#(wheel.replacingOccurrences(of: "adcf7e2a1fb3b36ac48d97835bb6d8ade15b8dcce26aba8bf1d14847b57a3373", with: "adcf7e"))]}"#
+        let message = parseError(short)
+        #expect(message.contains("inputs[0] (attrs).sha256"), "\(message)")
+        #expect(message.contains("64 hex digits"))
+        let typo = #"{"version": 1, "sourceDateEpoch": 0, "inputs": [\#(wheel.replacingOccurrences(of: "\"urls\"", with: "\"url\""))]}"#
+        #expect(parseError(typo).contains("inputs[0] (attrs).url: unknown key"))
+    }
+
+    @Test func sourceNeedsTreeHashAndNamesAreUnique() {
+        let source = #"{"name": "zlib", "kind": "source", "version": "1", "filename": "zlib.tar.gz", "urls": ["http://x/z"]}"#
+        #expect(parseError(#"{"version": 1, "sourceDateEpoch": 0, "inputs": [\#(source)]}"#).contains("inputs[0] (zlib).treeSha256"))
+        #expect(parseError(#"{"version": 1, "sourceDateEpoch": 0, "inputs": [\#(wheel), \#(wheel)]}"#).contains("used twice"))
+        #expect(parseError(#"{"version": 1, "sourceDateEpoch": 0, "inputs": [\#(wheel)]}"#) == "parsed")
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import KrnativeBase
+import Lock
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension Tag {
+    /// Starts a loopback HTTP server.
+    @Tag static var network: Self
+    /// Runs the krnative binary as a child process.
+    @Tag static var process: Self
+    /// Needs user namespaces (`unshare`).
+    @Tag static var namespaces: Self
+    /// Needs PyPI through pip.
+    @Tag static var pypi: Self
+}
+
+/// Paths of the package under test.
+enum Package {
+    static let root: String = {
+        var url = URL(fileURLWithPath: #filePath)
+        for _ in 0..<3 { url.deleteLastPathComponent() }
+        return url.path
+    }()
+
+    /// The krnative executable: `KRNATIVE_BIN`, else the debug build.
+    static var binary: String {
+        if let explicit = ProcessInfo.processInfo.environment["KRNATIVE_BIN"], !explicit.isEmpty { return explicit }
+        return root + "/.build/debug/krnative"
+    }
+
+    static var supportDirectory: String { root + "/Tests/KrnativeTests/Support" }
+}
+
+/// A fresh directory removed when the value goes away.
+final class TemporaryDirectory {
+    let path: String
+    init(_ label: String = "krnative-test") {
+        let template = NSTemporaryDirectory() + "/\(label).XXXXXX"
+        var bytes = Array(template.utf8CString)
+        path = bytes.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+    }
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    func file(_ name: String, _ contents: Data) -> String {
+        let full = path + "/" + name
+        try? FileManager.default.createDirectory(
+            atPath: (full as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: full, contents: contents)
+        return full
+    }
+    func file(_ name: String, _ text: String) -> String { file(name, Data(text.utf8)) }
+}
+
+/// Random bytes (not compressible, so transfer sizes mean something).
+func randomData(_ count: Int) -> Data {
+    var generator = SystemRandomNumberGenerator()
+    return Data((0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) })
+}
+
+/// The loopback fault server (Support/fault_server.py), stopped on deinit.
+final class FaultServer: @unchecked Sendable {
+    let root: TemporaryDirectory
+    let logPath: String
+    let port: Int
+    private let process: Process
+
+    init() throws {
+        root = TemporaryDirectory("krnative-served")
+        logPath = root.path + "/../" + (root.path as NSString).lastPathComponent + ".log"
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: ChildProcess.resolve("python3"))
+        process.arguments = [Package.supportDirectory + "/fault_server.py", "--root", root.path, "--log", logPath]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        var line = Data()
+        while !line.contains(0x0a) {
+            let chunk = out.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            line.append(chunk)
+        }
+        let text = String(decoding: line, as: UTF8.self)
+        guard text.hasPrefix("PORT "), let port = Int(text.dropFirst(5).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw UsageError("fault server did not start: \(text)")
+        }
+        self.port = port
+    }
+
+    deinit {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        unlink(logPath)
+    }
+
+    /// Serves `data` as `name`; returns its sha256.
+    @discardableResult
+    func serve(_ name: String, _ data: Data) -> SHA256Digest {
+        _ = root.file(name, data)
+        return SHA256Digest.of(data)
+    }
+
+    func url(_ path: String) -> String { "http://127.0.0.1:\(port)/\(path)" }
+
+    struct Request: Decodable {
+        var path: String
+        var range: String?
+        var status: Int
+        var bytes: Int
+        var proxied: Bool
+    }
+
+    /// Every request so far. The server logs a request after its last byte, a moment after the
+    /// client may have finished; so this waits until the log has been still for 300 ms.
+    func requests() -> [Request] {
+        func read() -> [Request] {
+            guard let text = try? String(contentsOfFile: logPath, encoding: .utf8) else { return [] }
+            return text.split(separator: "\n").compactMap { try? JSONDecoder().decode(Request.self, from: Data($0.utf8)) }
+        }
+        var last = read()
+        while true {
+            usleep(300_000)
+            let now = read()
+            if now.count == last.count { return now }
+            last = now
+        }
+    }
+}
+
+/// Runs the krnative binary.
+@discardableResult
+func krnative(_ arguments: [String], environment extra: [String: String] = [:]) -> ChildProcess.Result {
+    var environment = ProcessInfo.processInfo.environment
+    environment.merge(extra) { $1 }
+    return ChildProcess.run([Package.binary] + arguments, environment: environment)
+}
+
+/// A lock entry for a test file.
+func wheelInput(_ name: String, sha256: SHA256Digest, urls: [String], size: Int64? = nil) -> LockedInput {
+    LockedInput(name: name, kind: .wheel, version: "1.0", filename: "\(name)-1.0-py3-none-any.whl", sha256: sha256, size: size, urls: urls)
+}
