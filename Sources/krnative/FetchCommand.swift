@@ -10,16 +10,16 @@ struct NetworkOptions: ParsableArguments {
     @Flag(help: "Open no socket and run no pip; fail, naming each input the store lacks. Default: off; env KRNATIVE_OFFLINE=1.")
     var offline = false
 
-    @Option(help: "Transfers at once. Default: 4.")
+    @Option(help: "Transfers at once.")
     var jobs = 4
 
-    @Option(help: "Attempts per URL before the next mirror. Default: 3.")
+    @Option(help: "Attempts per URL before the next mirror.")
     var retries = 3
 
-    @Option(help: "Seconds before the first retry; doubles each time. Default: 1.")
+    @Option(help: "Seconds before the first retry; doubles each time.")
     var retryDelay: Double = 1
 
-    @Option(help: "Abort a transfer that receives nothing for this many seconds. Default: 30.")
+    @Option(help: "Abort a transfer that receives nothing for this many seconds.")
     var stallTimeout = 30
 
     @Option(help: "Mirror config: lines `rewrite PREFIX REPLACEMENT` and `block PREFIX`. Default: none; env KRNATIVE_MIRRORS.")
@@ -47,7 +47,7 @@ struct NetworkOptions: ParsableArguments {
 
 /// Which targets and host a command works for.
 struct TargetSelection: ParsableArguments {
-    @Option(name: .customLong("target"), help: "A target to work for (repeatable): \(Target.allCases.map(\.rawValue).joined(separator: ", ")).")
+    @Option(name: .customLong("target"), help: "A target to work for (repeatable).")
     var targets: [Target] = []
 
     @Flag(help: "Every target.")

@@ -42,7 +42,7 @@ struct InputOptions: ParsableArguments {
 
 /// Output format: human lines, or one JSON document on stdout.
 struct OutputOptions: ParsableArguments {
-    @Flag(help: "Print the result as JSON on stdout (for scripts). Default: off.")
+    @Flag(help: "Print the result as JSON on stdout (for scripts).")
     var json = false
 }
 

@@ -31,7 +31,7 @@ struct LockCommand: ParsableCommand {
         @Option(help: "pip --implementation.") var pipImplementation: String?
         @Option(help: "pip --abi.") var pipAbi: String?
         @Option(help: "SPDX license expression.") var license: String?
-        @Option(help: "SOURCE_DATE_EPOCH for a new lock. Default: 0.") var sourceDateEpoch: Int64?
+        @Option(help: "SOURCE_DATE_EPOCH for a new lock.") var sourceDateEpoch: Int64?
 
         func run() throws {
             try perform("lock add") {
@@ -85,7 +85,7 @@ struct LockCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "tree-hash", abstract: "Print the tree hash v1 of an archive (top directory stripped) or a directory.")
         @Argument(help: "An archive or a directory.") var path: String
-        @Option(help: "Leading path components to strip from archive entries. Default: 1.") var strip = 1
+        @Option(help: "Leading path components to strip from archive entries.") var strip = 1
 
         func run() throws {
             try perform("tree-hash") {
