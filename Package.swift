@@ -30,6 +30,8 @@ let package = Package(
             providers: [.apt(["liblzma-dev"])]),
         // Typed wrappers for libcurl's variadic curl_easy_setopt / curl_easy_getinfo.
         .target(name: "CCurlShim", dependencies: ["CCurl"]),
+        // pivot_root(2), which glibc does not wrap.
+        .target(name: "CSystemCalls"),
 
         // The pipeline.
         .target(
@@ -37,22 +39,23 @@ let package = Package(
             dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Lock", dependencies: ["KrnativeBase"]),
         .target(name: "Store", dependencies: ["KrnativeBase", "Lock"]),
-        .target(name: "Archive", dependencies: ["KrnativeBase", "CArchive"]),
+        .target(name: "Archive", dependencies: ["KrnativeBase", "CArchive", "CLZMA"]),
         .target(name: "Fetch", dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "CCurl", "CCurlShim"]),
         .target(name: "Bundle", dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch"]),
+        .target(name: "Sandbox", dependencies: ["KrnativeBase", "CSystemCalls"]),
 
         // The command line: argument parsing only.
         .executableTarget(
             name: "krnative",
             dependencies: [
-                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle",
+                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Sandbox",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
         .testTarget(
             name: "KrnativeTests",
-            dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle"],
+            dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Sandbox"],
             exclude: ["Support"]),
     ],
     swiftLanguageModes: [.v6]

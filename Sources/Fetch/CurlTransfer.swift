@@ -34,13 +34,6 @@ enum TransferOutcome: Sendable {
     case cancelled
 }
 
-/// Set by the CLI's SIGINT handler; transfers notice it within a fraction of a second.
-public enum Cancellation {
-    nonisolated(unsafe) private static var flag: sig_atomic_t = 0
-    public static var requested: Bool { flag != 0 }
-    public static func request() { flag = 1 }
-}
-
 /// One HTTP(S) GET into a partial file, resuming at its current size with `Range`.
 /// The digest is computed while the bytes arrive (after re-reading what an earlier run left).
 final class CurlTransfer {
@@ -172,4 +165,9 @@ final class CurlTransfer {
         ftruncate(fd, 0)
         lseek(fd, 0, SEEK_SET)
     }
+}
+
+/// The libcurl this module links, for `krnative doctor` and manifests.
+public enum CurlLibrary {
+    public static var version: String { String(cString: curl_version()) }
 }

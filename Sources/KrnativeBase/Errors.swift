@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 /// An error krnative reports to the person at the terminal.
 ///
 /// Every stage has its own error type; each case carries the evidence (path, URL, hash, argv)
@@ -17,6 +21,7 @@ public enum ExitStatus {
     public static let integrity: Int32 = 76
     public static let archive: Int32 = 77
     public static let process: Int32 = 78
+    public static let sandbox: Int32 = 79
 }
 
 /// A command line that does not make sense.
@@ -26,3 +31,11 @@ public struct UsageError: KrnativeError {
     public var description: String { message }
     public var exitCode: Int32 { ExitStatus.usage }
 }
+
+/// Set by the CLI's SIGINT handler; transfers and sandboxed steps notice it within a fraction of a second.
+public enum Cancellation {
+    nonisolated(unsafe) private static var flag: sig_atomic_t = 0
+    public static var requested: Bool { flag != 0 }
+    public static func request() { flag = 1 }
+}
+

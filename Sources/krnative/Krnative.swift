@@ -17,7 +17,7 @@ struct Krnative: ParsableCommand {
         version: KrnativeVersion.current,
         subcommands: [
             TargetsCommand.self, FetchCommand.self, BuildCommand.self, StoreCommand.self, BundleCommand.self,
-            LockCommand.self,
+            LockCommand.self, SandboxCommand.self, SandboxEntryCommand.self, DoctorCommand.self,
         ])
 }
 
@@ -49,10 +49,19 @@ struct OutputOptions: ParsableArguments {
 /// Runs a command body, turning krnative's errors into one line of context, the cause, and a
 /// distinct exit status.
 func perform(_ context: String, _ body: () throws -> Void) throws {
-    signal(SIGINT) { _ in
-        Cancellation.request()
-        signal(SIGINT, SIG_DFL)
+    // Ctrl-C (or SIGTERM) cancels: transfers stop with their partial files kept, sandboxes are
+    // torn down. A second one kills at once. A parent may have started us with them blocked.
+    for number in [SIGINT, SIGTERM] {
+        signal(number) { received in
+            Cancellation.request()
+            signal(received, SIG_DFL)
+        }
     }
+    var unblock = sigset_t()
+    sigemptyset(&unblock)
+    sigaddset(&unblock, SIGINT)
+    sigaddset(&unblock, SIGTERM)
+    sigprocmask(SIG_UNBLOCK, &unblock, nil)
     do {
         try body()
     } catch let error as any KrnativeError {

@@ -1,0 +1,57 @@
+import Foundation
+import KrnativeBase
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Reads the kernel settings that decide whether an ordinary user may create user namespaces,
+/// and turns a refusal into the setting to change.
+public enum HostCheck {
+    /// A sysctl's value, or nil when this kernel does not have it.
+    static func sysctl(_ name: String, root: String = "/proc/sys") -> String? {
+        let path = root + "/" + name.replacingOccurrences(of: ".", with: "/")
+        return (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// The known kernel settings that refuse user namespaces, each with its fix.
+    public static func blockingSettings(procSys root: String = "/proc/sys") -> [(reason: String, fix: String)] {
+        var found: [(String, String)] = []
+        if sysctl("user.max_user_namespaces", root: root) == "0" {
+            found.append((
+                "user.max_user_namespaces is 0, so no user namespace may be created",
+                "sudo sysctl -w user.max_user_namespaces=15000 (persist it in /etc/sysctl.d/)"
+            ))
+        }
+        if sysctl("kernel.unprivileged_userns_clone", root: root) == "0" {
+            found.append((
+                "kernel.unprivileged_userns_clone is 0, so ordinary users may not create user namespaces",
+                "sudo sysctl -w kernel.unprivileged_userns_clone=1 (persist it in /etc/sysctl.d/)"
+            ))
+        }
+        if sysctl("kernel.apparmor_restrict_unprivileged_userns", root: root) == "1" {
+            found.append((
+                "AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)",
+                "sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0, or give krnative an AppArmor profile with `userns,`"
+            ))
+        }
+        return found
+    }
+
+    /// The error for an `unshare` that failed before krnative's entry ran.
+    static func diagnoseRefusal(unshareOutput: String, termination: ChildProcess.Termination) -> SandboxError {
+        let said = unshareOutput.split(separator: "\n").last.map(String.init) ?? "\(termination)"
+        if let (reason, fix) = blockingSettings().first {
+            return .refused(reason: "\(reason) (unshare said: \(said))", fix: fix)
+        }
+        if said.contains("No space left on device") {
+            return .refused(
+                reason: "the user namespace limit is reached (unshare said: \(said))",
+                fix: "raise user.max_user_namespaces (sudo sysctl -w user.max_user_namespaces=15000)")
+        }
+        return .refused(
+            reason: "unshare could not create the namespaces (\(said))",
+            fix: "check that user namespaces are enabled (user.max_user_namespaces > 0) and not blocked by a seccomp "
+                + "or container policy; inside Docker run with --security-opt seccomp=unconfined or use --sandbox none")
+    }
+}

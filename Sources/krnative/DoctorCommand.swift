@@ -1,0 +1,87 @@
+import ArgumentParser
+import Archive
+import Fetch
+import Foundation
+import KrnativeBase
+import Sandbox
+import Store
+
+struct DoctorCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "doctor", abstract: "Check that this machine can run krnative builds, with the fix for each failure.")
+
+    @OptionGroup var inputs: InputOptions
+    @OptionGroup var output: OutputOptions
+
+    struct Check: Encodable {
+        enum Status: String, Encodable { case ok, fail, warn, info }
+        var name: String
+        var status: Status
+        var detail: String
+        var fix: String?
+    }
+
+    func run() throws {
+        var checks: [Check] = []
+        let unshare = ChildProcess.resolve("unshare")
+        checks.append(
+            access(unshare, X_OK) == 0
+                ? Check(name: "unshare", status: .ok, detail: unshare)
+                : Check(name: "unshare", status: .fail, detail: "not on PATH", fix: "apt-get install util-linux"))
+        let blocking = HostCheck.blockingSettings()
+        let probe = ChildProcess.run(["unshare", "--user", "--map-root-user", "true"])
+        if let (reason, fix) = blocking.first {
+            checks.append(Check(name: "user namespaces", status: .fail, detail: reason, fix: fix))
+        } else if !probe.succeeded {
+            checks.append(Check(name: "user namespaces", status: .fail, detail: "unshare --user failed: \(probe.stderr.trimmingCharacters(in: .whitespacesAndNewlines))",
+                fix: "enable user namespaces for ordinary users (user.max_user_namespaces > 0), or build with --sandbox none"))
+        } else {
+            checks.append(Check(name: "user namespaces", status: .ok, detail: "unshare --user --map-root-user works as uid \(getuid())"))
+        }
+        checks.append(sandboxCheck())
+        checks.append(Check(name: "libcurl", status: .ok, detail: CurlLibrary.version))
+        checks.append(Check(name: "libarchive", status: .ok, detail: ArchiveLibraries.libarchive))
+        checks.append(Check(name: "liblzma", status: .ok, detail: ArchiveLibraries.liblzma))
+        let store = inputs.storePath
+        try? FileManager.default.createDirectory(atPath: store, withIntermediateDirectories: true)
+        if let free = FileSystem.freeBytes(at: store) {
+            let gib = Double(free) / Double(1 << 30)
+            checks.append(
+                Check(
+                    name: "store disk", status: gib >= 5 ? .ok : .warn, detail: String(format: "%.1f GiB free at %@", gib, store),
+                    fix: gib >= 5 ? nil : "a build needs about 5 GiB; free space or point --store / KRNATIVE_STORE elsewhere"))
+        }
+        for (tool, purpose) in [("cmake", "the ttyd build"), ("ninja", "the ttyd build"), ("qemu-aarch64-static", "aarch64 smoke tests")] {
+            let path = ChildProcess.resolve(tool)
+            checks.append(
+                access(path, X_OK) == 0
+                    ? Check(name: tool, status: .ok, detail: path)
+                    : Check(name: tool, status: .info, detail: "not found; needed for \(purpose) (later stages)"))
+        }
+        if output.json {
+            printJSON(checks)
+        } else {
+            for check in checks {
+                print("\(check.status.rawValue.uppercased().padding(toLength: 5, withPad: " ", startingAt: 0)) \(check.name): \(check.detail)")
+                if let fix = check.fix { print("      fix: \(fix)") }
+            }
+        }
+        if checks.contains(where: { $0.status == .fail }) { throw ExitCode(ExitStatus.sandbox) }
+    }
+
+    private func sandboxCheck() -> Check {
+        let scratch = NSTemporaryDirectory() + "/krnative-doctor-\(getpid())"
+        try? FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let spec = SandboxSpec(
+            argv: ["sh", "-c", "test -r /proc/self/status && test -c /dev/null && touch /tmp/x && test \"$(hostname)\" = krnative"],
+            mounts: [.writable(scratch)], workingDirectory: scratch)
+        do {
+            try SandboxRunner(entryExecutable: currentExecutable).run(spec)
+            return Check(name: "sandbox", status: .ok, detail: "a step ran with its own /proc, /dev, /tmp, loopback and host name")
+        } catch {
+            let fix: String? = if case .refused(_, let fix) = error { fix } else { "run `krnative sandbox run -- true` to see the failure" }
+            return Check(name: "sandbox", status: .fail, detail: error.description.split(separator: "\n").first.map(String.init) ?? "", fix: fix)
+        }
+    }
+}

@@ -1,0 +1,78 @@
+import ArgumentParser
+import Foundation
+import KrnativeBase
+import Sandbox
+
+/// The path of this krnative executable, which the sandbox runs inside as `sandbox-entry`.
+var currentExecutable: String {
+    (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+}
+
+extension Isolation: ExpressibleByArgument {}
+
+struct SandboxCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sandbox", abstract: "Run a command in the build sandbox, as a build step runs.",
+        subcommands: [Run.self])
+
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run ARGV with the host's /usr read-only, no network, the given mounts and a clean environment.")
+
+        @Option(name: .customLong("ro"), help: "Mount SRC read-only at DST (SRC[:DST], repeatable).") var readOnly: [String] = []
+        @Option(name: .customLong("rw"), help: "Mount SRC writable at DST (SRC[:DST], repeatable).") var writable: [String] = []
+        @Option(help: "Mount this directory writable at /opt/backend.ai.") var prefix: String?
+        @Option(help: "Working directory inside; it is mounted writable from the same host path. Default: the current directory.")
+        var workdir: String?
+        @Option(name: .customLong("env"), help: "Add KEY=VALUE to the step's environment (repeatable).") var environment: [String] = []
+        @Option(help: "Use this directory as the root file system instead of the host's /usr, /lib, /etc.") var root: String?
+        @Option(help: "namespaces, or none to run without isolation. Default: namespaces; env KRNATIVE_SANDBOX.")
+        var sandbox: Isolation?
+        @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (after --).") var argv: [String]
+
+        func run() throws {
+            try perform("sandbox run") {
+                let command = argv.first == "--" ? Array(argv.dropFirst()) : argv
+                guard !command.isEmpty else { throw UsageError("give the command to run after --") }
+                let workdir = workdir ?? FileManager.default.currentDirectoryPath
+                var mounts = try readOnly.map { try Self.mount($0, writable: false) } + (try writable.map { try Self.mount($0, writable: true) })
+                mounts.append(.writable(workdir))
+                if let prefix { mounts.append(.writable(prefix, at: "/opt/backend.ai")) }
+                var declared: [String: String] = [:]
+                for pair in environment {
+                    guard let equals = pair.firstIndex(of: "=") else { throw UsageError("--env takes KEY=VALUE, not '\(pair)'") }
+                    declared[String(pair[..<equals])] = String(pair[pair.index(after: equals)...])
+                }
+                let epoch = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) } ?? 0
+                let spec = SandboxSpec(
+                    argv: command, environment: declared, mounts: mounts, rootDirectory: root, workingDirectory: workdir,
+                    sourceDateEpoch: epoch)
+                let isolation = sandbox ?? ProcessInfo.processInfo.environment["KRNATIVE_SANDBOX"].flatMap(Isolation.init(rawValue:)) ?? .namespaces
+                let runner = SandboxRunner(entryExecutable: currentExecutable, isolation: isolation)
+                let result = try runner.start(spec) { FileHandle.standardOutput.write($0) }
+                switch result.termination {
+                case .exited(let code): throw ExitCode(code)
+                case .signalled(let signal): throw ExitCode(128 + signal)
+                case .notStarted: throw ExitCode(127)
+                }
+            }
+        }
+
+        static func mount(_ text: String, writable: Bool) throws -> SandboxSpec.Mount {
+            let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
+            guard let source = parts.first, source.hasPrefix("/") else {
+                throw UsageError("mount '\(text)' needs an absolute SRC[:DST]")
+            }
+            return SandboxSpec.Mount(source: source, target: parts.count > 1 ? parts[1] : source, writable: writable)
+        }
+    }
+}
+
+/// Inside the namespaces: build the root and run the step. Not for people to call.
+struct SandboxEntryCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sandbox-entry", abstract: "Internal: the sandbox's PID 1.", shouldDisplay: false)
+    @Argument var specPath: String
+    @Argument var statusPath: String
+    func run() throws { SandboxEntry.main(specPath: specPath, statusPath: statusPath) }
+}
