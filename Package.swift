@@ -42,20 +42,21 @@ let package = Package(
         .target(name: "Archive", dependencies: ["KrnativeBase", "CArchive", "CLZMA"]),
         .target(name: "Fetch", dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "CCurl", "CCurlShim"]),
         .target(name: "Bundle", dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch"]),
+        .target(name: "Patch", dependencies: ["KrnativeBase"]),
         .target(name: "Sandbox", dependencies: ["KrnativeBase", "CSystemCalls"]),
 
         // The command line: argument parsing only.
         .executableTarget(
             name: "krnative",
             dependencies: [
-                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Sandbox",
+                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
         .testTarget(
             name: "KrnativeTests",
-            dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Sandbox"],
+            dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox"],
             exclude: ["Support"]),
     ],
     swiftLanguageModes: [.v6]

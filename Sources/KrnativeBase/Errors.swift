@@ -22,6 +22,7 @@ public enum ExitStatus {
     public static let archive: Int32 = 77
     public static let process: Int32 = 78
     public static let sandbox: Int32 = 79
+    public static let patch: Int32 = 80
 }
 
 /// A command line that does not make sense.

@@ -1,0 +1,107 @@
+import Archive
+import Foundation
+import KrnativeBase
+import Patch
+import Testing
+
+@Suite("Patches")
+struct PatchTests {
+    static let contextC = """
+        \tcontext->default_retry.retry_ms_table = default_backoff_table;
+        \tcontext->default_retry.conceal_count =
+        \t\t\tcontext->default_retry.retry_ms_table_count =
+        \t\t\t\tLWS_ARRAY_SIZE(default_backoff_table);
+        \tcontext->default_retry.jitter_percent = 20;
+        \tcontext->default_retry.secs_since_valid_ping = 300;
+        \tcontext->default_retry.secs_since_valid_hangup = 310;
+
+        """
+
+    var shipped: [SourcePatch] { get throws { try SourcePatch.series(for: "libwebsockets", in: Package.root + "/patches") } }
+
+    func tree(_ contextC: String = contextC) -> TemporaryDirectory {
+        let work = TemporaryDirectory()
+        _ = work.file("lib/core/context.c", contextC)
+        return work
+    }
+
+    @Test func shippedPingPongPatchApplies() throws {
+        let work = tree()
+        let applied = try PatchApplier().apply(try shipped, to: work.path, version: "4.3.3")
+        #expect(applied.map(\.edits) == [2])
+        #expect(applied.first?.files == ["lib/core/context.c"])
+        let text = try String(contentsOfFile: work.path + "/lib/core/context.c", encoding: .utf8)
+        #expect(text.contains("secs_since_valid_ping = 20;"))
+        #expect(text.contains("secs_since_valid_hangup = 30;"))
+        #expect(!text.contains("= 300;") && !text.contains("= 310;"))
+    }
+
+    /// What a user sees when libwebsockets changed the line the patch edits.
+    @Test func driftIsReportedWithCountsAndTheNearestLine() throws {
+        let work = tree(Self.contextC.replacingOccurrences(of: "secs_since_valid_ping = 300", with: "secs_since_valid_ping = 600"))
+        do {
+            _ = try PatchApplier().apply(try shipped, to: work.path, version: "4.3.3")
+            Issue.record("a drifted source was patched")
+        } catch {
+            let message = "\(error)"
+            print("--- the error a user gets ---\n\(message)")
+            #expect(message.contains("10-ping-pong.json"))
+            #expect(message.contains("lib/core/context.c"))
+            #expect(message.contains("expected 1 occurrence(s)"))
+            #expect(message.contains("found 0"))
+            #expect(message.contains("Nearest line: 6: context->default_retry.secs_since_valid_ping = 600;"))
+        }
+        // All or nothing: the hang-up edit, which would apply, was not written either.
+        #expect(try String(contentsOfFile: work.path + "/lib/core/context.c", encoding: .utf8).contains("hangup = 310"))
+    }
+
+    @Test func versionRangeSkipsPatchesThatDoNotFit() throws {
+        let work = tree()
+        #expect(try PatchApplier().apply(try shipped, to: work.path, version: "3.2.0").isEmpty)
+        #expect(try String(contentsOfFile: work.path + "/lib/core/context.c", encoding: .utf8) == Self.contextC)
+    }
+
+    @Test func unifiedDiffAppliesWithoutFuzz() throws {
+        let work = tree()
+        let diff = """
+            --- a/lib/core/context.c
+            +++ b/lib/core/context.c
+            @@ -5,3 +5,3 @@
+             \tcontext->default_retry.jitter_percent = 20;
+            -\tcontext->default_retry.secs_since_valid_ping = 300;
+            +\tcontext->default_retry.secs_since_valid_ping = 20;
+             \tcontext->default_retry.secs_since_valid_hangup = 310;
+
+            """
+        let patchFile = work.file("p/ping.patch", diff)
+        _ = try PatchApplier().apply([try SourcePatch.load(patchFile)], to: work.path, version: "4.3.3")
+        #expect(try String(contentsOfFile: work.path + "/lib/core/context.c", encoding: .utf8).contains("ping = 20;"))
+        // Applying it again fails: the removed line is gone, and no fuzz lets it through.
+        do {
+            _ = try PatchApplier().apply([try SourcePatch.load(patchFile)], to: work.path, version: "4.3.3")
+            Issue.record("a diff applied twice")
+        } catch {
+            #expect("\(error)".contains("@@ -5,3 +5,3 @@"))
+            #expect("\(error)".contains("no fuzz"))
+        }
+    }
+
+    /// The real libwebsockets source from Debian (scripts/debian-sources), when the test run has it.
+    @Test func shippedPatchAppliesToTheRealLibwebsockets() throws {
+        guard let directory = ProcessInfo.processInfo.environment["KRNATIVE_TEST_SOURCES"],
+            let name = (try? FileManager.default.contentsOfDirectory(atPath: directory))?.first(where: { $0.hasPrefix("libwebsockets_") })
+        else {
+            print("SKIPPED shippedPatchAppliesToTheRealLibwebsockets: KRNATIVE_TEST_SOURCES has no libwebsockets tarball (scripts/test fetches it)")
+            return
+        }
+        let work = TemporaryDirectory()
+        try SafeExtractor(stripComponents: 1).extract(directory + "/" + name, into: work.path + "/src")
+        // libwebsockets_4.3.5.orig.tar.gz → 4.3.5
+        let version = name.dropFirst("libwebsockets_".count).components(separatedBy: ".orig").first ?? ""
+        let applied = try PatchApplier().apply(try shipped, to: work.path + "/src", version: version)
+        #expect(applied.first?.edits == 2, "\(name) → \(version)")
+        let text = try String(contentsOfFile: work.path + "/src/lib/core/context.c", encoding: .utf8)
+        #expect(text.contains("context->default_retry.secs_since_valid_ping = 20"))
+        #expect(text.contains("context->default_retry.secs_since_valid_hangup = 30"))
+    }
+}
