@@ -44,19 +44,25 @@ let package = Package(
         .target(name: "Bundle", dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch"]),
         .target(name: "Patch", dependencies: ["KrnativeBase"]),
         .target(name: "Sandbox", dependencies: ["KrnativeBase", "CSystemCalls"]),
+        .target(name: "Toolchain", dependencies: ["KrnativeBase"]),
+        .target(
+            name: "Compile",
+            dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Patch", "Sandbox", "Toolchain"]),
 
         // The command line: argument parsing only.
         .executableTarget(
             name: "krnative",
             dependencies: [
-                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox",
+                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
 
         .testTarget(
             name: "KrnativeTests",
-            dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox"],
+            dependencies: [
+                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile",
+            ],
             exclude: ["Support"]),
     ],
     swiftLanguageModes: [.v6]

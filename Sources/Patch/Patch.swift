@@ -90,6 +90,18 @@ public struct SourcePatch: Sendable, Equatable {
         return patches
     }
 
+    /// What applying this patch does (files and edits), for the manifest; the same whether it is
+    /// applied now or its result comes from the step cache.
+    public var summary: AppliedPatch {
+        switch body {
+        case .edits(let edits):
+            return AppliedPatch(patch: path, sha256: sha256, files: Array(Set(edits.map(\.file))).sorted(), edits: edits.count)
+        case .unifiedDiff(let text):
+            let files = (try? UnifiedDiff.parse(text, patch: path)) ?? []
+            return AppliedPatch(patch: path, sha256: sha256, files: files.map(\.file).sorted(), edits: files.reduce(0) { $0 + $1.hunks.count })
+        }
+    }
+
     /// Whether `version` is in the patch's range.
     public func applies(to version: String) -> Bool {
         if let minVersion, Version.compare(version, minVersion) == .orderedAscending { return false }

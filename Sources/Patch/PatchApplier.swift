@@ -18,8 +18,6 @@ public struct PatchApplier: Sendable {
             return String(decoding: data, as: UTF8.self)
         }
         for patch in series where patch.applies(to: version) {
-            var files: [String] = []
-            var edits = 0
             switch patch.body {
             case .edits(let list):
                 for edit in list {
@@ -31,18 +29,14 @@ public struct PatchApplier: Sendable {
                             nearest: Self.nearestLine(to: edit.find, in: current))
                     }
                     contents[edit.file] = current.replacingOccurrences(of: edit.find, with: edit.replace)
-                    files.append(edit.file)
-                    edits += 1
                 }
             case .unifiedDiff(let diff):
                 for filePatch in try UnifiedDiff.parse(diff, patch: patch.path) {
                     let current = try text(filePatch.file, patch)
                     contents[filePatch.file] = try filePatch.apply(to: current, patch: patch.path)
-                    files.append(filePatch.file)
-                    edits += filePatch.hunks.count
                 }
             }
-            applied.append(AppliedPatch(patch: patch.path, sha256: patch.sha256, files: Array(Set(files)).sorted(), edits: edits))
+            applied.append(patch.summary)
         }
         for (file, text) in contents.sorted(by: { $0.key < $1.key }) {
             let path = root + "/" + file

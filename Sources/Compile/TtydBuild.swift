@@ -1,0 +1,257 @@
+import Archive
+import Fetch
+import Foundation
+import KrnativeBase
+import Lock
+import Patch
+import Sandbox
+import Store
+import Toolchain
+
+/// Why ttyd could not be built.
+public enum CompileError: KrnativeError {
+    case missingInput(name: String, lockPath: String)
+    case toolchainCannotRun(ToolchainKind, host: HostPlatform)
+    case noOutput(path: String)
+
+    public var description: String {
+        switch self {
+        case .missingInput(let name, let lockPath):
+            "the store has no '\(name)' (or the lock \(lockPath) does not name it); run `krnative fetch --lock \(lockPath) --target …`, "
+                + "or bring it in with `krnative bundle import` / `krnative store import`"
+        case .toolchainCannotRun(let kind, let host):
+            "the \(kind.rawValue) toolchain does not run on \(host) hosts; use --toolchain zig"
+        case .noOutput(let path):
+            "the ttyd step finished but left no \(path)"
+        }
+    }
+    public var exitCode: Int32 {
+        switch self {
+        case .missingInput: ExitStatus.missingInput
+        case .toolchainCannotRun: ExitStatus.usage
+        case .noOutput: ExitStatus.process
+        }
+    }
+}
+
+/// Builds the static ttyd of one target from the lock's sources, step by step in the sandbox,
+/// with each library's install tree cached in the store by the hash of everything that went in.
+public struct TtydBuild: Sendable {
+    public struct Options: Sendable {
+        public var target: Target
+        public var toolchain: ToolchainKind = .zig
+        public var host: HostPlatform = .current
+        public var isolation: Isolation = .namespaces
+        public var jobs = ProcessInfo.processInfo.activeProcessorCount
+        public var patchesDirectory: String
+        public var outputDirectory: String
+        /// The krnative executable that runs inside the sandbox.
+        public var entryExecutable: String
+        /// Where to build; a fresh temporary directory when nil (removed afterwards unless `keepWork`).
+        public var workDirectory: String?
+        public var keepWork = false
+        /// Compile every step even when the step cache has its result (the result is cached again).
+        public var rebuild = false
+        /// Build only up to and including this component (tests of the libraries without ttyd's source).
+        public var stopAfter: String?
+        public var lockPath = Lockfile.defaultFileName
+        public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+
+        public init(target: Target, patchesDirectory: String, outputDirectory: String, entryExecutable: String) {
+            self.target = target
+            self.patchesDirectory = patchesDirectory
+            self.outputDirectory = outputDirectory
+            self.entryExecutable = entryExecutable
+        }
+    }
+
+    /// What the build used and made: recorded next to the binary as `ttyd_linux.<arch>.json`.
+    public struct Report: Sendable, Codable {
+        public struct Source: Sendable, Codable {
+            public var name: String
+            public var version: String
+            public var treeSha256: SHA256Digest
+            public var fileSha256: SHA256Digest
+        }
+        public struct Step: Sendable, Codable {
+            public var component: String
+            public var key: SHA256Digest
+            public var cached: Bool
+            public var seconds: Double
+            public var adaptation: String?
+        }
+        public struct Output: Sendable, Codable {
+            public var file: String
+            public var sha256: SHA256Digest
+            public var size: Int64
+        }
+        public var triple: String
+        public var toolchain: String
+        public var isolation: Isolation
+        public var sourceDateEpoch: Int64
+        public var sources: [Source] = []
+        public var patches: [AppliedPatch] = []
+        public var steps: [Step] = []
+        public var output: Output?
+    }
+
+    public let options: Options
+    public let resolver: InputResolver
+
+    public init(options: Options, resolver: InputResolver) {
+        self.options = options
+        self.resolver = resolver
+    }
+
+    var store: Store { resolver.store }
+
+    public func run(lock: Lockfile) throws -> Report {
+        let triple = options.target.ttydTriple
+        guard Toolchain.runs(options.toolchain, on: options.host) else {
+            throw CompileError.toolchainCannotRun(options.toolchain, host: options.host)
+        }
+        let toolchain = try unpackToolchain(lock: lock, triple: triple)
+        let work = options.workDirectory ?? store.temporaryPath("ttyd-\(triple)")
+        try FileSystem.createDirectory(work)
+        defer { if options.workDirectory == nil && !options.keepWork { FileSystem.remove(work) } }
+        let zigCache = "\(store.root)/zig-cache/\(toolchain.version)-\(triple)"
+        try FileSystem.createDirectory(zigCache)
+        let layout =
+            options.isolation == .namespaces
+            ? BuildLayout.sandboxed : BuildLayout(build: work, toolchain: toolchain.hostRoot, zigCache: zigCache)
+
+        var toolchainInLayout = toolchain
+        toolchainInLayout.hostRoot = layout.toolchain
+        try writeWrappers(toolchainInLayout, layout: layout, work: work)
+
+        let versions = Dictionary(uniqueKeysWithValues: TtydRecipe.components.compactMap { name in lock[name].map { (name, $0.version) } })
+        let recipe = TtydRecipe(layout: layout, triple: triple, jobs: options.jobs, versions: versions)
+        var report = Report(
+            triple: triple, toolchain: toolchain.identity, isolation: options.isolation, sourceDateEpoch: lock.sourceDateEpoch)
+        let runner = SandboxRunner(entryExecutable: options.entryExecutable, isolation: options.isolation)
+        var previousKey = SHA256Digest.of(Data("krnative ttyd recipe v1 \(toolchain.identity)".utf8))
+        let stage = work + "/stage"
+        try FileSystem.createDirectory(stage)
+
+        for step in recipe.steps {
+            guard let input = lock[step.component], input.kind == .source, let tree = input.treeSha256,
+                let archive = try resolver.path(of: input)
+            else { throw CompileError.missingInput(name: step.component, lockPath: options.lockPath) }
+            let patches = try SourcePatch.series(for: step.component, in: options.patchesDirectory).filter { $0.applies(to: input.version) }
+            let key = cacheKey(previous: previousKey, step: step, tree: tree, patches: patches)
+            report.sources.append(.init(name: input.name, version: input.version, treeSha256: tree, fileSha256: resolver.located(input)!))
+            let started = Date()
+            let cached = "\(store.root)/steps/\(key.hex)"
+            let wasCached = !options.rebuild && FileSystem.exists(cached)
+            if wasCached {
+                FileSystem.remove(stage)
+                try FileManager.default.copyItem(atPath: cached, toPath: stage)
+                report.patches += patches.map(\.summary)
+                options.log("\(step.component) \(input.version): cached (\(key.hex.prefix(12)))")
+            } else {
+                options.log("\(step.component) \(input.version): building for \(triple) with \(toolchain.kind.rawValue)")
+                let source = work + "/src/" + step.component
+                FileSystem.remove(source)
+                try SafeExtractor(stripComponents: 1).extract(archive, into: source)
+                report.patches += try PatchApplier().apply(patches, to: source, version: input.version)
+                try runCommands(step, in: layout, work: work, toolchain: toolchain, zigCache: zigCache, runner: runner, epoch: lock.sourceDateEpoch)
+                try snapshot(stage, as: cached)
+            }
+            report.steps.append(
+                .init(component: step.component, key: key, cached: wasCached, seconds: Date().timeIntervalSince(started), adaptation: step.adaptation))
+            previousKey = key
+            if step.component == options.stopAfter { return report }
+        }
+        let binary = stage + "/bin/ttyd"
+        guard FileSystem.exists(binary) else { throw CompileError.noOutput(path: binary) }
+        try FileSystem.createDirectory(options.outputDirectory)
+        let name = "ttyd_linux.\(options.target.arch.rawValue).bin"
+        let temp = options.outputDirectory + "/.\(name).partial"
+        FileSystem.remove(temp)
+        try FileManager.default.copyItem(atPath: binary, toPath: temp)
+        chmod(temp, 0o755)
+        let (digest, size) = try SHA256Digest.of(fileAt: temp)
+        try FileSystem.rename(temp, to: options.outputDirectory + "/" + name)
+        report.output = .init(file: name, sha256: digest, size: size)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try FileSystem.writeAtomically(try encoder.encode(report), to: options.outputDirectory + "/ttyd_linux.\(options.target.arch.rawValue).json")
+        return report
+    }
+
+    /// The key of a step's install tree: the previous step's key (so a change below rebuilds
+    /// everything above it), the step's commands and environment, the source tree, the patches.
+    func cacheKey(previous: SHA256Digest, step: BuildStep, tree: SHA256Digest, patches: [SourcePatch]) -> SHA256Digest {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var material = Data("\(previous.hex)\n\(tree.hex)\n".utf8)
+        material += (try? encoder.encode(step)) ?? Data()
+        for patch in patches { material += Data("\npatch \(patch.sha256.hex)".utf8) }
+        return SHA256Digest.of(material)
+    }
+
+    /// Unpacks the toolchain archive once into the store (`toolchains/<sha256>/`).
+    func unpackToolchain(lock: Lockfile, triple: String) throws -> Toolchain {
+        let name = options.toolchain.lockName(triple: triple, host: options.host)
+        guard let input = lock[name], let digest = resolver.located(input) else {
+            throw CompileError.missingInput(name: name, lockPath: options.lockPath)
+        }
+        let root = "\(store.root)/toolchains/\(digest.hex)"
+        if !FileSystem.exists(root) {
+            let entryLock = try store.lock("toolchain-\(digest.hex)")
+            defer { entryLock.unlock() }
+            if !FileSystem.exists(root) {
+                let temp = store.temporaryPath("toolchain")
+                options.log("unpacking \(input.name) \(input.version)")
+                try SafeExtractor(stripComponents: options.toolchain.stripComponents).extract(try store.verifiedPath(for: digest), into: temp)
+                if options.toolchain == .zig { chmod(temp + "/ziglang/zig", 0o755) }  // wheels may not keep the mode
+                try FileSystem.createDirectory(store.root + "/toolchains")
+                try FileSystem.rename(temp, to: root)
+            }
+        }
+        return Toolchain(kind: options.toolchain, version: input.version, archiveSha256: digest, triple: triple, hostRoot: root)
+    }
+
+    func writeWrappers(_ toolchain: Toolchain, layout: BuildLayout, work: String) throws {
+        try FileSystem.createDirectory(work + "/wrappers")
+        for (name, script) in toolchain.wrappers(root: layout.toolchain) {
+            try FileSystem.writeAtomically(Data(script.utf8), to: work + "/wrappers/" + name, mode: 0o755)
+        }
+        let file = toolchain.cmakeToolchainFile(wrappers: layout.wrappers, stage: layout.stage)
+        try FileSystem.writeAtomically(Data(file.utf8), to: work + "/toolchain.cmake")
+    }
+
+    func runCommands(
+        _ step: BuildStep, in layout: BuildLayout, work: String, toolchain: Toolchain, zigCache: String, runner: SandboxRunner,
+        epoch: Int64
+    ) throws {
+        var environment = step.environment
+        environment["ZIG_GLOBAL_CACHE_DIR"] = layout.zigCache
+        environment["ZIG_LOCAL_CACHE_DIR"] = layout.build + "/zig-local-cache"
+        let mounts: [SandboxSpec.Mount] =
+            options.isolation == .namespaces
+            ? [.writable(work, at: layout.build), .readOnly(toolchain.hostRoot, at: layout.toolchain), .writable(zigCache, at: layout.zigCache)]
+            : []
+        let logPath = work + "/logs/\(step.component).log"
+        try FileSystem.createDirectory(work + "/logs")
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = FileHandle(forWritingAtPath: logPath)
+        defer { try? log?.close() }
+        for argv in step.commands {
+            let spec = SandboxSpec(
+                argv: argv, environment: environment, mounts: mounts, workingDirectory: layout.source(step.component),
+                home: layout.build, sourceDateEpoch: epoch)
+            try runner.run(spec) { log?.write($0) }
+        }
+    }
+
+    /// Copies the install tree to the step cache, whole or not at all.
+    func snapshot(_ stage: String, as destination: String) throws {
+        try FileSystem.createDirectory((destination as NSString).deletingLastPathComponent)
+        let temp = destination + ".tmp-\(getpid())"
+        FileSystem.remove(temp)
+        try FileManager.default.copyItem(atPath: stage, toPath: temp)
+        FileSystem.remove(destination)
+        try FileSystem.rename(temp, to: destination)
+    }
+}

@@ -1,0 +1,48 @@
+import ArgumentParser
+import Compile
+import Fetch
+import Foundation
+import KrnativeBase
+import Lock
+import Sandbox
+import Store
+import Toolchain
+
+extension ToolchainKind: ExpressibleByArgument {}
+
+struct BuildTtydCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build-ttyd",
+        abstract: "Cross-compile the static ttyd of a target from the lock's sources (leaves ttyd_linux.<arch>.bin).")
+
+    @OptionGroup var inputs: InputOptions
+    @Option(help: "The target whose ttyd to build.") var target: Target
+    @Option(help: "zig or musl-cross (x86_64 hosts only). Default: zig.") var toolchain: ToolchainKind?
+    @Option(help: "Where ttyd_linux.<arch>.bin and its report go. Default: ./out.") var out = "out"
+    @Option(help: "The patches directory. Default: ./patches.") var patches = "patches"
+    @Option(help: "namespaces, or none to build without isolation. Default: namespaces; env KRNATIVE_SANDBOX.") var sandbox: Isolation?
+    @Option(help: "Parallel compile jobs. Default: the number of CPUs.") var jobs: Int?
+    @Option(help: "Build in this directory instead of a temporary one (kept).") var workdir: String?
+    @Flag(help: "Compile every step even when the step cache holds its result.") var rebuild = false
+    @Flag(help: "Print the report as JSON on stdout.") var json = false
+
+    func run() throws {
+        try perform("build-ttyd") {
+            let lock = try Lockfile.load(from: inputs.lockPath)
+            var options = TtydBuild.Options(
+                target: target, patchesDirectory: patches, outputDirectory: out, entryExecutable: currentExecutable)
+            options.toolchain = toolchain ?? Toolchain.defaultKind(for: .current)
+            options.isolation = sandbox ?? ProcessInfo.processInfo.environment["KRNATIVE_SANDBOX"].flatMap(Isolation.init(rawValue:)) ?? .namespaces
+            if let jobs { options.jobs = max(1, jobs) }
+            options.workDirectory = workdir
+            options.rebuild = rebuild
+            options.lockPath = inputs.lockPath
+            let started = Date()
+            let report = try TtydBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath))).run(lock: lock)
+            if json { return printJSON(report) }
+            if let output = report.output {
+                print("\(out)/\(output.file): \(output.size) bytes, sha256 \(output.sha256), \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
+            }
+        }
+    }
+}

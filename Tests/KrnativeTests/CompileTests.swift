@@ -1,0 +1,200 @@
+import Archive
+import Compile
+import Fetch
+import Foundation
+import KrnativeBase
+import Lock
+import Sandbox
+import Store
+import Testing
+import Toolchain
+
+extension Tag {
+    /// Compiles real C sources with a real toolchain (minutes).
+    @Tag static var compile: Self
+}
+
+/// The real compile: ttyd's libraries (and ttyd, when its source is at hand) from Debian's
+/// upstream tarballs (scripts/debian-sources), with Zig from the `ziglang` wheel (through pip).
+@Suite("Compile ttyd", .tags(.compile, .namespaces, .pypi), .serialized)
+struct CompileTests {
+    /// Debian's upstream tarballs, by the lock's component names.
+    static let tarballs: [String: (file: String, version: String)]? = {
+        guard let directory = ProcessInfo.processInfo.environment["KRNATIVE_TEST_SOURCES"],
+            let names = try? FileManager.default.contentsOfDirectory(atPath: directory)
+        else { return nil }
+        let packages = ["zlib": "zlib_", "json-c": "json-c_", "libuv": "libuv1_", "mbedtls": "mbedtls_", "libwebsockets": "libwebsockets_", "ttyd": "ttyd_"]
+        var found: [String: (String, String)] = [:]
+        for (component, prefix) in packages {
+            guard let name = names.first(where: { $0.hasPrefix(prefix) && $0.contains(".orig.tar.") }) else { continue }
+            // zlib_1.3.dfsg+really1.3.1.orig.tar.gz → 1.3.1; json-c_0.18+ds → 0.18
+            var version = name.dropFirst(prefix.count).components(separatedBy: ".orig").first ?? ""
+            if let really = version.range(of: "really") { version = String(version[really.upperBound...]) }
+            version = version.components(separatedBy: "+").first ?? version
+            found[component] = (directory + "/" + name, version)
+        }
+        return found
+    }()
+
+    static var hasLibraries: Bool { tarballs.map { Set($0.keys).isSuperset(of: ["zlib", "json-c", "libuv", "mbedtls", "libwebsockets"]) } ?? false }
+    static var hasTtyd: Bool { tarballs?["ttyd"] != nil }
+
+    /// One store for the suite: the Zig wheel is fetched once and Zig's libc cache is shared.
+    /// KRNATIVE_TEST_STORE, else a temporary directory left for the system to clean (it holds Zig's cache).
+    static let store: (path: String, unused: Void) = {
+        if let shared = ProcessInfo.processInfo.environment["KRNATIVE_TEST_STORE"], !shared.isEmpty { return (shared, ()) }
+        var template = Array((NSTemporaryDirectory() + "/krnative-compile-store.XXXXXX").utf8CString)
+        return (template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }, ())
+    }()
+
+    /// A lock with Debian's sources (the versions differ from ttyd 1.7.7's) and the repository's Zig.
+    static func makeLock(in work: TemporaryDirectory) throws -> (Lockfile, String) {
+        let repository = try Lockfile.load(from: Package.root + "/krnative.lock.json")
+        var lock = Lockfile(sourceDateEpoch: repository.sourceDateEpoch, inputs: repository.inputs.filter { $0.name.hasPrefix("zig-") })
+        let resolver = InputResolver(store: try Store(root: store.path))
+        for (component, tarball) in tarballs ?? [:] {
+            let input = LockedInput(
+                name: component, kind: .source, version: tarball.version, filename: (tarball.file as NSString).lastPathComponent,
+                treeSha256: try TreeHash.ofArchive(at: tarball.file), urls: ["https://deb.invalid/\(component)"])
+            _ = try resolver.importFile(tarball.file, for: input)
+            lock.upsert(input)
+        }
+        let path = work.path + "/test.lock.json"
+        try lock.write(to: path)
+        let fetched = krnative(["fetch", "--lock", path, "--store", store.path, "--all", "--host", "x86_64-linux"])
+        try #require(fetched.succeeded, "the Zig wheel must come through pip: \(fetched.stderr)")
+        return (lock, path)
+    }
+
+    func build(_ target: Target, lock: Lockfile, work: String, patches: String = Package.root + "/patches", rebuild: Bool = true) throws -> TtydBuild.Report {
+        var options = TtydBuild.Options(
+            target: target, patchesDirectory: patches, outputDirectory: work + "/out", entryExecutable: Package.binary)
+        options.workDirectory = work + "/build"
+        options.rebuild = rebuild
+        options.stopAfter = Self.hasTtyd ? nil : "libwebsockets"
+        options.log = { print("[\(target.ttydTriple)] \($0)") }
+        return try TtydBuild(options: options, resolver: InputResolver(store: try Store(root: Self.store.path))).run(lock: lock)
+    }
+
+    func skipUnlessReady() -> Bool {
+        guard Self.hasLibraries else {
+            print("SKIPPED the compile tests: KRNATIVE_TEST_SOURCES lacks Debian's zlib/json-c/libuv/mbedtls/libwebsockets (run scripts/test, which fetches them)")
+            return false
+        }
+        guard Sandbox.userNamespacesWork else {
+            Issue.record("SKIPPED the compile tests: no user namespaces for the sandbox")
+            return false
+        }
+        if !Self.hasTtyd { print("SKIPPED building ttyd itself: its source is not in KRNATIVE_TEST_SOURCES; the libraries are still built") }
+        return true
+    }
+
+    @Test(arguments: [Target.manylinuxX86_64, .musllinuxAarch64])
+    func patchedStackBuildsAndRuns(target: Target) throws {
+        guard skipUnlessReady() else { return }
+        let work = TemporaryDirectory("krnative-ttyd")
+        let (lock, _) = try Self.makeLock(in: work)
+        let started = Date()
+        let report = try build(target, lock: lock, work: work.path)
+        print("[\(target.ttydTriple)] built in \(Int(Date().timeIntervalSince(started))) s: \(report.steps.map { "\($0.component) \(Int($0.seconds)) s" }.joined(separator: ", "))")
+        #expect(report.steps.allSatisfy { !$0.cached })
+        let pingPong = try #require(report.patches.first { $0.patch.hasSuffix("libwebsockets/10-ping-pong.json") })
+        #expect(pingPong.edits == 2)
+        let context = try String(contentsOfFile: work.path + "/build/src/libwebsockets/lib/core/context.c", encoding: .utf8)
+        #expect(context.contains("secs_since_valid_ping = 20") && context.contains("secs_since_valid_hangup = 30"))
+        #expect(FileManager.default.fileExists(atPath: work.path + "/build/stage/lib/libwebsockets.a"))
+        let library = try ELFFile(path: work.path + "/build/stage/lib/libuv.a", archiveMember: true)
+        #expect(library.machine == target.arch)
+
+        guard Self.hasTtyd else { return }
+        let output = try #require(report.output)
+        let binary = work.path + "/out/" + output.file
+        #expect(output.file == "ttyd_linux.\(target.arch.rawValue).bin")
+        let elf = try ELFFile(path: binary)
+        #expect(elf.machine == target.arch)
+        #expect(elf.isStatic)
+        #expect(elf.isStripped)
+        let run = target.arch == HostPlatform.current.arch ? [binary] : ["qemu-\(target.arch.rawValue)-static", binary]
+        let version = ChildProcess.run(run + ["--version"])
+        #expect(version.succeeded, "\(version.stderr)")
+        #expect(version.stdout.contains("ttyd version \(lock["ttyd"]!.version)") || version.stderr.contains("ttyd version \(lock["ttyd"]!.version)"))
+        if target.arch == HostPlatform.current.arch { try serveAPage(binary) }
+    }
+
+    /// Starts the built ttyd on loopback and fetches its page.
+    func serveAPage(_ binary: String) throws {
+        let port = 20_000 + Int(getpid() % 20_000)
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: binary)
+        server.arguments = ["-i", "lo", "-p", String(port), "true"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer { server.terminate(); kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
+        let saved = NSTemporaryDirectory() + "/krnative-ttyd-page-\(getpid()).html"
+        defer { unlink(saved) }
+        for _ in 0..<50 {
+            if ChildProcess.run(["curl", "-s", "--compressed", "-o", saved, "http://127.0.0.1:\(port)/"]).succeeded { break }
+            usleep(100_000)
+        }
+        let page = (try? String(contentsOfFile: saved, encoding: .utf8)) ?? ""
+        #expect(page.hasPrefix("<!DOCTYPE html>") && page.contains("</html>"), "ttyd served no page (\(page.utf8.count) bytes)")
+    }
+
+    @Test func sameBytesFromTwoBuildDirectoriesAndTheStepCache() throws {
+        guard skipUnlessReady() else { return }
+        let work = TemporaryDirectory("krnative-ttyd")
+        let (lock, _) = try Self.makeLock(in: work)
+        let first = try build(.manylinuxX86_64, lock: lock, work: work.path + "/one")
+        let second = try build(.manylinuxX86_64, lock: lock, work: work.path + "/two/deeper")
+        let last = { (report: TtydBuild.Report) in report.output?.sha256 ?? report.steps.last!.key }
+        if Self.hasTtyd {
+            print("ttyd sha256 from two build directories: \(first.output!.sha256) and \(second.output!.sha256)")
+            #expect(first.output!.sha256 == second.output!.sha256)
+        }
+        let firstStage = try TreeHash.ofDirectory(at: work.path + "/one/build/stage")
+        #expect(try TreeHash.ofDirectory(at: work.path + "/two/deeper/build/stage") == firstStage, "the installed libraries differ")
+
+        // Nothing changed: nothing compiles.
+        let again = try build(.manylinuxX86_64, lock: lock, work: work.path + "/three", rebuild: false)
+        #expect(again.steps.allSatisfy { $0.cached })
+        #expect(last(again) == last(first))
+
+        // A patch change rebuilds libwebsockets and what comes after it only.
+        let patches = work.path + "/patches"
+        try FileManager.default.copyItem(atPath: Package.root + "/patches", toPath: patches)
+        let pingPong = patches + "/libwebsockets/10-ping-pong.json"
+        let edited = try String(contentsOfFile: pingPong, encoding: .utf8).replacingOccurrences(of: "ping = 20", with: "ping = \(Int.random(in: 21...299))")
+        try edited.write(toFile: pingPong, atomically: true, encoding: .utf8)
+        let changed = try build(.manylinuxX86_64, lock: lock, work: work.path + "/four", patches: patches, rebuild: false)
+        let rebuilt = changed.steps.filter { !$0.cached }.map(\.component)
+        #expect(rebuilt == (Self.hasTtyd ? ["libwebsockets", "ttyd"] : ["libwebsockets"]))
+    }
+}
+
+/// The ELF facts the tests check: machine, static (no interpreter), stripped (no symbol table).
+struct ELFFile {
+    var machine: Architecture?
+    var isStatic: Bool
+    var isStripped: Bool
+
+    /// Reads an ELF file, or with `archiveMember` the first ELF object inside an `ar` archive.
+    init(path: String, archiveMember: Bool = false) throws {
+        var data = try Data(contentsOf: URL(fileURLWithPath: path))
+        if archiveMember, let start = data.firstRange(of: Data([0x7f, 0x45, 0x4c, 0x46]))?.lowerBound {
+            data = data.subdata(in: start..<data.count)
+        }
+        let bytes = [UInt8](data)
+        guard bytes.count > 64, bytes[0..<4] == [0x7f, 0x45, 0x4c, 0x46], bytes[4] == 2 else {
+            throw UsageError("\(path) is not a 64-bit ELF file")
+        }
+        func u16(_ at: Int) -> Int { Int(bytes[at]) | Int(bytes[at + 1]) << 8 }
+        func u32(_ at: Int) -> Int { u16(at) | u16(at + 2) << 16 }
+        func u64(_ at: Int) -> Int { u32(at) | u32(at + 4) << 32 }
+        machine = [62: .x86_64, 183: .aarch64][u16(18)]
+        let (phoff, phentsize, phnum) = (u64(32), u16(54), u16(56))
+        isStatic = !(0..<phnum).contains { u32(phoff + $0 * phentsize) == 3 }  // PT_INTERP
+        let (shoff, shentsize, shnum) = (u64(40), u16(58), u16(60))
+        isStripped = !(0..<shnum).contains { shoff + $0 * shentsize + 8 <= bytes.count && u32(shoff + $0 * shentsize + 4) == 2 }  // SHT_SYMTAB
+    }
+}
