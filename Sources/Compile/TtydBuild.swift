@@ -13,6 +13,7 @@ public enum CompileError: KrnativeError {
     case missingInput(name: String, lockPath: String)
     case toolchainCannotRun(ToolchainKind, host: HostPlatform)
     case noOutput(path: String)
+    case treeMismatch(component: String, archive: String, expected: SHA256Digest, actual: SHA256Digest)
 
     public var description: String {
         switch self {
@@ -23,6 +24,8 @@ public enum CompileError: KrnativeError {
             "the \(kind.rawValue) toolchain does not run on \(host) hosts; use --toolchain zig"
         case .noOutput(let path):
             "the ttyd step finished but left no \(path)"
+        case .treeMismatch(let component, let archive, let expected, let actual):
+            "\(component): \(archive) unpacked to tree \(actual), but the lock pins \(expected); the extraction differs from the tree hash (report this)"
         }
     }
     public var exitCode: Int32 {
@@ -30,6 +33,7 @@ public enum CompileError: KrnativeError {
         case .missingInput: ExitStatus.missingInput
         case .toolchainCannotRun: ExitStatus.usage
         case .noOutput: ExitStatus.process
+        case .treeMismatch: ExitStatus.integrity
         }
     }
 }
@@ -153,6 +157,11 @@ public struct TtydBuild: Sendable {
                 let source = work + "/src/" + step.component
                 FileSystem.remove(source)
                 try SafeExtractor(stripComponents: 1).extract(archive, into: source)
+                // What was extracted is what the lock pins, before any patch touches it.
+                let extracted = try TreeHash.ofDirectory(at: source)
+                guard extracted == tree else {
+                    throw CompileError.treeMismatch(component: step.component, archive: archive, expected: tree, actual: extracted)
+                }
                 report.patches += try PatchApplier().apply(patches, to: source, version: input.version)
                 try runCommands(step, in: layout, work: work, toolchain: toolchain, zigCache: zigCache, runner: runner, epoch: lock.sourceDateEpoch)
                 try snapshot(stage, as: cached)

@@ -10,6 +10,12 @@ public struct BuildLayout: Sendable, Codable, Equatable {
     public var toolchain: String
     public var zigCache: String
 
+    public init(build: String, toolchain: String, zigCache: String) {
+        self.build = build
+        self.toolchain = toolchain
+        self.zigCache = zigCache
+    }
+
     public static let sandboxed = BuildLayout(build: "/build", toolchain: Toolchain.insideRoot, zigCache: "/zig-cache")
 
     public var stage: String { build + "/stage" }
