@@ -1,0 +1,243 @@
+import CArchive
+import CLZMA
+import Foundation
+import KrnativeBase
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Packs a directory as a deterministic `tar.xz` (DESIGN §2.10): entries `./…` in bytewise
+/// order, mtimes clamped to SOURCE_DATE_EPOCH, uid/gid 0 without names, modes normalised
+/// (0755 for directories and anything executable, 0644 otherwise), hard links by first path,
+/// no xattrs, atime or ctime; compressed by liblzma's multithreaded encoder with a fixed block
+/// size, so the bytes are the same with 1 or N threads. Memory does not grow with the volume.
+public struct DeterministicTarXz: Sendable {
+    public var sourceDateEpoch: Int64
+    public var threads: Int
+    /// Input bytes per xz block; fixed so the output does not depend on the thread count.
+    public var blockSize: UInt64 = 16 << 20
+    public var preset: UInt32 = 6
+
+    public init(sourceDateEpoch: Int64, threads: Int = ProcessInfo.processInfo.activeProcessorCount) {
+        self.sourceDateEpoch = sourceDateEpoch
+        self.threads = max(1, threads)
+    }
+
+    public struct Entry: Sendable, Equatable, Codable {
+        public enum Kind: String, Sendable, Codable { case directory, file, symlink, hardlink }
+        /// `./bin/python3`, as in the archive.
+        public var path: String
+        public var kind: Kind
+        public var mode: UInt32
+        public var size: Int64
+        /// Symlink target, or the path a hard link points to.
+        public var target: String?
+    }
+
+    /// Writes the archive of `directory` to `output` (a temp file beside it, then rename) and
+    /// returns the entries in archive order.
+    @discardableResult
+    public func pack(_ directory: String, to output: String) throws(ArchiveError) -> [Entry] {
+        let temp = output + ".partial"
+        FileSystem.remove(temp)
+        let sink: XzFileSink
+        do { sink = try XzFileSink(path: temp, threads: threads, blockSize: blockSize, preset: preset) } catch {
+            throw .cannotWrite(archive: output, reason: "\(error)")
+        }
+        var entries: [Entry] = []
+        do {
+            let listing = try Self.list(directory)
+            entries = try write(listing, from: directory, into: sink, name: output)
+            try sink.finish()
+            try FileSystem.fsync(path: temp)
+            try FileSystem.rename(temp, to: output)
+        } catch let error as ArchiveError {
+            sink.abandon()
+            FileSystem.remove(temp)
+            throw error
+        } catch {
+            sink.abandon()
+            FileSystem.remove(temp)
+            throw .cannotWrite(archive: output, reason: "\(error)")
+        }
+        return entries
+    }
+
+    struct Listed {
+        var relative: String
+        var info: stat
+    }
+
+    /// Every path below `root`, sorted bytewise by its archive name.
+    static func list(_ root: String) throws -> [Listed] {
+        var result: [Listed] = []
+        func walk(_ relative: String) throws {
+            let directory = relative.isEmpty ? root : root + "/" + relative
+            for name in try FileManager.default.contentsOfDirectory(atPath: directory) {
+                let path = relative.isEmpty ? name : relative + "/" + name
+                var info = stat()
+                guard lstat(root + "/" + path, &info) == 0 else { throw FileSystemError.cannotOpen(path: root + "/" + path, errno: errno) }
+                result.append(Listed(relative: path, info: info))
+                if (info.st_mode & S_IFMT) == S_IFDIR { try walk(path) }
+            }
+        }
+        try walk("")
+        return result.sorted { Array(("./" + $0.relative).utf8).lexicographicallyPrecedes(Array(("./" + $1.relative).utf8)) }
+    }
+
+    private func write(_ listing: [Listed], from root: String, into sink: XzFileSink, name: String) throws -> [Entry] {
+        guard let archive = archive_write_new() else { throw ArchiveError.cannotWrite(archive: name, reason: "out of memory") }
+        defer { archive_write_free(archive) }
+        archive_write_set_format_gnutar(archive)
+        archive_write_add_filter_none(archive)
+        archive_write_set_bytes_per_block(archive, 10240)
+        archive_write_set_bytes_in_last_block(archive, 1)
+        let context = Unmanaged.passUnretained(sink).toOpaque()
+        let opened = archive_write_open(archive, context, nil, { _, context, buffer, length in
+            let sink = Unmanaged<XzFileSink>.fromOpaque(context!).takeUnretainedValue()
+            return sink.write(UnsafeRawBufferPointer(start: buffer, count: length)) ? length : -1
+        }, nil)
+        guard opened == ARCHIVE_OK else { throw ArchiveError.cannotWrite(archive: name, reason: ArchiveReader.message(archive)) }
+
+        var entries: [Entry] = []
+        var firstPathOfInode: [String: String] = [:]
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        for item in listing {
+            let path = "./" + item.relative
+            let type = item.info.st_mode & S_IFMT
+            let executable = item.info.st_mode & 0o111 != 0
+            let entry = archive_entry_new()
+            defer { archive_entry_free(entry) }
+            archive_entry_set_pathname_utf8(entry, path)
+            archive_entry_set_uid(entry, 0)
+            archive_entry_set_gid(entry, 0)
+            archive_entry_set_mtime(entry, time_t(min(Int64(item.info.st_mtim.tv_sec), sourceDateEpoch)), 0)
+            var record: Entry
+            let inode = "\(item.info.st_dev):\(item.info.st_ino)"
+            switch type {
+            case S_IFDIR:
+                archive_entry_set_filetype(entry, 0o040000)
+                archive_entry_set_perm(entry, 0o755)
+                record = Entry(path: path, kind: .directory, mode: 0o755, size: 0)
+            case S_IFLNK:
+                let target = try FileManager.default.destinationOfSymbolicLink(atPath: root + "/" + item.relative)
+                archive_entry_set_filetype(entry, 0o120000)
+                archive_entry_set_perm(entry, 0o777)
+                archive_entry_set_symlink_utf8(entry, target)
+                record = Entry(path: path, kind: .symlink, mode: 0o777, size: 0, target: target)
+            case S_IFREG where item.info.st_nlink > 1 && firstPathOfInode[inode] != nil:
+                let first = firstPathOfInode[inode]!
+                archive_entry_set_filetype(entry, 0o100000)
+                archive_entry_set_perm(entry, executable ? 0o755 : 0o644)
+                archive_entry_set_hardlink_utf8(entry, first)
+                archive_entry_set_size(entry, 0)
+                record = Entry(path: path, kind: .hardlink, mode: executable ? 0o755 : 0o644, size: 0, target: first)
+            case S_IFREG:
+                if item.info.st_nlink > 1 { firstPathOfInode[inode] = path }
+                archive_entry_set_filetype(entry, 0o100000)
+                archive_entry_set_perm(entry, executable ? 0o755 : 0o644)
+                archive_entry_set_size(entry, Int64(item.info.st_size))
+                record = Entry(path: path, kind: .file, mode: executable ? 0o755 : 0o644, size: Int64(item.info.st_size))
+            default:
+                throw ArchiveError.rejectedEntry(archive: name, entry: path, reason: "special files have no place in a volume")
+            }
+            guard archive_write_header(archive, entry) == ARCHIVE_OK else {
+                throw ArchiveError.cannotWrite(archive: name, reason: "\(path): \(ArchiveReader.message(archive))")
+            }
+            if record.kind == .file {
+                let fd = open(root + "/" + item.relative, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+                guard fd >= 0 else { throw FileSystemError.cannotOpen(path: root + "/" + item.relative, errno: errno) }
+                defer { close(fd) }
+                while true {
+                    let count = read(fd, buffer.baseAddress, buffer.count)
+                    if count < 0 && errno == EINTR { continue }
+                    guard count >= 0 else { throw FileSystemError.cannotRead(path: root + "/" + item.relative, reason: String(cString: strerror(errno))) }
+                    if count == 0 { break }
+                    guard archive_write_data(archive, buffer.baseAddress, count) == count else {
+                        throw ArchiveError.cannotWrite(archive: name, reason: "\(path): \(ArchiveReader.message(archive))")
+                    }
+                }
+            }
+            entries.append(record)
+        }
+        guard archive_write_close(archive) == ARCHIVE_OK else {
+            throw ArchiveError.cannotWrite(archive: name, reason: ArchiveReader.message(archive))
+        }
+        return entries
+    }
+}
+
+/// Compresses what is written to it with liblzma's multithreaded encoder into a file.
+final class XzFileSink {
+    private var stream = lzma_stream()
+    private let fd: Int32
+    private let output = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+    private(set) var failure: String?
+
+    init(path: String, threads: Int, blockSize: UInt64, preset: UInt32) throws {
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw FileSystemError.cannotOpen(path: path, errno: errno) }
+        var options = lzma_mt()
+        options.flags = 0
+        options.threads = UInt32(threads)
+        options.block_size = blockSize
+        options.timeout = 0
+        options.preset = preset
+        options.check = LZMA_CHECK_CRC64
+        let status = lzma_stream_encoder_mt(&stream, &options)
+        guard status == LZMA_OK else {
+            close(fd)
+            throw ArchiveError.cannotWrite(archive: path, reason: "liblzma could not start its encoder (\(status.rawValue))")
+        }
+    }
+
+    deinit {
+        lzma_end(&stream)
+        output.deallocate()
+        close(fd)
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard failure == nil else { return false }
+        stream.next_in = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)
+        stream.avail_in = bytes.count
+        while stream.avail_in > 0 {
+            guard run(LZMA_RUN) != nil else { return false }
+        }
+        return true
+    }
+
+    func finish() throws {
+        while true {
+            guard let status = run(LZMA_FINISH) else { throw ArchiveError.cannotWrite(archive: "xz", reason: failure ?? "liblzma failed") }
+            if status == LZMA_STREAM_END { break }
+        }
+    }
+
+    func abandon() { failure = failure ?? "abandoned" }
+
+    /// One `lzma_code` call, writing whatever output it made; nil on failure.
+    private func run(_ action: lzma_action) -> lzma_ret? {
+        stream.next_out = output.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        stream.avail_out = output.count
+        let status = lzma_code(&stream, action)
+        guard status == LZMA_OK || status == LZMA_STREAM_END else {
+            failure = "liblzma error \(status.rawValue)"
+            return nil
+        }
+        let produced = output.count - stream.avail_out
+        var offset = 0
+        while offset < produced {
+            let written = Glibc.write(fd, output.baseAddress! + offset, produced - offset)
+            if written < 0 {
+                if errno == EINTR { continue }
+                failure = String(cString: strerror(errno))
+                return nil
+            }
+            offset += written
+        }
+        return status
+    }
+}
