@@ -45,6 +45,7 @@ let package = Package(
         .target(name: "Patch", dependencies: ["KrnativeBase"]),
         .target(name: "Sandbox", dependencies: ["KrnativeBase", "CSystemCalls"]),
         .target(name: "Toolchain", dependencies: ["KrnativeBase"]),
+        .target(name: "Layout", dependencies: ["KrnativeBase", "Archive"]),
         .target(
             name: "Compile",
             dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Patch", "Sandbox", "Toolchain"]),
@@ -53,7 +54,7 @@ let package = Package(
         .executableTarget(
             name: "krnative",
             dependencies: [
-                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile",
+                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile", "Layout",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -62,6 +63,7 @@ let package = Package(
             name: "KrnativeTests",
             dependencies: [
                 "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile",
+                "Layout",
             ],
             exclude: ["Support"]),
     ],

@@ -115,3 +115,13 @@ public enum TreeHash {
         }
     }
 }
+
+/// Paths inside archives.
+public enum ArchivePath {
+    /// The path normalised (`.` and empty components dropped) when it stays inside the
+    /// destination; nil when it is absolute, climbs out with `..`, or is empty.
+    public static func contained(_ path: String) -> String? {
+        guard case .some(.some(let normalised)) = TreeHash.normalise(path, strip: 0), !normalised.isEmpty else { return nil }
+        return normalised
+    }
+}
