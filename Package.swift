@@ -45,7 +45,13 @@ let package = Package(
         .target(name: "Patch", dependencies: ["KrnativeBase"]),
         .target(name: "Sandbox", dependencies: ["KrnativeBase", "CSystemCalls"]),
         .target(name: "Toolchain", dependencies: ["KrnativeBase"]),
-        .target(name: "Layout", dependencies: ["KrnativeBase", "Archive"]),
+        .target(name: "Layout", dependencies: ["KrnativeBase", "Archive", "Sandbox"]),
+        .target(name: "Packaging", dependencies: ["KrnativeBase", "Archive"]),
+        .target(
+            name: "Build",
+            dependencies: [
+                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Patch", "Sandbox", "Toolchain", "Compile", "Layout", "Packaging",
+            ]),
         .target(
             name: "Compile",
             dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Patch", "Sandbox", "Toolchain"]),
@@ -54,7 +60,7 @@ let package = Package(
         .executableTarget(
             name: "krnative",
             dependencies: [
-                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile", "Layout",
+                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile", "Layout", "Packaging", "Build",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -63,7 +69,7 @@ let package = Package(
             name: "KrnativeTests",
             dependencies: [
                 "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile",
-                "Layout",
+                "Layout", "Packaging", "Build",
             ],
             exclude: ["Support"]),
     ],

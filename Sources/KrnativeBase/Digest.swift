@@ -21,6 +21,19 @@ public struct SHA256Digest: Hashable, Sendable, Comparable, CustomStringConverti
     }
 
     public var description: String { hex }
+
+    /// The digest as wheel RECORD files write it: urlsafe base64 without padding (PEP 376/427).
+    public var recordForm: String {
+        var bytes: [UInt8] = []
+        var index = hex.startIndex
+        while index < hex.endIndex {
+            let next = hex.index(index, offsetBy: 2)
+            bytes.append(UInt8(hex[index..<next], radix: 16)!)
+            index = next
+        }
+        return Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
     public static func < (a: Self, b: Self) -> Bool { a.hex < b.hex }
 
     public init(from decoder: any Decoder) throws {

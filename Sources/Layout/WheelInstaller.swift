@@ -125,7 +125,7 @@ public struct WheelInstaller: Sendable {
                 // Zip external attributes: keep the executable bit, as pip does.
                 chmod(destination, entry.permissions & 0o111 != 0 ? 0o755 : 0o644)
                 entries.append(path)
-                digests[path] = (Self.recordHash(hasher.finalize()), size)
+                digests[path] = (hasher.finalize().recordForm, size)
             }
         } catch let error as WheelError { throw error } catch { throw .io(wheel: filename, reason: "\(error)") }
         return (entries, digests)
@@ -240,7 +240,7 @@ public struct WheelInstaller: Sendable {
             let relative = Self.relative(path, from: sitePackages)
             let (digest, size): (SHA256Digest, Int64)
             do { (digest, size) = try SHA256Digest.of(fileAt: prefix + "/" + path) } catch { throw .io(wheel: filename, reason: error.description) }
-            rows.append("\(Self.csvField(relative)),sha256=\(Self.recordHash(digest)),\(size)")
+            rows.append("\(Self.csvField(relative)),sha256=\(digest.recordForm),\(size)")
         }
         rows.append("\(Self.csvField(Self.relative(record, from: sitePackages))),,")
         try write(Data((rows.sorted().joined(separator: "\r\n") + "\r\n").utf8), to: prefix + "/" + record, mode: 0o644, filename: filename)
@@ -249,19 +249,6 @@ public struct WheelInstaller: Sendable {
     static func relative(_ path: String, from base: String) -> String {
         if path.hasPrefix(base + "/") { return String(path.dropFirst(base.count + 1)) }
         return String(repeating: "../", count: base.split(separator: "/").count) + path
-    }
-
-    /// urlsafe base64 without padding, as RECORD writes hashes.
-    static func recordHash(_ digest: SHA256Digest) -> String {
-        var bytes: [UInt8] = []
-        var index = digest.hex.startIndex
-        while index < digest.hex.endIndex {
-            let next = digest.hex.index(index, offsetBy: 2)
-            bytes.append(UInt8(digest.hex[index..<next], radix: 16)!)
-            index = next
-        }
-        return Data(bytes).base64EncodedString().replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
-            .replacingOccurrences(of: "=", with: "")
     }
 
     static func csvField(_ text: String) -> String {

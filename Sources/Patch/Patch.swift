@@ -40,8 +40,10 @@ public struct SourcePatch: Sendable, Equatable {
         case edits([PatchEdit])
         case unifiedDiff(String)
     }
-    /// Path as given (for messages and the manifest).
+    /// Path as given (for messages).
     public var path: String
+    /// `<component>/<file>`: what the manifest records, the same wherever the patches directory is.
+    public var name: String
     public var sha256: SHA256Digest
     public var description: String
     /// Versions the patch applies to: at least `minVersion`, below `belowVersion` (either optional).
@@ -73,11 +75,11 @@ public struct SourcePatch: Sendable, Equatable {
                 throw .unreadable(patch: path, reason: "every edit needs a non-empty find and a count of at least 1")
             }
             return SourcePatch(
-                path: path, sha256: digest, description: file.description, minVersion: file.minVersion,
+                path: path, name: path, sha256: digest, description: file.description, minVersion: file.minVersion,
                 belowVersion: file.belowVersion, body: .edits(file.edits))
         }
         let text = String(decoding: data, as: UTF8.self)
-        return SourcePatch(path: path, sha256: digest, description: "", body: .unifiedDiff(text))
+        return SourcePatch(path: path, name: path, sha256: digest, description: "", body: .unifiedDiff(text))
     }
 
     /// The patches of `component` in `directory/<component>/`, in file-name order.
@@ -86,7 +88,11 @@ public struct SourcePatch: Sendable, Equatable {
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? [])
             .filter { $0.hasSuffix(".json") || $0.hasSuffix(".patch") || $0.hasSuffix(".diff") }.sorted()
         var patches: [SourcePatch] = []
-        for name in names { patches.append(try load(folder + "/" + name)) }
+        for name in names {
+            var patch = try load(folder + "/" + name)
+            patch.name = component + "/" + name
+            patches.append(patch)
+        }
         return patches
     }
 
@@ -95,10 +101,10 @@ public struct SourcePatch: Sendable, Equatable {
     public var summary: AppliedPatch {
         switch body {
         case .edits(let edits):
-            return AppliedPatch(patch: path, sha256: sha256, files: Array(Set(edits.map(\.file))).sorted(), edits: edits.count)
+            return AppliedPatch(patch: name, sha256: sha256, files: Array(Set(edits.map(\.file))).sorted(), edits: edits.count)
         case .unifiedDiff(let text):
             let files = (try? UnifiedDiff.parse(text, patch: path)) ?? []
-            return AppliedPatch(patch: path, sha256: sha256, files: files.map(\.file).sorted(), edits: files.reduce(0) { $0 + $1.hunks.count })
+            return AppliedPatch(patch: name, sha256: sha256, files: files.map(\.file).sorted(), edits: files.reduce(0) { $0 + $1.hunks.count })
         }
     }
 

@@ -1,30 +1,51 @@
 import ArgumentParser
+import Build
 import Fetch
 import Foundation
 import KrnativeBase
+import Lock
+import Sandbox
+import Store
+import Toolchain
 
 struct BuildCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "build",
-        abstract: "Build the volume of a target.",
+        abstract: "Build the volume and plugin wheel of a target.",
         discussion: """
-            Today this runs the stages that exist: lock, store and fetch — every input of the target \
-            is brought into the store and verified. Extraction, ttyd, layout, pack and the plugin \
-            wheel follow as they land.
+            Fetches what the target needs (or, with --offline, takes it from the store), builds ttyd \
+            in the sandbox, lays out and packs the volume, writes the plugin wheel, the manifest and \
+            the SBOM into the output directory, whole or not at all.
             """)
 
     @OptionGroup var inputs: InputOptions
-    @OptionGroup var selection: TargetSelection
+    @Option(help: "The target to build.") var target: Target
+    @Option(help: "Where the outputs go. Default: ./out.") var out = "out"
+    @Option(help: "Package and volume versions. Default: ./krunner.json.") var config = KrunnerConfig.defaultFileName
+    @Option(help: "The patches directory. Default: ./patches.") var patches = "patches"
+    @Option(help: "zig or musl-cross (x86_64 hosts only). Default: zig.") var toolchain: ToolchainKind?
+    @Option(help: "namespaces, or none to build without isolation (recorded in the manifest). Default: namespaces; env KRNATIVE_SANDBOX.")
+    var sandbox: Isolation?
     @OptionGroup var network: NetworkOptions
     @OptionGroup var output: OutputOptions
 
     func run() throws {
         try perform("build") {
-            let (targets, host) = try selection.resolved()
-            let report = try fetchInputs(targets: targets, host: host, inputs: inputs, network: network, json: output.json)
-            if !output.json {
-                print("inputs of \(targets.map(\.rawValue).joined(separator: ", ")) are in the store, verified (\(report.items.count) files)")
-            }
+            let started = Date()
+            let toolchain = toolchain ?? Toolchain.defaultKind(for: .current)
+            _ = try fetchInputs(targets: [target], host: .current, inputs: inputs, network: network, json: false, toolchain: toolchain)
+            var options = VolumeBuild.Options(
+                target: target, config: try KrunnerConfig.load(from: config), outputDirectory: out, patchesDirectory: patches,
+                entryExecutable: currentExecutable)
+            options.toolchain = toolchain
+            options.isolation = sandbox ?? ProcessInfo.processInfo.environment["KRNATIVE_SANDBOX"].flatMap(Isolation.init(rawValue:)) ?? .namespaces
+            options.lockPath = inputs.lockPath
+            options.toolVersion = KrnativeVersion.current
+            let lock = try Lockfile.load(from: inputs.lockPath)
+            let manifest = try VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath))).run(lock: lock)
+            if output.json { return printJSON(manifest) }
+            for file in manifest.outputs { print("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
+            print("built \(target.rawValue) in \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
         }
     }
 }

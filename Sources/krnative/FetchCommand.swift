@@ -4,6 +4,7 @@ import Foundation
 import KrnativeBase
 import Lock
 import Store
+import Toolchain
 
 /// Options of every command that may download.
 struct NetworkOptions: ParsableArguments {
@@ -89,11 +90,15 @@ struct FetchCommand: ParsableCommand {
 }
 
 /// Fetches what `targets` need and reports; throws when anything is missing.
-func fetchInputs(targets: [Target], host: HostPlatform, inputs: InputOptions, network: NetworkOptions, json: Bool) throws -> FetchReport {
+/// With `toolchain`, only that toolchain's entries are fetched (a build needs the one it uses).
+func fetchInputs(
+    targets: [Target], host: HostPlatform, inputs: InputOptions, network: NetworkOptions, json: Bool, toolchain: ToolchainKind? = nil
+) throws -> FetchReport {
     let lock = try Lockfile.load(from: inputs.lockPath)
     let resolver = InputResolver(store: try Store(root: inputs.storePath))
     let fetcher = Fetcher(resolver: resolver, options: try network.fetchOptions(lockPath: inputs.lockPath))
-    let report = fetcher.fetch(lock.inputs(for: targets, host: host))
+    let used = toolchain.map { kind in Set(targets.map { kind.lockName(triple: $0.ttydTriple, host: host) }) }
+    let report = fetcher.fetch(lock.inputs(for: targets, host: host).filter { $0.kind != .toolchain || used?.contains($0.name) ?? true })
     if json {
         printJSON(report)
     } else {

@@ -8,6 +8,7 @@ import Sandbox
 import Store
 import Testing
 import Toolchain
+import Layout
 
 extension Tag {
     /// Compiles real C sources with a real toolchain (minutes).
@@ -103,14 +104,15 @@ struct CompileTests {
         let context = try String(contentsOfFile: work.path + "/build/src/libwebsockets/lib/core/context.c", encoding: .utf8)
         #expect(context.contains("secs_since_valid_ping = 20") && context.contains("secs_since_valid_hangup = 30"))
         #expect(FileManager.default.fileExists(atPath: work.path + "/build/stage/lib/libwebsockets.a"))
-        let library = try ELFFile(path: work.path + "/build/stage/lib/libuv.a", archiveMember: true)
-        #expect(library.machine == target.arch)
+        let archive = try Data(contentsOf: URL(fileURLWithPath: work.path + "/build/stage/lib/libuv.a"))
+        let member = try #require(archive.firstRange(of: Data([0x7f, 0x45, 0x4c, 0x46])))
+        #expect(ELFFile(data: archive.subdata(in: member.lowerBound..<archive.count))?.machine == target.arch)
 
         guard Self.hasTtyd else { return }
         let output = try #require(report.output)
         let binary = work.path + "/out/" + output.file
         #expect(output.file == "ttyd_linux.\(target.arch.rawValue).bin")
-        let elf = try ELFFile(path: binary)
+        let elf = try #require(ELFFile(path: binary))
         #expect(elf.machine == target.arch)
         #expect(elf.isStatic)
         #expect(elf.isStripped)
@@ -169,32 +171,5 @@ struct CompileTests {
         let changed = try build(.manylinuxX86_64, lock: lock, work: work.path + "/four", patches: patches, rebuild: false)
         let rebuilt = changed.steps.filter { !$0.cached }.map(\.component)
         #expect(rebuilt == (Self.hasTtyd ? ["libwebsockets", "ttyd"] : ["libwebsockets"]))
-    }
-}
-
-/// The ELF facts the tests check: machine, static (no interpreter), stripped (no symbol table).
-struct ELFFile {
-    var machine: Architecture?
-    var isStatic: Bool
-    var isStripped: Bool
-
-    /// Reads an ELF file, or with `archiveMember` the first ELF object inside an `ar` archive.
-    init(path: String, archiveMember: Bool = false) throws {
-        var data = try Data(contentsOf: URL(fileURLWithPath: path))
-        if archiveMember, let start = data.firstRange(of: Data([0x7f, 0x45, 0x4c, 0x46]))?.lowerBound {
-            data = data.subdata(in: start..<data.count)
-        }
-        let bytes = [UInt8](data)
-        guard bytes.count > 64, bytes[0..<4] == [0x7f, 0x45, 0x4c, 0x46], bytes[4] == 2 else {
-            throw UsageError("\(path) is not a 64-bit ELF file")
-        }
-        func u16(_ at: Int) -> Int { Int(bytes[at]) | Int(bytes[at + 1]) << 8 }
-        func u32(_ at: Int) -> Int { u16(at) | u16(at + 2) << 16 }
-        func u64(_ at: Int) -> Int { u32(at) | u32(at + 4) << 32 }
-        machine = [62: .x86_64, 183: .aarch64][u16(18)]
-        let (phoff, phentsize, phnum) = (u64(32), u16(54), u16(56))
-        isStatic = !(0..<phnum).contains { u32(phoff + $0 * phentsize) == 3 }  // PT_INTERP
-        let (shoff, shentsize, shnum) = (u64(40), u16(58), u16(60))
-        isStripped = !(0..<shnum).contains { shoff + $0 * shentsize + 8 <= bytes.count && u32(shoff + $0 * shentsize + 4) == 2 }  // SHT_SYMTAB
     }
 }

@@ -1,0 +1,78 @@
+import Archive
+import Foundation
+import KrnativeBase
+import Lock
+import Patch
+import Sandbox
+
+/// What a build used and made (DESIGN §1): written as `krnative-manifest.{distro}.{arch}.json`.
+public struct BuildManifest: Codable, Sendable {
+    public struct Tool: Codable, Sendable { public var name = "krnative"; public var version: String }
+    public struct Input: Codable, Sendable {
+        public var name: String
+        public var kind: LockedInput.Kind
+        public var version: String
+        public var sha256: SHA256Digest
+        public var treeSha256: SHA256Digest?
+        public var license: String?
+    }
+    public struct Output: Codable, Sendable {
+        public var file: String
+        public var sha256: SHA256Digest
+        public var size: Int64
+    }
+    public struct VolumeEntry: Codable, Sendable {
+        public var path: String
+        public var type: DeterministicTarXz.Entry.Kind
+        public var mode: String
+        public var size: Int64
+        public var sha256: SHA256Digest?
+        public var target: String?
+    }
+
+    public var tool: Tool
+    public var target: Target
+    public var lockSha256: SHA256Digest
+    public var sourceDateEpoch: Int64
+    public var isolation: Isolation
+    public var packageVersion: String
+    public var volumeVersion: Int
+    public var inputs: [Input]
+    public var patches: [AppliedPatch]
+    public var outputs: [Output]
+    public var volume: [VolumeEntry]
+
+    public func encoded() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return try encoder.encode(self) + Data("\n".utf8)
+    }
+}
+
+/// An SPDX 2.3 JSON document listing every component that ships in the volume.
+enum SBOM {
+    static func document(for manifest: BuildManifest, name: String) throws -> Data {
+        var packages: [[String: Any]] = []
+        for (index, input) in manifest.inputs.enumerated() where input.kind != .toolchain {
+            var package: [String: Any] = [
+                "SPDXID": "SPDXRef-Package-\(index)", "name": input.name, "versionInfo": input.version,
+                "downloadLocation": "NOASSERTION", "filesAnalyzed": false,
+                "licenseConcluded": "NOASSERTION", "licenseDeclared": input.license ?? "NOASSERTION",
+                "checksums": [["algorithm": "SHA256", "checksumValue": input.sha256.hex]],
+            ]
+            if let tree = input.treeSha256 { package["comment"] = "source tree hash (krnative tree hash v1): \(tree.hex)" }
+            packages.append(package)
+        }
+        let document: [String: Any] = [
+            "spdxVersion": "SPDX-2.3", "dataLicense": "CC0-1.0", "SPDXID": "SPDXRef-DOCUMENT", "name": name,
+            "documentNamespace": "https://spdx.org/spdxdocs/krnative/\(manifest.lockSha256.hex)/\(name)",
+            "creationInfo": [
+                "created": ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(manifest.sourceDateEpoch))),
+                "creators": ["Tool: krnative-\(manifest.tool.version)"],
+            ],
+            "packages": packages,
+            "relationships": packages.map { ["spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": $0["SPDXID"]!] },
+        ]
+        return try JSONSerialization.data(withJSONObject: document, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]) + Data("\n".utf8)
+    }
+}

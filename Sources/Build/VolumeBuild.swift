@@ -1,0 +1,163 @@
+import Archive
+import Compile
+import Fetch
+import Foundation
+import KrnativeBase
+import Layout
+import Lock
+import Packaging
+import Patch
+import Sandbox
+import Store
+import Toolchain
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// `krnative build --target T`: from the lock's inputs in the store to the volume, its side
+/// files, the plugin wheel, the manifest and the SBOM, in the output directory whole or not at all.
+public struct VolumeBuild: Sendable {
+    public struct Options: Sendable {
+        public var target: Target
+        public var config: KrunnerConfig
+        public var outputDirectory: String
+        public var patchesDirectory: String
+        public var entryExecutable: String
+        public var toolchain: ToolchainKind = .zig
+        public var isolation: Isolation = .namespaces
+        public var jobs = ProcessInfo.processInfo.activeProcessorCount
+        public var packThreads = ProcessInfo.processInfo.activeProcessorCount
+        public var lockPath = Lockfile.defaultFileName
+        public var toolVersion = "0"
+        public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+
+        public init(target: Target, config: KrunnerConfig, outputDirectory: String, patchesDirectory: String, entryExecutable: String) {
+            self.target = target
+            self.config = config
+            self.outputDirectory = outputDirectory
+            self.patchesDirectory = patchesDirectory
+            self.entryExecutable = entryExecutable
+        }
+    }
+
+    public let options: Options
+    public let resolver: InputResolver
+
+    public init(options: Options, resolver: InputResolver) {
+        self.options = options
+        self.resolver = resolver
+    }
+
+    /// The file names of the outputs, in the order they appear.
+    public var outputNames: [String] {
+        let (distro, arch) = (options.target.distro, options.target.arch.rawValue)
+        return [
+            "ttyd_linux.\(arch).bin", "krunner-env.\(distro).\(arch).tar.xz", "krunner-version.\(distro).txt",
+            "krunner-python.\(distro).txt", "versions.txt",
+            PluginWheel(target: options.target, version: options.config.packageVersion, sourceDateEpoch: 0).filename,
+            "krnative-sbom.\(distro).\(arch).spdx.json", "krnative-manifest.\(distro).\(arch).json",
+        ]
+    }
+
+    public func run(lock: Lockfile) throws -> BuildManifest {
+        let target = options.target
+        let (distro, arch) = (target.distro, target.arch.rawValue)
+        try FileSystem.createDirectory(options.outputDirectory)
+        let staging = options.outputDirectory + "/.krnative-staging-\(getpid())"
+        FileSystem.remove(staging)
+        try FileSystem.createDirectory(staging)
+        defer { FileSystem.remove(staging) }
+        let needed = lock.inputs(for: [target], host: .current)
+        func path(of input: LockedInput) throws -> String {
+            guard let path = try resolver.path(of: input) else { throw CompileError.missingInput(name: input.name, lockPath: options.lockPath) }
+            return path
+        }
+
+        // ttyd and its libraries.
+        var ttydOptions = TtydBuild.Options(
+            target: target, patchesDirectory: options.patchesDirectory, outputDirectory: staging, entryExecutable: options.entryExecutable)
+        ttydOptions.toolchain = options.toolchain
+        ttydOptions.isolation = options.isolation
+        ttydOptions.jobs = options.jobs
+        ttydOptions.lockPath = options.lockPath
+        ttydOptions.log = options.log
+        let ttyd = try TtydBuild(options: ttydOptions, resolver: resolver).run(lock: lock)
+        FileSystem.remove(staging + "/ttyd_linux.\(arch).json")
+
+        // The volume tree.
+        options.log("laying out the \(target.rawValue) volume")
+        let prefix = staging + "/volume"
+        let layout = VolumeLayout(target: target)
+        guard let runtime = needed.first(where: { $0.kind == .runtime }) else {
+            throw CompileError.missingInput(name: "the runtime of \(target.rawValue)", lockPath: options.lockPath)
+        }
+        try layout.placeRuntime(try path(of: runtime), into: prefix)
+        let installer = WheelInstaller(target: target)
+        for wheel in needed.filter({ $0.kind == .wheel }).sorted(by: { $0.filename < $1.filename }) {
+            // The installer reads the tags from the file name: give it one.
+            let named = staging + "/wheels/" + wheel.filename
+            try FileSystem.createDirectory(staging + "/wheels")
+            try FileManager.default.copyItem(atPath: try path(of: wheel), toPath: named)
+            try installer.install(named, into: prefix)
+        }
+        FileSystem.remove(staging + "/wheels")
+        try layout.placeTtyd(staging + "/ttyd_linux.\(arch).bin", into: prefix)
+        try layout.collectRuntimeLicense(in: prefix)
+        try layout.collectWheelLicenses(in: prefix)
+        for source in needed.filter({ $0.kind == .source }) {
+            try layout.collectLicenses(ofArchive: try path(of: source), component: source.name, into: prefix)
+        }
+        let runner = SandboxRunner(entryExecutable: options.entryExecutable, isolation: options.isolation)
+        if options.isolation == .namespaces && target.arch == HostPlatform.current.arch && target.libc == .gnu {
+            try layout.compileBytecode(in: prefix, runner: runner, sourceDateEpoch: lock.sourceDateEpoch)
+        } else {
+            options.log("SKIPPED .pyc: the \(target.rawValue) runtime cannot run here\(options.isolation == .none ? " without the sandbox" : ""); the volume compiles them at first import")
+        }
+
+        // Pack, side files, the plugin wheel.
+        options.log("packing krunner-env.\(distro).\(arch).tar.xz")
+        let packed = try DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch, threads: options.packThreads)
+            .pack(prefix, to: staging + "/krunner-env.\(distro).\(arch).tar.xz")
+        let volumeVersion = try options.config.volumeVersion(for: target)
+        try FileSystem.writeAtomically(Data("\(volumeVersion)\n".utf8), to: staging + "/krunner-version.\(distro).txt")
+        try FileSystem.writeAtomically(Data("\(layout.python.major).\(layout.python.minor)\n".utf8), to: staging + "/krunner-python.\(distro).txt")
+        try FileSystem.writeAtomically(Data("\(distro)\n".utf8), to: staging + "/versions.txt")
+        let payload = Dictionary(uniqueKeysWithValues: outputNames.prefix(5).map { ($0, staging + "/" + $0) })
+        _ = try PluginWheel(target: target, version: options.config.packageVersion, sourceDateEpoch: lock.sourceDateEpoch)
+            .write(into: staging, payload: payload)
+
+        // The manifest and the SBOM.
+        var outputs: [BuildManifest.Output] = []
+        for name in outputNames.dropLast(2) {
+            let (digest, size) = try SHA256Digest.of(fileAt: staging + "/" + name)
+            outputs.append(.init(file: name, sha256: digest, size: size))
+        }
+        var volume: [BuildManifest.VolumeEntry] = []
+        for entry in packed {
+            let hash = entry.kind == .file ? try SHA256Digest.of(fileAt: prefix + "/" + entry.path.dropFirst(2)).digest : nil
+            volume.append(.init(path: entry.path, type: entry.kind, mode: String(entry.mode, radix: 8), size: entry.size, sha256: hash, target: entry.target))
+        }
+        let inputs = needed.filter { $0.kind != .toolchain || ttyd.toolchain.contains($0.sha256?.hex ?? "-") }.compactMap { input in
+            resolver.located(input).map {
+                BuildManifest.Input(name: input.name, kind: input.kind, version: input.version, sha256: $0, treeSha256: input.treeSha256, license: input.license)
+            }
+        }
+        var manifest = BuildManifest(
+            tool: .init(version: options.toolVersion), target: target, lockSha256: lock.digest, sourceDateEpoch: lock.sourceDateEpoch,
+            isolation: options.isolation, packageVersion: options.config.packageVersion, volumeVersion: volumeVersion,
+            inputs: inputs, patches: ttyd.patches, outputs: outputs, volume: volume)
+        let sbomName = outputNames[6]
+        try FileSystem.writeAtomically(try SBOM.document(for: manifest, name: sbomName), to: staging + "/" + sbomName)
+        let (sbomDigest, sbomSize) = try SHA256Digest.of(fileAt: staging + "/" + sbomName)
+        manifest.outputs.append(.init(file: sbomName, sha256: sbomDigest, size: sbomSize))
+        try FileSystem.writeAtomically(try manifest.encoded(), to: staging + "/" + outputNames[7])
+
+        // Into place: each output by rename, the manifest last, so its presence means the set is whole.
+        for name in outputNames {
+            FileSystem.remove(options.outputDirectory + "/" + name)
+            try FileSystem.rename(staging + "/" + name, to: options.outputDirectory + "/" + name)
+        }
+        return manifest
+    }
+}

@@ -1,0 +1,137 @@
+import Archive
+import Foundation
+import KrnativeBase
+import Sandbox
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A volume that is not what its target says.
+public enum LayoutError: KrnativeError {
+    case wrongRuntime(archive: String, problem: String)
+    case bytecode(reason: String)
+
+    public var description: String {
+        switch self {
+        case .wrongRuntime(let archive, let problem):
+            "the runtime archive \(archive) does not fit the target: \(problem); check the lock's runtime entry for this target"
+        case .bytecode(let reason):
+            "compiling the volume's .pyc failed: \(reason)"
+        }
+    }
+    public var exitCode: Int32 { ExitStatus.integrity }
+}
+
+/// Lays out the volume tree (DESIGN §1): the runtime's `python/` contents at the prefix root,
+/// `bin/python`, the wheels, `bin/ttyd`, the agent's mount points, `licenses/`, and `.pyc`.
+public struct VolumeLayout: Sendable {
+    public var target: Target
+    public var mountPoint = "/opt/backend.ai"
+    public var python = (major: 3, minor: 13)
+
+    public init(target: Target) { self.target = target }
+
+    var sitePackages: String { "lib/python\(python.major).\(python.minor)/site-packages" }
+
+    /// The loader a target's binaries name.
+    public var loader: String {
+        switch (target.libc, target.arch) {
+        case (.gnu, .x86_64): "/lib64/ld-linux-x86-64.so.2"
+        case (.gnu, .aarch64): "/lib/ld-linux-aarch64.so.1"
+        case (.musl, .x86_64): "/lib/ld-musl-x86_64.so.1"
+        case (.musl, .aarch64): "/lib/ld-musl-aarch64.so.1"
+        }
+    }
+
+    /// Unpacks a python-build-standalone `install_only` archive (`python/…`) into `prefix` and checks it.
+    public func placeRuntime(_ archive: String, into prefix: String) throws {
+        try SafeExtractor(stripComponents: 1).extract(archive, into: prefix)
+        let executable = "\(prefix)/bin/python\(python.major).\(python.minor)"
+        guard let elf = ELFFile(path: executable) else {
+            throw LayoutError.wrongRuntime(archive: archive, problem: "it has no ELF bin/python\(python.major).\(python.minor)")
+        }
+        guard elf.machine == target.arch else {
+            throw LayoutError.wrongRuntime(archive: archive, problem: "bin/python is for \(elf.machine?.rawValue ?? "another machine"), not \(target.arch.rawValue)")
+        }
+        guard elf.interpreter == loader else {
+            throw LayoutError.wrongRuntime(archive: archive, problem: "bin/python loads with \(elf.interpreter ?? "no loader"), not \(loader)")
+        }
+        guard FileSystem.exists("\(prefix)/lib/python\(python.major).\(python.minor)/os.py") else {
+            throw LayoutError.wrongRuntime(archive: archive, problem: "it has no lib/python\(python.major).\(python.minor)")
+        }
+        if !FileSystem.exists(prefix + "/bin/python") {
+            try FileManager.default.createSymbolicLink(atPath: prefix + "/bin/python", withDestinationPath: "python3")
+        }
+    }
+
+    /// `bin/ttyd` (0755) and the empty directories the agent bind-mounts into.
+    public func placeTtyd(_ binary: String, into prefix: String) throws {
+        let destination = prefix + "/bin/ttyd"
+        FileSystem.remove(destination)
+        try FileManager.default.copyItem(atPath: binary, toPath: destination)
+        chmod(destination, 0o755)
+        for directory in ["kernel", "helpers"] {
+            try FileSystem.createDirectory("\(prefix)/\(sitePackages)/ai/backend/\(directory)")
+        }
+    }
+
+    /// Copies the license files of the installed wheels (their dist-info) under `licenses/wheels/`.
+    public func collectWheelLicenses(in prefix: String) throws {
+        let site = prefix + "/" + sitePackages
+        for distInfo in try FileManager.default.contentsOfDirectory(atPath: site).filter({ $0.hasSuffix(".dist-info") }).sorted() {
+            let enumerator = FileManager.default.enumerator(atPath: site + "/" + distInfo)
+            while let relative = enumerator?.nextObject() as? String {
+                let name = (relative as NSString).lastPathComponent
+                guard relative.hasPrefix("licenses/") || Self.isLicenseName(name), FileSystem.size(of: site + "/" + distInfo + "/" + relative) != nil else { continue }
+                let destination = "\(prefix)/licenses/wheels/\(distInfo.dropLast(".dist-info".count))/\(relative)"
+                try FileSystem.createDirectory((destination as NSString).deletingLastPathComponent)
+                try FileManager.default.copyItem(atPath: site + "/" + distInfo + "/" + relative, toPath: destination)
+            }
+        }
+    }
+
+    /// Copies the top-level license files of a source archive under `licenses/<component>/`.
+    public func collectLicenses(ofArchive archive: String, component: String, into prefix: String) throws {
+        let reader = try ArchiveReader(path: archive)
+        while let entry = try reader.next() {
+            let parts = entry.path.split(separator: "/")
+            guard entry.kind == .regular, parts.count == 2, Self.isLicenseName(String(parts[1])) else { continue }
+            var data = Data()
+            try reader.readData(entry: entry.path) { data.append(contentsOf: $0) }
+            let destination = "\(prefix)/licenses/\(component)/\(parts[1])"
+            try FileSystem.createDirectory((destination as NSString).deletingLastPathComponent)
+            try FileSystem.writeAtomically(data, to: destination)
+        }
+    }
+
+    /// Copies the runtime's own license (python-build-standalone ships CPython's `LICENSE.txt`).
+    public func collectRuntimeLicense(in prefix: String) throws {
+        let license = "\(prefix)/lib/python\(python.major).\(python.minor)/LICENSE.txt"
+        guard FileSystem.exists(license) else { return }
+        try FileSystem.createDirectory(prefix + "/licenses/python")
+        FileSystem.remove(prefix + "/licenses/python/LICENSE.txt")
+        try FileManager.default.copyItem(atPath: license, toPath: prefix + "/licenses/python/LICENSE.txt")
+    }
+
+    static func isLicenseName(_ name: String) -> Bool {
+        let upper = name.uppercased()
+        return ["LICENSE", "LICENCE", "COPYING", "COPYRIGHT", "NOTICE"].contains { upper == $0 || upper.hasPrefix($0 + ".") || upper.hasPrefix($0 + "-") }
+    }
+
+    /// Compiles every `.py` of site-packages to `.pyc` with unchecked-hash invalidation, in the
+    /// sandbox with the prefix at the mount point, by `interpreter` (inside path; the volume's own
+    /// python by default). The read-only volume then never compiles at kernel start.
+    public func compileBytecode(
+        in prefix: String, runner: SandboxRunner, interpreter: String? = nil, extraMounts: [SandboxSpec.Mount] = [], sourceDateEpoch: Int64
+    ) throws {
+        let python = interpreter ?? "\(mountPoint)/bin/python\(python.major).\(python.minor)"
+        let spec = SandboxSpec(
+            argv: [python, "-m", "compileall", "-q", "-j", "1", "--invalidation-mode", "unchecked-hash", "\(mountPoint)/\(sitePackages)"],
+            // No .pyc for the stdlib modules compileall itself imports: those would carry this build's times.
+            environment: ["PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"],
+            mounts: [.writable(prefix, at: mountPoint)] + extraMounts, workingDirectory: "/tmp", home: "/tmp",
+            sourceDateEpoch: sourceDateEpoch)
+        do { try runner.run(spec) } catch { throw LayoutError.bytecode(reason: error.description) }
+    }
+}
