@@ -83,7 +83,7 @@ public struct SafeExtractor: Sendable {
                 report.bytes += entry.size
             case .symlink:
                 let target = entry.linkTarget ?? ""
-                guard !target.hasPrefix("/"), Self.staysInside(target, from: components) else {
+                guard !target.hasPrefix("/"), Self.staysInside(target, from: components, root: root) else {
                     throw reject("symlink to '\(target)' points outside \(destination)")
                 }
                 unlinkat(parent, name, 0)
@@ -139,15 +139,19 @@ public struct SafeExtractor: Sendable {
         return current
     }
 
-    /// Whether a relative symlink target, resolved from the link's directory, stays inside.
-    static func staysInside(_ target: String, from directory: [String]) -> Bool {
-        var depth = directory.count
+    /// Whether a relative symlink target, resolved from the link's directory, stays inside. A `..`
+    /// that would step back out of a symlink already in the tree is refused too: through a link,
+    /// `..` is not the lexical parent.
+    static func staysInside(_ target: String, from directory: [String], root: Int32) -> Bool {
+        var path = directory
         for part in target.split(separator: "/") where part != "." {
             if part == ".." {
-                depth -= 1
-                if depth < 0 { return false }
+                guard let last = path.popLast() else { return false }
+                var info = stat()
+                let full = (path + [last]).joined(separator: "/")
+                if fstatat(root, full, &info, AT_SYMLINK_NOFOLLOW) == 0, (info.st_mode & S_IFMT) == S_IFLNK { return false }
             } else {
-                depth += 1
+                path.append(String(part))
             }
         }
         return true

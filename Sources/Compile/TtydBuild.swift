@@ -117,7 +117,14 @@ public struct TtydBuild: Sendable {
         let toolchain = try unpackToolchain(lock: lock, triple: triple)
         let work = options.workDirectory ?? store.temporaryPath("ttyd-\(triple)")
         try FileSystem.createDirectory(work)
-        defer { if options.workDirectory == nil && !options.keepWork { FileSystem.remove(work) } }
+        var succeeded = false
+        defer {
+            if succeeded && options.workDirectory == nil && !options.keepWork {
+                FileSystem.remove(work)
+            } else if !succeeded {
+                options.log("the work directory is kept for inspection: \(work) (logs/ has each step's output)")
+            }
+        }
         let zigCache = "\(store.root)/zig-cache/\(toolchain.version)-\(triple)"
         try FileSystem.createDirectory(zigCache)
         let layout =
@@ -169,7 +176,10 @@ public struct TtydBuild: Sendable {
             report.steps.append(
                 .init(component: step.component, key: key, cached: wasCached, seconds: Date().timeIntervalSince(started), adaptation: step.adaptation))
             previousKey = key
-            if step.component == options.stopAfter { return report }
+            if step.component == options.stopAfter {
+                succeeded = true
+                return report
+            }
         }
         let binary = stage + "/bin/ttyd"
         guard FileSystem.exists(binary) else { throw CompileError.noOutput(path: binary) }
@@ -185,6 +195,7 @@ public struct TtydBuild: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         try FileSystem.writeAtomically(try encoder.encode(report), to: options.outputDirectory + "/ttyd_linux.\(options.target.arch.rawValue).json")
+        succeeded = true
         return report
     }
 

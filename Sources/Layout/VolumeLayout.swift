@@ -91,18 +91,33 @@ public struct VolumeLayout: Sendable {
         }
     }
 
-    /// Copies the top-level license files of a source archive under `licenses/<component>/`.
+    /// Copies the top-level license files of a source archive under `licenses/<component>/`; a
+    /// source without one (Debian's zlib repack drops LICENSE) gives its README, where zlib states
+    /// its license.
     public func collectLicenses(ofArchive archive: String, component: String, into prefix: String) throws {
+        var readme: Data?
+        var found = false
         let reader = try ArchiveReader(path: archive)
         while let entry = try reader.next() {
             let parts = entry.path.split(separator: "/")
-            guard entry.kind == .regular, parts.count == 2, Self.isLicenseName(String(parts[1])) else { continue }
+            guard entry.kind == .regular, parts.count == 2 else { continue }
+            let name = String(parts[1])
+            guard Self.isLicenseName(name) || name == "README" else { continue }
             var data = Data()
             try reader.readData(entry: entry.path) { data.append(contentsOf: $0) }
-            let destination = "\(prefix)/licenses/\(component)/\(parts[1])"
-            try FileSystem.createDirectory((destination as NSString).deletingLastPathComponent)
-            try FileSystem.writeAtomically(data, to: destination)
+            if name == "README" {
+                readme = data
+                continue
+            }
+            try write(data, to: "\(prefix)/licenses/\(component)/\(name)")
+            found = true
         }
+        if !found, let readme { try write(readme, to: "\(prefix)/licenses/\(component)/README") }
+    }
+
+    private func write(_ data: Data, to destination: String) throws {
+        try FileSystem.createDirectory((destination as NSString).deletingLastPathComponent)
+        try FileSystem.writeAtomically(data, to: destination)
     }
 
     /// Copies the runtime's own license (python-build-standalone ships CPython's `LICENSE.txt`).

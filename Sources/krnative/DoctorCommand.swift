@@ -74,10 +74,14 @@ struct DoctorCommand: ParsableCommand {
         try? FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let spec = SandboxSpec(
-            argv: ["sh", "-c", "test -r /proc/self/status && test -c /dev/null && touch /tmp/x && test \"$(hostname)\" = krnative"],
-            mounts: [.writable(scratch)], workingDirectory: scratch)
+            argv: ["cat", "/proc/sys/kernel/hostname"], mounts: [.writable(scratch)], workingDirectory: scratch)
         do {
-            try SandboxRunner(entryExecutable: currentExecutable).run(spec)
+            // The entry mounts /proc, /dev and /tmp and brings the loopback up before the step runs;
+            // the step reads its own UTS namespace's host name through the new /proc.
+            let result = try SandboxRunner(entryExecutable: currentExecutable).run(spec)
+            guard result.outputTail.trimmingCharacters(in: .whitespacesAndNewlines) == spec.hostname else {
+                return Check(name: "sandbox", status: .fail, detail: "the step saw host name '\(result.outputTail)'", fix: "report this: the UTS namespace was not applied")
+            }
             return Check(name: "sandbox", status: .ok, detail: "a step ran with its own /proc, /dev, /tmp, loopback and host name")
         } catch {
             let fix: String? = if case .refused(_, let fix) = error { fix } else { "run `krnative sandbox run -- true` to see the failure" }

@@ -73,6 +73,7 @@ struct ExtractTests {
         (["dir top", "symlink top/etc /etc"], "top/etc", "points outside"),
         (["dir top", "dir top/real", "symlink top/alias real", "file top/alias/through"], "top/alias/through", "symlink"),
         (["dir top", "hardlink top/passwd ../../etc/passwd"], "top/passwd", "outside"),
+        (["dir top", "dir top/a", "symlink top/a/up ..", "symlink top/out a/up/../../x"], "top/out", "points outside"),
         (["dir top", "chr top/null"], "top/null", "character device"),
         (["dir top", "fifo top/pipe"], "top/pipe", "FIFO"),
     ])
