@@ -49,6 +49,23 @@ public struct VolumeBuild: Sendable {
         self.resolver = resolver
     }
 
+    /// Everything a build of `target` on `host` with `toolchain` needs: the target's runtime,
+    /// wheels and sources, the toolchain it compiles with, and — when the target's runtime cannot
+    /// run on this host — the host's manylinux runtime of the same Python, to compile the `.pyc`.
+    public static func inputs(of target: Target, in lock: Lockfile, host: HostPlatform, toolchain: ToolchainKind) -> [LockedInput] {
+        let toolchainName = toolchain.lockName(triple: target.ttydTriple, host: host)
+        var needed = lock.inputs(for: [target], host: host).filter { $0.kind != .toolchain || $0.name == toolchainName }
+        if let bytecode = bytecodeTarget(for: target, host: host), bytecode != target {
+            needed += lock.inputs(for: [bytecode], host: host).filter { $0.kind == .runtime }
+        }
+        return needed
+    }
+
+    /// The target whose runtime compiles `target`'s `.pyc` on `host`: a glibc runtime of the host's arch.
+    static func bytecodeTarget(for target: Target, host: HostPlatform) -> Target? {
+        Target.allCases.first { $0.libc == .gnu && $0.arch == host.arch }
+    }
+
     /// The file names of the outputs, in the order they appear.
     public var outputNames: [String] {
         let (distro, arch) = (options.target.distro, options.target.arch.rawValue)
@@ -108,12 +125,7 @@ public struct VolumeBuild: Sendable {
         for source in needed.filter({ $0.kind == .source }) {
             try layout.collectLicenses(ofArchive: try path(of: source), component: source.name, into: prefix)
         }
-        let runner = SandboxRunner(entryExecutable: options.entryExecutable, isolation: options.isolation)
-        if options.isolation == .namespaces && target.arch == HostPlatform.current.arch && target.libc == .gnu {
-            try layout.compileBytecode(in: prefix, runner: runner, sourceDateEpoch: lock.sourceDateEpoch)
-        } else {
-            options.log("SKIPPED .pyc: the \(target.rawValue) runtime cannot run here\(options.isolation == .none ? " without the sandbox" : ""); the volume compiles them at first import")
-        }
+        try compileBytecode(layout: layout, prefix: prefix, staging: staging, lock: lock, path: path)
 
         // Pack, side files, the plugin wheel.
         options.log("packing krunner-env.\(distro).\(arch).tar.xz")
@@ -159,5 +171,30 @@ public struct VolumeBuild: Sendable {
             try FileSystem.rename(staging + "/" + name, to: options.outputDirectory + "/" + name)
         }
         return manifest
+    }
+
+    /// `.pyc` for the volume, by the target's own runtime where it runs here, else by the host's
+    /// glibc runtime of the same Python version (the same magic number), mounted beside it.
+    func compileBytecode(layout: VolumeLayout, prefix: String, staging: String, lock: Lockfile, path: (LockedInput) throws -> String) throws {
+        guard options.isolation == .namespaces else {
+            options.log("SKIPPED .pyc: without the sandbox the volume is not at \(layout.mountPoint) to be compiled there")
+            return
+        }
+        let runner = SandboxRunner(entryExecutable: options.entryExecutable, isolation: options.isolation)
+        guard let bytecode = Self.bytecodeTarget(for: options.target, host: .current) else { return }
+        if bytecode == options.target {
+            try layout.compileBytecode(in: prefix, runner: runner, sourceDateEpoch: lock.sourceDateEpoch)
+            return
+        }
+        guard let runtime = lock.inputs(for: [bytecode], host: .current).first(where: { $0.kind == .runtime }) else {
+            throw CompileError.missingInput(name: "the \(bytecode.rawValue) runtime (it compiles the .pyc)", lockPath: options.lockPath)
+        }
+        let hostPython = staging + "/host-python"
+        try VolumeLayout(target: bytecode).placeRuntime(try path(runtime), into: hostPython)
+        defer { FileSystem.remove(hostPython) }
+        options.log("compiling .pyc with \(runtime.name), which runs on this host")
+        try layout.compileBytecode(
+            in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
+            extraMounts: [.readOnly(hostPython, at: "/opt/host-python")], sourceDateEpoch: lock.sourceDateEpoch)
     }
 }

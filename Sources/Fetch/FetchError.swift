@@ -29,7 +29,7 @@ public enum FetchError: KrnativeError {
             let from = input.urls.isEmpty ? (input.pip.map { ["pip: \($0.requirement)"] } ?? []) : input.urls
             return "\(input.name) \(input.version) (\(input.filename), \(pin)) is not in the store and --offline forbids downloading it.\n"
                 + "  It comes from: \(from.joined(separator: " | "))\n"
-                + "  On a machine with network: krnative fetch --lock \(lockPath) && krnative bundle export inputs.tar --lock \(lockPath) --target …\n"
+                + "  On a machine with network: krnative fetch --lock \(lockPath) --target … && krnative bundle export inputs.tar --lock \(lockPath) --target …\n"
                 + "  Then here: krnative bundle import inputs.tar   (or: krnative store import --lock \(lockPath) \(input.filename))"
         case .pipFailed(let input, let reason):
             return "\(input): pip download failed: \(reason)"

@@ -33,7 +33,9 @@ struct BuildCommand: ParsableCommand {
         try perform("build") {
             let started = Date()
             let toolchain = toolchain ?? Toolchain.defaultKind(for: .current)
-            _ = try fetchInputs(targets: [target], host: .current, inputs: inputs, network: network, json: false, toolchain: toolchain)
+            let lock = try Lockfile.load(from: inputs.lockPath)
+            _ = try fetchInputs(
+                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false)
             var options = VolumeBuild.Options(
                 target: target, config: try KrunnerConfig.load(from: config), outputDirectory: out, patchesDirectory: patches,
                 entryExecutable: currentExecutable)
@@ -41,7 +43,6 @@ struct BuildCommand: ParsableCommand {
             options.isolation = sandbox ?? ProcessInfo.processInfo.environment["KRNATIVE_SANDBOX"].flatMap(Isolation.init(rawValue:)) ?? .namespaces
             options.lockPath = inputs.lockPath
             options.toolVersion = KrnativeVersion.current
-            let lock = try Lockfile.load(from: inputs.lockPath)
             let manifest = try VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath))).run(lock: lock)
             if output.json { return printJSON(manifest) }
             for file in manifest.outputs { print("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }

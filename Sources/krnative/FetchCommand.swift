@@ -4,7 +4,6 @@ import Foundation
 import KrnativeBase
 import Lock
 import Store
-import Toolchain
 
 /// Options of every command that may download.
 struct NetworkOptions: ParsableArguments {
@@ -90,15 +89,17 @@ struct FetchCommand: ParsableCommand {
 }
 
 /// Fetches what `targets` need and reports; throws when anything is missing.
-/// With `toolchain`, only that toolchain's entries are fetched (a build needs the one it uses).
-func fetchInputs(
-    targets: [Target], host: HostPlatform, inputs: InputOptions, network: NetworkOptions, json: Bool, toolchain: ToolchainKind? = nil
-) throws -> FetchReport {
+/// Fetches what `targets` need on `host` (every toolchain that runs there) and reports.
+func fetchInputs(targets: [Target], host: HostPlatform, inputs: InputOptions, network: NetworkOptions, json: Bool) throws -> FetchReport {
     let lock = try Lockfile.load(from: inputs.lockPath)
+    return try fetchInputs(lock.inputs(for: targets, host: host), inputs: inputs, network: network, json: json)
+}
+
+/// Fetches `wanted` and reports; throws when anything is missing.
+func fetchInputs(_ wanted: [LockedInput], inputs: InputOptions, network: NetworkOptions, json: Bool) throws -> FetchReport {
     let resolver = InputResolver(store: try Store(root: inputs.storePath))
     let fetcher = Fetcher(resolver: resolver, options: try network.fetchOptions(lockPath: inputs.lockPath))
-    let used = toolchain.map { kind in Set(targets.map { kind.lockName(triple: $0.ttydTriple, host: host) }) }
-    let report = fetcher.fetch(lock.inputs(for: targets, host: host).filter { $0.kind != .toolchain || used?.contains($0.name) ?? true })
+    let report = fetcher.fetch(wanted)
     if json {
         printJSON(report)
     } else {

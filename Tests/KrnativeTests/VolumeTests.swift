@@ -24,9 +24,9 @@ struct VolumeTests {
         return true
     }
 
-    func build(_ lock: String, out: String, environment: [String: String] = [:]) throws -> ChildProcess.Result {
+    func build(_ lock: String, out: String, environment: [String: String] = [:], umask: String = "022") throws -> ChildProcess.Result {
         let result = ChildProcess.run(
-            ["env"] + environment.map { "\($0.key)=\($0.value)" } + [
+            ["bash", "-c", "umask \(umask) && exec \"$@\"", "bash", "env"] + environment.map { "\($0.key)=\($0.value)" } + [
                 Package.binary, "build", "--lock", lock, "--store", Self.store, "--target", "manylinux-x86_64", "--out", out,
                 "--config", Package.root + "/krunner.json", "--patches", Package.root + "/patches",
             ])
@@ -45,7 +45,7 @@ struct VolumeTests {
         let lock = standin.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
 
         _ = try build(lock, out: work.path + "/one")
-        _ = try build(lock, out: work.path + "/two/elsewhere", environment: ["TZ": "Pacific/Chatham", "LC_ALL": "C", "HOME": work.path])
+        _ = try build(lock, out: work.path + "/two/elsewhere", environment: ["TZ": "Pacific/Chatham", "LC_ALL": "C", "HOME": work.path], umask: "077")
         let manifest = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: work.path + "/one/krnative-manifest.static-gnu.x86_64.json")))
         for output in manifest.outputs.map(\.file) + ["krnative-manifest.static-gnu.x86_64.json"] {
             let a = try SHA256Digest.of(fileAt: work.path + "/one/" + output), b = try SHA256Digest.of(fileAt: work.path + "/two/elsewhere/" + output)
