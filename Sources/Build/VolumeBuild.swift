@@ -150,7 +150,7 @@ public struct VolumeBuild: Sendable {
             let hash = entry.kind == .file ? try SHA256Digest.of(fileAt: prefix + "/" + entry.path.dropFirst(2)).digest : nil
             volume.append(.init(path: entry.path, type: entry.kind, mode: String(entry.mode, radix: 8), size: entry.size, sha256: hash, target: entry.target))
         }
-        let inputs = needed.filter { $0.kind != .toolchain || ttyd.toolchain.contains($0.sha256?.hex ?? "-") }.compactMap { input in
+        let inputs = Self.inputs(of: target, in: lock, host: .current, toolchain: options.toolchain).compactMap { input in
             resolver.located(input).map {
                 BuildManifest.Input(name: input.name, kind: input.kind, version: input.version, sha256: $0, treeSha256: input.treeSha256, license: input.license)
             }

@@ -40,7 +40,7 @@ struct BuildCommand: ParsableCommand {
                 target: target, config: try KrunnerConfig.load(from: config), outputDirectory: out, patchesDirectory: patches,
                 entryExecutable: currentExecutable)
             options.toolchain = toolchain
-            options.isolation = sandbox ?? ProcessInfo.processInfo.environment["KRNATIVE_SANDBOX"].flatMap(Isolation.init(rawValue:)) ?? .namespaces
+            options.isolation = Isolation.chosen(sandbox)
             options.lockPath = inputs.lockPath
             options.toolVersion = KrnativeVersion.current
             let manifest = try VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath))).run(lock: lock)

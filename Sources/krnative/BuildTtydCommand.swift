@@ -32,7 +32,7 @@ struct BuildTtydCommand: ParsableCommand {
             var options = TtydBuild.Options(
                 target: target, patchesDirectory: patches, outputDirectory: out, entryExecutable: currentExecutable)
             options.toolchain = toolchain ?? Toolchain.defaultKind(for: .current)
-            options.isolation = sandbox ?? ProcessInfo.processInfo.environment["KRNATIVE_SANDBOX"].flatMap(Isolation.init(rawValue:)) ?? .namespaces
+            options.isolation = Isolation.chosen(sandbox)
             if let jobs { options.jobs = max(1, jobs) }
             options.workDirectory = workdir
             options.rebuild = rebuild

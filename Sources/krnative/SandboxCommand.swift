@@ -8,7 +8,12 @@ var currentExecutable: String {
     (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
 }
 
-extension Isolation: ExpressibleByArgument {}
+extension Isolation: ExpressibleByArgument {
+    /// `--sandbox`, else `KRNATIVE_SANDBOX`, else namespaces.
+    static func chosen(_ flag: Isolation?) -> Isolation {
+        flag ?? ProcessInfo.processInfo.environment["KRNATIVE_SANDBOX"].flatMap(Isolation.init(rawValue:)) ?? .namespaces
+    }
+}
 
 struct SandboxCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -47,7 +52,7 @@ struct SandboxCommand: ParsableCommand {
                 let spec = SandboxSpec(
                     argv: command, environment: declared, mounts: mounts, rootDirectory: root, workingDirectory: workdir,
                     sourceDateEpoch: epoch)
-                let isolation = sandbox ?? ProcessInfo.processInfo.environment["KRNATIVE_SANDBOX"].flatMap(Isolation.init(rawValue:)) ?? .namespaces
+                let isolation = Isolation.chosen(sandbox)
                 let runner = SandboxRunner(entryExecutable: currentExecutable, isolation: isolation)
                 let result = try runner.start(spec) { FileHandle.standardOutput.write($0) }
                 switch result.termination {

@@ -7,6 +7,7 @@ Serves files from --root. The first path component picks the behaviour:
   /truncate/NAME      without Range: announces the full length, sends half, closes
   /stall/NAME         without Range: sends half, then goes silent for a minute
   /slow/NAME          honours Range, sends about 512 KiB/s
+  /rate/KIB/NAME      honours Range, sends about KIB KiB/s
   /flaky/N/NAME       the first N requests answer 500, later ones serve the file
   /status/CODE/NAME   always answers CODE
   /wrong/NAME         the file with its last byte changed
@@ -52,6 +53,9 @@ class Handler(BaseHTTPRequestHandler):
                 status = int(rest[0])
                 self.send_error(status)
                 return
+            rate = 512
+            if mode == "rate":
+                rate, rest, mode = int(rest[0]), rest[1:], "slow"
             if mode == "flaky":
                 limit, rest = int(rest[0]), rest[1:]
                 with lock:
@@ -98,12 +102,13 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             if mode == "slow":
-                for offset in range(0, len(body), 16384):
-                    chunk = body[offset:offset + 16384]
+                step = 65536 if rate > 4096 else 16384
+                for offset in range(0, len(body), step):
+                    chunk = body[offset:offset + step]
                     self.wfile.write(chunk)
                     self.wfile.flush()
                     sent += len(chunk)
-                    time.sleep(16384 / (512 * 1024))
+                    time.sleep(step / (rate * 1024))
                 return
             self.wfile.write(body)
             sent = len(body)

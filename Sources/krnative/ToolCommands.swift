@@ -1,0 +1,49 @@
+import ArgumentParser
+import Archive
+import Foundation
+import KrnativeBase
+import Layout
+
+/// `krnative pack DIR OUT`: the pack stage alone, for a tree made elsewhere (and for the benchmarks).
+struct PackCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pack", abstract: "Pack a directory as a deterministic tar.xz (the volume's format).")
+    @Argument(help: "The directory to pack.") var directory: String
+    @Argument(help: "The tar.xz to write.") var output: String
+    @Option(help: "Compression threads; the bytes are the same for any number. Default: the number of CPUs.") var threads: Int?
+    @Option(help: "Clamp every mtime to this. Default: env SOURCE_DATE_EPOCH, else 0.") var sourceDateEpoch: Int64?
+
+    func run() throws {
+        try perform("pack") {
+            let epoch = sourceDateEpoch ?? ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) } ?? 0
+            var packer = DeterministicTarXz(sourceDateEpoch: epoch)
+            if let threads { packer.threads = max(1, threads) }
+            let entries = try packer.pack(directory, to: output)
+            let (digest, size) = try SHA256Digest.of(fileAt: output)
+            print("\(digest)  \(output)  (\(entries.count) entries, \(size) bytes)")
+        }
+    }
+}
+
+/// `krnative wheel install`: the wheel installer alone.
+struct WheelCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "wheel", abstract: "Install wheels as a volume build does.", subcommands: [Install.self])
+
+    struct Install: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Install wheels into a prefix (pip's --prefix scheme, no Python run), checking tags and RECORD.")
+        @Option(help: "The target whose tags the wheels must fit.") var target: Target
+        @Option(help: "The prefix (the volume root).") var prefix: String
+        @Argument(help: "Wheel files, under their wheel names.") var wheels: [String]
+
+        func run() throws {
+            try perform("wheel install") {
+                let installer = WheelInstaller(target: target)
+                var files = 0
+                for wheel in wheels { files += try installer.install(wheel, into: prefix).count }
+                print("installed \(wheels.count) wheels, \(files) files, into \(prefix)")
+            }
+        }
+    }
+}
