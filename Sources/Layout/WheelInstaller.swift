@@ -79,23 +79,23 @@ public struct WheelInstaller: Sendable {
             }
         }
         let launchers = try consoleScripts(staging + "/" + distInfo + "/entry_points.txt")
-        var installed: [String] = []
+        // What RECORD will say of each installed file: the digests read while unpacking, except
+        // for the files krnative writes or rewrites (hashed when written).
+        var recorded: [String: (String, Int64)] = [:]
+        var directories = Set<String>()
         for (from, to, script) in placed where !to.hasSuffix(distInfo + "/RECORD") && !to.hasSuffix(distInfo + "/INSTALLER") {
             guard ArchivePath.contained(to) == to else { throw .unsafePath(wheel: filename, entry: from) }
-            try move(staging + "/" + from, to: prefix + "/" + to, filename: filename)
-            if script { try rewriteShebang(prefix + "/" + to, filename: filename) }
-            installed.append(to)
+            try move(staging + "/" + from, to: prefix + "/" + to, filename: filename, made: &directories)
+            recorded[to] = script ? try rewriteShebang(prefix + "/" + to, filename: filename) ?? digests[from] : digests[from]
         }
         for (script, contents) in launchers {
-            let path = "bin/" + script
-            try write(Data(contents.utf8), to: prefix + "/" + path, mode: 0o755, filename: filename)
-            installed.append(path)
+            recorded["bin/" + script] = try write(Data(contents.utf8), to: prefix + "/bin/" + script, mode: 0o755, filename: filename)
         }
         let installerPath = sitePackages + "/" + distInfo + "/INSTALLER"
-        try write(Data((installerName + "\n").utf8), to: prefix + "/" + installerPath, mode: 0o644, filename: filename)
-        installed.append(installerPath)
-        try writeRecord(prefix: prefix, installed: installed, record: sitePackages + "/" + distInfo + "/RECORD", filename: filename)
-        return (installed + [sitePackages + "/" + distInfo + "/RECORD"]).sorted()
+        recorded[installerPath] = try write(Data((installerName + "\n").utf8), to: prefix + "/" + installerPath, mode: 0o644, filename: filename)
+        let record = sitePackages + "/" + distInfo + "/RECORD"
+        try writeRecord(prefix: prefix, recorded: recorded, record: record, filename: filename)
+        return (Array(recorded.keys) + [record]).sorted()
     }
 
     // MARK: Steps
@@ -167,31 +167,38 @@ public struct WheelInstaller: Sendable {
         }
     }
 
-    private func move(_ from: String, to: String, filename: String) throws(WheelError) {
-        do {
-            try FileSystem.createDirectory((to as NSString).deletingLastPathComponent)
-            FileSystem.remove(to)
-            try FileSystem.rename(from, to: to)
-        } catch { throw .io(wheel: filename, reason: error.description) }
+    /// A rename within the prefix's file system. No fsync: the prefix is a build's staging tree,
+    /// made durable (or thrown away) as a whole by the build.
+    private func move(_ from: String, to: String, filename: String, made directories: inout Set<String>) throws(WheelError) {
+        let parent = (to as NSString).deletingLastPathComponent
+        if directories.insert(parent).inserted {
+            do { try FileSystem.createDirectory(parent) } catch { throw .io(wheel: filename, reason: error.description) }
+        }
+        guard rename(from, to) == 0 else {
+            throw .io(wheel: filename, reason: "cannot move \(from) to \(to): \(String(cString: strerror(errno)))")
+        }
     }
 
-    private func write(_ data: Data, to path: String, mode: mode_t, filename: String) throws(WheelError) {
+    /// Writes a file krnative makes; returns its RECORD hash and size.
+    @discardableResult
+    private func write(_ data: Data, to path: String, mode: mode_t, filename: String) throws(WheelError) -> (String, Int64) {
         do {
             try FileSystem.createDirectory((path as NSString).deletingLastPathComponent)
             try FileSystem.writeAtomically(data, to: path, mode: mode)
         } catch { throw .io(wheel: filename, reason: error.description) }
+        return (SHA256Digest.of(data).recordForm, Int64(data.count))
     }
 
-    /// `#!python` (and `#!pythonw`) become the volume's interpreter, as pip does for .data/scripts.
-    private func rewriteShebang(_ path: String, filename: String) throws(WheelError) {
-        guard let data = FileManager.default.contents(atPath: path) else { return }
+    /// `#!python` (and `#!pythonw`) become the volume's interpreter, as pip does for .data/scripts;
+    /// returns the new RECORD hash and size when the file changed.
+    private func rewriteShebang(_ path: String, filename: String) throws(WheelError) -> (String, Int64)? {
+        guard let data = FileManager.default.contents(atPath: path) else { return nil }
         let firstLine = data.prefix { $0 != 0x0a }
-        if firstLine.starts(with: Data("#!python".utf8)) {
-            let rest = data.dropFirst(firstLine.count)
-            try write(Data("#!\(mountPoint)/bin/python3".utf8) + rest, to: path, mode: 0o755, filename: filename)
-        } else {
+        guard firstLine.starts(with: Data("#!python".utf8)) else {
             chmod(path, 0o755)
+            return nil
         }
+        return try write(Data("#!\(mountPoint)/bin/python3".utf8) + data.dropFirst(firstLine.count), to: path, mode: 0o755, filename: filename)
     }
 
     /// pip's console-script launchers (distlib's template), one per `console_scripts` and `gui_scripts` entry.
@@ -234,13 +241,9 @@ public struct WheelInstaller: Sendable {
 
     /// RECORD as pip writes it: paths relative to site-packages, sorted, RECORD itself without a
     /// hash, CRLF line ends (Python's csv writer).
-    private func writeRecord(prefix: String, installed: [String], record: String, filename: String) throws(WheelError) {
-        var rows: [String] = []
-        for path in installed {
-            let relative = Self.relative(path, from: sitePackages)
-            let (digest, size): (SHA256Digest, Int64)
-            do { (digest, size) = try SHA256Digest.of(fileAt: prefix + "/" + path) } catch { throw .io(wheel: filename, reason: error.description) }
-            rows.append("\(Self.csvField(relative)),sha256=\(digest.recordForm),\(size)")
+    private func writeRecord(prefix: String, recorded: [String: (String, Int64)], record: String, filename: String) throws(WheelError) {
+        var rows = recorded.map { path, entry in
+            "\(Self.csvField(Self.relative(path, from: sitePackages))),sha256=\(entry.0),\(entry.1)"
         }
         rows.append("\(Self.csvField(Self.relative(record, from: sitePackages))),,")
         try write(Data((rows.sorted().joined(separator: "\r\n") + "\r\n").utf8), to: prefix + "/" + record, mode: 0o644, filename: filename)
