@@ -108,6 +108,9 @@ public enum AirGapBundle {
         guard manifest.formatVersion == 1 else {
             throw BundleError.notABundle(file: file, reason: "format version \(manifest.formatVersion); this krnative reads 1")
         }
+        for input in manifest.inputs where input.sha256 == nil || (input.kind == .source && input.treeSha256 == nil) {
+            throw BundleError.notABundle(file: file, reason: "its manifest gives \(input.name) no sha256 (or a source no tree hash)")
+        }
         var report = ImportReport(lockSha256: manifest.lockSha256)
         var pending = Dictionary(grouping: manifest.inputs, by: { $0.sha256! })
         while let entry = try reader.next() {
