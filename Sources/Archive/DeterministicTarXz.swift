@@ -33,6 +33,8 @@ public struct DeterministicTarXz: Sendable {
         public var size: Int64
         /// Symlink target, or the path a hard link points to.
         public var target: String?
+        /// A regular file's content digest, computed while it was packed.
+        public var sha256: SHA256Digest?
     }
 
     /// Writes the archive of `directory` to `output` (a temp file beside it, then rename) and
@@ -150,6 +152,8 @@ public struct DeterministicTarXz: Sendable {
                 let fd = open(root + "/" + item.relative, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
                 guard fd >= 0 else { throw FileSystemError.cannotOpen(path: root + "/" + item.relative, errno: errno) }
                 defer { close(fd) }
+                var hasher = StreamingSHA256()
+                defer { record.sha256 = hasher.finalize() }
                 while true {
                     let count = read(fd, buffer.baseAddress, buffer.count)
                     if count < 0 && errno == EINTR { continue }
@@ -158,6 +162,7 @@ public struct DeterministicTarXz: Sendable {
                     guard archive_write_data(archive, buffer.baseAddress, count) == count else {
                         throw ArchiveError.cannotWrite(archive: name, reason: "\(path): \(ArchiveReader.message(archive))")
                     }
+                    hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
                 }
             }
             entries.append(record)

@@ -147,8 +147,7 @@ public struct VolumeBuild: Sendable {
         }
         var volume: [BuildManifest.VolumeEntry] = []
         for entry in packed {
-            let hash = entry.kind == .file ? try SHA256Digest.of(fileAt: prefix + "/" + entry.path.dropFirst(2)).digest : nil
-            volume.append(.init(path: entry.path, type: entry.kind, mode: String(entry.mode, radix: 8), size: entry.size, sha256: hash, target: entry.target))
+            volume.append(.init(path: entry.path, type: entry.kind, mode: String(entry.mode, radix: 8), size: entry.size, sha256: entry.sha256, target: entry.target))
         }
         let inputs = Self.inputs(of: target, in: lock, host: .current, toolchain: options.toolchain).compactMap { input in
             resolver.located(input).map {

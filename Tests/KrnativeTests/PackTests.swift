@@ -49,6 +49,9 @@ struct PackTests {
         let archive = work.path + "/v.tar.xz"
         let entries = try DeterministicTarXz(sourceDateEpoch: 1_700_000_000, threads: 2).pack(work.path + "/v", to: archive)
         #expect(entries.map(\.path) == entries.map(\.path).sorted { Array($0.utf8).lexicographicallyPrecedes(Array($1.utf8)) })
+        for entry in entries where entry.kind == .file {
+            #expect(entry.sha256 == (try SHA256Digest.of(fileAt: work.path + "/v/" + entry.path.dropFirst(2))).digest, "\(entry.path)")
+        }
         #expect(entries.first { $0.path == "./bin/python3.13-hardlink" }?.kind == .hardlink)
         #expect(entries.first { $0.path == "./bin/python3.13-hardlink" }?.target == "./bin/python3.13")
         let script = """
