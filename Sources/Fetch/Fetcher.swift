@@ -134,7 +134,8 @@ public struct Fetcher: Sendable {
             switch outcome {
             case .complete:
                 let (digest, size) = transfer.result
-                switch resolver.check(file: partial, digest: digest, for: input) {
+                let verdict = resolver.check(file: partial, digest: digest, for: input)
+                switch verdict {
                 case .accepted:
                     do { try resolver.admit(temporary: partial, digest: digest, for: input) } catch {
                         attempts.append("\(url): \(error)")
@@ -147,20 +148,19 @@ public struct Fetcher: Sendable {
                         input.name,
                         "fetched \(input.name) \(input.version): \(size) bytes in \(seconds) s\(resumed), sha256 \(digest)")
                     return digest
-                case .wrongFile(let expected, let actual):
+                case .wrongFile, .wrongTree:
                     let quarantined = resolver.store.quarantine(partial, reason: "from-mirror")
-                    let error = FetchError.hashMismatch(input: input.name, url: url, expected: expected, actual: actual, quarantinedAt: quarantined)
+                    let error: FetchError =
+                        switch verdict {
+                        case .wrongTree(let expected, let actual):
+                            .treeMismatch(input: input.name, url: url, expected: expected, actual: actual, quarantinedAt: quarantined)
+                        default:
+                            .hashMismatch(
+                                input: input.name, url: url, expected: input.sha256 ?? digest, actual: digest, quarantinedAt: quarantined)
+                        }
                     progress.note(error.description)
                     attempts.append(error.description)
                     if transfer.resumedFrom > 0 && attempt < options.attemptsPerURL { continue }  // maybe a stale partial: once more from zero
-                    progress.ended(input.name, "trying the next source for \(input.name)")
-                    return nil
-                case .wrongTree(let expected, let actual):
-                    let quarantined = resolver.store.quarantine(partial, reason: "from-mirror")
-                    let error = FetchError.treeMismatch(input: input.name, url: url, expected: expected, actual: actual, quarantinedAt: quarantined)
-                    progress.note(error.description)
-                    attempts.append(error.description)
-                    if transfer.resumedFrom > 0 && attempt < options.attemptsPerURL { continue }
                     progress.ended(input.name, "trying the next source for \(input.name)")
                     return nil
                 case .unreadable(let reason):

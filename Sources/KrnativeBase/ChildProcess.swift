@@ -116,21 +116,22 @@ public enum ChildProcess {
     }
 }
 
-/// Keeps the last `limit` bytes appended to it.
-final class BoundedBuffer: @unchecked Sendable {
+/// Keeps the last `limit` bytes appended to it, and counts them all: a child's output tail for
+/// error reports, however much it prints.
+public final class BoundedBuffer: @unchecked Sendable {
     private let lock = NSLock()
     private var data = Data()
+    private var count: Int64 = 0
     private let limit: Int
-    init(limit: Int) { self.limit = limit }
-    func append(_ chunk: Data) {
-        lock.lock()
-        defer { lock.unlock() }
-        data.append(chunk)
-        if data.count > limit { data.removeFirst(data.count - limit) }
+    public init(limit: Int) { self.limit = limit }
+    public func append(_ chunk: Data) {
+        lock.withLock {
+            count += Int64(chunk.count)
+            data.append(chunk.suffix(limit))
+            if data.count > limit { data = Data(data.suffix(limit)) }
+        }
     }
-    var text: String {
-        lock.lock()
-        defer { lock.unlock() }
-        return String(decoding: data, as: UTF8.self)
-    }
+    public var text: String { lock.withLock { String(decoding: data, as: UTF8.self) } }
+    /// Every byte appended, kept or not.
+    public var total: Int64 { lock.withLock { count } }
 }

@@ -146,7 +146,7 @@ public struct SandboxRunner: Sendable {
         process.standardOutput = pipe
         process.standardError = pipe
         process.standardInput = FileHandle.nullDevice
-        let tail = OutputTail(limit: tailLimit)
+        let tail = BoundedBuffer(limit: tailLimit)
         let reader = DispatchGroup()
         reader.enter()
         DispatchQueue.global().async {
@@ -185,23 +185,6 @@ extension ChildProcess.Termination {
         case .notStarted: 127
         }
     }
-}
-
-/// The last bytes of a step's output, and how many there were in all.
-final class OutputTail: @unchecked Sendable {
-    private let lock = NSLock()
-    private var data = Data()
-    private(set) var total: Int64 = 0
-    private let limit: Int
-    init(limit: Int) { self.limit = limit }
-    func append(_ chunk: Data) {
-        lock.withLock {
-            total += Int64(chunk.count)
-            data.append(chunk.suffix(limit))
-            if data.count > limit { data = Data(data.suffix(limit)) }
-        }
-    }
-    var text: String { lock.withLock { String(decoding: data, as: UTF8.self) } }
 }
 
 /// A private directory for one sandbox run's spec, status file and root mount point.
