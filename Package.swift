@@ -47,10 +47,11 @@ let package = Package(
         .target(name: "Toolchain", dependencies: ["KrnativeBase"]),
         .target(name: "Layout", dependencies: ["KrnativeBase", "Archive", "Sandbox"]),
         .target(name: "Packaging", dependencies: ["KrnativeBase", "Archive"]),
+        .target(name: "Verify", dependencies: ["KrnativeBase", "Archive", "Layout", "Sandbox", "Store"]),
         .target(
             name: "Build",
             dependencies: [
-                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Patch", "Sandbox", "Toolchain", "Compile", "Layout", "Packaging",
+                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Patch", "Sandbox", "Toolchain", "Compile", "Layout", "Packaging", "Verify",
             ]),
         .target(
             name: "Compile",
@@ -60,7 +61,7 @@ let package = Package(
         .executableTarget(
             name: "krnative",
             dependencies: [
-                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile", "Layout", "Packaging", "Build",
+                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile", "Layout", "Packaging", "Verify", "Build",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -69,7 +70,7 @@ let package = Package(
             name: "KrnativeTests",
             dependencies: [
                 "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile",
-                "Layout", "Packaging", "Build",
+                "Layout", "Packaging", "Verify", "Build",
             ],
             exclude: ["Support"]),
     ],
