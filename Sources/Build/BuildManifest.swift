@@ -4,6 +4,10 @@ import KrnativeBase
 import Lock
 import Patch
 import Sandbox
+import Verify
+
+/// Whether an audit violation fails the build (`enforce`) or is printed and recorded (`report`).
+public enum AuditMode: String, Codable, Sendable, CaseIterable { case enforce, report }
 
 /// What a build used and made (DESIGN §1): written as `krnative-manifest.{distro}.{arch}.json`.
 public struct BuildManifest: Codable, Sendable {
@@ -30,6 +34,13 @@ public struct BuildManifest: Codable, Sendable {
         public var target: String?
     }
 
+    public struct Audit: Codable, Sendable {
+        public var policy: String
+        public var mode: AuditMode
+        public var elfFiles: Int
+        public var violations: [AuditViolation]
+    }
+
     public var tool: Tool
     public var target: Target
     public var lockSha256: SHA256Digest
@@ -41,6 +52,9 @@ public struct BuildManifest: Codable, Sendable {
     public var patches: [AppliedPatch]
     public var outputs: [Output]
     public var volume: [VolumeEntry]
+    /// What decided these outputs (`VolumeBuild.buildKey`): a build with the same key has nothing to do.
+    public var buildKey: SHA256Digest?
+    public var audit: Audit?
 
     public func encoded() throws -> Data {
         let encoder = JSONEncoder()

@@ -10,6 +10,7 @@ import Patch
 import Sandbox
 import Store
 import Toolchain
+import Verify
 
 #if canImport(Glibc)
     import Glibc
@@ -30,6 +31,9 @@ public struct VolumeBuild: Sendable {
         public var packThreads = ProcessInfo.processInfo.activeProcessorCount
         public var lockPath = Lockfile.defaultFileName
         public var toolVersion = "0"
+        /// The policy every build's volume is audited against, and whether a violation fails the build.
+        public var auditPolicy: AuditPolicy?
+        public var auditMode: AuditMode = .enforce
         public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
 
         public init(target: Target, config: KrunnerConfig, outputDirectory: String, patchesDirectory: String, entryExecutable: String) {
@@ -126,6 +130,7 @@ public struct VolumeBuild: Sendable {
             try layout.collectLicenses(ofArchive: try path(of: source), component: source.name, into: prefix)
         }
         try compileBytecode(layout: layout, prefix: prefix, staging: staging, lock: lock, path: path)
+        let audit = try audit(prefix)
 
         // Pack, side files, the plugin wheel.
         options.log("packing krunner-env.\(distro).\(arch).tar.xz")
@@ -158,6 +163,8 @@ public struct VolumeBuild: Sendable {
             tool: .init(version: options.toolVersion), target: target, lockSha256: lock.digest, sourceDateEpoch: lock.sourceDateEpoch,
             isolation: options.isolation, packageVersion: options.config.packageVersion, volumeVersion: volumeVersion,
             inputs: inputs, patches: ttyd.patches, outputs: outputs, volume: volume)
+        manifest.buildKey = try buildKey(lock: lock)
+        manifest.audit = audit.map { .init(policy: $0.policy, mode: options.auditMode, elfFiles: $0.elfFiles, violations: $0.violations) }
         let sbomName = outputNames[6]
         try FileSystem.writeAtomically(try SBOM.document(for: manifest, name: sbomName), to: staging + "/" + sbomName)
         let (sbomDigest, sbomSize) = try SHA256Digest.of(fileAt: staging + "/" + sbomName)
@@ -170,6 +177,56 @@ public struct VolumeBuild: Sendable {
             try FileSystem.rename(staging + "/" + name, to: options.outputDirectory + "/" + name)
         }
         return manifest
+    }
+
+    /// Everything that decides the outputs, hashed: the krnative executable, the lock, the target,
+    /// the toolchain and isolation, the versions, the patches and the audit policy. A manifest
+    /// with this key and outputs that still hash as it says mean there is nothing to do.
+    public func buildKey(lock: Lockfile) throws -> SHA256Digest {
+        var parts = [
+            "krnative build key v1", try SHA256Digest.of(fileAt: options.entryExecutable).digest.hex, lock.digest.hex,
+            options.target.rawValue, options.toolchain.rawValue, options.isolation.rawValue, options.auditMode.rawValue,
+        ]
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        parts.append(String(decoding: try encoder.encode(options.config), as: UTF8.self))
+        if let policy = options.auditPolicy { parts.append(String(decoding: try encoder.encode(policy), as: UTF8.self)) }
+        let patches = (FileManager.default.enumerator(atPath: options.patchesDirectory)?.allObjects as? [String] ?? []).sorted()
+        for name in patches where !FileSystem.isDirectory(options.patchesDirectory + "/" + name) {
+            parts.append("\(name) \(try SHA256Digest.of(fileAt: options.patchesDirectory + "/" + name).digest.hex)")
+        }
+        return SHA256Digest.of(Data(parts.joined(separator: "\n").utf8))
+    }
+
+    /// The manifest of the outputs already in the output directory, when they are what this build
+    /// would make: the same build key, and every output present with the size and hash listed.
+    public func upToDate(lock: Lockfile) throws -> BuildManifest? {
+        let manifestPath = options.outputDirectory + "/" + outputNames[7]
+        guard let data = FileManager.default.contents(atPath: manifestPath),
+            let manifest = try? JSONDecoder().decode(BuildManifest.self, from: data),
+            manifest.buildKey == (try buildKey(lock: lock)),
+            Set(manifest.outputs.map(\.file)) == Set(outputNames.dropLast())
+        else { return nil }
+        for output in manifest.outputs {
+            guard let (digest, size) = try? SHA256Digest.of(fileAt: options.outputDirectory + "/" + output.file),
+                digest == output.sha256, size == output.size
+            else { return nil }
+        }
+        return manifest
+    }
+
+    /// The finished volume tree against the target's policy: a violation fails the build (or, in
+    /// report mode, is printed and recorded in the manifest).
+    func audit(_ prefix: String) throws -> VolumeAudit.Report? {
+        guard let policy = options.auditPolicy else { return nil }
+        options.log("auditing the volume against sysroots/audit-policy.json")
+        let report = try VolumeAudit(target: options.target, policy: policy).audit(try Listing.ofDirectory(prefix))
+        if !report.passed {
+            let failure = AuditFailed(location: "the \(options.target.rawValue) volume", report: report)
+            guard options.auditMode == .report else { throw failure }
+            options.log("audit (report only, --audit report): " + failure.description)
+        }
+        return report
     }
 
     /// `.pyc` for the volume, by the target's own runtime where it runs here, else by the host's

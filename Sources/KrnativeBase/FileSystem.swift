@@ -94,6 +94,12 @@ public enum FileSystem {
         return lstat(path, &info) == 0
     }
 
+    /// Whether `path` is a directory (following symlinks).
+    public static func isDirectory(_ path: String) -> Bool {
+        var info = stat()
+        return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+    }
+
     /// The size of a regular file, or nil when there is none.
     public static func size(of path: String) -> Int64? {
         var info = stat()

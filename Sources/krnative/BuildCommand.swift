@@ -7,6 +7,7 @@ import Lock
 import Sandbox
 import Store
 import Toolchain
+import Verify
 
 struct BuildCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -26,6 +27,10 @@ struct BuildCommand: ParsableCommand {
     @Option(help: "zig or musl-cross (x86_64 hosts only). Default: zig.") var toolchain: ToolchainKind?
     @Option(help: "namespaces, or none to build without isolation (recorded in the manifest). Default: namespaces; env KRNATIVE_SANDBOX.")
     var sandbox: Isolation?
+    @Option(help: "enforce: a volume that breaks its target's policy fails the build; report: print and record it in the manifest. Default: enforce.")
+    var audit: AuditMode = .enforce
+    @Option(help: "The audit policy. Default: ./sysroots/audit-policy.json.") var policy = AuditPolicy.defaultPath
+    @Flag(help: "Build even when the output directory already holds this build's outputs.") var force = false
     @OptionGroup var network: NetworkOptions
     @OptionGroup var output: OutputOptions
 
@@ -34,8 +39,6 @@ struct BuildCommand: ParsableCommand {
             let started = Date()
             let toolchain = toolchain ?? Toolchain.defaultKind(for: .current)
             let lock = try Lockfile.load(from: inputs.lockPath)
-            _ = try fetchInputs(
-                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false)
             var options = VolumeBuild.Options(
                 target: target, config: try KrunnerConfig.load(from: config), outputDirectory: out, patchesDirectory: patches,
                 entryExecutable: currentExecutable)
@@ -43,10 +46,22 @@ struct BuildCommand: ParsableCommand {
             options.isolation = Isolation.chosen(sandbox)
             options.lockPath = inputs.lockPath
             options.toolVersion = KrnativeVersion.current
-            let manifest = try VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath))).run(lock: lock)
+            options.auditPolicy = try AuditPolicy.load(from: policy)
+            options.auditMode = audit
+            let build = VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath)))
+            if !force, let manifest = try build.upToDate(lock: lock) {
+                if output.json { return printJSON(manifest) }
+                for file in manifest.outputs { print("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
+                return print("\(target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
+            }
+            _ = try fetchInputs(
+                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false)
+            let manifest = try build.run(lock: lock)
             if output.json { return printJSON(manifest) }
             for file in manifest.outputs { print("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
             print("built \(target.rawValue) in \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
         }
     }
 }
+
+extension AuditMode: ExpressibleByArgument {}
