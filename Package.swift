@@ -36,7 +36,7 @@ let package = Package(
         // The pipeline.
         .target(
             name: "KrnativeBase",
-            dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: ["CSystemCalls", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Lock", dependencies: ["KrnativeBase"]),
         .target(name: "Store", dependencies: ["KrnativeBase", "Lock"]),
         .target(name: "Archive", dependencies: ["KrnativeBase", "CArchive", "CLZMA"]),

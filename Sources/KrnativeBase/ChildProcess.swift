@@ -1,3 +1,4 @@
+import CSystemCalls
 import Foundation
 
 /// A child process that failed: its argv, how it ended, and the tail of what it printed.
@@ -44,41 +45,8 @@ public enum ChildProcess {
         _ argv: [String], environment: [String: String]? = nil, directory: String? = nil,
         captureLimit: Int = 64 * 1024
     ) -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: resolve(argv[0], environment: environment))
-        process.arguments = Array(argv.dropFirst())
-        if let environment { process.environment = environment }
-        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        process.standardInput = FileHandle.nullDevice
         let stdoutTail = BoundedBuffer(limit: captureLimit), stderrTail = BoundedBuffer(limit: captureLimit)
-        let group = DispatchGroup()
-        for (pipe, buffer) in [(out, stdoutTail), (err, stderrTail)] {
-            group.enter()
-            DispatchQueue.global().async {
-                while true {
-                    let chunk = pipe.fileHandleForReading.availableData
-                    if chunk.isEmpty { break }
-                    buffer.append(chunk)
-                }
-                group.leave()
-            }
-        }
-        do {
-            try process.run()
-        } catch {
-            try? out.fileHandleForWriting.close()
-            try? err.fileHandleForWriting.close()
-            group.wait()
-            return Result(termination: .notStarted("\(error.localizedDescription)"), stdout: "", stderr: "")
-        }
-        process.waitUntilExit()
-        group.wait()
-        let termination: Termination =
-            process.terminationReason == .uncaughtSignal
-            ? .signalled(process.terminationStatus) : .exited(process.terminationStatus)
+        let termination = Spawn.run(argv, environment: environment, directory: directory, streams: [stdoutTail.append, stderrTail.append])
         return Result(termination: termination, stdout: stdoutTail.text, stderr: stderrTail.text)
     }
 
@@ -113,6 +81,78 @@ public enum ChildProcess {
             CharacterSet.alphanumerics.contains($0) || "-_./=:+,@%".unicodeScalars.contains($0)
         }
         return safe && !argument.isEmpty ? argument : "'" + argument.replacingOccurrences(of: "'", with: "'\\''") + "'"
+    }
+}
+
+/// Starts children with posix_spawn and waits for them with waitpid: no run loop, so krnative
+/// behaves the same under an LD_PRELOAD clock (libfaketime) that Foundation's `Process` hangs
+/// under. The child gets a clean signal mask and default SIGINT, SIGTERM and SIGPIPE dispositions.
+public enum Spawn {
+    /// Runs `argv`, feeding each output pipe's chunks to `streams[i]`: one stream gets stdout and
+    /// stderr together, two get them apart. `onStart` gets the child's pid (to kill it on cancellation).
+    public static func run(
+        _ argv: [String], environment: [String: String]?, directory: String?, streams: [@Sendable (Data) -> Void],
+        onStart: (pid_t) -> Void = { _ in }
+    ) -> ChildProcess.Termination {
+        var pipes: [(read: Int32, write: Int32)] = []
+        for _ in streams {
+            var ends: [Int32] = [0, 0]
+            guard krn_pipe_cloexec(&ends) == 0 else { return .notStarted("pipe: \(String(cString: strerror(errno)))") }
+            pipes.append((ends[0], ends[1]))
+        }
+        defer { for ends in pipes { close(ends.read) } }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if let first = pipes.first {
+            posix_spawn_file_actions_adddup2(&actions, first.write, 1)
+            posix_spawn_file_actions_adddup2(&actions, (pipes.count > 1 ? pipes[1] : first).write, 2)
+        }
+        if let directory { krn_spawn_add_chdir(&actions, directory) }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var empty = sigset_t(), defaults = sigset_t()
+        sigemptyset(&empty)
+        sigemptyset(&defaults)
+        for number in [SIGINT, SIGTERM, SIGPIPE] { sigaddset(&defaults, number) }
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+
+        let program = ChildProcess.resolve(argv[0], environment: environment)
+        let variables = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
+        var cArguments = argv.map { strdup($0) } + [nil]
+        var cEnvironment = variables.map { strdup($0) } + [nil]
+        defer { (cArguments + cEnvironment).forEach { free($0) } }
+        var pid: pid_t = 0
+        let status = posix_spawn(&pid, program, &actions, &attributes, &cArguments, &cEnvironment)
+        for ends in pipes { close(ends.write) }
+        guard status == 0 else { return .notStarted("\(program): \(String(cString: strerror(status)))") }
+        onStart(pid)
+
+        let readers = DispatchGroup()
+        for (ends, stream) in zip(pipes, streams) {
+            readers.enter()
+            let descriptor = ends.read
+            DispatchQueue.global().async {
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 8)
+                defer { buffer.deallocate() }
+                while true {
+                    let count = read(descriptor, buffer.baseAddress, buffer.count)
+                    if count < 0 && errno == EINTR { continue }
+                    if count <= 0 { break }
+                    stream(Data(buffer[0..<count]))
+                }
+                readers.leave()
+            }
+        }
+        var waitStatus: Int32 = 0
+        while waitpid(pid, &waitStatus, 0) < 0 && errno == EINTR {}
+        readers.wait()
+        let signal = waitStatus & 0x7f
+        return signal == 0 ? .exited((waitStatus >> 8) & 0xff) : .signalled(signal)
     }
 }
 

@@ -137,42 +137,19 @@ public struct SandboxRunner: Sendable {
         _ argv: [String], environment: [String: String], directory: String?, tailLimit: Int,
         output: @escaping @Sendable (Data) -> Void
     ) -> (ChildProcess.Termination, String, Int64) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: argv[0])
-        process.arguments = Array(argv.dropFirst())
-        process.environment = environment
-        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        process.standardInput = FileHandle.nullDevice
         let tail = BoundedBuffer(limit: tailLimit)
-        let reader = DispatchGroup()
-        reader.enter()
-        DispatchQueue.global().async {
-            while true {
-                let chunk = pipe.fileHandleForReading.availableData
-                if chunk.isEmpty { break }
-                tail.append(chunk)
-                output(chunk)
-            }
-            reader.leave()
-        }
-        do { try process.run() } catch {
-            try? pipe.fileHandleForWriting.close()
-            reader.wait()
-            return (.notStarted(error.localizedDescription), "", 0)
-        }
-        try? pipe.fileHandleForWriting.close()
+        let child = ChildPid()
         let watcher = DispatchSource.makeTimerSource()
         watcher.schedule(deadline: .now() + 0.1, repeating: 0.1)
-        watcher.setEventHandler { if Cancellation.requested { kill(process.processIdentifier, SIGKILL) } }
+        watcher.setEventHandler { if Cancellation.requested, let pid = child.pid { kill(pid, SIGKILL) } }
         watcher.resume()
-        process.waitUntilExit()
-        watcher.cancel()
-        reader.wait()
-        let termination: ChildProcess.Termination =
-            process.terminationReason == .uncaughtSignal ? .signalled(process.terminationStatus) : .exited(process.terminationStatus)
+        defer { watcher.cancel() }
+        let termination = Spawn.run(
+            argv, environment: environment, directory: directory,
+            streams: [{ chunk in
+                tail.append(chunk)
+                output(chunk)
+            }], onStart: { child.pid = $0 })
         return (termination, tail.text, tail.total)
     }
 }
@@ -184,6 +161,16 @@ extension ChildProcess.Termination {
         case .signalled(let signal): 128 + signal
         case .notStarted: 127
         }
+    }
+}
+
+/// The pid of a running child, for the cancellation watcher.
+final class ChildPid: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: pid_t?
+    var pid: pid_t? {
+        get { lock.withLock { value } }
+        set { lock.withLock { value = newValue } }
     }
 }
 
