@@ -164,6 +164,7 @@ public struct VolumeBuild: Sendable {
             isolation: options.isolation, packageVersion: options.config.packageVersion, volumeVersion: volumeVersion,
             inputs: inputs, patches: ttyd.patches, outputs: outputs, volume: volume)
         manifest.buildKey = try buildKey(lock: lock)
+        manifest.toolchain = options.toolchain
         manifest.audit = audit.map { .init(policy: $0.policy, mode: options.auditMode, elfFiles: $0.elfFiles, violations: $0.violations) }
         let sbomName = outputNames[6]
         try FileSystem.writeAtomically(try SBOM.document(for: manifest, name: sbomName), to: staging + "/" + sbomName)
@@ -173,6 +174,8 @@ public struct VolumeBuild: Sendable {
 
         // Into place: each output by rename, the manifest last, so its presence means the set is whole.
         for name in outputNames {
+            // Every output is 0644 whatever the umask: the directory listing is an output too.
+            chmod(staging + "/" + name, 0o644)
             FileSystem.remove(options.outputDirectory + "/" + name)
             try FileSystem.rename(staging + "/" + name, to: options.outputDirectory + "/" + name)
         }

@@ -47,8 +47,13 @@ public struct DiffReport: Codable, Sendable {
         self.differences = differences
     }
 
-    public static func compare(_ left: String, _ right: String) throws -> DiffReport {
-        let (a, b) = (try Listing.of(left), try Listing.of(right))
+    /// `only`: the top-level paths to compare (a build's outputs in a directory that holds more).
+    public static func compare(_ left: String, _ right: String, only: Set<String>? = nil) throws -> DiffReport {
+        var (a, b) = (try Listing.of(left), try Listing.of(right))
+        if let only {
+            a.files = a.files.filter { only.contains($0.key) }
+            b.files = b.files.filter { only.contains($0.key) }
+        }
         var differences = compare(a, b)
         if a.source == .directory && b.source == .directory {
             for index in differences.indices where differences[index].change == .changed && Listing.isArchiveName(differences[index].path) {

@@ -31,6 +31,17 @@ struct BuildCommand: ParsableCommand {
     var audit: AuditMode = .enforce
     @Option(help: "The audit policy. Default: ./sysroots/audit-policy.json.") var policy = AuditPolicy.defaultPath
     @Flag(help: "Build even when the output directory already holds this build's outputs.") var force = false
+    @Option(help: "Parallel compile jobs (make -j). Default: the number of CPUs.") var compileJobs: Int?
+    @Flag(help: "Then build again elsewhere with the circumstances varied, offline, and compare every output (exit 1 when they differ).")
+    var check = false
+    @Option(
+        help: ArgumentHelp(
+            "With --check: one run per listed variation, or all, instead of one run with the cheap ones together.",
+            discussion: "Variations: \(Variation.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "list"))
+    var variations: String?
+    @Flag(help: "With --check: every run starts from an empty step cache (compiles ttyd again).") var freshSteps = false
+    @Flag(help: "With --check: keep the runs' directories even when identical.") var keep = false
+    @Option(help: "With --check: the ordinary user the user variation builds as. Default: nobody.") var checkUser = "nobody"
     @OptionGroup var network: NetworkOptions
     @OptionGroup var output: OutputOptions
 
@@ -48,20 +59,67 @@ struct BuildCommand: ParsableCommand {
             options.toolVersion = KrnativeVersion.current
             options.auditPolicy = try AuditPolicy.load(from: policy)
             options.auditMode = audit
+            if let compileJobs { options.jobs = max(1, compileJobs) }
             let build = VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath)))
-            if !force, let manifest = try build.upToDate(lock: lock) {
-                if output.json { return printJSON(manifest) }
-                for file in manifest.outputs { print("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
-                return print("\(target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
+            let runs = try checkRuns()
+            let manifest: BuildManifest
+            if !force, let existing = try build.upToDate(lock: lock) {
+                manifest = existing
+                if !output.json || check {
+                    for file in manifest.outputs { print("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
+                    print("\(target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
+                }
+            } else {
+                _ = try fetchInputs(
+                    VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false)
+                manifest = try build.run(lock: lock)
+                if !output.json || check {
+                    for file in manifest.outputs { print("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
+                    print("built \(target.rawValue) in \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
+                }
             }
-            _ = try fetchInputs(
-                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false)
-            let manifest = try build.run(lock: lock)
-            if output.json { return printJSON(manifest) }
-            for file in manifest.outputs { print("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
-            print("built \(target.rawValue) in \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
+            guard let runs else { return output.json ? printJSON(manifest) : () }
+            var checkOptions = ReproducibilityCheck.Options(
+                target: target, executable: currentExecutable, reference: absolute(out), workDirectory: absolute(out) + ".check",
+                buildArguments: [
+                    "--lock", absolute(inputs.lockPath), "--config", absolute(config), "--patches", absolute(patches),
+                    "--policy", absolute(policy), "--audit", audit.rawValue, "--toolchain", toolchain.rawValue,
+                    "--sandbox", options.isolation.rawValue,
+                ],
+                lockPath: absolute(inputs.lockPath), store: absolute(inputs.storePath), toolchain: toolchain, runs: runs)
+            checkOptions.freshSteps = freshSteps
+            checkOptions.keep = keep
+            checkOptions.user = checkUser
+            checkOptions.compileJobs = options.jobs
+            let report = try ReproducibilityCheck(options: checkOptions).run()
+            if output.json { printJSON(report) } else { print(ReproducibilityCheck.text(report), terminator: "") }
+            if !report.reproducible { throw ExitCode(1) }
         }
     }
 }
 
 extension AuditMode: ExpressibleByArgument {}
+
+extension BuildCommand {
+    /// The check's runs: nil without --check; one run with the cheap variations together; or one
+    /// run per variation listed.
+    func checkRuns() throws -> [[Variation]]? {
+        guard check else {
+            if variations != nil || freshSteps || keep { throw UsageError("--variations, --fresh-steps and --keep go with --check") }
+            return nil
+        }
+        guard let variations else { return [Variation.together] }
+        if variations == "all" { return Variation.allCases.map { [$0] } }
+        return try variations.split(separator: ",").map { name in
+            guard let variation = Variation(rawValue: String(name)) else {
+                throw UsageError("unknown variation '\(name)'; the variations are \(Variation.allCases.map(\.rawValue).joined(separator: ", ")), or all")
+            }
+            return [variation]
+        }
+    }
+}
+
+/// `path` made absolute against the current directory.
+func absolute(_ path: String) -> String {
+    path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+}

@@ -81,3 +81,20 @@ struct SandboxEntryCommand: ParsableCommand {
     @Argument var statusPath: String
     func run() throws { SandboxEntry.main(specPath: specPath, statusPath: statusPath) }
 }
+
+/// `krnative variation-exec`: the check's way to vary what the environment cannot (umask, hostname).
+struct VariationExecCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "variation-exec", abstract: "Internal: run a command with another umask or hostname.", shouldDisplay: false)
+    @Option(help: "The file creation mask, octal.") var umask: String?
+    @Option(help: "The hostname, in a new UTS namespace.") var hostname: String?
+    @Argument(parsing: .postTerminator) var command: [String]
+    func run() throws {
+        guard !command.isEmpty else { throw UsageError("variation-exec needs a command after --") }
+        let mask = try umask.map { text -> mode_t in
+            guard let value = mode_t(text, radix: 8) else { throw UsageError("--umask \(text) is not octal") }
+            return value
+        }
+        ProcessVariation.exec(argv: command, umask: mask, hostname: hostname)
+    }
+}
