@@ -4,6 +4,7 @@ import KrnativeBase
 import Lock
 import Patch
 import Sandbox
+import Toolchain
 import Verify
 
 /// Whether an audit violation fails the build (`enforce`) or is printed and recorded (`report`).
@@ -54,6 +55,8 @@ public struct BuildManifest: Codable, Sendable {
     public var volume: [VolumeEntry]
     /// What decided these outputs (`VolumeBuild.buildKey`): a build with the same key has nothing to do.
     public var buildKey: SHA256Digest?
+    /// The toolchain ttyd was compiled with (`krnative verify` rebuilds with the same).
+    public var toolchain: ToolchainKind?
     public var audit: Audit?
 
     public func encoded() throws -> Data {

@@ -11,6 +11,11 @@ public struct KrunnerConfig: Codable, Sendable, Equatable {
 
     public static let defaultFileName = "krunner.json"
 
+    public init(packageVersion: String, volumeVersions: [String: Int]) {
+        self.packageVersion = packageVersion
+        self.volumeVersions = volumeVersions
+    }
+
     public static func load(from path: String) throws(UsageError) -> KrunnerConfig {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw UsageError("cannot read \(path); it names packageVersion and volumeVersions (see the README), or pass --config FILE")

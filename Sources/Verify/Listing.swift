@@ -20,6 +20,19 @@ public struct ListedFile: Codable, Sendable, Equatable {
     public var sections: [String: SHA256Digest]?
     /// For an ELF file: what the audit needs of it.
     public var elf: ELFFacts?
+
+    public init(
+        kind: Kind, mode: String, size: Int64, sha256: SHA256Digest? = nil, linkTarget: String? = nil,
+        sections: [String: SHA256Digest]? = nil, elf: ELFFacts? = nil
+    ) {
+        self.kind = kind
+        self.mode = mode
+        self.size = size
+        self.sha256 = sha256
+        self.linkTarget = linkTarget
+        self.sections = sections
+        self.elf = elf
+    }
 }
 
 /// The parts of an ELF file the audit judges.
@@ -49,6 +62,12 @@ public struct Listing: Sendable {
     public var location: String
     public var source: Source
     public var files: [String: ListedFile]
+
+    public init(location: String, source: Source, files: [String: ListedFile]) {
+        self.location = location
+        self.source = source
+        self.files = files
+    }
 
     /// File names krnative opens as archives when they differ between two output directories.
     public static func isArchiveName(_ name: String) -> Bool {
@@ -116,7 +135,7 @@ public struct Listing: Sendable {
         return Listing(location: path, source: .archive, files: files)
     }
 
-    static func normalized(_ path: String) -> String {
+    public static func normalized(_ path: String) -> String {
         var path = Substring(path)
         while path.hasPrefix("./") { path = path.dropFirst(2) }
         while path.hasSuffix("/") { path = path.dropLast() }

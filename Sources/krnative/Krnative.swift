@@ -18,7 +18,7 @@ struct Krnative: ParsableCommand {
         subcommands: [
             TargetsCommand.self, FetchCommand.self, BuildCommand.self, StoreCommand.self, BundleCommand.self,
             LockCommand.self, BuildTtydCommand.self, PackCommand.self, WheelCommand.self, SandboxCommand.self, SandboxEntryCommand.self, DoctorCommand.self,
-            DiffCommand.self, AuditCommand.self,
+            DiffCommand.self, AuditCommand.self, VerifyCommand.self, SmokeCommand.self, VariationExecCommand.self,
         ])
 }
 

@@ -1,6 +1,12 @@
 import ArgumentParser
+import Build
+import Fetch
 import Foundation
 import KrnativeBase
+import Lock
+import Sandbox
+import Store
+import Toolchain
 import Verify
 
 /// `krnative diff A B`: two volumes, output directories, tar.xz files or wheels, entry by entry.
@@ -49,6 +55,99 @@ struct AuditCommand: ParsableCommand {
             if output.json { printJSON(report) }
             guard report.passed else { throw AuditFailed(location: volume, report: report) }
             if !output.json { print("\(volume): \(report.elfFiles) ELF files pass \(report.policy) for \(target.rawValue)") }
+        }
+    }
+}
+
+/// `krnative verify --manifest M`: rebuild offline and compare with a manifest from elsewhere.
+struct VerifyCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Rebuild offline what a manifest describes and compare every output and volume entry with it.",
+        discussion: """
+            The manifest may come from another machine: the rebuild uses its target, versions, toolchain \
+            and isolation, and this machine's lock, which must be the one the manifest names (by sha256). \
+            Exit status 0 when every output hashes the same, 1 when not; the rebuild is kept then.
+            """)
+    @OptionGroup var inputs: InputOptions
+    @Option(help: "The published krnative-manifest.{distro}.{arch}.json.") var manifest: String
+    @Option(help: "Where the rebuild goes. Default: ./verify.out.") var out = "verify.out"
+    @Option(help: "The patches directory. Default: ./patches.") var patches = "patches"
+    @Option(help: "The audit policy. Default: ./sysroots/audit-policy.json.") var policy = AuditPolicy.defaultPath
+    @Flag(help: "Keep the rebuild even when it matches.") var keep = false
+    @OptionGroup var output: OutputOptions
+
+    func run() throws {
+        var identical = true
+        try perform("verify") {
+            let published = try ManifestComparison.load(manifest)
+            let lock = try Lockfile.load(from: inputs.lockPath)
+            guard lock.digest == published.lockSha256 else {
+                throw UsageError(
+                    "\(manifest) was built from a lock with sha256 \(published.lockSha256); \(inputs.lockPath) has \(lock.digest). "
+                        + "Check out the lock it was built from, or pass it with --lock")
+            }
+            let target = published.target
+            let toolchain = published.toolchain ?? Toolchain.defaultKind(for: .current)
+            let config = KrunnerConfig(packageVersion: published.packageVersion, volumeVersions: [target.distro: published.volumeVersion])
+            var options = VolumeBuild.Options(
+                target: target, config: config, outputDirectory: out, patchesDirectory: patches, entryExecutable: currentExecutable)
+            options.toolchain = toolchain
+            options.isolation = published.isolation
+            options.lockPath = inputs.lockPath
+            options.toolVersion = KrnativeVersion.current
+            options.auditPolicy = try AuditPolicy.load(from: policy)
+            options.auditMode = published.audit?.mode ?? .enforce
+            var network = try NetworkOptions.parse(["--offline"])
+            network.offline = true
+            _ = try fetchInputs(
+                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false)
+            let rebuilt = try VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath))).run(lock: lock)
+            let report = ManifestComparison.compare(published, at: manifest, with: rebuilt, at: out)
+            identical = report.identical
+            if output.json { printJSON(report) } else { print(report.text, terminator: "") }
+            if identical && !keep {
+                for name in VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath))).outputNames {
+                    FileSystem.remove(out + "/" + name)
+                }
+                rmdir(out)
+            }
+        }
+        if !identical { throw ExitCode(1) }
+    }
+}
+
+/// `krnative smoke --target T`: the volume on a minimal system, without Docker.
+struct SmokeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "smoke",
+        abstract: "Run the volume on a minimal Debian root file system of its target, in the sandbox (qemu for another arch).",
+        discussion: """
+            The root file system is described in sysroots/smoke.json, made once with mmdebstrap from \
+            this machine's apt sources and kept in the store. The volume is mounted read-only at \
+            /opt/backend.ai, as the agent mounts it; its Python imports what the kernel runner needs \
+            and its ttyd prints its version. Exit status 0 when every check passes, 78 when not.
+            """)
+    @OptionGroup var inputs: InputOptions
+    @Option(help: "The volume's target.") var target: Target
+    @Option(help: "The volume: a directory or tar.xz. Default: ./out/krunner-env.{distro}.{arch}.tar.xz.") var volume: String?
+    @Option(help: "The smoke description. Default: ./sysroots/smoke.json.") var sysroot = SmokeDescription.defaultPath
+    @OptionGroup var output: OutputOptions
+
+    func run() throws {
+        try perform("smoke") {
+            let volume = volume ?? "out/krunner-env.\(target.distro).\(target.arch.rawValue).tar.xz"
+            let test = SmokeTest(
+                target: target, description: try SmokeDescription.load(from: sysroot), store: try Store(root: inputs.storePath),
+                runner: SandboxRunner(entryExecutable: currentExecutable))
+            let report = try test.run(volume: volume)
+            if output.json { printJSON(report) }
+            let failures = report.checks.filter { !$0.passed }
+            guard failures.isEmpty else { throw SmokeFailed(volume: volume, failures: failures) }
+            if !output.json {
+                for check in report.checks { print("ok  \(check.argv.joined(separator: " "))\n    \(check.output.trimmingCharacters(in: .whitespacesAndNewlines))") }
+                print("\(volume) runs on \(report.rootFilesystem)")
+            }
         }
     }
 }
