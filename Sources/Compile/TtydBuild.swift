@@ -56,6 +56,8 @@ public struct TtydBuild: Sendable {
         public var keepWork = false
         /// Compile every step even when the step cache has its result (the result is cached again).
         public var rebuild = false
+        /// Unpack and patch every source into the work directory, and compile nothing.
+        public var prepareOnly = false
         /// Build only up to and including this component (tests of the libraries without ttyd's source).
         public var stopAfter: String?
         public var lockPath = Lockfile.defaultFileName
@@ -153,14 +155,14 @@ public struct TtydBuild: Sendable {
             report.sources.append(.init(name: input.name, version: input.version, treeSha256: tree, fileSha256: resolver.located(input)!))
             let started = Date()
             let cached = "\(store.root)/steps/\(key.hex)"
-            let wasCached = !options.rebuild && FileSystem.exists(cached)
+            let wasCached = !options.rebuild && !options.prepareOnly && FileSystem.exists(cached)
             if wasCached {
                 FileSystem.remove(stage)
                 try FileManager.default.copyItem(atPath: cached, toPath: stage)
                 report.patches += patches.map(\.summary)
                 options.log("\(step.component) \(input.version): cached (\(key.hex.prefix(12)))")
             } else {
-                options.log("\(step.component) \(input.version): building for \(triple) with \(toolchain.kind.rawValue)")
+                options.log("\(step.component) \(input.version): \(options.prepareOnly ? "preparing" : "building") for \(triple) with \(toolchain.kind.rawValue)")
                 let source = work + "/src/" + step.component
                 FileSystem.remove(source)
                 try SafeExtractor(stripComponents: 1).extract(archive, into: source)
@@ -170,6 +172,7 @@ public struct TtydBuild: Sendable {
                     throw CompileError.treeMismatch(component: step.component, archive: archive, expected: tree, actual: extracted)
                 }
                 report.patches += try PatchApplier().apply(patches, to: source, version: input.version)
+                if options.prepareOnly { continue }
                 try runCommands(step, in: layout, work: work, toolchain: toolchain, zigCache: zigCache, runner: runner, epoch: lock.sourceDateEpoch)
                 try snapshot(stage, as: cached)
             }
@@ -180,6 +183,10 @@ public struct TtydBuild: Sendable {
                 succeeded = true
                 return report
             }
+        }
+        if options.prepareOnly {
+            succeeded = true
+            return report
         }
         let binary = stage + "/bin/ttyd"
         guard FileSystem.exists(binary) else { throw CompileError.noOutput(path: binary) }
@@ -245,9 +252,7 @@ public struct TtydBuild: Sendable {
         _ step: BuildStep, in layout: BuildLayout, work: String, toolchain: Toolchain, zigCache: String, runner: SandboxRunner,
         epoch: Int64
     ) throws {
-        var environment = step.environment
-        environment["ZIG_GLOBAL_CACHE_DIR"] = layout.zigCache
-        environment["ZIG_LOCAL_CACHE_DIR"] = layout.build + "/zig-local-cache"
+        let environment = Self.environment(of: step, in: layout)
         let mounts: [SandboxSpec.Mount] =
             options.isolation == .namespaces
             ? [.writable(work, at: layout.build), .readOnly(toolchain.hostRoot, at: layout.toolchain), .writable(zigCache, at: layout.zigCache)]
@@ -266,6 +271,37 @@ public struct TtydBuild: Sendable {
     }
 
     /// Copies the install tree to the step cache, whole or not at all.
+    /// A step's variables: its own, and where Zig keeps its caches.
+    static func environment(of step: BuildStep, in layout: BuildLayout) -> [String: String] {
+        var environment = step.environment
+        environment["ZIG_GLOBAL_CACHE_DIR"] = layout.zigCache
+        environment["ZIG_LOCAL_CACHE_DIR"] = layout.build + "/zig-local-cache"
+        return environment
+    }
+
+    /// The recipe's commands as a plain bash script for a work directory that a
+    /// `build-ttyd --sandbox none --workdir W` left with patched sources, wrappers and the CMake
+    /// toolchain file: the baseline the benchmark runs against the step itself.
+    public func plainScript(lock: Lockfile, epoch: Int64) throws -> String {
+        guard let work = options.workDirectory else { throw UsageError("--print-script needs --workdir, the directory a --sandbox none build prepared") }
+        let triple = options.target.ttydTriple
+        let toolchain = try unpackToolchain(lock: lock, triple: triple)
+        let layout = BuildLayout(build: work, toolchain: toolchain.hostRoot, zigCache: "\(store.root)/zig-cache/\(toolchain.version)-\(triple)")
+        let versions = Dictionary(uniqueKeysWithValues: TtydRecipe.components.compactMap { name in lock[name].map { (name, $0.version) } })
+        let recipe = TtydRecipe(layout: layout, triple: triple, jobs: options.jobs, versions: versions)
+        var lines = [
+            "#!/usr/bin/env bash", "# ttyd for \(triple), the recipe's commands without krnative (written by krnative build-ttyd --print-script)",
+            "set -euo pipefail", "export SOURCE_DATE_EPOCH=\(epoch) TZ=UTC LC_ALL=C.UTF-8 HOME=\(ChildProcess.quote(work))",
+            "mkdir -p \(ChildProcess.quote(layout.zigCache)) \(ChildProcess.quote(layout.stage))",
+        ]
+        for step in recipe.steps {
+            lines.append("cd \(ChildProcess.quote(layout.source(step.component)))")
+            let variables = Self.environment(of: step, in: layout).sorted { $0.key < $1.key }.map { "\($0.key)=\(ChildProcess.quote($0.value))" }
+            for argv in step.commands { lines.append((["env"] + variables + argv.map(ChildProcess.quote)).joined(separator: " ")) }
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
     func snapshot(_ stage: String, as destination: String) throws {
         try FileSystem.createDirectory((destination as NSString).deletingLastPathComponent)
         let temp = destination + ".tmp-\(getpid())"

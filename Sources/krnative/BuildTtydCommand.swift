@@ -25,6 +25,9 @@ struct BuildTtydCommand: ParsableCommand {
     @Option(help: "Build in this directory instead of a temporary one (kept).") var workdir: String?
     @Flag(help: "Compile every step even when the step cache holds its result.") var rebuild = false
     @Flag(help: "Print the report as JSON on stdout.") var json = false
+    @Flag(help: "Unpack and patch the sources into --workdir, and compile nothing.") var prepareOnly = false
+    @Flag(help: "Build nothing: print the recipe's commands as a plain bash script for --workdir (prepared by a --sandbox none build).")
+    var printScript = false
 
     func run() throws {
         try perform("build-ttyd") {
@@ -36,9 +39,14 @@ struct BuildTtydCommand: ParsableCommand {
             if let jobs { options.jobs = max(1, jobs) }
             options.workDirectory = workdir
             options.rebuild = rebuild
+            options.prepareOnly = prepareOnly
+            if prepareOnly && workdir == nil { throw UsageError("--prepare-only needs --workdir DIR") }
             options.lockPath = inputs.lockPath
             let started = Date()
-            let report = try TtydBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath))).run(lock: lock)
+            let build = TtydBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath)))
+            if printScript { return print(try build.plainScript(lock: lock, epoch: lock.sourceDateEpoch), terminator: "") }
+            let report = try build.run(lock: lock)
+            if prepareOnly { return print("prepared \(report.sources.count) sources in \(workdir ?? "")") }
             if json { return printJSON(report) }
             if let output = report.output {
                 print("\(out)/\(output.file): \(output.size) bytes, sha256 \(output.sha256), \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
