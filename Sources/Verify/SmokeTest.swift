@@ -9,7 +9,7 @@ import Store
 #endif
 
 /// `sysroots/smoke.json`: the minimal system a volume is tried on, and what is run there.
-public struct SmokeDescription: Codable, Sendable {
+public struct SmokeDescription: Codable, Sendable, SysrootDescription {
     public var formatVersion: Int
     public var suite: String
     public var variant: String
@@ -26,15 +26,7 @@ public struct SmokeDescription: Codable, Sendable {
     public static let defaultPath = "sysroots/smoke.json"
 
     public static func load(from path: String) throws -> SmokeDescription {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw UsageError("cannot read \(path); run from the krnative checkout or give --sysroot FILE")
-        }
-        let description: SmokeDescription
-        do { description = try JSONDecoder().decode(SmokeDescription.self, from: data) } catch {
-            throw UsageError("\(path) is not a smoke description: \(error)")
-        }
-        guard description.formatVersion == 1 else { throw UsageError("\(path): formatVersion \(description.formatVersion) is not 1") }
-        return description
+        try loadDescription(from: path, what: "the smoke description", option: "--sysroot")
     }
 }
 

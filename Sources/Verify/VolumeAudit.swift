@@ -2,9 +2,29 @@ import Foundation
 import KrnativeBase
 import Layout
 
+/// A JSON description kept in `sysroots/`, format version 1.
+protocol SysrootDescription: Decodable {
+    var formatVersion: Int { get }
+}
+
+extension SysrootDescription {
+    /// Reads and checks it; errors name the file and the option that points elsewhere.
+    static func loadDescription(from path: String, what: String, option: String) throws -> Self {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw UsageError("cannot read \(what) \(path); run from the krnative checkout or give \(option) FILE")
+        }
+        let description: Self
+        do { description = try JSONDecoder().decode(Self.self, from: data) } catch {
+            throw UsageError("\(what) \(path) is not valid: \(error)")
+        }
+        guard description.formatVersion == 1 else { throw UsageError("\(what) \(path): formatVersion \(description.formatVersion) is not 1") }
+        return description
+    }
+}
+
 /// `sysroots/audit-policy.json`: per libc, the loaders, the libraries a volume may expect on the
 /// system, and the symbol versions it may ask of them, per architecture.
-public struct AuditPolicy: Codable, Sendable {
+public struct AuditPolicy: Codable, Sendable, SysrootDescription {
     public struct Policy: Codable, Sendable {
         public var name: String
         public var loaders: [String: String]
@@ -18,15 +38,7 @@ public struct AuditPolicy: Codable, Sendable {
     public static let defaultPath = "sysroots/audit-policy.json"
 
     public static func load(from path: String) throws -> AuditPolicy {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw UsageError("cannot read the audit policy \(path); run from the krnative checkout or give --policy FILE")
-        }
-        let policy: AuditPolicy
-        do { policy = try JSONDecoder().decode(AuditPolicy.self, from: data) } catch {
-            throw UsageError("audit policy \(path) is not valid: \(error)")
-        }
-        guard policy.formatVersion == 1 else { throw UsageError("audit policy \(path): formatVersion \(policy.formatVersion) is not 1") }
-        return policy
+        try loadDescription(from: path, what: "the audit policy", option: "--policy")
     }
 
     public func policy(for target: Target) throws -> Policy {
