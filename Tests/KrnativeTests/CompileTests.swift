@@ -120,7 +120,28 @@ struct CompileTests {
         let version = ChildProcess.run(run + ["--version"])
         #expect(version.succeeded, "\(version.stderr)")
         #expect(version.stdout.contains("ttyd version \(lock["ttyd"]!.version)") || version.stderr.contains("ttyd version \(lock["ttyd"]!.version)"))
-        if target.arch == HostPlatform.current.arch { try serveAPage(binary) }
+        if target.arch == HostPlatform.current.arch { try serveAPage(binary) } else { try smokeOnForeignRoot(binary, target: target, work: work) }
+    }
+
+    /// `krnative smoke`'s path for another architecture: a Debian root file system of that
+    /// architecture (mmdebstrap's extract variant), the binary at /opt/backend.ai/bin/ttyd, run
+    /// in the sandbox under qemu.
+    func smokeOnForeignRoot(_ binary: String, target: Target, work: TemporaryDirectory) throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/mmdebstrap") else {
+            print("SKIPPED the \(target.rawValue) smoke test: mmdebstrap is not installed (scripts/setup)")
+            return
+        }
+        var description = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Package.root + "/sysroots/smoke.json"))) as! [String: Any]
+        description["checks"] = [["bin/ttyd", "--version"]]
+        let path = work.path + "/smoke.json"
+        try JSONSerialization.data(withJSONObject: description).write(to: URL(fileURLWithPath: path))
+        try FileManager.default.createDirectory(atPath: work.path + "/volume/bin", withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: binary, toPath: work.path + "/volume/bin/ttyd")
+        let result = krnative(["smoke", "--target", target.rawValue, "--volume", work.path + "/volume", "--sysroot", path, "--store", work.path + "/smoke-store"])
+        #expect(result.succeeded, "\(result.stderr.suffix(2000))")
+        #expect(result.stdout.contains("ttyd version"))
+        #expect(result.stderr.contains("--variant=extract --architectures=arm64"))
+        #expect(result.stdout.contains("/opt/krnative-qemu -L / /opt/backend.ai/bin/ttyd --version"))
     }
 
     /// Starts the built ttyd on loopback and fetches its page.
