@@ -106,24 +106,35 @@ public struct WheelInstaller: Sendable {
         do {
             let reader = try ArchiveReader(path: wheel)
             try FileSystem.createDirectory(staging)
+            var made: Set<String> = [staging]
             while let entry = try reader.next() {
                 guard let path = ArchivePath.contained(entry.path) else { throw WheelError.unsafePath(wheel: filename, entry: entry.path) }
                 guard entry.kind == .regular else { continue }
                 let destination = staging + "/" + path
-                try FileSystem.createDirectory((destination as NSString).deletingLastPathComponent)
-                guard FileManager.default.createFile(atPath: destination, contents: nil), let handle = FileHandle(forWritingAtPath: destination) else {
-                    throw WheelError.io(wheel: filename, reason: "cannot write \(destination)")
-                }
+                let parent = (destination as NSString).deletingLastPathComponent
+                if made.insert(parent).inserted { try FileSystem.createDirectory(parent) }
+                // One open, the bytes, one close: the file is new in a fresh directory. Zip
+                // external attributes: keep the executable bit, as pip does.
+                let mode: mode_t = entry.permissions & 0o111 != 0 ? 0o755 : 0o644
+                let descriptor = open(destination, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
+                guard descriptor >= 0 else { throw WheelError.io(wheel: filename, reason: "cannot write \(destination): \(String(cString: strerror(errno)))") }
+                defer { close(descriptor) }
                 var hasher = StreamingSHA256()
                 var size: Int64 = 0
                 try reader.readData(entry: entry.path) { chunk in
                     hasher.update(chunk)
                     size += Int64(chunk.count)
-                    try handle.write(contentsOf: Data(chunk))
+                    var written = 0
+                    while written < chunk.count {
+                        let count = Glibc.write(descriptor, chunk.baseAddress! + written, chunk.count - written)
+                        if count < 0 && errno == EINTR { continue }
+                        guard count > 0 else {
+                            throw WheelError.io(wheel: filename, reason: "cannot write \(destination): \(String(cString: strerror(errno)))")
+                        }
+                        written += count
+                    }
                 }
-                try handle.close()
-                // Zip external attributes: keep the executable bit, as pip does.
-                chmod(destination, entry.permissions & 0o111 != 0 ? 0o755 : 0o644)
+                fchmod(descriptor, mode)  // whatever the umask
                 entries.append(path)
                 digests[path] = (hasher.finalize().recordForm, size)
             }
