@@ -62,21 +62,22 @@ struct BuildCommand: ParsableCommand {
             if let compileJobs { options.jobs = max(1, compileJobs) }
             let build = VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath)))
             let runs = try checkRuns()
+            // With --json, stdout holds the one JSON document; the lines for people go to stderr.
+            let say: (String) -> Void = { line in
+                if output.json { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
+            }
             let manifest: BuildManifest
             if !force, let existing = try build.upToDate(lock: lock) {
                 manifest = existing
-                if !output.json || check {
-                    for file in manifest.outputs { print("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
-                    print("\(target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
-                }
+                for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
+                say("\(target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
             } else {
                 _ = try fetchInputs(
-                    VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false)
+                    VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false,
+                    summary: say)
                 manifest = try build.run(lock: lock)
-                if !output.json || check {
-                    for file in manifest.outputs { print("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
-                    print("built \(target.rawValue) in \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
-                }
+                for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
+                say("built \(target.rawValue) in \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
             }
             guard let runs else { return output.json ? printJSON(manifest) : () }
             var checkOptions = ReproducibilityCheck.Options(

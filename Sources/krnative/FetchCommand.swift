@@ -96,7 +96,9 @@ func fetchInputs(targets: [Target], host: HostPlatform, inputs: InputOptions, ne
 }
 
 /// Fetches `wanted` and reports; throws when anything is missing.
-func fetchInputs(_ wanted: [LockedInput], inputs: InputOptions, network: NetworkOptions, json: Bool) throws -> FetchReport {
+func fetchInputs(
+    _ wanted: [LockedInput], inputs: InputOptions, network: NetworkOptions, json: Bool, summary: (String) -> Void = { print($0) }
+) throws -> FetchReport {
     let resolver = InputResolver(store: try Store(root: inputs.storePath))
     let fetcher = Fetcher(resolver: resolver, options: try network.fetchOptions(lockPath: inputs.lockPath))
     let report = fetcher.fetch(wanted)
@@ -104,7 +106,7 @@ func fetchInputs(_ wanted: [LockedInput], inputs: InputOptions, network: Network
         printJSON(report)
     } else {
         let counts = Dictionary(grouping: report.items, by: \.status).mapValues(\.count)
-        print(
+        summary(
             "\(report.items.count) inputs: \(counts[.present] ?? 0) already in the store, \(counts[.fetched] ?? 0) fetched, "
                 + "\(counts[.missing] ?? 0) missing, \(counts[.failed] ?? 0) failed")
     }

@@ -101,7 +101,8 @@ struct VerifyCommand: ParsableCommand {
             var network = try NetworkOptions.parse(["--offline"])
             network.offline = true
             _ = try fetchInputs(
-                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false)
+                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false,
+                summary: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) })
             let rebuilt = try VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath))).run(lock: lock)
             let report = ManifestComparison.compare(published, at: manifest, with: rebuilt, at: out)
             identical = report.identical
