@@ -1,9 +1,11 @@
+import Archive
 import Build
 import Foundation
 import KrnativeBase
 import Lock
 import Sandbox
 import Testing
+import Verify
 
 /// The product end to end: `krnative build --target manylinux-x86_64` from stand-in inputs
 /// (scripts/standin-lock: a PBS-layout CPython 3.13 from this machine, Debian's ttyd sources, the
@@ -24,34 +26,33 @@ struct VolumeTests {
         return true
     }
 
-    func build(_ lock: String, out: String, environment: [String: String] = [:], umask: String = "022") throws -> ChildProcess.Result {
+    /// `krnative build` of manylinux-x86_64 from `lock`; the stand-in runtime breaks manylinux2014
+    /// (it is this machine's CPython), so the audit reports rather than fails.
+    func build(_ lock: String, out: String, config: String = Package.root + "/krunner.json", _ extra: [String] = []) throws -> ChildProcess.Result {
         let result = ChildProcess.run(
-            ["bash", "-c", "umask \(umask) && exec \"$@\"", "bash", "env"] + environment.map { "\($0.key)=\($0.value)" } + [
+            [
                 Package.binary, "build", "--lock", lock, "--store", Self.store, "--target", "manylinux-x86_64", "--out", out,
-                "--config", Package.root + "/krunner.json", "--patches", Package.root + "/patches",
-            ])
+                "--config", config, "--patches", Package.root + "/patches", "--policy", Package.root + "/sysroots/audit-policy.json",
+                "--audit", "report",
+            ] + extra, directory: Package.root)
         try #require(result.succeeded, "krnative build failed: \(result.stderr.suffix(3000))")
         return result
     }
 
-    @Test func buildsTwiceToTheSameBytesAndTheAgentUsesIt() throws {
+    @Test func buildsReproduciblyPassesAuditAndSmokeAndTheAgentUsesIt() throws {
         guard ready() else { return }
         let work = TemporaryDirectory("krnative-volume")
         var environment = ProcessInfo.processInfo.environment
         environment["KRNATIVE"] = Package.binary
         environment["KRNATIVE_STORE"] = Self.store
+        chmod(work.path, 0o755)  // the check's ordinary user reaches its run directory through it
         let standin = ChildProcess.run([Package.root + "/scripts/standin-lock", work.path + "/standin"], environment: environment, directory: Package.root)
         try #require(standin.succeeded, "standin-lock: \(standin.stderr)")
         let lock = standin.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
 
         _ = try build(lock, out: work.path + "/one")
-        _ = try build(lock, out: work.path + "/two/elsewhere", environment: ["TZ": "Pacific/Chatham", "LC_ALL": "C", "HOME": work.path], umask: "077")
         let manifest = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: work.path + "/one/krnative-manifest.static-gnu.x86_64.json")))
-        for output in manifest.outputs.map(\.file) + ["krnative-manifest.static-gnu.x86_64.json"] {
-            let a = try SHA256Digest.of(fileAt: work.path + "/one/" + output), b = try SHA256Digest.of(fileAt: work.path + "/two/elsewhere/" + output)
-            print("\(output): \(a.digest) (\(a.size) bytes)")
-            #expect(a.digest == b.digest, "\(output) differs between two builds")
-        }
+        for output in manifest.outputs { print("\(output.file): \(output.sha256) (\(output.size) bytes)") }
         #expect(!FileManager.default.fileExists(atPath: work.path + "/one/.krnative-staging-\(getpid())"))
 
         // What the volume holds.
@@ -89,5 +90,116 @@ struct VolumeTests {
         #expect(imported.outputTail.hasPrefix("3.13."))
         let version = ChildProcess.run([volume + "/bin/ttyd", "--version"])
         #expect(version.stdout.contains("ttyd version") || version.stderr.contains("ttyd version"))
+
+        try checkVariations(lock: lock, out: work.path + "/one")
+        try auditAndSmoke(out: work.path + "/one")
+        try verifyAndRebuild(lock: lock, out: work.path + "/one", work: work.path)
+    }
+
+    /// The variation harness: every variation this machine can apply, each in a build of its own,
+    /// offline, compared entry by entry with the first build; path and user from an empty step cache.
+    func checkVariations(lock: String, out: String) throws {
+        let result = ChildProcess.run(
+            [
+                Package.binary, "build", "--lock", lock, "--store", Self.store, "--target", "manylinux-x86_64",
+                "--out", out, "--config", Package.root + "/krunner.json", "--patches", Package.root + "/patches", "--audit", "report",
+                "--check", "--variations", "all", "--json",
+            ], directory: Package.root)
+        let report = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+        let runs = try #require(report?["runs"] as? [[String: Any]], "no check report: \(result.stderr.suffix(3000))")
+        let volume = "krunner-env.static-gnu.x86_64.tar.xz"
+        print("variation harness (reference \(((report?["referenceOutputs"] as? [String: String]) ?? [:])[volume] ?? "-")):")
+        for run in runs {
+            let outputs = run["outputs"] as? [String: String] ?? [:]
+            let notApplied = run["notApplied"] as? [String: String] ?? [:]
+            print("  \(run["name"]!): identical \(run["identical"]!), volume \(outputs[volume] ?? "-"), \(Int(run["seconds"] as? Double ?? 0)) s\(notApplied.isEmpty ? "" : ", not applied: \(notApplied)")")
+            #expect(run["identical"] as? Bool == true, "variation \(run["name"]!): \(run["error"] ?? run["differences"] ?? "")")
+            // As root with scripts/setup's packages, this machine applies every variation.
+            if geteuid() == 0 { #expect(notApplied.isEmpty, "\(run["name"]!): \(notApplied)") }
+        }
+        #expect(Set(runs.compactMap { $0["name"] as? String }) == Set(Variation.allCases.map(\.rawValue)))
+        #expect(result.succeeded, "\(result.stderr.suffix(2000))")
+        #expect(!FileManager.default.fileExists(atPath: out + ".check/path"), "an identical run is not kept")
+    }
+
+    /// The audit finds in the stand-in runtime exactly what makes it not manylinux2014 (this
+    /// glibc's symbol versions) and nothing in the wheels or ttyd; the smoke test runs the volume
+    /// on Debian minbase, and fails a volume that lacks a module, naming it.
+    func auditAndSmoke(out: String) throws {
+        let tarball = out + "/krunner-env.static-gnu.x86_64.tar.xz"
+        let audit = krnative(["audit", tarball, "--target", "manylinux-x86_64", "--policy", Package.root + "/sysroots/audit-policy.json", "--json"])
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(audit.stdout.utf8)) as? [String: Any])
+        let violations = (report["violations"] as? [[String: String]] ?? [])
+        print("audit: \(report["elfFiles"]!) ELF files, \(violations.count) violations, all in the stand-in runtime")
+        #expect(audit.termination == .exited(ExitStatus.integrity))
+        #expect(!violations.isEmpty)
+        for violation in violations {
+            let file = violation["file"] ?? ""
+            #expect(file.hasPrefix("bin/python3") || file.hasPrefix("lib/libpython3") || file.hasPrefix("lib/python3.13/lib-dynload/") || (file.hasPrefix("lib/lib") && !file.contains("/site-packages/")), "\(violation)")
+            // Symbol versions of this glibc (and zlib) beyond manylinux2014's; every library it needs is carried.
+            let problem = violation["problem"] ?? ""
+            #expect(problem.hasPrefix("needs GLIBC_2.") || problem.hasPrefix("needs ZLIB_1."), "\(violation)")
+        }
+        let manifest = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: out + "/krnative-manifest.static-gnu.x86_64.json")))
+        #expect(manifest.audit?.violations.count == violations.count)
+        #expect(manifest.audit?.mode == .report)
+
+        let store = ["--store", Self.store, "--sysroot", Package.root + "/sysroots/smoke.json", "--target", "manylinux-x86_64"]
+        let smoke = krnative(["smoke", "--volume", tarball] + store)
+        print("smoke: \(smoke.stdout)")
+        #expect(smoke.succeeded, "\(smoke.stderr.suffix(3000))")
+        #expect(smoke.stdout.contains("imports ok") && smoke.stdout.contains("ttyd version"))
+
+        let broken = TemporaryDirectory("krnative-smoke")
+        _ = try SafeExtractor().extract(tarball, into: broken.path)
+        try FileManager.default.removeItem(atPath: broken.path + "/lib/python3.13/site-packages/janus")
+        let failed = krnative(["smoke", "--volume", broken.path] + store)
+        #expect(failed.termination == .exited(ExitStatus.process))
+        #expect(failed.stderr.contains("No module named 'janus'"))
+    }
+
+    /// verify rebuilds from the manifest and agrees; a manifest that says otherwise is caught, by
+    /// path; a second build is a no-op; a version bump rebuilds without compiling.
+    func verifyAndRebuild(lock: String, out: String, work: String) throws {
+        let manifestPath = out + "/krnative-manifest.static-gnu.x86_64.json"
+        let common = ["--lock", lock, "--store", Self.store, "--patches", Package.root + "/patches", "--policy", Package.root + "/sysroots/audit-policy.json"]
+        let verified = ChildProcess.run([Package.binary, "verify", "--manifest", manifestPath, "--out", work + "/verify"] + common)
+        #expect(verified.succeeded, "\(verified.stderr.suffix(3000))")
+        #expect(verified.stdout.hasSuffix("identical\n"))
+
+        var tampered = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: manifestPath))) as! [String: Any]
+        var volume = tampered["volume"] as! [[String: Any]]
+        let index = volume.firstIndex { $0["path"] as? String == "./bin/ttyd" }!
+        volume[index]["sha256"] = String(repeating: "0", count: 64)
+        tampered["volume"] = volume
+        var outputs = tampered["outputs"] as! [[String: Any]]
+        let tarball = outputs.firstIndex { ($0["file"] as! String).hasSuffix(".tar.xz") }!
+        outputs[tarball]["sha256"] = String(repeating: "1", count: 64)
+        tampered["outputs"] = outputs
+        let tamperedPath = work + "/tampered.json"
+        try JSONSerialization.data(withJSONObject: tampered).write(to: URL(fileURLWithPath: tamperedPath))
+        let caught = ChildProcess.run([Package.binary, "verify", "--manifest", tamperedPath, "--out", work + "/verify", "--json"] + common)
+        #expect(caught.termination == .exited(1))
+        let report = try JSONDecoder().decode(DiffReport.self, from: Data(caught.stdout.utf8))
+        #expect(report.differences.map(\.path) == ["krunner-env.static-gnu.x86_64.tar.xz"])
+        #expect(report.differences.first?.inner?.map(\.path) == ["bin/ttyd"])
+
+        let started = Date()
+        let again = try build(lock, out: out)
+        #expect(again.stdout.contains("is up to date"))
+        print("no-op rebuild: \(String(format: "%.2f", Date().timeIntervalSince(started))) s")
+
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Package.root + "/krunner.json"))) as! [String: Any]
+        var versions = config["volumeVersions"] as! [String: Int]
+        versions["static-gnu"]! += 1
+        config["volumeVersions"] = versions
+        let bumped = work + "/krunner-bumped.json"
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: bumped))
+        let rebuilt = try build(lock, out: work + "/bumped", config: bumped)
+        #expect(!rebuilt.stderr.contains(": building for "), "a version bump compiled: \(rebuilt.stderr.suffix(2000))")
+        #expect(rebuilt.stderr.contains(": cached ("))
+        #expect(try String(contentsOfFile: work + "/bumped/krunner-version.static-gnu.txt", encoding: .utf8) == "\(versions["static-gnu"]!)\n")
+        let ttyd = "ttyd_linux.x86_64.bin"
+        #expect(try SHA256Digest.of(fileAt: out + "/" + ttyd).digest == SHA256Digest.of(fileAt: work + "/bumped/" + ttyd).digest)
     }
 }
