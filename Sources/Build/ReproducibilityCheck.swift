@@ -18,12 +18,12 @@ public enum Variation: String, CaseIterable, Codable, Sendable {
     public var summary: String {
         switch self {
         case .path: "another output directory and another store at another path, its step cache empty (ttyd compiled again)"
-        case .clock: "the clock a year ahead (faketime +365d)"
+        case .clock: "the clock a year ahead (faketime +365d around krnative; sandboxed steps get their fixed environment)"
         case .timezone: "TZ=Pacific/Kiritimati (UTC+14)"
         case .locale: "LC_ALL=POSIX, LANG=tr_TR.UTF-8"
         case .umask: "umask 077 (or 022 where the first build had 077)"
         case .user: "an ordinary user (setpriv), with a store of its own, its step cache empty"
-        case .jobs: "--compile-jobs 1 (or 2 where the first build had 1)"
+        case .jobs: "--compile-jobs 1 and --pack-threads 1 (2 where the first build had 1)"
         case .environment: "HOME, TMPDIR elsewhere; unrelated variables set (CFLAGS, PYTHONHASHSEED, SOURCE_DATE_EPOCH=1, …)"
         case .hostname: "another hostname, in a UTS namespace"
         case .fileOrder: "directory listings shuffled (disorderfs under the output directory)"
@@ -57,6 +57,7 @@ public struct ReproducibilityCheck: Sendable {
         public var keep = false
         public var user = "nobody"
         public var compileJobs = ProcessInfo.processInfo.activeProcessorCount
+        public var packThreads = ProcessInfo.processInfo.activeProcessorCount
         public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
 
         public init(
@@ -182,7 +183,8 @@ public struct ReproducibilityCheck: Sendable {
                 wrapper = switchUser + wrapper
                 environment["HOME"] = directory + "/home"
                 environment["USER"] = options.user
-            case .jobs: extra += ["--compile-jobs", options.compileJobs == 1 ? "2" : "1"]
+            case .jobs:
+                extra += ["--compile-jobs", options.compileJobs == 1 ? "2" : "1", "--pack-threads", options.packThreads == 1 ? "2" : "1"]
             case .environment:
                 environment["HOME"] = directory + "/home"
                 environment["TMPDIR"] = directory + "/tmp"

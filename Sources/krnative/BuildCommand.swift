@@ -32,6 +32,7 @@ struct BuildCommand: ParsableCommand {
     @Option(help: "The audit policy. Default: ./sysroots/audit-policy.json.") var policy = AuditPolicy.defaultPath
     @Flag(help: "Build even when the output directory already holds this build's outputs.") var force = false
     @Option(help: "Parallel compile jobs (make -j). Default: the number of CPUs.") var compileJobs: Int?
+    @Option(help: "xz compression threads; the bytes are the same for any number. Default: the number of CPUs.") var packThreads: Int?
     @Flag(help: "Then build again elsewhere with the circumstances varied, offline, and compare every output (exit 1 when they differ).")
     var check = false
     @Option(
@@ -60,6 +61,7 @@ struct BuildCommand: ParsableCommand {
             options.auditPolicy = try AuditPolicy.load(from: policy)
             options.auditMode = audit
             if let compileJobs { options.jobs = max(1, compileJobs) }
+            if let packThreads { options.packThreads = max(1, packThreads) }
             let build = VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath)))
             let runs = try checkRuns()
             // With --json, stdout holds the one JSON document; the lines for people go to stderr.
@@ -92,6 +94,7 @@ struct BuildCommand: ParsableCommand {
             checkOptions.keep = keep
             checkOptions.user = checkUser
             checkOptions.compileJobs = options.jobs
+            checkOptions.packThreads = options.packThreads
             let report = try ReproducibilityCheck(options: checkOptions).run()
             if output.json { printJSON(report) } else { print(ReproducibilityCheck.text(report), terminator: "") }
             if !report.reproducible { throw ExitCode(1) }
