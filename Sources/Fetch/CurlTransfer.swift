@@ -76,6 +76,9 @@ final class CurlTransfer {
         krn_curl_setopt_long(handle, CURLOPT_MAXREDIRS, 10)
         krn_curl_setopt_long(handle, CURLOPT_FAILONERROR, 1)
         krn_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
+        // 512 KiB reads and writes, not libcurl's 16 KiB: fewer system calls and callbacks per
+        // megabyte (the curl tool itself asks for 100 KiB).
+        krn_curl_setopt_long(handle, CURLOPT_BUFFERSIZE, 512 * 1024)
         krn_curl_setopt_string(handle, CURLOPT_USERAGENT, "krnative")
         krn_curl_setopt_string(handle, CURLOPT_PROTOCOLS_STR, "http,https")
         krn_curl_setopt_string(handle, CURLOPT_REDIR_PROTOCOLS_STR, "http,https")
