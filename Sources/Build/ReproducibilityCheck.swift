@@ -171,9 +171,9 @@ public struct ReproducibilityCheck: Sendable {
                 }
                 let switchUser = ["setpriv", "--reuid=\(entry.pointee.pw_uid)", "--regid=\(entry.pointee.pw_gid)", "--clear-groups", "--"]
                 // It must reach the lock, the executable and its own run directory.
-                let unreachable = [options.lockPath, options.executable, options.workDirectory].filter {
-                    !ChildProcess.run(switchUser + ["test", "-r", $0]).succeeded
-                }
+                let unreachable = [("-r", options.lockPath), ("-x", options.executable), ("-x", options.workDirectory)].filter {
+                    !ChildProcess.run(switchUser + ["test", $0.0, $0.1]).succeeded
+                }.map(\.1)
                 guard unreachable.isEmpty else {
                     notApplied[variation.rawValue] =
                         "\(options.user) cannot reach \(unreachable.joined(separator: ", ")): make the directories above them traversable (chmod o+x)"

@@ -24,27 +24,15 @@ public struct Difference: Codable, Sendable, Equatable {
 public struct DiffReport: Codable, Sendable {
     public var left: String
     public var right: String
-    public var differences: [Difference]
-    public var identical: Bool { differences.isEmpty }
+    public let differences: [Difference]
+    /// No differences (kept as a field so the JSON says it).
+    public private(set) var identical: Bool
 
-    enum CodingKeys: String, CodingKey { case left, right, identical, differences }
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.container(keyedBy: CodingKeys.self)
-        try container.encode(left, forKey: .left)
-        try container.encode(right, forKey: .right)
-        try container.encode(identical, forKey: .identical)
-        try container.encode(differences, forKey: .differences)
-    }
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        left = try container.decode(String.self, forKey: .left)
-        right = try container.decode(String.self, forKey: .right)
-        differences = try container.decode([Difference].self, forKey: .differences)
-    }
     public init(left: String, right: String, differences: [Difference]) {
         self.left = left
         self.right = right
         self.differences = differences
+        identical = differences.isEmpty
     }
 
     /// `only`: the top-level paths to compare (a build's outputs in a directory that holds more).

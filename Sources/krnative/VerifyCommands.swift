@@ -25,13 +25,15 @@ struct DiffCommand: ParsableCommand {
 
     func run() throws {
         var identical = true
-        try perform("diff") {
-            let report = try DiffReport.compare(left, right)
-            identical = report.identical
-            if output.json { printJSON(report) } else { print(report.text, terminator: "") }
-        }
+        try perform("diff") { identical = show(try DiffReport.compare(left, right), json: output.json) }
         if !identical { throw ExitCode(1) }
     }
+}
+
+/// Prints a comparison (the per-file report, or JSON) and says whether it found no difference.
+func show(_ report: DiffReport, json: Bool) -> Bool {
+    if json { printJSON(report) } else { print(report.text, terminator: "") }
+    return report.identical
 }
 
 /// `krnative audit`: a volume against its target's portability policy.
@@ -98,19 +100,15 @@ struct VerifyCommand: ParsableCommand {
             options.toolVersion = KrnativeVersion.current
             options.auditPolicy = try AuditPolicy.load(from: policy)
             options.auditMode = published.audit?.mode ?? .enforce
-            var network = try NetworkOptions.parse(["--offline"])
-            network.offline = true
             _ = try fetchInputs(
-                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false,
+                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs,
+                network: try NetworkOptions.parse(["--offline"]), json: false,
                 summary: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) })
-            let rebuilt = try VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath))).run(lock: lock)
-            let report = ManifestComparison.compare(published, at: manifest, with: rebuilt, at: out)
-            identical = report.identical
-            if output.json { printJSON(report) } else { print(report.text, terminator: "") }
+            let build = VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath)))
+            let rebuilt = try build.run(lock: lock)
+            identical = show(ManifestComparison.compare(published, at: manifest, with: rebuilt, at: out), json: output.json)
             if identical && !keep {
-                for name in VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath))).outputNames {
-                    FileSystem.remove(out + "/" + name)
-                }
+                for name in build.outputNames { FileSystem.remove(out + "/" + name) }
                 rmdir(out)
             }
         }

@@ -79,7 +79,7 @@ struct VerifyTests {
         #expect(result.stderr.contains("bin/python3: needs GLIBC_2.3"))
 
         // Bundled, a library is the volume's own business.
-        FileManager.default.createFile(atPath: volume + "/lib/libselinux.so.1", contents: Data("not even ELF".utf8))
+        _ = FileManager.default.createFile(atPath: volume + "/lib/libselinux.so.1", contents: Data("not even ELF".utf8))
         (result, violations) = audit("manylinux-x86_64")
         #expect(!violations.contains { $0.contains("libselinux") })
 
