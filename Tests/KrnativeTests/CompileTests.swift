@@ -17,29 +17,8 @@ extension Tag {
 
 /// The real compile: ttyd's libraries (and ttyd, when its source is at hand) from Debian's
 /// upstream tarballs (scripts/debian-sources), with Zig from the `ziglang` wheel (through pip).
-@Suite("Compile ttyd", .tags(.compile, .namespaces, .pypi), .serialized)
+@Suite("Compile ttyd", .tags(.compile, .namespaces, .pypi), .serialized, .needsCompile)
 struct CompileTests {
-    /// Debian's upstream tarballs, by the lock's component names.
-    static let tarballs: [String: (file: String, version: String)]? = {
-        guard let directory = ProcessInfo.processInfo.environment["KRNATIVE_TEST_SOURCES"],
-            let names = try? FileManager.default.contentsOfDirectory(atPath: directory)
-        else { return nil }
-        let packages = ["zlib": "zlib_", "json-c": "json-c_", "libuv": "libuv1_", "mbedtls": "mbedtls_", "libwebsockets": "libwebsockets_", "ttyd": "ttyd_"]
-        var found: [String: (String, String)] = [:]
-        for (component, prefix) in packages {
-            guard let name = names.first(where: { $0.hasPrefix(prefix) && $0.contains(".orig.tar.") }) else { continue }
-            // zlib_1.3.dfsg+really1.3.1.orig.tar.gz → 1.3.1; json-c_0.18+ds → 0.18
-            var version = name.dropFirst(prefix.count).components(separatedBy: ".orig").first ?? ""
-            if let really = version.range(of: "really") { version = String(version[really.upperBound...]) }
-            version = version.components(separatedBy: "+").first ?? version
-            found[component] = (directory + "/" + name, version)
-        }
-        return found
-    }()
-
-    static var hasLibraries: Bool { tarballs.map { Set($0.keys).isSuperset(of: ["zlib", "json-c", "libuv", "mbedtls", "libwebsockets"]) } ?? false }
-    static var hasTtyd: Bool { tarballs?["ttyd"] != nil }
-
     /// One store for the suite: the Zig wheel is fetched once and Zig's libc cache is shared.
     /// KRNATIVE_TEST_STORE, else a temporary directory left for the system to clean (it holds Zig's cache).
     static let store: (path: String, unused: Void) = {
@@ -53,7 +32,7 @@ struct CompileTests {
         let repository = try Lockfile.load(from: Package.root + "/krnative.lock.json")
         var lock = Lockfile(sourceDateEpoch: repository.sourceDateEpoch, inputs: repository.inputs.filter { $0.name.hasPrefix("zig-") })
         let resolver = InputResolver(store: try Store(root: store.path))
-        for (component, tarball) in tarballs ?? [:] {
+        for (component, tarball) in Machine.testSources {
             let input = LockedInput(
                 name: component, kind: .source, version: tarball.version, filename: (tarball.file as NSString).lastPathComponent,
                 treeSha256: try TreeHash.ofArchive(at: tarball.file), urls: ["https://deb.invalid/\(component)"])
@@ -72,27 +51,12 @@ struct CompileTests {
             target: target, patchesDirectory: patches, outputDirectory: work + "/out", entryExecutable: Package.binary)
         options.workDirectory = work + "/build"
         options.rebuild = rebuild
-        options.stopAfter = Self.hasTtyd ? nil : "libwebsockets"
         options.log = { print("[\(target.ttydTriple)] \($0)") }
         return try TtydBuild(options: options, resolver: InputResolver(store: try Store(root: Self.store.path))).run(lock: lock)
     }
 
-    func skipUnlessReady() -> Bool {
-        guard Self.hasLibraries else {
-            print("SKIPPED the compile tests: KRNATIVE_TEST_SOURCES lacks Debian's zlib/json-c/libuv/mbedtls/libwebsockets (run scripts/test, which fetches them)")
-            return false
-        }
-        guard Sandbox.userNamespacesWork else {
-            Issue.record("SKIPPED the compile tests: no user namespaces for the sandbox")
-            return false
-        }
-        if !Self.hasTtyd { print("SKIPPED building ttyd itself: its source is not in KRNATIVE_TEST_SOURCES; the libraries are still built") }
-        return true
-    }
-
     @Test(arguments: [Target.manylinuxX86_64, .musllinuxAarch64])
     func patchedStackBuildsAndRuns(target: Target) throws {
-        guard skipUnlessReady() else { return }
         let work = TemporaryDirectory("krnative-ttyd")
         let (lock, _) = try Self.makeLock(in: work)
         let started = Date()
@@ -108,7 +72,6 @@ struct CompileTests {
         let member = try #require(archive.firstRange(of: Data([0x7f, 0x45, 0x4c, 0x46])))
         #expect(ELFFile(data: archive.subdata(in: member.lowerBound..<archive.count))?.machine == target.arch)
 
-        guard Self.hasTtyd else { return }
         let output = try #require(report.output)
         let binary = work.path + "/out/" + output.file
         #expect(output.file == "ttyd_linux.\(target.arch.rawValue).bin")
@@ -127,10 +90,7 @@ struct CompileTests {
     /// architecture (mmdebstrap's extract variant), the binary at /opt/backend.ai/bin/ttyd, run
     /// in the sandbox under qemu.
     func smokeOnForeignRoot(_ binary: String, target: Target, work: TemporaryDirectory) throws {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/mmdebstrap") else {
-            print("SKIPPED the \(target.rawValue) smoke test: mmdebstrap is not installed (scripts/setup)")
-            return
-        }
+        try #require(Machine.hasExecutable("/usr/bin/mmdebstrap"), "mmdebstrap is not installed (scripts/setup installs it)")
         var description = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Package.root + "/sysroots/smoke.json"))) as! [String: Any]
         description["checks"] = [["bin/ttyd", "--version"]]
         let path = work.path + "/smoke.json"
@@ -165,16 +125,13 @@ struct CompileTests {
     }
 
     @Test func sameBytesFromTwoBuildDirectoriesAndTheStepCache() throws {
-        guard skipUnlessReady() else { return }
         let work = TemporaryDirectory("krnative-ttyd")
         let (lock, _) = try Self.makeLock(in: work)
         let first = try build(.manylinuxX86_64, lock: lock, work: work.path + "/one")
         let second = try build(.manylinuxX86_64, lock: lock, work: work.path + "/two/deeper")
         let last = { (report: TtydBuild.Report) in report.output?.sha256 ?? report.steps.last!.key }
-        if Self.hasTtyd {
-            print("ttyd sha256 from two build directories: \(first.output!.sha256) and \(second.output!.sha256)")
-            #expect(first.output!.sha256 == second.output!.sha256)
-        }
+        print("ttyd sha256 from two build directories: \(first.output!.sha256) and \(second.output!.sha256)")
+        #expect(first.output!.sha256 == second.output!.sha256)
         let firstStage = try TreeHash.ofDirectory(at: work.path + "/one/build/stage")
         #expect(try TreeHash.ofDirectory(at: work.path + "/two/deeper/build/stage") == firstStage, "the installed libraries differ")
 
@@ -191,6 +148,6 @@ struct CompileTests {
         try edited.write(toFile: pingPong, atomically: true, encoding: .utf8)
         let changed = try build(.manylinuxX86_64, lock: lock, work: work.path + "/four", patches: patches, rebuild: false)
         let rebuilt = changed.steps.filter { !$0.cached }.map(\.component)
-        #expect(rebuilt == (Self.hasTtyd ? ["libwebsockets", "ttyd"] : ["libwebsockets"]))
+        #expect(rebuilt == ["libwebsockets", "ttyd"])
     }
 }

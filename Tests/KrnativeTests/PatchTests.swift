@@ -90,17 +90,12 @@ struct PatchTests {
     }
 
     /// The real libwebsockets source from Debian (scripts/debian-sources), when the test run has it.
-    @Test func shippedPatchAppliesToTheRealLibwebsockets() throws {
-        guard let directory = ProcessInfo.processInfo.environment["KRNATIVE_TEST_SOURCES"],
-            let name = (try? FileManager.default.contentsOfDirectory(atPath: directory))?.first(where: { $0.hasPrefix("libwebsockets_") })
-        else {
-            print("SKIPPED shippedPatchAppliesToTheRealLibwebsockets: KRNATIVE_TEST_SOURCES has no libwebsockets tarball (scripts/test fetches it)")
-            return
-        }
+    @Test(.enabled(if: Machine.testSources["libwebsockets"] != nil, "KRNATIVE_TEST_SOURCES has no libwebsockets tarball (scripts/test fetches it)"))
+    func shippedPatchAppliesToTheRealLibwebsockets() throws {
+        let (tarball, version) = try #require(Machine.testSources["libwebsockets"])
+        let name = (tarball as NSString).lastPathComponent
         let work = TemporaryDirectory()
-        try SafeExtractor(stripComponents: 1).extract(directory + "/" + name, into: work.path + "/src")
-        // libwebsockets_4.3.5.orig.tar.gz → 4.3.5
-        let version = name.dropFirst("libwebsockets_".count).components(separatedBy: ".orig").first ?? ""
+        try SafeExtractor(stripComponents: 1).extract(tarball, into: work.path + "/src")
         let applied = try PatchApplier().apply(try shipped, to: work.path + "/src", version: version)
         #expect(applied.map(\.edits) == [4, 2], "\(name) → \(version)")
         let text = try String(contentsOfFile: work.path + "/src/lib/core/context.c", encoding: .utf8)

@@ -55,11 +55,9 @@ struct WheelInstallerTests {
     }
 
     /// The same wheels through pip (CPython 3.13's own pip, --no-deps --no-compile --prefix) and through krnative.
-    @Test func matchesPipFileForFile() throws {
-        guard let python = Self.python313 else {
-            print("SKIPPED matchesPipFileForFile: no CPython 3.13 with pip on this machine (pyenv's 3.13 is used where present)")
-            return
-        }
+    @Test(.enabled(if: python313 != nil, "no CPython 3.13 with pip on this machine (pyenv's 3.13 is used where present)"))
+    func matchesPipFileForFile() throws {
+        let python = try #require(Self.python313)
         let (_, lock) = try Self.wheels.get()
         let work = TemporaryDirectory()
         let set = lock.inputs(for: [.manylinuxX86_64], host: .current).filter { $0.kind == .wheel }

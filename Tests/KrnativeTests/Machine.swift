@@ -1,0 +1,50 @@
+import Foundation
+import KrnativeBase
+import Sandbox
+import Testing
+
+/// What this machine offers the tests. A test that needs something missing is disabled with a
+/// trait naming it, so the report shows it as skipped rather than passed; `scripts/test` installs
+/// or fetches all of these, so on CI nothing is skipped.
+enum Machine {
+    /// Debian's upstream tarballs of ttyd and its libraries (`scripts/debian-sources`), named by
+    /// the lock's component names, with the upstream version read from the file name.
+    static let testSources: [String: (file: String, version: String)] = {
+        guard let directory = ProcessInfo.processInfo.environment["KRNATIVE_TEST_SOURCES"],
+            let names = try? FileManager.default.contentsOfDirectory(atPath: directory)
+        else { return [:] }
+        let packages = ["zlib": "zlib_", "json-c": "json-c_", "libuv": "libuv1_", "mbedtls": "mbedtls_", "libwebsockets": "libwebsockets_", "ttyd": "ttyd_"]
+        var found: [String: (String, String)] = [:]
+        for (component, prefix) in packages {
+            guard let name = names.first(where: { $0.hasPrefix(prefix) && $0.contains(".orig.tar.") && !$0.hasSuffix(".asc") }) else { continue }
+            // zlib_1.3.dfsg+really1.3.1.orig.tar.gz → 1.3.1; json-c_0.18+ds → 0.18
+            var version = name.dropFirst(prefix.count).components(separatedBy: ".orig").first ?? ""
+            if let really = version.range(of: "really") { version = String(version[really.upperBound...]) }
+            version = version.components(separatedBy: "+").first ?? version
+            found[component] = (directory + "/" + name, version)
+        }
+        return found
+    }()
+
+    /// All six source tarballs are at hand.
+    static var hasTestSources: Bool { testSources.count == 6 }
+
+    static var userNamespaces: Bool { Sandbox.userNamespacesWork }
+
+    /// Real sources, the sandbox: what compiling ttyd needs.
+    static var canCompile: Bool { hasTestSources && userNamespaces }
+
+    static func hasExecutable(_ path: String) -> Bool { FileManager.default.isExecutableFile(atPath: path) }
+}
+
+extension Trait where Self == ConditionTrait {
+    static var needsNamespaces: Self {
+        .enabled(if: Machine.userNamespaces, "user namespaces do not work here; `krnative doctor` says why")
+    }
+    static var needsCompile: Self {
+        .enabled(
+            if: Machine.canCompile,
+            "needs KRNATIVE_TEST_SOURCES with Debian's ttyd, zlib, json-c, libuv, mbedtls and libwebsockets tarballs (scripts/test fetches them) and user namespaces"
+        )
+    }
+}
