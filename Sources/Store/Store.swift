@@ -41,7 +41,8 @@ public enum StoreError: KrnativeError {
 /// - `trees/<tree-hex>`: for sources, the digest of the file whose unpacked tree has that tree hash;
 /// - `tmp/`: ingests in progress and `<key>.partial` downloads that a later run resumes;
 /// - `locks/<key>.lock`: per-entry `flock`s, so concurrent krnative processes never fetch or admit twice;
-/// - `quarantine/`: files that failed verification, kept for inspection.
+/// - `quarantine/`: files that failed verification, kept for inspection, named `<name>.found-<sha256>.<time>`;
+/// - `steps/`, `toolchains/`, `zig-cache/`, `sysroots/`: derived from inputs (`Store.Area`).
 ///
 /// Every admission writes a temp file while hashing it, verifies size and digest, fsyncs and renames.
 public struct Store: Sendable {
@@ -86,7 +87,7 @@ public struct Store: Sendable {
         let actual: SHA256Digest
         do { actual = try SHA256Digest.of(fileAt: path).digest } catch { throw .io(error) }
         guard actual == digest else {
-            let quarantined = quarantine(path, reason: "expected-\(digest.hex)")
+            let quarantined = quarantine(path, reason: "found-\(actual.hex)")
             throw .corrupted(path: path, expected: digest, actual: actual, quarantinedAt: quarantined)
         }
         return path
@@ -131,7 +132,7 @@ public struct Store: Sendable {
             throw .io(error)
         }
         if let expected, expected != digest {
-            let quarantined = quarantine(temp, reason: "expected-\(expected.hex)")
+            let quarantined = quarantine(temp, reason: "found-\(digest.hex)")
             throw .corrupted(path: source, expected: expected, actual: digest, quarantinedAt: quarantined)
         }
         if let expectedSize, expectedSize != size {
@@ -227,23 +228,5 @@ public struct Store: Sendable {
             }
         }
         return report
-    }
-
-    /// Removes every entry not in `keep`, stale temp files and their tree records; returns what went.
-    public func collectGarbage(keep: Set<SHA256Digest>) -> [Entry] {
-        let removed = entries().filter { !keep.contains($0.sha256) }
-        for entry in removed {
-            let entryLock = try? lock(entry.sha256.hex)
-            unlink(path(for: entry.sha256))
-            for tree in entry.trees { unlink("\(root)/trees/\(tree.hex)") }
-            entryLock?.unlock()
-        }
-        // Temp files of ingests that died; partial downloads stay, they are resumable.
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: root + "/tmp")) ?? [] where name.hasSuffix(".tmp") {
-            let parts = name.split(separator: ".")
-            if parts.count >= 3, let pid = Int32(parts[parts.count - 3]), kill(pid, 0) == 0 { continue }
-            unlink("\(root)/tmp/\(name)")
-        }
-        return removed
     }
 }

@@ -58,7 +58,8 @@ struct StoreCommand: ParsableCommand {
     }
 
     struct List: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "ls", abstract: "List the store's entries and the lock inputs they hold.")
+        static let configuration = CommandConfiguration(
+            commandName: "ls", abstract: "Show each area of the store with its size, then the entries and the lock inputs they hold.")
         @OptionGroup var inputs: InputOptions
         @OptionGroup var output: OutputOptions
 
@@ -67,6 +68,10 @@ struct StoreCommand: ParsableCommand {
             var size: Int64
             var trees: [SHA256Digest]
             var inputs: [String]
+        }
+        struct Listing: Encodable {
+            var areas: [Store.AreaUsage]
+            var entries: [Row]
         }
 
         func run() throws {
@@ -79,29 +84,65 @@ struct StoreCommand: ParsableCommand {
                     if let digest = resolver.located(input) { names[digest, default: []].append(input.name) }
                 }
                 let rows = store.entries().map { Row(sha256: $0.sha256, size: $0.size, trees: $0.trees, inputs: names[$0.sha256] ?? []) }
-                if output.json { return printJSON(rows) }
+                let areas = store.usage()
+                if output.json { return printJSON(Listing(areas: areas, entries: rows)) }
+                print("\(store.root): \(byteCount(areas.reduce(0) { $0 + $1.bytes }))")
+                for area in areas {
+                    print("  \(area.area.rawValue.padding(toLength: 11, withPad: " ", startingAt: 0)) \(String(area.items).leftPadded(6)) items  \(byteCount(area.bytes).leftPadded(10))")
+                }
                 for row in rows {
-                    print("\(row.sha256)  \(String(row.size).padding(toLength: 10, withPad: " ", startingAt: 0))  \(row.inputs.joined(separator: ", "))")
+                    print("\(row.sha256)  \(byteCount(row.size).leftPadded(10))  \(row.inputs.joined(separator: ", "))")
                 }
             }
         }
     }
 
     struct Collect: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "gc", abstract: "Remove entries no input of the lock names.")
+        static let configuration = CommandConfiguration(
+            commandName: "gc",
+            abstract: "Remove what the lock no longer needs and caches not used for a while.",
+            discussion: """
+                Removes entries no input of the lock names; step results, unpacked toolchains, Zig's cache \
+                and smoke root file systems not used for --max-age days; quarantined files older than that; \
+                temp files of processes that are gone and empty partial downloads. Partial downloads with \
+                bytes stay (a fetch resumes them). Each removal is listed with its reason.
+
+                Example: krnative store gc --dry-run --max-age 7
+                """)
         @OptionGroup var inputs: InputOptions
         @OptionGroup var output: OutputOptions
+        @Flag(help: "Say what would be removed and why, and remove nothing.") var dryRun = false
+        @Flag(name: .shortAndLong, help: "Also list what is kept, and why.") var verbose = false
+        @Option(help: "Keep derived items used within this many days.") var maxAge: UInt = 30
 
         func run() throws {
             try perform("store gc") {
                 let lock = try Lockfile.load(from: inputs.lockPath)
                 let store = try Store(root: inputs.storePath)
                 let resolver = InputResolver(store: store)
-                let keep = Set(lock.inputs.compactMap(resolver.located))
-                let removed = store.collectGarbage(keep: keep)
-                if output.json { return printJSON(removed.map(\.sha256)) }
-                print("removed \(removed.count) entries (\(removed.reduce(0) { $0 + $1.size }) bytes); kept \(keep.count)")
+                let plan = store.planCollection(keepEntries: Set(lock.inputs.compactMap(resolver.located)), maxAge: TimeInterval(maxAge) * 86_400)
+                if !dryRun { store.collect(plan) }
+                if output.json { return printJSON(plan) }
+                let verb = dryRun ? "would remove" : "removed"
+                for item in plan.remove { print("\(verb) \(item.area.rawValue)/\(item.name) (\(byteCount(item.bytes))): \(item.reason)") }
+                if verbose { for item in plan.keep { print("kept \(item.area.rawValue)/\(item.name) (\(byteCount(item.bytes))): \(item.reason)") } }
+                print("\(verb) \(plan.remove.count) items (\(byteCount(plan.bytesRemoved))); kept \(plan.keep.count)")
             }
         }
     }
+}
+
+/// Bytes for people: 1.2 MB, 734 kB, 12 B (decimal units, as du --si and uv print them).
+func byteCount(_ bytes: Int64) -> String {
+    guard bytes >= 1000 else { return "\(bytes) B" }
+    var value = Double(bytes)
+    for unit in ["kB", "MB", "GB", "TB"] {
+        value /= 1000
+        if value < 1000 || unit == "TB" { return String(format: value < 10 ? "%.1f %@" : "%.0f %@", value, unit) }
+    }
+    return "\(bytes) B"
+}
+
+extension String {
+    func leftPadded(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
 }

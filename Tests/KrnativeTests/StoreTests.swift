@@ -69,10 +69,49 @@ struct StoreTests {
         let keep = try store.ingest(copying: work.file("a", randomData(100))).digest
         let drop = try store.ingest(copying: work.file("b", randomData(100))).digest
         try store.recordTree(SHA256Digest.of(Data("tree".utf8)), file: drop)
-        let removed = store.collectGarbage(keep: [keep])
-        #expect(removed.map(\.sha256) == [drop])
+        let plan = store.planCollection(keepEntries: [keep], maxAge: 30 * 86_400)
+        #expect(plan.remove.map(\.name) == [drop.hex])
+        #expect(plan.keep.map(\.reason) == ["named by the lock"])
+        #expect(store.entries().count == 2, "a plan removes nothing")
+        store.collect(plan)
         #expect(store.entries().map(\.sha256) == [keep])
         #expect(store.file(forTree: SHA256Digest.of(Data("tree".utf8))) == nil)
+    }
+
+    /// Every area is seen by `usage`, and gc removes derived items unused for longer than the
+    /// limit (read-only trees included), empty partial downloads and temp files of dead processes,
+    /// and keeps the rest, saying why.
+    @Test func collectGarbageCoversEveryArea() throws {
+        let work = TemporaryDirectory()
+        let store = try Store(root: work.path + "/store")
+        let now = Date()
+        for (area, name) in [(Store.Area.steps, "old"), (.steps, "new"), (.toolchains, "old"), (.zigCache, "new"), (.sysroots, "old")] {
+            let item = store.item(area, name)
+            try FileManager.default.createDirectory(atPath: item + "/lib", withIntermediateDirectories: true)
+            FileManager.default.createFile(atPath: item + "/lib/libx.a", contents: Data(count: 1000))
+            chmod(item + "/lib", 0o555)
+            let when = name == "old" ? now.addingTimeInterval(-40 * 86_400) : now
+            try FileManager.default.setAttributes([.modificationDate: when], ofItemAtPath: item)
+        }
+        FileManager.default.createFile(atPath: store.partialPath(for: "empty"), contents: Data())
+        FileManager.default.createFile(atPath: store.partialPath(for: "half"), contents: Data(count: 10))
+        FileManager.default.createFile(atPath: store.directory(.tmp) + "/ingest.999999999.1.tmp", contents: Data(count: 5))
+        FileManager.default.createFile(atPath: store.directory(.tmp) + "/ingest.\(getpid()).1.tmp", contents: Data(count: 5))
+
+        let usage = Dictionary(uniqueKeysWithValues: store.usage().map { ($0.area, $0) })
+        #expect(Set(usage.keys) == Set(Store.Area.allCases))
+        #expect(usage[.steps]?.items == 2 && usage[.steps]?.bytes == 2000)
+        #expect(usage[.tmp]?.bytes == 20)
+
+        let plan = store.planCollection(keepEntries: [], maxAge: 30 * 86_400, now: now)
+        let removed = Set(plan.remove.map { "\($0.area.rawValue)/\($0.name)" })
+        #expect(removed == ["steps/old", "toolchains/old", "sysroots/old", "tmp/empty.partial", "tmp/ingest.999999999.1.tmp"])
+        #expect(plan.keep.contains { $0.name == "half.partial" && $0.reason == "a partial download a fetch resumes" })
+        #expect(plan.keep.contains { $0.name == "ingest.\(getpid()).1.tmp" && $0.reason.contains("running process") })
+        #expect(plan.remove.first { $0.name == "old" }?.reason.hasPrefix("last used 40 days ago") == true)
+        store.collect(plan)
+        #expect(!FileSystem.exists(store.item(.steps, "old")) && FileSystem.exists(store.item(.steps, "new")))
+        #expect(!FileSystem.exists(store.partialPath(for: "empty")) && FileSystem.exists(store.partialPath(for: "half")))
     }
 
     @Test func defaultRootFollowsEnvironment() {
