@@ -7,7 +7,7 @@ import KrnativeBase
     import Glibc
 #endif
 
-/// Packs a directory as a deterministic `tar.xz` (DESIGN §2.10): entries `./…` in bytewise
+/// Packs a directory as a deterministic `tar.xz` (docs/design.md §2.10): entries `./…` in bytewise
 /// order, mtimes clamped to SOURCE_DATE_EPOCH, uid/gid 0 without names, modes normalised
 /// (0755 for directories and anything executable, 0644 otherwise), hard links by first path,
 /// no xattrs, atime or ctime; compressed by liblzma's multithreaded encoder with a fixed block

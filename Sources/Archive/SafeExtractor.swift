@@ -5,7 +5,7 @@ import KrnativeBase
     import Glibc
 #endif
 
-/// Unpacks archives without ever writing outside the destination (DESIGN §2.4).
+/// Unpacks archives without ever writing outside the destination (docs/design.md §2.4).
 ///
 /// All writes go through one directory fd with `openat`/`mkdirat`/`symlinkat` and `O_NOFOLLOW`, so
 /// a symlink planted by an earlier entry cannot redirect a later one. Refused, each naming the

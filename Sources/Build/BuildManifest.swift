@@ -10,7 +10,7 @@ import Verify
 /// Whether an audit violation fails the build (`enforce`) or is printed and recorded (`report`).
 public enum AuditMode: String, Codable, Sendable, CaseIterable { case enforce, report }
 
-/// What a build used and made (DESIGN §1): written as `krnative-manifest.{distro}.{arch}.json`.
+/// What a build used and made (docs/design.md §1): written as `krnative-manifest.{distro}.{arch}.json`.
 public struct BuildManifest: Codable, Sendable {
     public struct Tool: Codable, Sendable { public var name = "krnative"; public var version: String }
     public struct Input: Codable, Sendable {

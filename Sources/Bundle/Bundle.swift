@@ -48,7 +48,7 @@ public struct BundleManifest: Codable, Sendable, Equatable {
     public var inputs: [LockedInput]
 }
 
-/// The air gap (DESIGN §2.3): one archive with the lock and every store entry a set of targets
+/// The air gap (docs/design.md §2.3): one archive with the lock and every store entry a set of targets
 /// needs; imported on the other side with every entry verified before it is admitted.
 public enum AirGapBundle {
     /// Writes the bundle for `targets` built on `host` to `file` (whole or not at all).

@@ -44,7 +44,7 @@ public struct FetchReport: Sendable, Codable {
     public var failures: [Item] { items.filter { $0.status == .missing || $0.status == .failed } }
 }
 
-/// Brings every input of a lock into the store (DESIGN §2.3): mirrors in order, retries with
+/// Brings every input of a lock into the store (docs/design.md §2.3): mirrors in order, retries with
 /// backoff, resume with `Range` (also after the process was killed), bounded parallelism, one
 /// `flock` per entry so concurrent krnative processes never download the same file twice.
 public struct Fetcher: Sendable {

@@ -1,4 +1,4 @@
-/// The four volumes krnative builds (DESIGN §1).
+/// The four volumes krnative builds (docs/design.md §1).
 public enum Target: String, CaseIterable, Sendable, Codable, Comparable {
     case manylinuxX86_64 = "manylinux-x86_64"
     case manylinuxAarch64 = "manylinux-aarch64"

@@ -23,7 +23,7 @@ public enum LayoutError: KrnativeError {
     public var exitCode: Int32 { ExitStatus.integrity }
 }
 
-/// Lays out the volume tree (DESIGN §1): the runtime's `python/` contents at the prefix root,
+/// Lays out the volume tree (docs/design.md §1): the runtime's `python/` contents at the prefix root,
 /// `bin/python`, the wheels, `bin/ttyd`, the agent's mount points, `licenses/`, and `.pyc`.
 public struct VolumeLayout: Sendable {
     public var target: Target

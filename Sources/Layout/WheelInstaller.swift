@@ -29,7 +29,7 @@ public enum WheelError: KrnativeError {
 }
 
 /// Installs wheels into a prefix the way `pip install --no-deps --no-compile --prefix` does, without
-/// running any Python (DESIGN §2.9), so cross builds need no emulation. Nothing is moved into the
+/// running any Python (docs/design.md §2.9), so cross builds need no emulation. Nothing is moved into the
 /// prefix until the whole wheel has been read and every RECORD hash and size checked.
 public struct WheelInstaller: Sendable {
     public var target: Target

@@ -1,7 +1,7 @@
 import Foundation
 import KrnativeBase
 
-/// The lock: one versioned file that pins every input krnative downloads (DESIGN §2.1).
+/// The lock: one versioned file that pins every input krnative downloads (docs/design.md §2.1).
 ///
 /// Format version 1 is JSON:
 /// `{"version": 1, "sourceDateEpoch": N, "inputs": [LockedInput…]}`.

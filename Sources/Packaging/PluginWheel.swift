@@ -2,7 +2,7 @@ import Archive
 import Foundation
 import KrnativeBase
 
-/// The Backend.AI plugin wheel of a target (DESIGN §1, §2.11): module `ai.backend.krunner.<name>`
+/// The Backend.AI plugin wheel of a target (docs/design.md §1, §2.11): module `ai.backend.krunner.<name>`
 /// carrying the volume and ttyd, declaring the `backendai_krunner_v10` entry point, written as a
 /// deterministic zip.
 public struct PluginWheel: Sendable {

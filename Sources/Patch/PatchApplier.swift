@@ -2,7 +2,7 @@ import Foundation
 import KrnativeBase
 
 /// Applies a series of patches to a source tree: every patch is checked against the files in
-/// memory first, and only when the whole series applies are the files written (DESIGN §2.5).
+/// memory first, and only when the whole series applies are the files written (docs/design.md §2.5).
 public struct PatchApplier: Sendable {
     public init() {}
 

@@ -1,7 +1,7 @@
 import Foundation
 import KrnativeBase
 
-/// One step to run in the sandbox: what it sees and what it runs (DESIGN §2.8).
+/// One step to run in the sandbox: what it sees and what it runs (docs/design.md §2.8).
 public struct SandboxSpec: Codable, Sendable, Equatable {
     /// A host path made visible inside at `target`.
     public struct Mount: Codable, Sendable, Equatable {

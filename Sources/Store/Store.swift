@@ -34,7 +34,7 @@ public enum StoreError: KrnativeError {
     }
 }
 
-/// The content-addressed input store (DESIGN §2.2).
+/// The content-addressed input store (docs/design.md §2.2).
 ///
 /// Layout under `root`:
 /// - `sha256/<hex>`: admitted files, read-only, named by their digest;

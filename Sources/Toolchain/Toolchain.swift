@@ -1,7 +1,7 @@
 import Foundation
 import KrnativeBase
 
-/// The compilers krnative can build ttyd with (DESIGN §2.6).
+/// The compilers krnative can build ttyd with (docs/design.md §2.6).
 public enum ToolchainKind: String, CaseIterable, Sendable, Codable {
     /// `zig cc -target <arch>-linux-musl`, from the `ziglang` wheel: runs on x86_64 and aarch64
     /// hosts and gives the same bytes on both, so it is the default everywhere.

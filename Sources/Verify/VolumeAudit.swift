@@ -56,7 +56,7 @@ public struct AuditViolation: Codable, Sendable, Equatable, CustomStringConverti
     public var description: String { "\(file): \(problem)" }
 }
 
-/// `krnative audit`: every ELF file in a volume against the target's policy (DESIGN's portability
+/// `krnative audit`: every ELF file in a volume against the target's policy (docs/design.md's portability
 /// promise): machine, loader, needed libraries (allowed or bundled), symbol versions, and a static,
 /// stripped `bin/ttyd`.
 public struct VolumeAudit: Sendable {
