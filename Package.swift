@@ -3,12 +3,14 @@ import PackageDescription
 
 /// krnative: builds the Backend.AI kernel-runner volumes reproducibly and offline.
 ///
-/// The library targets follow the pipeline (DESIGN §2): each imports only the stages before it.
+/// The library targets follow the pipeline (docs/design.md §2, docs/architecture.md): each imports only the stages before it.
 /// Each C library is reached by exactly one module: libcurl by `Fetch`, libarchive by `Archive`,
-/// liblzma by `Archive` (the pack step, later).
+/// liblzma by `Archive`.
+///
+/// Linux only (glibc): the sandbox is Linux namespaces, and the code calls Glibc directly. SwiftPM
+/// has no way to declare Linux as the only platform, so none is declared rather than a false one.
 let package = Package(
     name: "krnative",
-    platforms: [.macOS(.v13)],
     products: [
         .executable(name: "krnative", targets: ["krnative"]),
     ],
