@@ -114,21 +114,28 @@ struct WheelInstallerTests {
         }
         return result
     }
+}
 
-    /// Builds a wheel in the test with Python's zipfile; `tamper` edits the file list first.
+/// Wheels made in the test: no network.
+@Suite("Wheel installer: hostile wheels")
+struct HostileWheelTests {
+    /// Builds a wheel in the test with Python's zipfile. `record`: nil for a true RECORD, "none"
+    /// for none at all, or "lie:NAME" for a true RECORD except for NAME's hash.
     func hostileWheel(_ work: TemporaryDirectory, name: String = "evil-1.0-py3-none-any.whl", _ files: [(String, String)], record: String? = nil) throws -> String {
         let path = work.path + "/" + name
         let script = """
             import base64, hashlib, json, sys, zipfile
             files = json.loads(sys.argv[2]); record = sys.argv[3]
+            liar = record[4:] if record.startswith("lie:") else None
             with zipfile.ZipFile(sys.argv[1], "w") as z:
                 rows = []
                 for name, body in files:
                     z.writestr(name, body)
                     digest = base64.urlsafe_b64encode(hashlib.sha256(body.encode()).digest()).rstrip(b"=").decode()
+                    if name == liar: digest = "A" * 43
                     rows.append(f"{name},sha256={digest},{len(body.encode())}")
                 if record != "none":
-                    z.writestr("evil-1.0.dist-info/RECORD", record if record else "\\n".join(rows + ["evil-1.0.dist-info/RECORD,,"]) + "\\n")
+                    z.writestr("evil-1.0.dist-info/RECORD", "\\n".join(rows + ["evil-1.0.dist-info/RECORD,,"]) + "\\n")
             """
         let json = String(decoding: try JSONSerialization.data(withJSONObject: files.map { [$0.0, $0.1] }), as: UTF8.self)
         try ChildProcess.check(["python3", "-c", script, path, json, record ?? ""])
@@ -152,10 +159,10 @@ struct WheelInstallerTests {
             #expect((try? FileManager.default.contentsOfDirectory(atPath: prefix)) == [], "something was left in the prefix")
         }
         refused(try hostileWheel(work, metadata + [("../../escape.py", "x")]), "'../../escape.py' would be installed outside")
-        refused(
-            try hostileWheel(work, name: "evil-1.0-py3-none-any.whl", metadata + [("evil.py", "print(1)")],
-                record: "evil.py,sha256=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA,8\nevil-1.0.dist-info/WHEEL,,\nevil-1.0.dist-info/METADATA,,\nevil-1.0.dist-info/RECORD,,\n"),
-            "RECORD says sha256=AAAA")
+        // Every row true but one hash: the lie alone is what refuses it.
+        let honest = try hostileWheel(work, name: "honest-1.0-py3-none-any.whl", metadata + [("evil.py", "print(1)")])
+        #expect(try WheelInstaller(target: .manylinuxX86_64).install(honest, into: work.path + "/honest").count > 0)
+        refused(try hostileWheel(work, metadata + [("evil.py", "print(1)")], record: "lie:evil.py"), "evil.py: RECORD says sha256=AAAA")
         refused(try hostileWheel(work, metadata + [("evil.py", "print(1)")], record: "none"), "has no evil-1.0.dist-info/RECORD")
         refused(try hostileWheel(work, name: "evil-1.0-cp313-cp313-manylinux2014_aarch64.whl", metadata + [("evil.py", "x")]), "platform tag manylinux2014_aarch64 does not fit manylinux-x86_64")
         refused(try hostileWheel(work, name: "evil-1.0-cp313-cp313-manylinux_2_28_x86_64.whl", metadata + [("evil.py", "x")]), "platform tag manylinux_2_28_x86_64")
