@@ -31,8 +31,9 @@ struct BuildCommand: ParsableCommand {
     var audit: AuditMode = .enforce
     @Option(help: "The audit policy. Default: ./sysroots/audit-policy.json.") var policy = AuditPolicy.defaultPath
     @Flag(help: "Build even when the output directory already holds this build's outputs.") var force = false
-    @Option(help: "Parallel compile jobs (make -j). Default: the number of CPUs.") var compileJobs: Int?
-    @Option(help: "xz compression threads; the bytes are the same for any number. Default: the number of CPUs.") var packThreads: Int?
+    @Option(parsing: .unconditional, help: "Parallel compile jobs (make -j). Default: the number of CPUs.") var compileJobs: Int?
+    @Option(parsing: .unconditional, help: "xz compression threads; the bytes are the same for any number. Default: the number of CPUs.")
+    var packThreads: Int?
     @Flag(help: "Then build again elsewhere with the circumstances varied, offline, and compare every output (exit 1 when they differ).")
     var check = false
     @Option(
@@ -46,6 +47,8 @@ struct BuildCommand: ParsableCommand {
     @OptionGroup var network: NetworkOptions
     @OptionGroup var output: OutputOptions
 
+    func validate() throws { try requirePositive(["--compile-jobs": compileJobs, "--pack-threads": packThreads]) }
+
     func run() throws {
         try perform("build") {
             let started = Date()
@@ -55,7 +58,7 @@ struct BuildCommand: ParsableCommand {
                 target: target, config: try KrunnerConfig.load(from: config), outputDirectory: out, patchesDirectory: patches,
                 entryExecutable: currentExecutable)
             options.toolchain = toolchain
-            options.isolation = Isolation.chosen(sandbox)
+            options.isolation = try Isolation.chosen(sandbox)
             options.lockPath = inputs.lockPath
             options.toolVersion = KrnativeVersion.current
             options.auditPolicy = try AuditPolicy.load(from: policy)

@@ -21,7 +21,7 @@ struct BuildTtydCommand: ParsableCommand {
     @Option(help: "Where ttyd_linux.<arch>.bin and its report go. Default: ./out.") var out = "out"
     @Option(help: "The patches directory. Default: ./patches.") var patches = "patches"
     @Option(help: "namespaces, or none to build without isolation. Default: namespaces; env KRNATIVE_SANDBOX.") var sandbox: Isolation?
-    @Option(help: "Parallel compile jobs. Default: the number of CPUs.") var jobs: Int?
+    @Option(parsing: .unconditional, help: "Parallel compile jobs. Default: the number of CPUs.") var jobs: Int?
     @Option(help: "Build in this directory instead of a temporary one (kept).") var workdir: String?
     @Flag(help: "Compile every step even when the step cache holds its result.") var rebuild = false
     @Flag(help: "Print the report as JSON on stdout.") var json = false
@@ -29,13 +29,15 @@ struct BuildTtydCommand: ParsableCommand {
     @Flag(help: "Build nothing: print the recipe's commands as a plain bash script for --workdir (prepared by a --sandbox none build).")
     var printScript = false
 
+    func validate() throws { try requirePositive(["--jobs": jobs]) }
+
     func run() throws {
         try perform("build-ttyd") {
             let lock = try Lockfile.load(from: inputs.lockPath)
             var options = TtydBuild.Options(
                 target: target, patchesDirectory: patches, outputDirectory: out, entryExecutable: currentExecutable)
             options.toolchain = toolchain ?? Toolchain.defaultKind(for: .current)
-            options.isolation = Isolation.chosen(sandbox)
+            options.isolation = try Isolation.chosen(sandbox)
             if let jobs { options.jobs = max(1, jobs) }
             options.workDirectory = workdir
             options.rebuild = rebuild

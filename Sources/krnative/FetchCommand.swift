@@ -7,19 +7,19 @@ import Store
 
 /// Options of every command that may download.
 struct NetworkOptions: ParsableArguments {
-    @Flag(help: "Open no socket and run no pip; fail, naming each input the store lacks. Default: off; env KRNATIVE_OFFLINE=1.")
+    @Flag(help: "Open no socket and run no pip; fail, naming each input the store lacks. Default: off; env KRNATIVE_OFFLINE (1, true, yes, on).")
     var offline = false
 
-    @Option(help: "Transfers at once.")
+    @Option(parsing: .unconditional, help: "Transfers at once.")
     var jobs = 4
 
-    @Option(help: "Attempts per URL before the next mirror.")
+    @Option(parsing: .unconditional, help: "Attempts per URL before the next mirror.")
     var retries = 3
 
     @Option(help: "Seconds before the first retry; doubles each time.")
     var retryDelay: Double = 1
 
-    @Option(help: "Abort a transfer that receives nothing for this many seconds.")
+    @Option(parsing: .unconditional, help: "Abort a transfer that receives nothing for this many seconds.")
     var stallTimeout = 30
 
     @Option(help: "Mirror config: lines `rewrite PREFIX REPLACEMENT` and `block PREFIX`. Default: none; env KRNATIVE_MIRRORS.")
@@ -28,10 +28,15 @@ struct NetworkOptions: ParsableArguments {
     @Option(help: "The Python whose pip fetches wheels. Default: python3; env KRNATIVE_PYTHON.")
     var python: String?
 
+    func validate() throws {
+        try requirePositive(["--jobs": jobs, "--retries": retries, "--stall-timeout": stallTimeout])
+        if retryDelay < 0 { throw ValidationError("--retry-delay must not be negative (got \(retryDelay))") }
+    }
+
     func fetchOptions(lockPath: String) throws -> FetchOptions {
         let environment = ProcessInfo.processInfo.environment
         var options = FetchOptions()
-        options.offline = offline || environment["KRNATIVE_OFFLINE"] == "1"
+        options.offline = try offline || EnvironmentSetting.flag("KRNATIVE_OFFLINE") == true
         options.jobs = max(1, jobs)
         options.attemptsPerURL = max(1, retries)
         options.retryDelay = max(0, retryDelay)
@@ -58,6 +63,9 @@ struct TargetSelection: ParsableArguments {
 
     func resolved() throws -> (targets: [Target], host: HostPlatform) {
         guard all || !targets.isEmpty else { throw UsageError("name at least one --target, or --all") }
+        guard !(all && !targets.isEmpty) else {
+            throw UsageError("--all and --target \(targets.map(\.rawValue).joined(separator: ", ")) contradict each other: give one or the other")
+        }
         var platform = HostPlatform.current
         if let host {
             guard let parsed = HostPlatform(rawValue: host) else {

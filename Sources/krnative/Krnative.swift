@@ -22,6 +22,57 @@ struct Krnative: ParsableCommand {
         ])
 }
 
+extension Krnative {
+    /// Refuses an unknown command word before ArgumentParser reads the rest (it would blame the
+    /// first option instead: `krnative biuld --target …` said "Unknown option '--target'"), and
+    /// suggests the nearest command.
+    static func main() {
+        if let message = unknownCommand(in: Array(CommandLine.arguments.dropFirst())) {
+            FileHandle.standardError.write(Data("krnative: \(message)\n".utf8))
+            Glibc.exit(ExitStatus.usage)
+        }
+        main(nil)
+    }
+
+    /// The message for the first word that names no command where one is expected, if any.
+    static func unknownCommand(in arguments: [String]) -> String? {
+        var command: any ParsableCommand.Type = Krnative.self
+        var spelled = ["krnative"]
+        var words = arguments[...]
+        if words.first == "help" { words = words.dropFirst() }
+        for word in words {
+            let subcommands = command.configuration.subcommands
+            guard !subcommands.isEmpty, !word.hasPrefix("-") else { return nil }
+            if let next = subcommands.first(where: { $0._commandName == word }) {
+                command = next
+                spelled.append(word)
+                continue
+            }
+            let visible = subcommands.filter { $0.configuration.shouldDisplay }.map { $0._commandName }
+            let nearest = visible.map { ($0, editDistance(word, $0)) }.filter { $0.1 <= max(2, word.count / 3) }.min { $0.1 < $1.1 }
+            let command = spelled.joined(separator: " ")
+            return "'\(word)' is not a command of `\(command)`"
+                + (nearest.map { "; did you mean `\(command) \($0.0)`?" } ?? "; the commands are \(visible.joined(separator: ", "))")
+                + " (`\(command) --help` lists them)"
+        }
+        return nil
+    }
+}
+
+/// Levenshtein distance: the fewest single-character edits from `a` to `b`.
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    var previous = Array(0...b.count)
+    for (i, x) in a.enumerated() {
+        var current = [i + 1]
+        for (j, y) in b.enumerated() {
+            current.append(Swift.min(previous[j + 1] + 1, current[j] + 1, previous[j] + (x == y ? 0 : 1)))
+        }
+        previous = current
+    }
+    return previous[b.count]
+}
+
 enum KrnativeVersion {
     static let current = "0.1.0"
 }
@@ -39,6 +90,14 @@ struct InputOptions: ParsableArguments {
             ?? Lockfile.defaultFileName
     }
     var storePath: String { store ?? Store.defaultRoot() }
+}
+
+/// Counts such as `--jobs` are whole numbers from 1 (`parsing: .unconditional` lets `-1` reach
+/// this check instead of being read as an option).
+func requirePositive(_ values: [String: Int?]) throws {
+    for (name, value) in values.sorted(by: { $0.key < $1.key }) {
+        if let value, value < 1 { throw ValidationError("\(name) takes a whole number from 1 (got \(value))") }
+    }
 }
 
 /// Output format: human lines, or one JSON document on stdout.

@@ -10,8 +10,8 @@ var currentExecutable: String {
 
 extension Isolation: ExpressibleByArgument {
     /// `--sandbox`, else `KRNATIVE_SANDBOX`, else namespaces.
-    static func chosen(_ flag: Isolation?) -> Isolation {
-        flag ?? ProcessInfo.processInfo.environment["KRNATIVE_SANDBOX"].flatMap(Isolation.init(rawValue:)) ?? .namespaces
+    static func chosen(_ flag: Isolation?) throws -> Isolation {
+        try flag ?? EnvironmentSetting.choice("KRNATIVE_SANDBOX", as: Isolation.self) ?? .namespaces
     }
 }
 
@@ -52,7 +52,7 @@ struct SandboxCommand: ParsableCommand {
                 let spec = SandboxSpec(
                     argv: command, environment: declared, mounts: mounts, rootDirectory: root, workingDirectory: workdir,
                     sourceDateEpoch: epoch)
-                let isolation = Isolation.chosen(sandbox)
+                let isolation = try Isolation.chosen(sandbox)
                 let runner = SandboxRunner(entryExecutable: currentExecutable, isolation: isolation)
                 let result = try runner.start(spec) { FileHandle.standardOutput.write($0) }
                 switch result.termination {

@@ -10,8 +10,11 @@ struct PackCommand: ParsableCommand {
         commandName: "pack", abstract: "Pack a directory as a deterministic tar.xz (the volume's format).")
     @Argument(help: "The directory to pack.") var directory: String
     @Argument(help: "The tar.xz to write.") var output: String
-    @Option(help: "Compression threads; the bytes are the same for any number. Default: the number of CPUs.") var threads: Int?
+    @Option(parsing: .unconditional, help: "Compression threads; the bytes are the same for any number. Default: the number of CPUs.")
+    var threads: Int?
     @Option(help: "Clamp every mtime to this. Default: env SOURCE_DATE_EPOCH, else 0.") var sourceDateEpoch: Int64?
+
+    func validate() throws { try requirePositive(["--threads": threads]) }
 
     func run() throws {
         try perform("pack") {

@@ -1,0 +1,45 @@
+import Foundation
+import KrnativeBase
+import Testing
+
+/// The command line as a user meets it: mistakes get exit 64 and one message that says what to
+/// type instead; environment settings are read strictly.
+@Suite("Usage errors", .tags(.process))
+struct UsageTests {
+    struct Case: Sendable, CustomStringConvertible {
+        var arguments: [String]
+        var environment: [String: String] = [:]
+        var message: String
+        var description: String { arguments.joined(separator: " ") }
+    }
+
+    static let cases: [Case] = [
+        Case(arguments: ["biuld", "--target", "manylinux-x86_64"], message: "'biuld' is not a command of `krnative`; did you mean `krnative build`?"),
+        Case(arguments: ["buidl"], message: "did you mean `krnative build`?"),
+        Case(arguments: ["help", "biuld"], message: "did you mean `krnative build`?"),
+        Case(arguments: ["store", "lss"], message: "did you mean `krnative store ls`?"),
+        Case(arguments: ["xyzzy"], message: "the commands are targets, fetch, build"),
+        Case(arguments: ["fetch", "--target", "manylinux-x86_64", "--all", "--offline"], message: "--all and --target manylinux-x86_64 contradict each other"),
+        Case(arguments: ["fetch", "--jobs", "-1", "--all", "--offline"], message: "--jobs takes a whole number from 1 (got -1)"),
+        Case(arguments: ["build", "--target", "manylinux-x86_64", "--compile-jobs", "0"], message: "--compile-jobs takes a whole number from 1 (got 0)"),
+        Case(arguments: ["fetch", "--all"], environment: ["KRNATIVE_OFFLINE": "maybe"], message: "KRNATIVE_OFFLINE=maybe is neither on nor off"),
+        Case(arguments: ["sandbox", "run", "--", "true"], environment: ["KRNATIVE_SANDBOX": "chroot"], message: "KRNATIVE_SANDBOX=chroot is not one of namespaces, none"),
+    ]
+
+    @Test(arguments: cases)
+    func mistakeIsAUsageError(_ example: Case) {
+        let result = krnative(example.arguments, environment: example.environment)
+        #expect(result.termination == .exited(ExitStatus.usage), "\(example): \(result.termination) \(result.stderr)")
+        #expect(result.stderr.contains(example.message), "\(example): \(result.stderr)")
+    }
+
+    /// The usual spellings of on: an offline fetch of an empty store fails for the missing input
+    /// (66), which only happens when offline was understood.
+    @Test(arguments: ["1", "true", "YES", "on"])
+    func offlineTakesTheUsualSpellings(_ value: String) {
+        let store = TemporaryDirectory()
+        let result = krnative(["fetch", "--all", "--store", store.path, "--lock", Package.root + "/krnative.lock.json"], environment: ["KRNATIVE_OFFLINE": value])
+        #expect(result.termination == .exited(ExitStatus.missingInput), "\(value): \(result.stderr.prefix(500))")
+        #expect(result.stderr.contains("--offline forbids downloading it"))
+    }
+}
