@@ -114,6 +114,16 @@ public enum FileSystem {
         return Int64(info.f_bavail) * Int64(info.f_frsize)
     }
 
+    /// Why a file cannot be read, in words for people ("no such file", "it is a directory", …),
+    /// rather than Foundation's error domain texts.
+    public static func whyUnreadable(_ path: String) -> String {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return errno == ENOENT ? "no such file" : String(cString: strerror(errno)) }
+        if (info.st_mode & S_IFMT) == S_IFDIR { return "it is a directory, not a file" }
+        if access(path, R_OK) != 0 { return "permission denied" }
+        return "not readable"
+    }
+
     /// Removes a file or a whole tree; quiet when it does not exist.
     public static func remove(_ path: String) {
         try? FileManager.default.removeItem(atPath: path)

@@ -12,7 +12,7 @@ public enum LockError: KrnativeError {
         switch self {
         case .unreadable(let file, let reason):
             "cannot read the lock \(file): \(reason)\n"
-                + "Run krnative from the directory that holds \(Lockfile.defaultFileName), or pass --lock FILE (env KRNATIVE_LOCK)."
+                + "Run krnative in the project (the directory holding \(Lockfile.defaultFileName), or any directory below it), or pass --lock FILE (env KRNATIVE_LOCK)."
         case .malformed(let file, let reason):
             "the lock \(file) is not valid JSON: \(reason)"
         case .unsupportedVersion(let file, let found):
@@ -38,7 +38,7 @@ extension Lockfile {
     public static func load(from path: String) throws(LockError) -> Lockfile {
         let data: Data
         do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw .unreadable(file: path, reason: (error as NSError).localizedDescription)
+            throw .unreadable(file: path, reason: FileSystem.whyUnreadable(path))
         }
         return try parse(data, file: path)
     }

@@ -21,15 +21,15 @@ struct BuildCommand: ParsableCommand {
 
     @OptionGroup var inputs: InputOptions
     @Option(help: "The target to build.") var target: Target
-    @Option(help: "Where the outputs go. Default: ./out.") var out = "out"
-    @Option(help: "Package and volume versions. Default: ./krunner.json.") var config = KrunnerConfig.defaultFileName
-    @Option(help: "The patches directory. Default: ./patches.") var patches = "patches"
+    @Option(name: .customLong("out"), help: "Where the outputs go. Default: the project's out/.") var outOption: String?
+    @Option(name: .customLong("config"), help: "Package and volume versions. Default: the project's krunner.json.") var configOption: String?
+    @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
     @Option(help: "zig or musl-cross (x86_64 hosts only). Default: zig.") var toolchain: ToolchainKind?
     @Option(help: "namespaces, or none to build without isolation (recorded in the manifest). Default: namespaces; env KRNATIVE_SANDBOX.")
     var sandbox: Isolation?
     @Option(help: "enforce: a volume that breaks its target's policy fails the build; report: print and record it in the manifest. Default: enforce.")
     var audit: AuditMode = .enforce
-    @Option(help: "The audit policy. Default: ./sysroots/audit-policy.json.") var policy = AuditPolicy.defaultPath
+    @Option(name: .customLong("policy"), help: "The audit policy. Default: the project's sysroots/audit-policy.json.") var policyOption: String?
     @Flag(help: "Build even when the output directory already holds this build's outputs.") var force = false
     @Option(parsing: .unconditional, help: "Parallel compile jobs (make -j). Default: the number of CPUs.") var compileJobs: Int?
     @Option(parsing: .unconditional, help: "xz compression threads; the bytes are the same for any number. Default: the number of CPUs.")
@@ -43,7 +43,7 @@ struct BuildCommand: ParsableCommand {
     var variations: String?
     @Flag(help: "With --check: every run starts from an empty step cache (compiles ttyd again).") var freshSteps = false
     @Flag(help: "With --check: keep the runs' directories even when identical.") var keep = false
-    @Option(help: "With --check: the ordinary user the user variation builds as. Default: nobody.") var checkUser = "nobody"
+    @Option(help: "With --check: the ordinary user the user variation builds as.") var checkUser = "nobody"
     @OptionGroup var network: NetworkOptions
     @OptionGroup var output: OutputOptions
 
@@ -106,6 +106,13 @@ struct BuildCommand: ParsableCommand {
 }
 
 extension AuditMode: ExpressibleByArgument {}
+
+extension BuildCommand {
+    var out: String { inputs.project.file(outOption, default: "out") }
+    var config: String { inputs.project.file(configOption, default: KrunnerConfig.defaultFileName) }
+    var patches: String { inputs.project.file(patchesOption, default: "patches") }
+    var policy: String { inputs.project.file(policyOption, default: AuditPolicy.defaultPath) }
+}
 
 extension BuildCommand {
     /// The check's runs: nil without --check; one run with the cheap variations together; or one

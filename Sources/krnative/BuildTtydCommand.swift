@@ -18,8 +18,8 @@ struct BuildTtydCommand: ParsableCommand {
     @OptionGroup var inputs: InputOptions
     @Option(help: "The target whose ttyd to build.") var target: Target
     @Option(help: "zig or musl-cross (x86_64 hosts only). Default: zig.") var toolchain: ToolchainKind?
-    @Option(help: "Where ttyd_linux.<arch>.bin and its report go. Default: ./out.") var out = "out"
-    @Option(help: "The patches directory. Default: ./patches.") var patches = "patches"
+    @Option(name: .customLong("out"), help: "Where ttyd_linux.<arch>.bin and its report go. Default: the project's out/.") var outOption: String?
+    @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
     @Option(help: "namespaces, or none to build without isolation. Default: namespaces; env KRNATIVE_SANDBOX.") var sandbox: Isolation?
     @Option(parsing: .unconditional, help: "Parallel compile jobs. Default: the number of CPUs.") var jobs: Int?
     @Option(help: "Build in this directory instead of a temporary one (kept).") var workdir: String?
@@ -28,6 +28,9 @@ struct BuildTtydCommand: ParsableCommand {
     @Flag(help: "Unpack and patch the sources into --workdir, and compile nothing.") var prepareOnly = false
     @Flag(help: "Build nothing: print the recipe's commands as a plain bash script for --workdir (prepared by a --sandbox none build).")
     var printScript = false
+
+    var out: String { inputs.project.file(outOption, default: "out") }
+    var patches: String { inputs.project.file(patchesOption, default: "patches") }
 
     func validate() throws { try requirePositive(["--jobs": jobs]) }
 

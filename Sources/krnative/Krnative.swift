@@ -79,16 +79,17 @@ enum KrnativeVersion {
 
 /// Options every command that touches inputs shares.
 struct InputOptions: ParsableArguments {
-    @Option(help: "The lock file. Default: ./krnative.lock.json; env KRNATIVE_LOCK.")
+    @Option(help: "The lock file; its directory is the project. Default: env KRNATIVE_LOCK, else krnative.lock.json in the working directory or the nearest directory above it that has one.")
     var lock: String?
 
     @Option(help: "The content-addressed store. Default: $XDG_CACHE_HOME/krnative/store, else ~/.cache/krnative/store; env KRNATIVE_STORE.")
     var store: String?
 
-    var lockPath: String {
+    private var explicitLock: String? {
         lock ?? ProcessInfo.processInfo.environment["KRNATIVE_LOCK"].flatMap { $0.isEmpty ? nil : $0 }
-            ?? Lockfile.defaultFileName
     }
+    var project: Project { Project.discover(lock: explicitLock) }
+    var lockPath: String { explicitLock ?? project.file(nil, default: Lockfile.defaultFileName) }
     var storePath: String { store ?? Store.defaultRoot() }
 }
 

@@ -48,7 +48,8 @@ struct AuditCommand: ParsableCommand {
             """)
     @Argument(help: "The volume: a directory or krunner-env.*.tar.xz.") var volume: String
     @Option(help: "The volume's target.") var target: Target
-    @Option(help: "The policy file. Default: ./sysroots/audit-policy.json.") var policy = AuditPolicy.defaultPath
+    @Option(name: .customLong("policy"), help: "The policy file. Default: the project's sysroots/audit-policy.json.") var policyOption: String?
+    var policy: String { Project.discover(lock: nil).file(policyOption, default: AuditPolicy.defaultPath) }
     @OptionGroup var output: OutputOptions
 
     func run() throws {
@@ -73,9 +74,12 @@ struct VerifyCommand: ParsableCommand {
             """)
     @OptionGroup var inputs: InputOptions
     @Option(help: "The published krnative-manifest.{distro}.{arch}.json.") var manifest: String
-    @Option(help: "Where the rebuild goes. Default: ./verify.out.") var out = "verify.out"
-    @Option(help: "The patches directory. Default: ./patches.") var patches = "patches"
-    @Option(help: "The audit policy. Default: ./sysroots/audit-policy.json.") var policy = AuditPolicy.defaultPath
+    @Option(name: .customLong("out"), help: "Where the rebuild goes. Default: the project's verify.out/.") var outOption: String?
+    @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
+    @Option(name: .customLong("policy"), help: "The audit policy. Default: the project's sysroots/audit-policy.json.") var policyOption: String?
+    var out: String { inputs.project.file(outOption, default: "verify.out") }
+    var patches: String { inputs.project.file(patchesOption, default: "patches") }
+    var policy: String { inputs.project.file(policyOption, default: AuditPolicy.defaultPath) }
     @Flag(help: "Keep the rebuild even when it matches.") var keep = false
     @OptionGroup var output: OutputOptions
 
@@ -129,13 +133,14 @@ struct SmokeCommand: ParsableCommand {
             """)
     @OptionGroup var inputs: InputOptions
     @Option(help: "The volume's target.") var target: Target
-    @Option(help: "The volume: a directory or tar.xz. Default: ./out/krunner-env.{distro}.{arch}.tar.xz.") var volume: String?
-    @Option(help: "The smoke description. Default: ./sysroots/smoke.json.") var sysroot = SmokeDescription.defaultPath
+    @Option(help: "The volume: a directory or tar.xz. Default: the project's out/krunner-env.{distro}.{arch}.tar.xz.") var volume: String?
+    @Option(name: .customLong("sysroot"), help: "The smoke description. Default: the project's sysroots/smoke.json.") var sysrootOption: String?
+    var sysroot: String { inputs.project.file(sysrootOption, default: SmokeDescription.defaultPath) }
     @OptionGroup var output: OutputOptions
 
     func run() throws {
         try perform("smoke") {
-            let volume = volume ?? "out/krunner-env.\(target.distro).\(target.arch.rawValue).tar.xz"
+            let volume = inputs.project.file(volume, default: "out/krunner-env.\(target.distro).\(target.arch.rawValue).tar.xz")
             let test = SmokeTest(
                 target: target, description: try SmokeDescription.load(from: sysroot), store: try Store(root: inputs.storePath),
                 runner: SandboxRunner(entryExecutable: currentExecutable))

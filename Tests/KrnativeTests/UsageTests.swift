@@ -42,4 +42,21 @@ struct UsageTests {
         #expect(result.termination == .exited(ExitStatus.missingInput), "\(value): \(result.stderr.prefix(500))")
         #expect(result.stderr.contains("--offline forbids downloading it"))
     }
+
+    /// As cargo finds Cargo.toml: from any directory below the project, the project's lock, and
+    /// its sysroots/ and out/ as defaults; outside any project, a message that says where to run.
+    @Test func theProjectIsFoundFromASubdirectory() {
+        let inside = ChildProcess.run([Package.binary, "lock", "check"], directory: Package.root + "/Sources/Build")
+        #expect(inside.succeeded, "\(inside.stderr)")
+        #expect(inside.stdout.hasPrefix(Package.root + "/krnative.lock.json: "))
+        let smoke = ChildProcess.run([Package.binary, "smoke", "--target", "musllinux-aarch64", "--store", "/nonexistent/store"], directory: Package.root + "/Sources")
+        #expect(smoke.stderr.contains(Package.root + "/out/krunner-env.musllinux_1_2.aarch64.tar.xz"), "\(smoke.stderr)")
+
+        let elsewhere = TemporaryDirectory()
+        _ = elsewhere.file("krnative.lock.json/x", "a directory where the lock should be")
+        let outside = ChildProcess.run([Package.binary, "lock", "check"], directory: elsewhere.path + "/krnative.lock.json")
+        #expect(outside.termination == .exited(ExitStatus.lock))
+        #expect(outside.stderr.contains("/krnative.lock.json: it is a directory, not a file"), "\(outside.stderr)")
+        #expect(outside.stderr.contains("Run krnative in the project"))
+    }
 }
