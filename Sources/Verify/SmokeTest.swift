@@ -30,6 +30,16 @@ public struct SmokeDescription: Codable, Sendable, SysrootDescription {
     }
 }
 
+/// `krnative smoke` of a volume that is not there.
+public struct MissingVolume: KrnativeError {
+    public var path: String
+    public var target: Target
+    public var description: String {
+        "no volume at \(path): build it with `krnative build --target \(target.rawValue)`, or name one with --volume (a directory or tar.xz)"
+    }
+    public var exitCode: Int32 { ExitStatus.missingInput }
+}
+
 public struct SmokeFailed: KrnativeError {
     public var volume: String
     public var failures: [SmokeTest.Check]
@@ -143,6 +153,8 @@ public struct SmokeTest: Sendable {
 
     /// Unpacks `volume` (a directory is used as it is) and runs every check in the root file system.
     public func run(volume: String) throws -> Report {
+        // Before minutes of mmdebstrap: is there anything to try?
+        guard FileSystem.exists(volume) else { throw MissingVolume(path: volume, target: target) }
         let rootfs = try rootFilesystem()
         var emulator: String?
         if isForeign {
