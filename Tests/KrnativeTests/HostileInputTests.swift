@@ -46,7 +46,8 @@ struct HostileInputTests {
             #expect(result.stderr.contains("the lock pins \(pinned) bytes"), "\(route): \(result.stderr)")
             let sent = server.requests().filter { $0.path == "/\(route)/big.whl" }.map(\.bytes).reduce(0, +)
             // The server would send 4 GiB; what it wrote beyond the pinned size fits in socket buffers.
-            #expect(sent > 0 && sent < pinned + 32 << 20, "\(route): the server sent \(sent) bytes")
+            #expect(sent < pinned + 32 << 20, "\(route): the server sent \(sent) bytes")
+            #expect(route == "huge" || sent > pinned, "\(route): the server sent \(sent) bytes")
             #expect(try SHA256Digest.of(fileAt: work.path + "/\(route)/sha256/\(digest.hex)").digest == digest)
         }
         // Alone, the endless mirror fails with the URL, the pinned size and the bytes seen; no partial is kept.

@@ -144,13 +144,13 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         sent = 0
-        zeros = bytes(1 << 16)
+        step = 1 << 16
+        zeros = bytes(step)
         try:
-            self.wfile.write(data)
-            sent = len(data)
             while sent < (4 << 30):
-                self.wfile.write(zeros)
-                sent += len(zeros)
+                chunk = data[sent:sent + step] if sent < len(data) else zeros
+                self.wfile.write(chunk)
+                sent += len(chunk)
         except (BrokenPipeError, ConnectionResetError):
             pass
         return sent
