@@ -50,9 +50,8 @@ public final class ArchiveReader {
         archive_read_support_filter_all(handle)
         archive_read_support_format_all(handle)
         guard archive_read_open_filename(handle, path, 1 << 16) == ARCHIVE_OK else {
-            let reason = Self.message(handle)
-            archive_read_free(handle)
-            throw .cannotOpen(archive: path, reason: reason)
+            // deinit frees the handle: a class whose stored properties are set runs deinit when init throws.
+            throw .cannotOpen(archive: path, reason: Self.message(handle))
         }
     }
 

@@ -15,6 +15,10 @@ public enum BundleError: KrnativeError {
     case notABundle(file: String, reason: String)
     case badEntry(file: String, entry: String, reason: String)
     case incomplete(file: String, missing: [String])
+    /// The bundle's lock is not the local lock: its entries cannot be trusted to be the ones pinned here.
+    case lockDiffers(file: String, bundleLock: SHA256Digest, localLock: SHA256Digest, localPath: String, entries: [String])
+    /// There is no local lock to check the bundle against.
+    case noLocalLock(path: String)
 
     public var description: String {
         switch self {
@@ -24,14 +28,20 @@ public enum BundleError: KrnativeError {
         case .notABundle(let file, let reason):
             "\(file) is not a krnative bundle: \(reason)"
         case .badEntry(let file, let entry, let reason):
-            "bundle \(file): entry \(entry) refused: \(reason); nothing was admitted for it"
+            "bundle \(file): entry \(entry) refused: \(reason); nothing from the bundle was admitted"
         case .incomplete(let file, let missing):
             "bundle \(file) lists entries it does not hold: \(missing.joined(separator: ", ")); it was cut short, export it again"
+        case .lockDiffers(let file, let bundleLock, let localLock, let localPath, let entries):
+            "bundle \(file) was made from a lock with sha256 \(bundleLock), but \(localPath) has sha256 \(localLock)"
+                + (entries.isEmpty ? "" : " (entries that differ: \(entries.joined(separator: ", ")))")
+                + "; nothing was admitted. Export the bundle again from this lock, or import it with the lock it was made from."
+        case .noLocalLock(let path):
+            "bundle import checks every entry against the local lock, and \(path) does not exist; pass --lock FILE (env KRNATIVE_LOCK)"
         }
     }
     public var exitCode: Int32 {
         switch self {
-        case .missingInputs: ExitStatus.missingInput
+        case .missingInputs, .noLocalLock: ExitStatus.missingInput
         default: ExitStatus.integrity
         }
     }
@@ -93,16 +103,41 @@ public enum AirGapBundle {
         public var lockSha256: SHA256Digest?
     }
 
-    /// Verifies and admits every entry of the bundle `file` into the store.
-    public static func importBundle(from file: String, resolver: InputResolver) throws -> (BundleManifest, ImportReport) {
+    /// Verifies every member of the bundle `file` against its manifest and `lock` (the local lock,
+    /// which the bundle's own lock must equal), then admits them all; any refusal admits nothing.
+    public static func importBundle(
+        from file: String, lock: Lockfile, lockPath: String, resolver: InputResolver
+    ) throws -> (BundleManifest, ImportReport) {
         let reader = try ArchiveReader(path: file)
-        guard let first = try reader.next(), first.path == BundleManifest.fileName else {
+        let manifest = try readManifest(reader, file: file)
+        try checkLock(reader, manifest: manifest, file: file, lock: lock, lockPath: lockPath)
+        try checkInputs(manifest, file: file, against: lock)
+        var staged = StagedMembers(resolver: resolver)
+        defer { staged.discard() }
+        var pending = Dictionary(grouping: manifest.inputs, by: { $0.sha256! })
+        var seen = Set<String>()
+        while let entry = try reader.next() {
+            let inputs = try expectedInputs(of: entry, file: file, pending: &pending, seen: &seen)
+            try staged.stage(entry, from: reader, file: file, for: inputs)
+        }
+        guard pending.isEmpty else {
+            throw BundleError.incomplete(file: file, missing: pending.values.flatMap { $0.map(\.name) }.sorted())
+        }
+        var report = ImportReport(lockSha256: manifest.lockSha256)
+        try staged.admitAll(into: &report)
+        return (manifest, report)
+    }
+
+    private static func readManifest(_ reader: ArchiveReader, file: String) throws -> BundleManifest {
+        guard let first = try reader.next(), first.path == BundleManifest.fileName, first.kind == .regular else {
             throw BundleError.notABundle(file: file, reason: "its first entry is not \(BundleManifest.fileName)")
         }
-        var manifestData = Data()
-        try reader.readData(entry: first.path) { manifestData.append(contentsOf: $0) }
+        let data = try readSmall(reader, entry: first, file: file)
+        if let duplicate = DuplicateJSONKey.first(in: data) {
+            throw BundleError.badEntry(file: file, entry: first.path, reason: duplicate.description)
+        }
         let manifest: BundleManifest
-        do { manifest = try JSONDecoder().decode(BundleManifest.self, from: manifestData) } catch {
+        do { manifest = try JSONDecoder().decode(BundleManifest.self, from: data) } catch {
             throw BundleError.notABundle(file: file, reason: "\(BundleManifest.fileName) cannot be read: \(error)")
         }
         guard manifest.formatVersion == 1 else {
@@ -111,59 +146,147 @@ public enum AirGapBundle {
         for input in manifest.inputs where input.sha256 == nil || (input.kind == .source && input.treeSha256 == nil) {
             throw BundleError.notABundle(file: file, reason: "its manifest gives \(input.name) no sha256 (or a source no tree hash)")
         }
-        var report = ImportReport(lockSha256: manifest.lockSha256)
-        var pending = Dictionary(grouping: manifest.inputs, by: { $0.sha256! })
-        while let entry = try reader.next() {
-            guard entry.path.hasPrefix("sha256/") else { continue }
-            guard let digest = SHA256Digest(hex: String(entry.path.dropFirst("sha256/".count))),
-                let inputs = pending.removeValue(forKey: digest)
-            else {
-                throw BundleError.badEntry(file: file, entry: entry.path, reason: "the manifest does not list it")
+        return manifest
+    }
+
+    /// The bundle's lock member must hash to what the manifest says and be the local lock, byte for byte as krnative writes it.
+    private static func checkLock(_ reader: ArchiveReader, manifest: BundleManifest, file: String, lock: Lockfile, lockPath: String) throws {
+        guard let entry = try reader.next(), entry.path == BundleManifest.lockName, entry.kind == .regular else {
+            throw BundleError.notABundle(file: file, reason: "its second entry is not \(BundleManifest.lockName)")
+        }
+        let data = try readSmall(reader, entry: entry, file: file)
+        let found = SHA256Digest.of(data)
+        guard found == manifest.lockSha256 else {
+            throw BundleError.badEntry(
+                file: file, entry: entry.path, reason: "it hashes to \(found), but the manifest records the lock \(manifest.lockSha256)")
+        }
+        guard found == lock.digest else {
+            let theirs = (try? Lockfile.parse(data, file: "\(file):\(entry.path)"))?.inputs ?? []
+            let names = Set(theirs.map(\.name)).union(lock.inputs.map(\.name))
+            let differing = names.filter { name in theirs.first { $0.name == name } != lock[name] }.sorted()
+            throw BundleError.lockDiffers(file: file, bundleLock: found, localLock: lock.digest, localPath: lockPath, entries: differing)
+        }
+    }
+
+    /// Every input the manifest lists must be the local lock's entry of that name, pinned the same way.
+    private static func checkInputs(_ manifest: BundleManifest, file: String, against lock: Lockfile) throws {
+        for input in manifest.inputs {
+            let entry = "\(BundleManifest.fileName): \(input.name)"
+            guard let local = lock[input.name], local.kind == input.kind else {
+                throw BundleError.badEntry(file: file, entry: entry, reason: "the local lock has no \(input.kind.rawValue) of that name")
             }
-            if inputs.allSatisfy({ resolver.located($0) != nil }) {
+            if input.kind == .source, local.treeSha256 != input.treeSha256 {
+                throw BundleError.badEntry(
+                    file: file, entry: entry,
+                    reason: "it pins tree \(input.treeSha256!), the local lock tree \(local.treeSha256.map(\.hex) ?? "none")")
+            }
+            if input.kind != .source, local.sha256 != input.sha256 {
+                throw BundleError.badEntry(
+                    file: file, entry: entry, reason: "it pins sha256 \(input.sha256!), the local lock \(local.sha256.map(\.hex) ?? "none")")
+            }
+        }
+    }
+
+    /// The inputs a member holds: a regular file named `sha256/<hex>` that the manifest lists, once.
+    private static func expectedInputs(
+        of entry: ArchiveEntry, file: String, pending: inout [SHA256Digest: [LockedInput]], seen: inout Set<String>
+    ) throws -> [LockedInput] {
+        let parts = entry.path.split(separator: "/", omittingEmptySubsequences: false)
+        if entry.path.hasPrefix("/") || parts.contains("..") {
+            throw BundleError.badEntry(file: file, entry: entry.path, reason: "its path is absolute or climbs out with '..'")
+        }
+        guard entry.kind == .regular else {
+            throw BundleError.badEntry(file: file, entry: entry.path, reason: "it is not a regular file (\(entry.kind)); a bundle holds files only")
+        }
+        guard seen.insert(entry.path).inserted else {
+            throw BundleError.badEntry(file: file, entry: entry.path, reason: "it appears twice")
+        }
+        guard parts.count == 2, parts[0] == "sha256", let digest = SHA256Digest(hex: String(parts[1])), digest.hex == parts[1],
+            let inputs = pending.removeValue(forKey: digest)
+        else {
+            throw BundleError.badEntry(file: file, entry: entry.path, reason: "the manifest does not list it")
+        }
+        if let size = inputs[0].size, size != entry.size {
+            throw BundleError.badEntry(file: file, entry: entry.path, reason: "it has \(entry.size) bytes, the manifest records \(size)")
+        }
+        return inputs
+    }
+
+    /// The bytes of a small member (manifest, lock): at most 64 MiB.
+    private static func readSmall(_ reader: ArchiveReader, entry: ArchiveEntry, file: String) throws -> Data {
+        guard entry.size <= 64 << 20 else {
+            throw BundleError.badEntry(file: file, entry: entry.path, reason: "\(entry.size) bytes is too large for it")
+        }
+        var data = Data()
+        try reader.readData(entry: entry.path) { data.append(contentsOf: $0) }
+        return data
+    }
+}
+
+/// Members verified and written to the store's `tmp/`, admitted together once every one has passed.
+private struct StagedMembers {
+    let resolver: InputResolver
+    private var staged: [(temp: String?, digest: SHA256Digest, inputs: [LockedInput])] = []
+
+    init(resolver: InputResolver) { self.resolver = resolver }
+
+    /// Copies the member to a temp file (only hashes it when the store has it already) and checks it.
+    mutating func stage(_ entry: ArchiveEntry, from reader: ArchiveReader, file: String, for inputs: [LockedInput]) throws {
+        let digest = inputs[0].sha256!
+        let present = inputs.allSatisfy { resolver.located($0) != nil }
+        let temp = present ? nil : resolver.store.temporaryPath("bundle")
+        staged.append((temp, digest, inputs))
+        let output = try temp.map { path throws(BundleError) in
+            guard FileManager.default.createFile(atPath: path, contents: nil), let handle = FileHandle(forWritingAtPath: path) else {
+                throw BundleError.badEntry(file: file, entry: entry.path, reason: "cannot create \(path)")
+            }
+            return handle
+        }
+        var hasher = StreamingSHA256()
+        var size: Int64 = 0
+        do {
+            try reader.readData(entry: entry.path) { chunk in
+                size += Int64(chunk.count)
+                guard size <= entry.size else { throw BundleError.badEntry(file: file, entry: entry.path, reason: "longer than its header says") }
+                hasher.update(chunk)
+                try output?.write(contentsOf: Data(chunk))
+            }
+            try output?.close()
+        } catch {
+            try? output?.close()
+            throw error as? BundleError ?? BundleError.badEntry(file: file, entry: entry.path, reason: "\(error)")
+        }
+        let actual = hasher.finalize()
+        guard actual == digest else {
+            throw BundleError.badEntry(file: file, entry: entry.path, reason: "its content hashes to \(actual), not \(digest)")
+        }
+        guard let temp else { return }
+        for input in inputs {
+            guard case .accepted = resolver.check(file: temp, digest: actual, for: input) else {
+                let what = input.kind == .source ? "its tree does not match \(input.treeSha256!)" : "its sha256 is \(actual)"
+                throw BundleError.badEntry(file: file, entry: entry.path, reason: "\(what) (input \(input.name))")
+            }
+        }
+    }
+
+    /// Admits every staged member; the report names what was admitted and what the store had.
+    mutating func admitAll(into report: inout AirGapBundle.ImportReport) throws {
+        for (temp, digest, inputs) in staged {
+            guard let temp else {
                 report.alreadyPresent += inputs.map(\.name)
                 continue
             }
-            let temp = resolver.store.temporaryPath("bundle")
-            var hasher = StreamingSHA256()
-            guard let output = FileHandle(forWritingAtPath: temp) ?? {
-                FileManager.default.createFile(atPath: temp, contents: nil)
-                return FileHandle(forWritingAtPath: temp)
-            }() else {
-                throw BundleError.badEntry(file: file, entry: entry.path, reason: "cannot create \(temp)")
-            }
-            do {
-                try reader.readData(entry: entry.path) { chunk in
-                    hasher.update(chunk)
-                    try output.write(contentsOf: Data(chunk))
-                }
-                try output.close()
-            } catch {
-                try? output.close()
-                FileSystem.remove(temp)
-                throw BundleError.badEntry(file: file, entry: entry.path, reason: "\(error)")
-            }
-            let actual = hasher.finalize()
-            guard actual == digest else {
-                FileSystem.remove(temp)
-                throw BundleError.badEntry(file: file, entry: entry.path, reason: "its content hashes to \(actual)")
-            }
-            for input in inputs {
-                guard case .accepted = resolver.check(file: temp, digest: actual, for: input) else {
-                    FileSystem.remove(temp)
-                    let what = input.kind == .source ? "its tree does not match \(input.treeSha256!)" : "its sha256 is \(actual)"
-                    throw BundleError.badEntry(file: file, entry: entry.path, reason: "\(what) (input \(input.name))")
-                }
-            }
-            try resolver.admit(temporary: temp, digest: actual, for: inputs[0])
+            try resolver.admit(temporary: temp, digest: digest, for: inputs[0])
             for input in inputs.dropFirst() where input.kind == .source {
-                try resolver.store.recordTree(input.treeSha256!, file: actual)
+                try resolver.store.recordTree(input.treeSha256!, file: digest)
             }
             report.admitted += inputs.map(\.name)
         }
-        guard pending.isEmpty else {
-            throw BundleError.incomplete(file: file, missing: pending.values.flatMap { $0.map(\.name) }.sorted())
-        }
-        return (manifest, report)
+        staged = []
+    }
+
+    /// Removes the temp files of members not admitted.
+    func discard() {
+        for case let temp? in staged.map(\.temp) { FileSystem.remove(temp) }
     }
 }

@@ -31,27 +31,68 @@ enum TransferOutcome: Sendable {
     case permanent(String)
     /// The server would not resume; the partial file was discarded and the next attempt starts over.
     case restart(String)
+    /// The server sent more than the size cap allows; `seen` counts the bytes it offered (with a resumed partial).
+    case oversized(seen: Int64)
     case cancelled
+}
+
+/// The most bytes one input may bring.
+struct SizeCap: Sendable {
+    var bytes: Int64
+    /// The lock pins exactly this size (else it is the stated default cap).
+    var pinned: Bool
+}
+
+/// Where a transfer may be redirected: the mirror config's block rules, and http(s) only.
+struct RedirectPolicy: Sendable {
+    var mirrors: MirrorConfig
+    /// Hops followed before giving up.
+    var maximumHops = 10
+
+    /// Why following `from` to `target` is refused, or nil when it may be followed.
+    func refusal(from: String, to target: String) -> String? {
+        let scheme = target.prefix { $0 != ":" }.lowercased()
+        guard scheme == "http" || scheme == "https" else {
+            return "\(from) redirected to \(target); only http and https redirects are followed"
+        }
+        if let prefix = mirrors.blockingPrefix(for: target) {
+            return "\(from) redirected to \(target), which the mirror config blocks (rule `block \(prefix)`)"
+        }
+        return nil
+    }
 }
 
 /// One HTTP(S) GET into a partial file, resuming at its current size with `Range`.
 /// The digest is computed while the bytes arrive (after re-reading what an earlier run left).
+/// Redirects are followed here, not by libcurl, so that each target is checked against the block
+/// rules before a request goes to it; bytes beyond the size cap abort the transfer.
 final class CurlTransfer {
     let url: String
     let partialPath: String
     let settings: TransferSettings
+    let cap: SizeCap
+    let redirects: RedirectPolicy
     let onProgress: (Int64) -> Void
 
     private var fd: Int32 = -1
+    private var handle: UnsafeMutableRawPointer?
     private var hasher = StreamingSHA256()
     private(set) var received: Int64 = 0
     private(set) var resumedFrom: Int64 = 0
     private var writeErrno: Int32 = 0
+    private var oversizeSeen: Int64?
+    /// The Content-Length of the response being read (libcurl does not keep it when it refuses it).
+    private var declaredLength: Int64?
 
-    init(url: String, partialPath: String, settings: TransferSettings, onProgress: @escaping (Int64) -> Void) {
+    init(
+        url: String, partialPath: String, settings: TransferSettings, cap: SizeCap, redirects: RedirectPolicy,
+        onProgress: @escaping (Int64) -> Void
+    ) {
         self.url = url
         self.partialPath = partialPath
         self.settings = settings
+        self.cap = cap
+        self.redirects = redirects
         self.onProgress = onProgress
     }
 
@@ -67,13 +108,39 @@ final class CurlTransfer {
         defer { close(fd) }
         // Re-hash what an earlier run left, then append.
         resumedFrom = rehashExisting()
+        if resumedFrom > cap.bytes || (resumedFrom == cap.bytes && !cap.pinned) { discardPartial() }
+        // A partial of exactly the pinned size is the whole file (a run killed before admitting it).
+        if cap.pinned && resumedFrom == cap.bytes { return .complete }
         guard let handle = curl_easy_init() else { return .transient("curl_easy_init failed") }
-        defer { curl_easy_cleanup(handle) }
+        self.handle = handle
+        defer {
+            self.handle = nil
+            curl_easy_cleanup(handle)
+        }
+        configure(handle)
+        var current = url
+        var hops: [String] = []
+        while true {
+            krn_curl_setopt_string(handle, CURLOPT_URL, current)
+            let code = curl_easy_perform(handle)
+            var status = 0
+            krn_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+            guard code != CURLE_ABORTED_BY_CALLBACK, oversizeSeen == nil, (300..<400).contains(status),
+                let target = redirectTarget(handle)
+            else { return classify(code, status: status) }
+            let from = hops.isEmpty ? current : "\(url) (via \(hops.joined(separator: ", ")))"
+            if let refusal = redirects.refusal(from: from, to: target) { return .permanent(refusal) }
+            guard hops.count < redirects.maximumHops else {
+                return .permanent("more than \(redirects.maximumHops) redirects (last to \(target))")
+            }
+            hops.append(target)
+            current = target
+        }
+    }
 
+    private func configure(_ handle: UnsafeMutableRawPointer) {
         let context = Unmanaged.passUnretained(self).toOpaque()
-        krn_curl_setopt_string(handle, CURLOPT_URL, url)
-        krn_curl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, 1)
-        krn_curl_setopt_long(handle, CURLOPT_MAXREDIRS, 10)
+        krn_curl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, 0)
         krn_curl_setopt_long(handle, CURLOPT_FAILONERROR, 1)
         krn_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
         // 512 KiB reads and writes, not libcurl's 16 KiB: fewer system calls and callbacks per
@@ -85,6 +152,8 @@ final class CurlTransfer {
         krn_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT, settings.connectTimeout)
         krn_curl_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1)
         krn_curl_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, settings.stallTimeout)
+        // Refuses a declared Content-Length beyond the cap before any body byte; write() catches the rest.
+        krn_curl_setopt_off_t(handle, CURLOPT_MAXFILESIZE_LARGE, curl_off_t(cap.bytes - resumedFrom))
         if let caFile = settings.caFile { krn_curl_setopt_string(handle, CURLOPT_CAINFO, caFile) }
         if let caDirectory = settings.caDirectory { krn_curl_setopt_string(handle, CURLOPT_CAPATH, caDirectory) }
         if resumedFrom > 0 { krn_curl_setopt_off_t(handle, CURLOPT_RESUME_FROM_LARGE, curl_off_t(resumedFrom)) }
@@ -93,16 +162,23 @@ final class CurlTransfer {
             let transfer = Unmanaged<CurlTransfer>.fromOpaque(context!).takeUnretainedValue()
             return transfer.write(UnsafeRawBufferPointer(start: data, count: size * count))
         }
+        krn_curl_setopt_pointer(handle, CURLOPT_HEADERDATA, context)
+        krn_curl_setopt_header_function(handle) { data, size, count, context in
+            let transfer = Unmanaged<CurlTransfer>.fromOpaque(context!).takeUnretainedValue()
+            transfer.header(String(decoding: UnsafeRawBufferPointer(start: data, count: size * count), as: UTF8.self))
+            return size * count
+        }
         krn_curl_setopt_long(handle, CURLOPT_NOPROGRESS, 0)
         krn_curl_setopt_pointer(handle, CURLOPT_XFERINFODATA, context)
         krn_curl_setopt_xferinfo_function(handle) { context, _, _, _, _ in
             Cancellation.requested ? 1 : 0
         }
+    }
 
-        let code = curl_easy_perform(handle)
-        var status = 0
-        krn_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
-        return classify(code, status: status)
+    private func redirectTarget(_ handle: UnsafeMutableRawPointer) -> String? {
+        var target: UnsafePointer<CChar>?
+        krn_curl_getinfo_string(handle, CURLINFO_REDIRECT_URL, &target)
+        return target.map { String(cString: $0) }
     }
 
     private func rehashExisting() -> Int64 {
@@ -118,7 +194,25 @@ final class CurlTransfer {
         return total
     }
 
+    private func header(_ line: String) {
+        let lower = line.lowercased()
+        if lower.hasPrefix("http/") { declaredLength = nil }
+        if lower.hasPrefix("content-length:") {
+            declaredLength = Int64(lower.dropFirst("content-length:".count).trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+    }
+
     private func write(_ bytes: UnsafeRawBufferPointer) -> Int {
+        if let handle {
+            var status = 0
+            krn_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+            if (300..<400).contains(status) { return bytes.count }  // a redirect's body; run() follows it
+        }
+        let total = resumedFrom + received + Int64(bytes.count)
+        guard total <= cap.bytes else {
+            oversizeSeen = total
+            return 0
+        }
         var offset = 0
         while offset < bytes.count {
             let written = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
@@ -137,9 +231,14 @@ final class CurlTransfer {
 
     private func classify(_ code: CURLcode, status: Int) -> TransferOutcome {
         let message = String(cString: curl_easy_strerror(code))
+        if let oversizeSeen { return .oversized(seen: oversizeSeen) }
         switch code {
+        case CURLE_OK where (300..<400).contains(status):
+            return .permanent("HTTP \(status) without a Location to follow")
         case CURLE_OK:
             return .complete
+        case CURLE_FILESIZE_EXCEEDED:
+            return .oversized(seen: resumedFrom + (declaredLength ?? 0))
         case CURLE_ABORTED_BY_CALLBACK:
             return .cancelled
         case CURLE_RANGE_ERROR:
@@ -167,6 +266,8 @@ final class CurlTransfer {
     private func discardPartial() {
         ftruncate(fd, 0)
         lseek(fd, 0, SEEK_SET)
+        hasher = StreamingSHA256()
+        resumedFrom = 0
     }
 }
 

@@ -11,6 +11,10 @@ public enum FetchError: KrnativeError {
     /// `--offline`, and the store lacks it.
     case missingOffline(input: LockedInput, lockPath: String)
     case pipFailed(input: String, reason: String)
+    /// The server offered more bytes than the lock pins (or than the default cap where it pins none).
+    case oversized(input: String, url: String, cap: Int64, pinned: Bool, seen: Int64)
+    /// `--offline`, and an entry could only be completed by downloading it.
+    case offlineDownload(input: String, urls: [String])
     case cancelled
 
     public var description: String {
@@ -33,14 +37,21 @@ public enum FetchError: KrnativeError {
                 + "  Then here: krnative bundle import inputs.tar   (or: krnative store import --lock \(lockPath) \(input.filename))"
         case .pipFailed(let input, let reason):
             return "\(input): pip download failed: \(reason)"
+        case .oversized(let input, let url, let cap, let pinned, let seen):
+            let limit = pinned ? "the lock pins \(cap) bytes" : "the cap for an entry without a pinned size is \(cap) bytes"
+            return "\(input): \(url) sent more than the input's size: \(limit), the server offered \(seen) bytes; "
+                + "the transfer was stopped and its partial file removed"
+        case .offlineDownload(let input, let urls):
+            return "\(input): --offline forbids downloading \(urls.joined(separator: " | ")); "
+                + "give --file with a local copy to hash it, or drop --offline"
         case .cancelled:
             return "cancelled; partial downloads are kept in the store and resume on the next run"
         }
     }
     public var exitCode: Int32 {
         switch self {
-        case .missingOffline: ExitStatus.missingInput
-        case .hashMismatch, .treeMismatch: ExitStatus.integrity
+        case .missingOffline, .offlineDownload: ExitStatus.missingInput
+        case .hashMismatch, .treeMismatch, .oversized: ExitStatus.integrity
         case .cancelled: 130
         default: ExitStatus.fetch
         }

@@ -23,8 +23,17 @@ public struct FetchOptions: Sendable {
     public var python = "python3"
     /// The lock's path, for the commands printed when an input is missing.
     public var lockPath = Lockfile.defaultFileName
+    /// The most bytes a download may bring when the lock pins no exact size (sources are pinned
+    /// by tree, so their recorded size is not exact either): 1 GiB.
+    public var unpinnedSizeCap: Int64 = 1 << 30
 
     public init() {}
+
+    /// The pinned size of `input`, or the default cap.
+    func sizeCap(for input: LockedInput) -> SizeCap {
+        if let size = input.size, input.kind != .source { return SizeCap(bytes: size, pinned: true) }
+        return SizeCap(bytes: unpinnedSizeCap, pinned: false)
+    }
 }
 
 /// What happened to each input.
@@ -127,51 +136,30 @@ public struct Fetcher: Sendable {
         let started = Date()
         progress.began(input.name, from: url)
         for attempt in 1...max(1, options.attemptsPerURL) {
-            let transfer = CurlTransfer(url: url, partialPath: partial, settings: options.transfer) { [progress] in
-                progress.advanced(by: $0)
-            }
-            let outcome = transfer.run()
-            switch outcome {
+            let transfer = CurlTransfer(
+                url: url, partialPath: partial, settings: options.transfer, cap: options.sizeCap(for: input),
+                redirects: RedirectPolicy(mirrors: options.mirrors)
+            ) { [progress] in progress.advanced(by: $0) }
+            switch transfer.run() {
             case .complete:
-                let (digest, size) = transfer.result
-                let verdict = resolver.check(file: partial, digest: digest, for: input)
-                switch verdict {
-                case .accepted:
-                    do { try resolver.admit(temporary: partial, digest: digest, for: input) } catch {
-                        attempts.append("\(url): \(error)")
-                        progress.ended(input.name, "failed \(input.name): \(error)")
-                        return nil
-                    }
-                    let seconds = String(format: "%.1f", Date().timeIntervalSince(started))
-                    let resumed = transfer.resumedFrom > 0 ? ", resumed at byte \(transfer.resumedFrom)" : ""
-                    progress.ended(
-                        input.name,
-                        "fetched \(input.name) \(input.version): \(size) bytes in \(seconds) s\(resumed), sha256 \(digest)")
-                    return digest
-                case .wrongFile, .wrongTree:
-                    let quarantined = resolver.store.quarantine(partial, reason: "from-mirror")
-                    let error: FetchError =
-                        switch verdict {
-                        case .wrongTree(let expected, let actual):
-                            .treeMismatch(input: input.name, url: url, expected: expected, actual: actual, quarantinedAt: quarantined)
-                        default:
-                            .hashMismatch(
-                                input: input.name, url: url, expected: input.sha256 ?? digest, actual: digest, quarantinedAt: quarantined)
-                        }
-                    progress.note(error.description)
-                    attempts.append(error.description)
-                    if transfer.resumedFrom > 0 && attempt < options.attemptsPerURL { continue }  // maybe a stale partial: once more from zero
+                let resumed = transfer.resumedFrom > 0
+                switch verify(input, transfer: transfer, from: url, started: started, attempts: &attempts) {
+                case .admitted(let digest): return digest
+                case .rejected where resumed && attempt < options.attemptsPerURL: continue  // maybe a stale partial: once more from zero
+                case .rejected, .failed:
                     progress.ended(input.name, "trying the next source for \(input.name)")
-                    return nil
-                case .unreadable(let reason):
-                    let quarantined = resolver.store.quarantine(partial, reason: "unreadable")
-                    attempts.append("\(url): the file is not a readable archive (\(reason)); kept in \(quarantined)")
-                    progress.ended(input.name, "\(url): not a readable archive")
                     return nil
                 }
             case .cancelled:
                 progress.ended(input.name, "cancelled \(input.name); \(FileSystem.size(of: partial) ?? 0) bytes kept for resume")
                 throw .cancelled
+            case .oversized(let seen):
+                FileSystem.remove(partial)
+                let cap = options.sizeCap(for: input)
+                let error = FetchError.oversized(input: input.name, url: url, cap: cap.bytes, pinned: cap.pinned, seen: seen)
+                attempts.append(error.description)
+                progress.ended(input.name, error.description + "; trying the next source")
+                return nil
             case .restart(let reason):
                 progress.note("\(input.name): \(url): \(reason)")
                 attempts.append("\(url): \(reason)")
@@ -182,13 +170,57 @@ public struct Fetcher: Sendable {
                 progress.note("\(input.name): \(url): \(reason); retrying in \(String(format: "%.1f", pause)) s")
                 Thread.sleep(forTimeInterval: pause)
             case .permanent(let reason):
-                attempts.append("\(url): \(reason)")
+                attempts.append(reason.hasPrefix(url) ? reason : "\(url): \(reason)")
                 progress.ended(input.name, "\(input.name): \(url): \(reason); trying the next source")
                 return nil
             }
         }
         progress.ended(input.name, "\(input.name): giving up on \(url)")
         return nil
+    }
+
+    private enum Verification {
+        case admitted(SHA256Digest)
+        /// The bytes are not the input's; they were quarantined.
+        case rejected
+        /// The bytes were right but could not be admitted.
+        case failed
+    }
+
+    /// Checks a complete partial file and admits it, or quarantines it under the hash it has.
+    private func verify(
+        _ input: LockedInput, transfer: CurlTransfer, from url: String, started: Date, attempts: inout [String]
+    ) -> Verification {
+        let partial = transfer.partialPath
+        let (digest, size) = transfer.result
+        let verdict = resolver.check(file: partial, digest: digest, for: input)
+        guard case .accepted = verdict else {
+            let quarantined = resolver.store.quarantine(partial, reason: "found-sha256-\(digest.hex)")
+            let error: String =
+                switch verdict {
+                case .wrongTree(let expected, let actual):
+                    FetchError.treeMismatch(input: input.name, url: url, expected: expected, actual: actual, quarantinedAt: quarantined)
+                        .description
+                case .unreadable(let reason):
+                    "\(url): the file (sha256 \(digest)) is not a readable archive (\(reason)); kept in \(quarantined)"
+                default:
+                    FetchError.hashMismatch(
+                        input: input.name, url: url, expected: input.sha256 ?? digest, actual: digest, quarantinedAt: quarantined
+                    ).description
+                }
+            progress.note(error)
+            attempts.append(error)
+            return .rejected
+        }
+        do { try resolver.admit(temporary: partial, digest: digest, for: input) } catch {
+            attempts.append("\(url): \(error)")
+            progress.ended(input.name, "failed \(input.name): \(error)")
+            return .failed
+        }
+        let seconds = String(format: "%.1f", Date().timeIntervalSince(started))
+        let resumed = transfer.resumedFrom > 0 ? ", resumed at byte \(transfer.resumedFrom)" : ""
+        progress.ended(input.name, "fetched \(input.name) \(input.version): \(size) bytes in \(seconds) s\(resumed), sha256 \(digest)")
+        return .admitted(digest)
     }
 }
 

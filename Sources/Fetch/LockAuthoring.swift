@@ -27,21 +27,7 @@ public struct LockAuthoring: Sendable {
         if let file {
             (digest, size) = try Store.copyHashing(from: file, to: temp)
         } else {
-            var failures: [String] = []
-            var fetched: (SHA256Digest, Int64)?
-            for url in options.mirrors.candidates(for: draft.urls) {
-                FileSystem.remove(temp)
-                let transfer = CurlTransfer(url: url, partialPath: temp, settings: options.transfer) { _ in }
-                if case .complete = transfer.run() {
-                    fetched = transfer.result
-                    break
-                }
-                failures.append(url)
-            }
-            guard let fetched else {
-                throw FetchError.exhausted(input: draft.name, attempts: failures.map { "\($0): not downloadable" })
-            }
-            (digest, size) = fetched
+            (digest, size) = try download(draft, to: temp)
         }
         if input.kind == .source {
             input.treeSha256 = try TreeHash.ofArchive(at: temp)
@@ -53,5 +39,28 @@ public struct LockAuthoring: Sendable {
         }
         try resolver.admit(temporary: temp, digest: digest, for: input)
         return input
+    }
+
+    /// Downloads the first reachable URL of `draft` to `temp`; refused under `--offline`.
+    private func download(_ draft: LockedInput, to temp: String) throws(FetchError) -> (SHA256Digest, Int64) {
+        guard !options.offline else { throw .offlineDownload(input: draft.name, urls: draft.urls) }
+        var failures: [String] = []
+        for url in options.mirrors.candidates(for: draft.urls) {
+            FileSystem.remove(temp)
+            let transfer = CurlTransfer(
+                url: url, partialPath: temp, settings: options.transfer, cap: options.sizeCap(for: draft),
+                redirects: RedirectPolicy(mirrors: options.mirrors)
+            ) { _ in }
+            switch transfer.run() {
+            case .complete: return transfer.result
+            case .cancelled: throw .cancelled
+            case .oversized(let seen):
+                let cap = options.sizeCap(for: draft)
+                failures.append(FetchError.oversized(input: draft.name, url: url, cap: cap.bytes, pinned: cap.pinned, seen: seen).description)
+            case .transient(let reason), .permanent(let reason), .restart(let reason):
+                failures.append(reason.hasPrefix(url) ? reason : "\(url): \(reason)")
+            }
+        }
+        throw .exhausted(input: draft.name, attempts: failures.isEmpty ? ["no URL is left after the mirror config's block rules"] : failures)
     }
 }

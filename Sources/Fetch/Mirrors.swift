@@ -5,7 +5,7 @@ import KrnativeBase
 ///
 /// A file of lines, `#` starting a comment:
 /// - `rewrite PREFIX REPLACEMENT`: a URL that starts with PREFIX is first tried with PREFIX replaced;
-/// - `block PREFIX`: URLs that start with PREFIX (after rewriting) are never tried.
+/// - `block PREFIX`: URLs that start with PREFIX (after rewriting) are never tried, nor followed as redirects.
 /// Read from `--mirrors FILE` or the file named by `KRNATIVE_MIRRORS`.
 public struct MirrorConfig: Sendable, Equatable {
     public enum Rule: Sendable, Equatable {
@@ -52,12 +52,12 @@ public struct MirrorConfig: Sendable, Equatable {
             result.append(url)
         }
         var seen = Set<String>()
-        return result.filter { url in
-            let blocked = rules.contains { rule in
-                if case .block(let prefix) = rule { return url.hasPrefix(prefix) }
-                return false
-            }
-            return !blocked && seen.insert(url).inserted
-        }
+        return result.filter { url in blockingPrefix(for: url) == nil && seen.insert(url).inserted }
+    }
+
+    /// The prefix of the first `block` rule that `url` matches; redirect targets are checked with it too.
+    public func blockingPrefix(for url: String) -> String? {
+        for case .block(let prefix) in rules where url.hasPrefix(prefix) { return prefix }
+        return nil
     }
 }

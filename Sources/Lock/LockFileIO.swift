@@ -7,6 +7,8 @@ public enum LockError: KrnativeError {
     case malformed(file: String, reason: String)
     case unsupportedVersion(file: String, found: String)
     case invalid(file: String, key: String, problem: String)
+    /// A key written twice in one object, which JSON readers resolve differently.
+    case duplicateKey(file: String, key: String, first: DuplicateJSONKey.Occurrence, second: DuplicateJSONKey.Occurrence)
 
     public var description: String {
         switch self {
@@ -20,6 +22,9 @@ public enum LockError: KrnativeError {
                 + "Use the krnative release that wrote it, or rewrite the lock with `krnative lock add`."
         case .invalid(let file, let key, let problem):
             "the lock \(file) is invalid at \(key): \(problem)"
+        case .duplicateKey(let file, let key, let first, let second):
+            "the lock \(file) writes the key \(key) twice, at \(first) and at \(second); JSON readers disagree about "
+                + "which counts (Python's takes the last, Foundation's the first), so krnative uses neither: remove one"
         }
     }
     public var exitCode: Int32 { ExitStatus.lock }
@@ -52,6 +57,9 @@ extension Lockfile {
         }
         guard let top = object as? [String: Any] else {
             throw .invalid(file: file, key: "(top level)", problem: "expected an object with version, sourceDateEpoch, inputs")
+        }
+        if let duplicate = DuplicateJSONKey.first(in: data) {
+            throw .duplicateKey(file: file, key: render(duplicate.path, in: top), first: duplicate.first, second: duplicate.second)
         }
         guard let version = top["version"] else {
             throw .invalid(file: file, key: "version", problem: "missing; this krnative writes \"version\": \(Lockfile.formatVersion)")
@@ -132,21 +140,27 @@ extension Lockfile {
         }
     }
 
+    /// `inputs[3] (zlib).sha256`: a path, with the name of each listed entry.
+    private static func render(_ path: [DuplicateJSONKey.Component], in top: [String: Any]) -> String {
+        var text = ""
+        var node: Any? = top
+        for component in path {
+            switch component {
+            case .index(let index):
+                text += "[\(index)]"
+                node = (node as? [Any]).flatMap { index < $0.count ? $0[index] : nil }
+                if let name = (node as? [String: Any])?["name"] as? String { text += " (\(name))" }
+            case .key(let key):
+                text += (text.isEmpty ? "" : ".") + key
+                node = (node as? [String: Any])?[key]
+            }
+        }
+        return text.isEmpty ? "(top level)" : text
+    }
+
     private static func describe(_ error: DecodingError, file: String, top: [String: Any]) -> LockError {
         func render(_ path: [any CodingKey]) -> String {
-            var text = ""
-            var node: Any? = top
-            for key in path {
-                if let index = key.intValue {
-                    text += "[\(index)]"
-                    node = (node as? [Any]).flatMap { index < $0.count ? $0[index] : nil }
-                    if let name = (node as? [String: Any])?["name"] as? String { text += " (\(name))" }
-                } else {
-                    text += (text.isEmpty ? "" : ".") + key.stringValue
-                    node = (node as? [String: Any])?[key.stringValue]
-                }
-            }
-            return text.isEmpty ? "(top level)" : text
+            Self.render(path.map { key in key.intValue.map { .index($0) } ?? .key(key.stringValue) }, in: top)
         }
         switch error {
         case .keyNotFound(let key, let context):

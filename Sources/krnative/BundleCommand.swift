@@ -34,20 +34,20 @@ struct BundleCommand: ParsableCommand {
     }
 
     struct Import: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Verify every entry of a bundle and admit it into the store.")
+        static let configuration = CommandConfiguration(
+            abstract: "Verify every entry of a bundle against its manifest and the local lock, then admit them all (or none).")
         @OptionGroup var inputs: InputOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "The bundle file to read.") var file: String
 
         func run() throws {
             try perform("bundle import") {
+                guard FileSystem.exists(inputs.lockPath) else { throw BundleError.noLocalLock(path: inputs.lockPath) }
+                let lock = try Lockfile.load(from: inputs.lockPath)
                 let resolver = InputResolver(store: try Store(root: inputs.storePath))
-                let (manifest, report) = try AirGapBundle.importBundle(from: file, resolver: resolver)
+                let (_, report) = try AirGapBundle.importBundle(from: file, lock: lock, lockPath: inputs.lockPath, resolver: resolver)
                 if output.json { return printJSON(report) }
                 print("admitted \(report.admitted.count) inputs, \(report.alreadyPresent.count) already present")
-                if let lock = try? Lockfile.load(from: inputs.lockPath), lock.digest != manifest.lockSha256 {
-                    print("note: the bundle was made from a lock with sha256 \(manifest.lockSha256); \(inputs.lockPath) has \(lock.digest)")
-                }
             }
         }
     }

@@ -163,7 +163,7 @@ struct CommandLineTests {
         let at = try #require(bytes.firstRange(of: data)).lowerBound + 5000
         bytes[at] = 0x42
         try bytes.write(to: URL(fileURLWithPath: bundle))
-        let result = krnative(["bundle", "import", bundle, "--store", work.path + "/b"])
+        let result = krnative(["bundle", "import", bundle, "--lock", lock, "--store", work.path + "/b"])
         #expect(result.termination == .exited(76))
         #expect(result.stderr.contains("sha256/\(digest.hex) refused"))
         #expect(try Store(root: work.path + "/b").entries().isEmpty)

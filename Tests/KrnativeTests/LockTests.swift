@@ -81,4 +81,20 @@ struct LockTests {
         #expect(parseError(#"{"version": 1, "sourceDateEpoch": 0, "inputs": [\#(wheel), \#(wheel)]}"#).contains("used twice"))
         #expect(parseError(#"{"version": 1, "sourceDateEpoch": 0, "inputs": [\#(wheel)]}"#) == "parsed")
     }
+
+    @Test func aDuplicatedKeyIsRefusedWithBothPlacesAndValues() {
+        let twice = wheel.replacingOccurrences(of: #""urls""#, with: #""version": "9.9", "urls""#)
+        let message = parseError(#"{"version": 1, "sourceDateEpoch": 0, "inputs": [\#(twice)]}"#)
+        for needle in ["test.lock.json", "inputs[0] (attrs).version", "twice", #"(value "25.4.0")"#, #"(value "9.9")"#, "column"] {
+            #expect(message.contains(needle), "\(needle) missing from: \(message)")
+        }
+        // Escapes spell the same key; Python's reader would take the second.
+        let escaped = wheel.replacingOccurrences(of: #""urls""#, with: #""sh\u0061256": "\#(String(repeating: "0", count: 64))", "urls""#)
+        #expect(parseError(#"{"version": 1, "sourceDateEpoch": 0, "inputs": [\#(escaped)]}"#).contains("inputs[0] (attrs).sha256"))
+        #expect(parseError(#"{"version": 1, "version": 1, "sourceDateEpoch": 0, "inputs": []}"#).contains("the key version twice"))
+        let nested = #"{"version": 1, "sourceDateEpoch": 0, "inputs": [{"name": "p", "kind": "wheel", "version": "1", "filename": "p.whl", "sha256": "adcf7e2a1fb3b36ac48d97835bb6d8ade15b8dcce26aba8bf1d14847b57a3373", "pip": {"requirement": "p==1", "requirement": "p==2"}}]}"#
+        #expect(parseError(nested).contains("inputs[0] (p).pip.requirement"))
+        // The same key in two objects, and keys that only look alike, are fine.
+        #expect(DuplicateJSONKey.first(in: Data(#"{"a": {"b": 1}, "c": {"b": 2}, "e\u0301": 1, "\u00e9": 2}"#.utf8)) == nil)
+    }
 }

@@ -11,6 +11,10 @@ Serves files from --root. The first path component picks the behaviour:
   /flaky/N/NAME       the first N requests answer 500, later ones serve the file
   /status/CODE/NAME   always answers CODE
   /wrong/NAME         the file with its last byte changed
+  /junk/NAME          as many bytes as the file has, none of them an archive; honours Range
+  /endless/NAME       the file, then zeros without end, with no Content-Length (closes when the client does)
+  /huge/NAME          like endless, but announcing a Content-Length of 2 GiB
+  /redirect/REST      302 to /REST on this server, or to the URL in the query "?to=URL"
 Requests whose target is an absolute URL (a proxy request) are served by the path of that URL
 and logged with "proxied": true. Every request is appended to --log as a JSON line:
 {"path", "range", "status", "bytes", "proxied"}. The first stdout line is "PORT <n>".
@@ -24,7 +28,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 counts = {}
 lock = threading.Lock()
@@ -44,11 +48,20 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         proxied = self.path.startswith("http://")
-        self.route = urlsplit(self.path).path if proxied else self.path
+        split = urlsplit(self.path)
+        self.route = split.path
         parts = self.route.lstrip("/").split("/")
         mode, rest = parts[0], parts[1:]
         status, sent = 200, 0
         try:
+            if mode == "redirect":
+                status = 302
+                target = parse_qs(split.query).get("to", ["/" + "/".join(rest)])[0]
+                self.send_response(302)
+                self.send_header("Location", target)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             if mode == "status":
                 status = int(rest[0])
                 self.send_error(status)
@@ -73,6 +86,11 @@ class Handler(BaseHTTPRequestHandler):
             data = open(path, "rb").read()
             if mode == "wrong":
                 data = data[:-1] + bytes([data[-1] ^ 0xFF])
+            if mode == "junk":
+                data = (b"not an archive\n" * (len(data) // 15 + 1))[:len(data)]
+            if mode in ("endless", "huge"):
+                sent = self.endless(data, announce=mode == "huge")
+                return
             start = 0
             wanted = self.headers.get("Range")
             if wanted and mode != "norange" and wanted.startswith("bytes=") and wanted.endswith("-"):
@@ -116,6 +134,26 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             self.record(status, sent, proxied)
+
+    def endless(self, data, announce):
+        """Sends data, then zeros up to 4 GiB; returns the bytes written before the client left."""
+        self.send_response(200)
+        if announce:
+            self.send_header("Content-Length", str(2 << 30))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        sent = 0
+        step = 1 << 16
+        zeros = bytes(step)
+        try:
+            while sent < (4 << 30):
+                chunk = data[sent:sent + step] if sent < len(data) else zeros
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        return sent
 
 
 def main():

@@ -1,0 +1,202 @@
+import Fetch
+import Foundation
+import KrnativeBase
+import Lock
+import Store
+import Testing
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A hostile mirror, run against the krnative binary (so a crash shows as a signal, not a dead test
+/// runner): downloads beyond the pinned size, redirects to blocked URLs, junk instead of an archive,
+/// the network under --offline, a lock that reads differently in two JSON parsers.
+@Suite("Hostile inputs", .tags(.network, .process), .serialized)
+struct HostileInputTests {
+    let server: FaultServer
+    let work = TemporaryDirectory()
+    var store: String { work.path + "/store" }
+
+    init() throws { server = try FaultServer() }
+
+    func writeLock(_ inputs: [LockedInput], name: String = "krnative.lock.json") throws -> String {
+        let path = work.path + "/" + name
+        try Lockfile(sourceDateEpoch: 1_700_000_000, inputs: inputs).write(to: path)
+        return path
+    }
+
+    func fetch(_ lock: String, store: String? = nil, _ extra: [String] = []) -> ChildProcess.Result {
+        krnative(["fetch", "--lock", lock, "--store", store ?? self.store, "--all", "--retry-delay", "0.05"] + extra)
+    }
+
+    func files(in directory: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: store + "/" + directory)) ?? []).sorted()
+    }
+
+    @Test func downloadStopsNearThePinnedSizeAndTheNextMirrorServes() throws {
+        let pinned = 1_000_000
+        let digest = server.serve("big.whl", randomData(pinned))
+        for route in ["endless", "huge"] {
+            let lock = try writeLock([
+                wheelInput("big", sha256: digest, urls: [server.url("\(route)/big.whl"), server.url("files/big.whl")], size: Int64(pinned))
+            ])
+            let result = fetch(lock, store: work.path + "/\(route)")
+            #expect(result.termination == .exited(0), "\(route): \(result.stderr)")
+            #expect(result.stderr.contains("the lock pins \(pinned) bytes"), "\(route): \(result.stderr)")
+            let sent = server.requests().filter { $0.path == "/\(route)/big.whl" }.map(\.bytes).reduce(0, +)
+            // The server would send 4 GiB; what it wrote beyond the pinned size fits in socket buffers.
+            #expect(sent < pinned + 32 << 20, "\(route): the server sent \(sent) bytes")
+            #expect(route == "huge" || sent > pinned, "\(route): the server sent \(sent) bytes")
+            #expect(try SHA256Digest.of(fileAt: work.path + "/\(route)/sha256/\(digest.hex)").digest == digest)
+        }
+        // Alone, the endless mirror fails with the URL, the pinned size and the bytes seen; no partial is kept.
+        let lock = try writeLock([wheelInput("big", sha256: digest, urls: [server.url("endless/big.whl")], size: Int64(pinned))])
+        let alone = fetch(lock)
+        #expect(alone.termination == .exited(75), "\(alone.stderr)")
+        #expect(alone.stderr.contains("\(server.url("endless/big.whl")) sent more than the input's size: the lock pins \(pinned) bytes"))
+        #expect(alone.stderr.contains("the server offered"))
+        #expect(files(in: "tmp").isEmpty)
+        #expect(files(in: "sha256").isEmpty)
+    }
+
+    @Test func aResumedPartialCountsTowardThePinnedSize() throws {
+        let data = randomData(2_000_000)
+        server.serve("grown.whl", data)
+        let pinnedPart = data.prefix(1_000_000)
+        let digest = SHA256Digest.of(pinnedPart)
+        let lock = try writeLock([wheelInput("grown", sha256: digest, urls: [server.url("files/grown.whl")], size: 1_000_000)])
+        _ = try Store(root: store)
+        FileManager.default.createFile(atPath: "\(store)/tmp/\(digest.hex).partial", contents: data.prefix(900_000))
+        let result = fetch(lock, ["--retries", "1"])
+        #expect(result.termination == .exited(75), "\(result.stderr)")
+        #expect(result.stderr.contains("the lock pins 1000000 bytes, the server offered 2000000 bytes"), "\(result.stderr)")
+        #expect(server.requests().first?.range == "bytes=900000-")
+        #expect(files(in: "tmp").isEmpty)
+    }
+
+    @Test func aRedirectToABlockedPrefixIsRefused() throws {
+        let digest = server.serve("r.whl", randomData(50_000))
+        let mirrors = work.file("mirrors.conf", "block \(server.url("files/"))\n")
+        let lock = try writeLock([wheelInput("r", sha256: digest, urls: [server.url("redirect/files/r.whl")])])
+        let result = fetch(lock, ["--mirrors", mirrors])
+        #expect(result.termination == .exited(75), "\(result.stderr)")
+        #expect(result.stderr.contains("\(server.url("redirect/files/r.whl")) redirected to \(server.url("files/r.whl"))"), "\(result.stderr)")
+        #expect(result.stderr.contains("rule `block \(server.url("files/"))`"))
+        #expect(!server.requests().contains { $0.path == "/files/r.whl" })
+        #expect(files(in: "sha256").isEmpty)
+
+        // Other schemes are not followed either; without the rule the redirect is followed.
+        let scheme = try writeLock([wheelInput("r", sha256: digest, urls: [server.url("redirect/r?to=file:///etc/passwd")])], name: "s.json")
+        let refused = fetch(scheme)
+        #expect(refused.stderr.contains("redirected to file:///etc/passwd; only http and https"), "\(refused.stderr)")
+        let followed = fetch(lock)
+        #expect(followed.termination == .exited(0), "\(followed.stderr)")
+        #expect(server.requests().suffix(2).map(\.path) == ["/redirect/files/r.whl", "/files/r.whl"])
+    }
+
+    @Test func aResumeThroughARedirectWorks() throws {
+        let data = randomData(300_000)
+        let digest = server.serve("h.whl", data)
+        let lock = try writeLock([wheelInput("h", sha256: digest, urls: [server.url("redirect/files/h.whl")], size: 300_000)])
+        _ = try Store(root: store)
+        FileManager.default.createFile(atPath: "\(store)/tmp/\(digest.hex).partial", contents: data.prefix(100_000))
+        let result = fetch(lock)
+        #expect(result.termination == .exited(0), "\(result.stderr)")
+        #expect(server.requests().last.map { "\($0.path) \($0.range ?? "")" } == "/files/h.whl bytes=100000-")
+    }
+
+    @Test func lockAddUnderOfflineOpensNoSocket() throws {
+        server.serve("t.tgz", randomData(1000))
+        let lock = work.path + "/new.lock.json"
+        let arguments = [
+            "lock", "add", "--offline", "--lock", lock, "--store", store, "--name", "t", "--kind", "toolchain",
+            "--version", "1", "--url", server.url("files/t.tgz"),
+        ]
+        let result = krnative(arguments)
+        #expect(result.termination == .exited(66), "\(result.stderr)")
+        #expect(result.stderr.contains("--offline forbids downloading \(server.url("files/t.tgz"))"), "\(result.stderr)")
+        #expect(server.requests().isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: lock))
+        // KRNATIVE_OFFLINE=1 is the same; a local --file needs no network.
+        #expect(krnative(Array(arguments.filter { $0 != "--offline" }), environment: ["KRNATIVE_OFFLINE": "1"]).termination == .exited(66))
+        let file = work.file("t.tgz", randomData(1000))
+        #expect(krnative(arguments + ["--file", file]).succeeded)
+        #expect(server.requests().isEmpty)
+    }
+
+    @Test func aLockWithADuplicatedKeyIsRefused() throws {
+        let first = SHA256Digest.of(Data("first".utf8)), last = SHA256Digest.of(Data("last".utf8))
+        let lock = work.file(
+            "dup.lock.json",
+            """
+            {"version": 1, "sourceDateEpoch": 0, "inputs": [
+              {"name": "attrs", "kind": "wheel", "version": "1", "filename": "attrs.whl",
+               "sha256": "\(first)",
+               "urls": ["http://x/a.whl"],
+               "sha256": "\(last)"}
+            ]}
+            """)
+        let result = krnative(["lock", "check", "--lock", lock])
+        #expect(result.termination == .exited(65))
+        for needle in ["inputs[0] (attrs).sha256", "twice", "line 3", "line 5", first.hex, last.hex] {
+            #expect(result.stderr.contains(needle), "\(needle) missing from: \(result.stderr)")
+        }
+    }
+
+    /// A source archive of a small tree, with its tree hash.
+    func sourceArchive() throws -> (Data, SHA256Digest) {
+        let tree = TemporaryDirectory()
+        _ = tree.file("lib-1.0/src/a.c", "int a;\n")
+        try ChildProcess.check(["tar", "-czf", "lib.tar.gz", "lib-1.0"], directory: tree.path)
+        let archive = try Data(contentsOf: URL(fileURLWithPath: tree.path + "/lib.tar.gz"))
+        return (archive, try TreeHashProbe.directory(tree.path + "/lib-1.0"))
+    }
+
+    @Test func aJunkMirrorIsQuarantinedAndTheNextOneServes() throws {
+        let (archive, tree) = try sourceArchive()
+        let good = server.serve("lib.tar.gz", archive)
+        let junk = SHA256Digest.of(Data(String(repeating: "not an archive\n", count: archive.count / 15 + 1).utf8).prefix(archive.count))
+        let source = LockedInput(
+            name: "lib", kind: .source, version: "1.0", filename: "lib-1.0.tar.gz", treeSha256: tree,
+            urls: [server.url("junk/lib.tar.gz"), server.url("files/lib.tar.gz")])
+        let lock = try writeLock([source])
+        let result = fetch(lock)
+        #expect(result.termination == .exited(0), "\(result.stderr)")
+        #expect(result.stderr.contains("is not a readable archive"))
+        #expect(files(in: "sha256") == [good.hex])
+        #expect(files(in: "quarantine").count == 1)
+        #expect(files(in: "quarantine").first?.contains("found-sha256-\(junk.hex)") == true, "\(files(in: "quarantine"))")
+        #expect(files(in: "tmp").isEmpty)
+        let again = fetch(lock)
+        #expect(again.termination == .exited(0), "\(again.stderr)")
+        #expect(again.stdout.contains("1 already in the store"))
+
+        // A junk-only mirror fails cleanly, twice: the bad partial is not resumed.
+        var junkOnly = source
+        junkOnly.urls = [server.url("junk/lib.tar.gz")]
+        let onlyJunk = try writeLock([junkOnly], name: "junk.json")
+        for _ in 0..<2 {
+            let failed = fetch(onlyJunk, store: work.path + "/other")
+            #expect(failed.termination == .exited(75), "\(failed.stderr)")
+        }
+        #expect(server.requests().filter { $0.path == "/junk/lib.tar.gz" }.allSatisfy { $0.range == nil })
+    }
+
+    @Test func aJunkPartialFromAnEarlierRunIsDiscarded() throws {
+        let (archive, tree) = try sourceArchive()
+        server.serve("lib.tar.gz", archive)
+        let lock = try writeLock([
+            LockedInput(
+                name: "lib", kind: .source, version: "1.0", filename: "lib-1.0.tar.gz", treeSha256: tree,
+                urls: [server.url("files/lib.tar.gz")])
+        ])
+        _ = try Store(root: store)
+        FileManager.default.createFile(atPath: "\(store)/tmp/tree-\(tree.hex).partial", contents: Data("junk junk junk".utf8))
+        let result = fetch(lock)
+        #expect(result.termination == .exited(0), "\(result.stderr)")
+        #expect(server.requests().map(\.range) == ["bytes=14-", nil])
+        #expect(files(in: "quarantine").count == 1)
+        #expect(files(in: "tmp").isEmpty)
+    }
+}
