@@ -26,6 +26,10 @@ public struct LockAuthoring: Sendable {
         let size: Int64
         if let file {
             (digest, size) = try Store.copyHashing(from: file, to: temp)
+        } else if draft.urls.isEmpty, let query = draft.pip {
+            let chosen: String
+            (digest, size, chosen) = try downloadWithPip(draft, query: query, to: temp)
+            input.filename = chosen
         } else {
             (digest, size) = try download(draft, to: temp)
         }
@@ -39,6 +43,18 @@ public struct LockAuthoring: Sendable {
         }
         try resolver.admit(temporary: temp, digest: digest, for: input)
         return input
+    }
+
+    /// Has pip download `query` and copies the one file it chose to `temp`; refused under `--offline`.
+    private func downloadWithPip(_ draft: LockedInput, query: LockedInput.PipQuery, to temp: String) throws -> (SHA256Digest, Int64, String) {
+        guard !options.offline else { throw FetchError.offlineDownload(input: draft.name, urls: ["pip download \(query.requirement)"]) }
+        let (directory, files) = try PipDownload(options: options, resolver: resolver).download(draft.name, query: query)
+        defer { FileSystem.remove(directory) }
+        guard files.count == 1, let chosen = files.first else {
+            throw FetchError.pipFailed(input: draft.name, reason: "pip left \(files.count) files (\(files.joined(separator: ", "))) for \(query.requirement); give the exact requirement and platform tags")
+        }
+        let (digest, size) = try Store.copyHashing(from: directory + "/" + chosen, to: temp)
+        return (digest, size, chosen)
     }
 
     /// Downloads the first reachable URL of `draft` to `temp`; refused under `--offline`.

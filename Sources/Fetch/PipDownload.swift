@@ -21,19 +21,28 @@ struct PipDownload {
         return argv + [query.requirement]
     }
 
-    func fetch(_ input: LockedInput, query: LockedInput.PipQuery, progress: ProgressReporter) throws(FetchError) -> SHA256Digest {
-        let directory = resolver.store.temporaryPath("pip-\(input.name)")
-        defer { FileSystem.remove(directory) }
-        do { try FileSystem.createDirectory(directory) } catch { throw .pipFailed(input: input.name, reason: error.description) }
-        progress.began(input.name, from: "pip \(query.requirement)")
-        let argv = argv(for: query, destination: directory)
-        do { try ChildProcess.check(argv) } catch {
-            progress.ended(input.name, "pip could not download \(input.name)")
-            throw .pipFailed(input: input.name, reason: error.description)
+    /// Runs pip into a fresh directory in the store's tmp/ and returns it with the one file pip
+    /// chose; the caller removes the directory.
+    func download(_ name: String, query: LockedInput.PipQuery) throws(FetchError) -> (directory: String, files: [String]) {
+        let directory = resolver.store.temporaryPath("pip-\(name)")
+        do { try FileSystem.createDirectory(directory) } catch { throw .pipFailed(input: name, reason: error.description) }
+        do { try ChildProcess.check(argv(for: query, destination: directory)) } catch {
+            FileSystem.remove(directory)
+            throw .pipFailed(input: name, reason: error.description)
         }
+        return (directory, ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted())
+    }
+
+    func fetch(_ input: LockedInput, query: LockedInput.PipQuery, progress: ProgressReporter) throws(FetchError) -> SHA256Digest {
+        progress.began(input.name, from: "pip \(query.requirement)")
+        let directory: String, chosen: [String]
+        do { (directory, chosen) = try download(input.name, query: query) } catch {
+            progress.ended(input.name, "pip could not download \(input.name)")
+            throw error
+        }
+        defer { FileSystem.remove(directory) }
         let file = directory + "/" + input.filename
         guard FileSystem.exists(file) else {
-            let chosen = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
             progress.ended(input.name, "pip chose another file for \(input.name)")
             throw .pipFailed(
                 input: input.name,

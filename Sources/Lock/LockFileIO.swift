@@ -90,8 +90,9 @@ extension Lockfile {
         return lock
     }
 
-    /// Checks what JSON types alone cannot: unique names, the hash each kind needs.
-    func validate(file: String) throws(LockError) {
+    /// Checks what JSON types alone cannot: unique names, the hash each kind needs, somewhere to
+    /// fetch from. `lock add` runs it before writing, so it never writes a lock `load` refuses.
+    public func validate(file: String) throws(LockError) {
         var seen = Set<String>()
         for (index, input) in inputs.enumerated() {
             let key = "inputs[\(index)] (\(input.name))"

@@ -6,6 +6,8 @@ import KrnativeBase
 import Lock
 import Store
 
+extension LockedInput.Kind: ExpressibleByArgument {}
+
 struct LockCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lock", abstract: "Write and check the lock.",
@@ -17,9 +19,10 @@ struct LockCommand: ParsableCommand {
             discussion: "A source read with --file is pinned by tree hash only; its file hash is recorded when it is first downloaded.")
         @OptionGroup var inputs: InputOptions
         @OptionGroup var network: NetworkOptions
+        @OptionGroup var output: OutputOptions
         @Option(help: "Entry name, unique in the lock.") var name: String
-        @Option(help: "runtime, toolchain, source or wheel.") var kind: String
-        @Option(help: "Upstream version.") var version: String
+        @Option(help: "runtime, toolchain, source or wheel.") var kind: LockedInput.Kind
+        @Option(help: "Upstream version (the lock's `version`).") var upstreamVersion: String
         @Option(name: .customLong("url"), help: "A URL (repeatable, tried in order).") var urls: [String] = []
         @Option(help: "Read this file instead of downloading.") var file: String?
         @Option(help: "The upstream file name. Default: the last component of --file or the first --url.") var filename: String?
@@ -35,34 +38,39 @@ struct LockCommand: ParsableCommand {
 
         func run() throws {
             try perform("lock add") {
-                guard let kind = LockedInput.Kind(rawValue: kind) else {
-                    throw UsageError("unknown --kind '\(kind)'; use \(LockedInput.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
+                guard file != nil || !urls.isEmpty || pipRequirement != nil else {
+                    throw UsageError("give --file, at least one --url, or --pip-requirement")
                 }
-                guard file != nil || !urls.isEmpty else { throw UsageError("give --file or at least one --url") }
                 let platform = try host.map { text throws(UsageError) in
                     guard let platform = HostPlatform(rawValue: text) else { throw UsageError("unknown --host '\(text)'") }
                     return platform
                 }
-                let defaultName = file ?? urls.first.flatMap { URL(string: $0)?.lastPathComponent } ?? name
+                // With pip alone, the file name is the one pip chooses.
+                let defaultName = file ?? urls.first.flatMap { URL(string: $0)?.lastPathComponent } ?? ""
                 let pip = pipRequirement.map {
                     LockedInput.PipQuery(
                         requirement: $0, platforms: pipPlatform, pythonVersion: pipPythonVersion,
                         implementation: pipImplementation, abi: pipAbi)
                 }
-                let draft = LockedInput(
-                    name: name, kind: kind, version: version,
+                var draft = LockedInput(
+                    name: name, kind: kind, version: upstreamVersion,
                     filename: filename ?? (defaultName as NSString).lastPathComponent.removingPercentEncoding ?? defaultName,
                     urls: urls, targets: targets, host: platform, pip: pip, license: license)
                 var lock =
                     FileSystem.exists(inputs.lockPath)
                     ? try Lockfile.load(from: inputs.lockPath) : Lockfile(sourceDateEpoch: sourceDateEpoch ?? 0)
                 if let sourceDateEpoch { lock.sourceDateEpoch = sourceDateEpoch }
+                // Refreshing an entry keeps what this command was not told (its licence).
+                if draft.license == nil, let existing = lock[name] { draft.license = existing.license }
                 let authoring = LockAuthoring(
                     resolver: InputResolver(store: try Store(root: inputs.storePath)),
                     options: try network.fetchOptions(lockPath: inputs.lockPath))
                 let entry = try authoring.complete(draft, file: file)
                 lock.upsert(entry)
+                // Never write a lock that `lock check` (and every later command) would refuse.
+                try lock.validate(file: inputs.lockPath)
                 try lock.write(to: inputs.lockPath)
+                if output.json { return printJSON(entry) }
                 let pin = entry.kind == .source ? "tree \(entry.treeSha256!)" : "sha256 \(entry.sha256!)"
                 print("\(inputs.lockPath): \(entry.name) \(entry.version) pinned by \(pin)")
             }
@@ -72,10 +80,21 @@ struct LockCommand: ParsableCommand {
     struct Check: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Validate the lock and print its digest.")
         @OptionGroup var inputs: InputOptions
+        @OptionGroup var output: OutputOptions
+
+        struct Summary: Encodable {
+            var lock: String
+            var inputs: Int
+            var format: Int
+            var sha256: SHA256Digest
+        }
 
         func run() throws {
             try perform("lock check") {
                 let lock = try Lockfile.load(from: inputs.lockPath)
+                if output.json {
+                    return printJSON(Summary(lock: inputs.lockPath, inputs: lock.inputs.count, format: Lockfile.formatVersion, sha256: lock.digest))
+                }
                 print("\(inputs.lockPath): \(lock.inputs.count) inputs, format \(Lockfile.formatVersion), sha256 \(lock.digest)")
             }
         }
@@ -86,12 +105,14 @@ struct LockCommand: ParsableCommand {
             commandName: "tree-hash", abstract: "Print the tree hash v1 of an archive (top directory stripped) or a directory.")
         @Argument(help: "An archive or a directory.") var path: String
         @Option(help: "Leading path components to strip from archive entries.") var strip = 1
+        @OptionGroup var output: OutputOptions
 
         func run() throws {
             try perform("tree-hash") {
                 var isDirectory: ObjCBool = false
                 FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
                 let digest = isDirectory.boolValue ? try TreeHash.ofDirectory(at: path) : try TreeHash.ofArchive(at: path, strip: strip)
+                if output.json { return printJSON(["path": path, "treeSha256": digest.hex]) }
                 print("\(digest)  \(path)")
             }
         }

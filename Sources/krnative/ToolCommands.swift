@@ -13,6 +13,14 @@ struct PackCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "Compression threads; the bytes are the same for any number. Default: the number of CPUs.")
     var threads: Int?
     @Option(help: "Clamp every mtime to this. Default: env SOURCE_DATE_EPOCH, else 0.") var sourceDateEpoch: Int64?
+    @OptionGroup var reporting: OutputOptions
+
+    struct Packed: Encodable {
+        var archive: String
+        var sha256: SHA256Digest
+        var size: Int64
+        var entries: Int
+    }
 
     func validate() throws { try requirePositive(["--threads": threads]) }
 
@@ -23,6 +31,7 @@ struct PackCommand: ParsableCommand {
             if let threads { packer.threads = max(1, threads) }
             let entries = try packer.pack(directory, to: output)
             let (digest, size) = try SHA256Digest.of(fileAt: output)
+            if reporting.json { return printJSON(Packed(archive: output, sha256: digest, size: size, entries: entries.count)) }
             print("\(digest)  \(output)  (\(entries.count) entries, \(size) bytes)")
         }
     }
@@ -39,12 +48,15 @@ struct WheelCommand: ParsableCommand {
         @Option(help: "The target whose tags the wheels must fit.") var target: Target
         @Option(help: "The prefix (the volume root).") var prefix: String
         @Argument(help: "Wheel files, under their wheel names.") var wheels: [String]
+        @OptionGroup var output: OutputOptions
 
         func run() throws {
             try perform("wheel install") {
                 let installer = WheelInstaller(target: target)
-                var files = 0
-                for wheel in wheels { files += try installer.install(wheel, into: prefix).count }
+                var installed: [String: Int] = [:]
+                for wheel in wheels { installed[wheel] = try installer.install(wheel, into: prefix).count }
+                if output.json { return printJSON(installed) }
+                let files = installed.values.reduce(0, +)
                 print("installed \(wheels.count) wheels, \(files) files, into \(prefix)")
             }
         }

@@ -174,7 +174,7 @@ struct CommandLineTests {
         let lock = work.path + "/new.lock.json"
         let add = krnative([
             "lock", "add", "--lock", lock, "--store", work.path + "/s", "--name", "tool", "--kind", "toolchain",
-            "--version", "1", "--file", file, "--url", "https://example.org/tool.tgz", "--host", "x86_64-linux",
+            "--upstream-version", "1", "--file", file, "--url", "https://example.org/tool.tgz", "--host", "x86_64-linux",
         ])
         #expect(add.succeeded, "\(add.stderr)")
         let entry = try #require(try Lockfile.load(from: lock)["tool"])

@@ -111,7 +111,7 @@ struct HostileInputTests {
         let lock = work.path + "/new.lock.json"
         let arguments = [
             "lock", "add", "--offline", "--lock", lock, "--store", store, "--name", "t", "--kind", "toolchain",
-            "--version", "1", "--url", server.url("files/t.tgz"),
+            "--upstream-version", "1", "--url", server.url("files/t.tgz"),
         ]
         let result = krnative(arguments)
         #expect(result.termination == .exited(66), "\(result.stderr)")

@@ -67,4 +67,52 @@ struct UsageTests {
         #expect(outside.stderr.contains("/krnative.lock.json: it is a directory, not a file"), "\(outside.stderr)")
         #expect(outside.stderr.contains("Run krnative in the project"))
     }
+
+    /// `lock add` never writes a lock `lock check` refuses, keeps an entry's licence when it
+    /// refreshes it, takes a pip requirement alone, and speaks JSON where asked.
+    @Test func lockAddWritesOnlyValidLocks() throws {
+        let work = TemporaryDirectory()
+        let lock = work.path + "/krnative.lock.json", store = work.path + "/store"
+        let file = work.file("tool.tgz", randomData(1000))
+        func add(_ arguments: [String]) -> ChildProcess.Result {
+            krnative(["lock", "add", "--lock", lock, "--store", store] + arguments)
+        }
+        // No URL: nowhere to fetch it from, so nothing is written.
+        let orphan = add(["--name", "tool", "--kind", "toolchain", "--upstream-version", "1", "--file", file])
+        #expect(orphan.termination == .exited(ExitStatus.lock), "\(orphan.stderr)")
+        #expect(orphan.stderr.contains("inputs[0] (tool).urls: no URL and no pip query"))
+        #expect(!FileSystem.exists(lock))
+
+        let first = add(["--name", "tool", "--kind", "toolchain", "--upstream-version", "1", "--file", file, "--url", "https://example.org/tool.tgz", "--license", "MIT", "--json"])
+        #expect(first.succeeded, "\(first.stderr)")
+        let entry = try JSONSerialization.jsonObject(with: Data(first.stdout.utf8)) as? [String: Any]
+        #expect(entry?["name"] as? String == "tool" && entry?["license"] as? String == "MIT")
+        let refreshed = add(["--name", "tool", "--kind", "toolchain", "--upstream-version", "2", "--file", file, "--url", "https://example.org/tool.tgz"])
+        #expect(refreshed.succeeded, "\(refreshed.stderr)")
+        let check = krnative(["lock", "check", "--lock", lock, "--json"])
+        #expect(check.succeeded)
+        #expect((try JSONSerialization.jsonObject(with: Data(check.stdout.utf8)) as? [String: Any])?["inputs"] as? Int == 1)
+        let text = try String(contentsOfFile: lock, encoding: .utf8)
+        #expect(text.contains("\"license\" : \"MIT\"") && text.contains("\"version\" : \"2\""), "\(text)")
+
+        // A pip requirement alone is a way to fetch (refused here only because it is offline).
+        let pip = add(["--name", "six", "--kind", "wheel", "--upstream-version", "1.16.0", "--pip-requirement", "six==1.16.0", "--offline"])
+        #expect(pip.termination == .exited(ExitStatus.missingInput), "\(pip.stderr)")
+        #expect(pip.stderr.contains("--offline forbids downloading pip download six==1.16.0"), "\(pip.stderr)")
+    }
+
+    /// `lock add --pip-requirement` alone: pip chooses the file, krnative pins what it chose.
+    @Test(.tags(.pypi)) func lockAddWithPipAlone() throws {
+        let work = TemporaryDirectory()
+        let lock = work.path + "/krnative.lock.json"
+        let added = krnative([
+            "lock", "add", "--lock", lock, "--store", work.path + "/store", "--name", "six", "--kind", "wheel",
+            "--upstream-version", "1.16.0", "--pip-requirement", "six==1.16.0", "--json",
+        ])
+        #expect(added.succeeded, "\(added.stderr)")
+        let entry = try JSONSerialization.jsonObject(with: Data(added.stdout.utf8)) as? [String: Any]
+        #expect(entry?["filename"] as? String == "six-1.16.0-py2.py3-none-any.whl")
+        #expect((entry?["sha256"] as? String)?.count == 64)
+        #expect(krnative(["lock", "check", "--lock", lock]).succeeded)
+    }
 }
