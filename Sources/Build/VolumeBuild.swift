@@ -34,6 +34,8 @@ public struct VolumeBuild: Sendable {
         /// The policy every build's volume is audited against, and whether a violation fails the build.
         public var auditPolicy: AuditPolicy?
         public var auditMode: AuditMode = .enforce
+        /// The volume ledger the volume's number is checked against (nil: not checked, as in verify).
+        public var ledger: VolumeLedgerCheck?
         public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
 
         public init(target: Target, config: KrunnerConfig, outputDirectory: String, patchesDirectory: String, entryExecutable: String) {
@@ -76,7 +78,7 @@ public struct VolumeBuild: Sendable {
         return [
             "ttyd_linux.\(arch).bin", "krunner-env.\(distro).\(arch).tar.xz", "krunner-version.\(distro).txt",
             "krunner-python.\(distro).txt", "versions.txt",
-            PluginWheel(target: options.target, version: options.config.packageVersion, sourceDateEpoch: 0).filename,
+            PluginWheel(target: options.target, version: (try? options.config.packageVersion(for: options.target)) ?? "0", sourceDateEpoch: 0).filename,
             "krnative-sbom.\(distro).\(arch).spdx.json", "krnative-manifest.\(distro).\(arch).json",
         ]
     }
@@ -131,18 +133,20 @@ public struct VolumeBuild: Sendable {
         }
         try compileBytecode(layout: layout, prefix: prefix, staging: staging, lock: lock, path: path)
         let audit = try audit(prefix)
+        let volumeVersion = try options.config.volumeVersion(for: target)
+        let packageVersion = try options.config.packageVersion(for: target)
+        let ledgerEntry = try admitToLedger(prefix, volume: volumeVersion)
 
         // Pack, side files, the plugin wheel.
         options.log("packing krunner-env.\(distro).\(arch).tar.xz")
         let packed = try DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch, threads: options.packThreads)
             .pack(prefix, to: staging + "/krunner-env.\(distro).\(arch).tar.xz")
-        let volumeVersion = try options.config.volumeVersion(for: target)
         try FileSystem.writeAtomically(Data("\(volumeVersion)\n".utf8), to: staging + "/krunner-version.\(distro).txt")
         try FileSystem.writeAtomically(Data("\(layout.python.major).\(layout.python.minor)\n".utf8), to: staging + "/krunner-python.\(distro).txt")
         try FileSystem.writeAtomically(Data("\(distro)\n".utf8), to: staging + "/versions.txt")
         let payload = Dictionary(uniqueKeysWithValues: outputNames.prefix(5).map { ($0, staging + "/" + $0) })
-        _ = try PluginWheel(target: target, version: options.config.packageVersion, sourceDateEpoch: lock.sourceDateEpoch)
-            .write(into: staging, payload: payload)
+        _ = try PluginWheel(target: target, version: packageVersion, sourceDateEpoch: lock.sourceDateEpoch)
+            .write(into: staging, payload: payload, licenses: prefix + "/licenses")
 
         // The manifest and the SBOM.
         var outputs: [BuildManifest.Output] = []
@@ -161,7 +165,7 @@ public struct VolumeBuild: Sendable {
         }
         var manifest = BuildManifest(
             tool: .init(version: options.toolVersion), target: target, lockSha256: lock.digest, sourceDateEpoch: lock.sourceDateEpoch,
-            isolation: options.isolation, packageVersion: options.config.packageVersion, volumeVersion: volumeVersion,
+            isolation: options.isolation, packageVersion: packageVersion, volumeVersion: volumeVersion,
             inputs: inputs, patches: ttyd.patches, outputs: outputs, volume: volume)
         manifest.buildKey = try buildKey(lock: lock)
         manifest.toolchain = options.toolchain
@@ -179,6 +183,7 @@ public struct VolumeBuild: Sendable {
             FileSystem.remove(options.outputDirectory + "/" + name)
             try FileSystem.rename(staging + "/" + name, to: options.outputDirectory + "/" + name)
         }
+        if let ledgerEntry { try record(ledgerEntry) }
         return manifest
     }
 

@@ -17,19 +17,33 @@ public struct PluginWheel: Sendable {
         self.sourceDateEpoch = sourceDateEpoch
     }
 
-    /// `backend.ai_krunner_static_gnu-X.Y.Z-py3-none-manylinux2014_x86_64.musllinux_1_1_x86_64.macosx_11_0_x86_64.whl`.
+    /// `backend_ai_krunner_static_gnu-X.Y.Z-py3-none-manylinux2014_x86_64.musllinux_1_1_x86_64.macosx_11_0_x86_64.whl`:
+    /// the wheel spec's normalised name (as published since static-gnu 4.4.0) and the published
+    /// packages' platform tags (alpine: `musllinux_1_2`).
     public var filename: String {
-        let arch = target.arch.rawValue
-        let mac = target.arch == .aarch64 ? "arm64" : "x86_64"
-        let distribution = target.packageName.replacingOccurrences(of: "-", with: "_")
-        return "\(distribution)-\(version)-py3-none-manylinux2014_\(arch).musllinux_1_1_\(arch).macosx_11_0_\(mac).whl"
+        "\(distribution)-\(version)-py3-none-\(platformTags.joined(separator: ".")).whl"
     }
 
-    var distInfo: String { "\(target.packageName.replacingOccurrences(of: "-", with: "_"))-\(version).dist-info" }
+    /// The distribution name normalised for file names: runs of `-_.` become `_`, lower case.
+    var distribution: String {
+        target.packageName.lowercased().split(whereSeparator: { "-_.".contains($0) }).joined(separator: "_")
+    }
+
+    var distInfo: String { "\(distribution)-\(version).dist-info" }
+
+    /// The published wheels' platform tags: the same three for every flavour but the musllinux
+    /// level (static-gnu 4.4.0: `musllinux_1_1`; alpine 5.4.0: `musllinux_1_2`).
+    var platformTags: [String] {
+        let arch = target.arch.rawValue
+        let mac = target.arch == .aarch64 ? "arm64" : "x86_64"
+        let musl = target.libc == .gnu ? "musllinux_1_1" : "musllinux_1_2"
+        return ["manylinux2014_\(arch)", "\(musl)_\(arch)", "macosx_11_0_\(mac)"]
+    }
 
     /// Writes the wheel into `directory` with `payload` (file name → path of the file to carry)
-    /// in the module directory; returns the wheel's path.
-    public func write(into directory: String, payload: [String: String]) throws -> String {
+    /// in the module directory and, under `.dist-info/licenses/`, the package's own licence and
+    /// every file of `licenses` (the volume's `licenses/` directory); returns the wheel's path.
+    public func write(into directory: String, payload: [String: String], licenses: String? = nil) throws -> String {
         let module = "ai/backend/krunner/\(target.moduleName)"
         var files: [(String, Data)] = [
             (module + "/__init__.py", Data("__version__ = \"\(version)\"\n".utf8)),
@@ -50,9 +64,13 @@ public struct PluginWheel: Sendable {
         for (name, path) in payload.sorted(by: { $0.key < $1.key }) {
             files.append((module + "/" + name, try Data(contentsOf: URL(fileURLWithPath: path))))
         }
-        files.append((distInfo + "/METADATA", Data(metadata.utf8)))
+        let licenseFiles = try Self.licenseFiles(in: licenses)
+        files.append((distInfo + "/licenses/LICENSE", Data(Self.mitLicense.utf8)))
+        for (name, data) in licenseFiles { files.append((distInfo + "/licenses/" + name, data)) }
+        files.append((distInfo + "/METADATA", Data(metadata(licenseFiles: ["LICENSE"] + licenseFiles.map(\.0)).utf8)))
         files.append((distInfo + "/WHEEL", Data(wheelFile.utf8)))
         files.append((distInfo + "/entry_points.txt", Data("[backendai_krunner_v10]\n\(target.moduleName) = ai.backend.krunner.\(target.moduleName).plugin\n".utf8)))
+        files.append((distInfo + "/top_level.txt", Data("ai\n".utf8)))
         files.sort { Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8)) }
         var record = files.map { name, data in
             "\(name),sha256=\(SHA256Digest.of(data).recordForm),\(data.count)"
@@ -77,29 +95,76 @@ public struct PluginWheel: Sendable {
         return path
     }
 
-    var metadata: String {
+    /// Every regular file under `directory` as (`volume/<relative path>`, contents), sorted.
+    static func licenseFiles(in directory: String?) throws -> [(String, Data)] {
+        guard let directory, let names = FileManager.default.enumerator(atPath: directory)?.allObjects as? [String] else { return [] }
+        return try names.sorted().compactMap { name in
+            let path = directory + "/" + name
+            guard !FileSystem.isDirectory(path) else { return nil }
+            return ("volume/" + name, try Data(contentsOf: URL(fileURLWithPath: path)))
+        }
+    }
+
+    /// Core metadata 2.4 (PEP 639 licence fields), matching the published packages' fields.
+    func metadata(licenseFiles: [String]) -> String {
+        let flavour = target.libc == .gnu ? "GNU libc" : "musl libc (Alpine)"
+        var lines = [
+            "Metadata-Version: 2.4", "Name: \(target.packageName)", "Version: \(version)",
+            "Summary: Backend.AI Kernel Runner based on \(flavour)", "Author-email: Lablup <devops@lablup.com>",
+            "License-Expression: MIT",
+            "Project-URL: Homepage, https://github.com/lablup/backend.ai-krunner-\(target.libc == .gnu ? "static-gnu" : "alpine")",
+            "Project-URL: Issues, https://github.com/lablup/backend.ai/issues",
+            "Classifier: Programming Language :: Python :: 3", "Classifier: Operating System :: OS Independent",
+            "Requires-Python: >=3.9", "Description-Content-Type: text/markdown",
+        ]
+        lines += licenseFiles.map { "License-File: \($0)" }
+        return lines.joined(separator: "\n") + "\n\n" + description
+    }
+
+    var description: String {
         """
-        Metadata-Version: 2.1
-        Name: \(target.packageName)
-        Version: \(version)
-        Summary: Backend.AI kernel runner volume for \(target.distro) (\(target.arch.rawValue)) containers, built by krnative
-        License: LGPL-3.0-or-later
-        Requires-Python: >=3.8
+        # \(target.packageName)
+
+        Backend.AI kernel runner volume for \(target.libc == .gnu ? "glibc" : "musl (Alpine)")-based kernels \
+        (\(target.arch.rawValue)): `krunner-env.\(target.distro).\(target.arch.rawValue).tar.xz`, a relocatable \
+        CPython with the kernel runner's dependencies, and a static ttyd, which the Backend.AI agent \
+        extracts and mounts at `/opt/backend.ai` in user containers. It registers the \
+        `backendai_krunner_v10` entry point `\(target.moduleName)`.
+
+        Built reproducibly by krnative. The licences of everything the volume carries are in this \
+        wheel's `.dist-info/licenses/volume/` and in the volume's `licenses/`.
 
         """
     }
 
     var wheelFile: String {
-        let arch = target.arch.rawValue
-        let mac = target.arch == .aarch64 ? "arm64" : "x86_64"
-        return """
-            Wheel-Version: 1.0
-            Generator: krnative
-            Root-Is-Purelib: true
-            Tag: py3-none-manylinux2014_\(arch)
-            Tag: py3-none-musllinux_1_1_\(arch)
-            Tag: py3-none-macosx_11_0_\(mac)
-
-            """
+        (["Wheel-Version: 1.0", "Generator: krnative", "Root-Is-Purelib: true"] + platformTags.map { "Tag: py3-none-\($0)" })
+            .joined(separator: "\n") + "\n\n"
     }
+
+    /// The package's own licence: MIT, as Lablup's upstream krunner packages.
+    static let mitLicense = """
+        MIT License
+
+        Copyright (c) 2019 Lablup
+
+        Permission is hereby granted, free of charge, to any person obtaining a copy
+        of this software and associated documentation files (the "Software"), to deal
+        in the Software without restriction, including without limitation the rights
+        to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+        copies of the Software, and to permit persons to whom the Software is
+        furnished to do so, subject to the following conditions:
+
+        The above copyright notice and this permission notice shall be included in all
+        copies or substantial portions of the Software.
+
+        THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+        IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+        FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+        AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+        LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+        OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+        SOFTWARE.
+
+        """
 }

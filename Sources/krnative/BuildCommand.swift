@@ -24,6 +24,10 @@ struct BuildCommand: ParsableCommand {
     @Option(name: .customLong("out"), help: "Where the outputs go. Default: the project's out/.") var outOption: String?
     @Option(name: .customLong("config"), help: "Package and volume versions. Default: the project's krunner.json.") var configOption: String?
     @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
+    @Option(help: "The volume ledger (the tree hash each volume number holds), or none to not check. Default: krunner-volumes.json beside --config.")
+    var ledger: String?
+    @Flag(help: "Record the volume in the ledger when its number is not there yet; a recorded number is never changed.")
+    var recordVolume = false
     @Option(help: "zig or musl-cross (x86_64 hosts only). Default: zig.") var toolchain: ToolchainKind?
     @Option(help: "namespaces, or none to build without isolation (recorded in the manifest). Default: namespaces; env KRNATIVE_SANDBOX.")
     var sandbox: Isolation?
@@ -63,6 +67,7 @@ struct BuildCommand: ParsableCommand {
             options.toolVersion = KrnativeVersion.current
             options.auditPolicy = try AuditPolicy.load(from: policy)
             options.auditMode = audit
+            options.ledger = try ledgerCheck()
             if let compileJobs { options.jobs = max(1, compileJobs) }
             if let packThreads { options.packThreads = max(1, packThreads) }
             let build = VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath)))
@@ -77,6 +82,10 @@ struct BuildCommand: ParsableCommand {
                 for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
                 say("\(target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
             } else {
+                if let check = options.ledger {
+                    try VolumeLedger.load(from: check.path).preflight(
+                        target: target, volume: try options.config.volumeVersion(for: target), record: check.record, path: check.path)
+                }
                 _ = try fetchInputs(
                     VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false,
                     summary: say)
@@ -91,6 +100,8 @@ struct BuildCommand: ParsableCommand {
                     "--lock", absolute(inputs.lockPath), "--config", absolute(config), "--patches", absolute(patches),
                     "--policy", absolute(policy), "--audit", audit.rawValue, "--toolchain", toolchain.rawValue,
                     "--sandbox", options.isolation.rawValue,
+                    // The runs are compared with the reference build, which was checked against the ledger.
+                    "--ledger", "none",
                 ],
                 lockPath: absolute(inputs.lockPath), store: absolute(inputs.storePath), toolchain: toolchain, runs: runs)
             checkOptions.freshSteps = freshSteps
@@ -115,6 +126,16 @@ extension BuildCommand {
 }
 
 extension BuildCommand {
+    /// The ledger check --ledger and --record-volume ask for (none: no check).
+    func ledgerCheck() throws -> VolumeLedgerCheck? {
+        let path = ledger ?? VolumeLedger.path(besideConfig: config)
+        guard path != "none" else {
+            if recordVolume { throw UsageError("--record-volume records into a ledger; --ledger none names none") }
+            return nil
+        }
+        return VolumeLedgerCheck(path: path, record: recordVolume)
+    }
+
     /// The check's runs: nil without --check; one run with the cheap variations together; or one
     /// run per variation listed.
     func checkRuns() throws -> [[Variation]]? {

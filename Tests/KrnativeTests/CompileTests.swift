@@ -83,7 +83,24 @@ struct CompileTests {
         let version = ChildProcess.run(run + ["--version"])
         #expect(version.succeeded, "\(version.stderr)")
         #expect(version.stdout.contains("ttyd version \(lock["ttyd"]!.version)") || version.stderr.contains("ttyd version \(lock["ttyd"]!.version)"))
+        try typeIntoTheTerminal(run, target: target)
         if target.arch == HostPlatform.current.arch { try serveAPage(binary) } else { try smokeOnForeignRoot(binary, target: target, work: work) }
+    }
+
+    /// The agent starts ttyd as `ttyd -p PORT /bin/bash -c …`, without -W: a WebSocket client
+    /// (Support/ttyd_echo.py) typing into `ttyd -p PORT cat` gets its input back
+    /// (patches/ttyd/20-writable-by-default.json); with -R it does not; --help says so.
+    func typeIntoTheTerminal(_ run: [String], target: Target) throws {
+        let help = ChildProcess.run(run + ["--help"])
+        #expect((help.stdout + help.stderr).contains("-R, --readonly"), "\(help.stderr)")
+        for readonly in [false, true] {
+            let result = ChildProcess.run(["python3", Package.supportDirectory + "/ttyd_echo.py"] + (readonly ? ["--readonly"] : []) + ["--"] + run)
+            try #require(result.succeeded, "ttyd_echo.py: \(result.stderr.suffix(2000))")
+            let report = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+            let echoed = report["echoed"] as? Bool
+            print("[\(target.ttydTriple)] ttyd -p \(report["port"] ?? "?")\(readonly ? " -R" : "") cat: echoed \(echoed.map(String.init) ?? "?"), output \((report["output"] as? String ?? "").debugDescription)")
+            #expect(echoed == !readonly, readonly ? "-R still let input through" : "the agent's ttyd (no -W) ignored input")
+        }
     }
 
     /// `krnative smoke`'s path for another architecture: a Debian root file system of that

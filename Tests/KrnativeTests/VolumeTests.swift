@@ -18,17 +18,30 @@ struct VolumeTests {
         return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
     }()
 
+    /// A copy of the committed ledger: the stand-in volume is recorded there, never in krunner-volumes.json.
+    static let ledger: String = {
+        let path = NSTemporaryDirectory() + "/krnative-volume-ledger-\(getpid()).json"
+        try? FileManager.default.removeItem(atPath: path)
+        try? FileManager.default.copyItem(atPath: Package.root + "/krunner-volumes.json", toPath: path)
+        return path
+    }()
+
     /// `krnative build` of manylinux-x86_64 from `lock`; the stand-in runtime breaks manylinux2014
     /// (it is this machine's CPython), so the audit reports rather than fails.
     func build(_ lock: String, out: String, config: String = Package.root + "/krunner.json", _ extra: [String] = []) throws -> ChildProcess.Result {
-        let result = ChildProcess.run(
+        let result = run(lock, out: out, config: config, extra)
+        try #require(result.succeeded, "krnative build failed: \(result.stderr.suffix(3000))")
+        return result
+    }
+
+    /// `krnative build` of manylinux-x86_64, its volume checked against (and recorded in) the ledger copy.
+    func run(_ lock: String, out: String, config: String = Package.root + "/krunner.json", ledger: String = Self.ledger, _ extra: [String] = []) -> ChildProcess.Result {
+        ChildProcess.run(
             [
                 Package.binary, "build", "--lock", lock, "--store", Self.store, "--target", "manylinux-x86_64", "--out", out,
                 "--config", config, "--patches", Package.root + "/patches", "--policy", Package.root + "/sysroots/audit-policy.json",
-                "--audit", "report",
+                "--audit", "report", "--ledger", ledger, "--record-volume",
             ] + extra, directory: Package.root)
-        try #require(result.succeeded, "krnative build failed: \(result.stderr.suffix(3000))")
-        return result
     }
 
     @Test(.needsCompile, .enabled(if: HostPlatform.current.arch == .x86_64, "the stand-in runtime is this x86_64 machine's CPython"))
@@ -67,9 +80,9 @@ struct VolumeTests {
         #expect(found.count == 1)
         #expect(found.first?["entry"] as? String == "static_gnu")
         #expect(found.first?["distro"] as? String == "static-gnu")
-        #expect(found.first?["version"] as? Int == 14)
+        #expect(found.first?["version"] as? Int == 15)
         let volume = try #require(found.first?["volume"] as? String)
-        #expect(volume.hasSuffix("/backendai-krunner.v14.x86_64.static-gnu"))
+        #expect(volume.hasSuffix("/backendai-krunner.v15.x86_64.static-gnu"))
 
         // The unpacked volume at /opt/backend.ai, read-only, imports the krunner modules.
         let scratch = TemporaryDirectory()
@@ -95,7 +108,7 @@ struct VolumeTests {
             [
                 Package.binary, "build", "--lock", lock, "--store", Self.store, "--target", "manylinux-x86_64",
                 "--out", out, "--config", Package.root + "/krunner.json", "--patches", Package.root + "/patches", "--audit", "report",
-                "--check", "--variations", "all", "--json",
+                "--ledger", Self.ledger, "--check", "--variations", "all", "--json",
             ], directory: Package.root)
         let report = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
         let runs = try #require(report?["runs"] as? [[String: Any]], "no check report: \(result.stderr.suffix(3000))")
@@ -187,7 +200,26 @@ struct VolumeTests {
         config["volumeVersions"] = versions
         let bumped = work + "/krunner-bumped.json"
         try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: bumped))
+        // The ledger: the first build recorded v15; the same number with other contents (a ledger
+        // whose v15 holds another tree) fails naming both tree hashes and the fix, and writes nothing.
+        let recorded = try VolumeLedger.load(from: Self.ledger)
+        #expect(recorded.volumes.map(\.volume) == [versions["static-gnu"]! - 1])
+        let tree = try #require(recorded.volumes.first?.treeSha256)
+        var forged = recorded
+        forged.volumes[0].treeSha256 = String(repeating: "0", count: 64)
+        let forgedPath = work + "/forged-ledger.json"
+        try forged.write(to: forgedPath)
+        let reused = run(lock, out: work + "/reused", ledger: forgedPath, ["--force"])
+        #expect(reused.termination == .exited(ExitStatus.integrity), "\(reused.stderr.suffix(2000))")
+        #expect(reused.stderr.contains(String(repeating: "0", count: 64)) && reused.stderr.contains(tree), "\(reused.stderr.suffix(2000))")
+        #expect(reused.stderr.contains("to \(versions["static-gnu"]!)"))
+        #expect(!FileManager.default.fileExists(atPath: work + "/reused/krnative-manifest.static-gnu.x86_64.json"))
+
         let rebuilt = try build(lock, out: work + "/bumped", config: bumped)
+        // After the bump it builds, and the ledger gains one entry: v16, the same tree.
+        let after = try VolumeLedger.load(from: Self.ledger).volumes
+        #expect(after.count == recorded.volumes.count + 1)
+        #expect(after.last?.volume == versions["static-gnu"]! && after.last?.treeSha256 == tree)
         #expect(!rebuilt.stderr.contains(": building for "), "a version bump compiled: \(rebuilt.stderr.suffix(2000))")
         #expect(rebuilt.stderr.contains(": cached ("))
         #expect(try String(contentsOfFile: work + "/bumped/krunner-version.static-gnu.txt", encoding: .utf8) == "\(versions["static-gnu"]!)\n")
