@@ -240,10 +240,12 @@ public struct SafeExtractor: Sendable {
         for component in components {
             if create { mkdirat(current, component, 0o755) }
             let next = openat(current, component, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            let failure = errno
             if current != root { close(current) }
             guard next >= 0 else {
+                errno = failure
                 throw reject(
-                    errno == ELOOP || errno == ENOTDIR
+                    failure == ELOOP || failure == ENOTDIR
                         ? "'\(component)' on its path is a symlink or a file; writing through it is refused"
                         : "cannot open directory '\(component)': \(Self.errorText())")
             }

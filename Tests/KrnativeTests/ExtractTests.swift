@@ -1,6 +1,7 @@
 import Archive
 import Foundation
 import KrnativeBase
+import Layout
 import Lock
 import Testing
 
@@ -288,6 +289,23 @@ struct ExtractTests {
         let raised = SafeExtractor.Limits.forArchive(
             recordedSize: 1_500_000, environment: ["KRNATIVE_EXTRACT_MAX_BYTES": "9000000000", "KRNATIVE_EXTRACT_MAX_ENTRIES": "7"])
         #expect(raised.maxBytes == 9_000_000_000 && raised.maxEntries == 7)
+    }
+
+    /// A runtime archive with the chain where the wheels go (`lib/`): refused before the layout
+    /// looks at it, so no wheel can be installed through it; the prefix is not left behind.
+    @Test func runtimeWhoseLinksChainOutsideIsNotPlaced() throws {
+        let work = TemporaryDirectory()
+        _ = work.file("a/victim/keep", "host\n")
+        let archive = try hostileTar(work, ["dir python", "dir python/bin", "symlink python/lib q/q/../../victim", "symlink python/q ."])
+        let prefix = work.path + "/a/b/prefix"
+        do {
+            try VolumeLayout(target: .manylinuxX86_64).placeRuntime(archive, into: prefix, recordedSize: FileSystem.size(of: archive))
+            Issue.record("the runtime was placed")
+        } catch let error as ArchiveError {
+            #expect(error.description.contains("link 'python/lib' -> 'q/q/../../victim' refused"), "\(error)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: prefix))
+        #expect(everything(under: work.path + "/a/victim", except: "/none") == [work.path + "/a/victim/keep"])
     }
 
     /// `krnative build --offline` of a lock whose one input is `archive` as the Zig toolchain, the
