@@ -26,7 +26,7 @@ public enum ArchiveError: KrnativeError {
         case .refusedLink(let archive, let entry, let target, let reason):
             "archive \(archive): link '\(entry)' -> '\(target)' refused: \(reason)"
         case .exceedsLimit(let archive, let entry, let limit, let variable):
-            "archive \(archive) unpacks to \(limit) (at entry '\(entry)'); nothing of it was kept. "
+            "archive \(archive): entry '\(entry)' takes it past \(limit); nothing of it was kept. "
                 + "If the archive is trusted, raise the limit: \(variable)=N"
         }
     }

@@ -118,7 +118,7 @@ public struct SafeExtractor: Sendable {
             entries += 1
             guard entries <= limits.maxEntries else {
                 throw .exceedsLimit(
-                    archive: archive, entry: entry.path, limit: "more than \(limits.maxEntries) entries", variable: Limits.entriesVariable)
+                    archive: archive, entry: entry.path, limit: "\(limits.maxEntries) entries", variable: Limits.entriesVariable)
             }
             guard let normalised = TreeHash.normalise(entry.path, strip: stripComponents) else { continue }
             guard let relative = normalised, !relative.isEmpty else {
@@ -173,7 +173,7 @@ public struct SafeExtractor: Sendable {
         reject: (String) -> ArchiveError
     ) throws(ArchiveError) -> Int64 {
         let tooLarge = ArchiveError.exceedsLimit(
-            archive: archive, entry: entry.path, limit: "more than \(limits.maxBytes) bytes (\(limits.basis))", variable: Limits.bytesVariable)
+            archive: archive, entry: entry.path, limit: "\(limits.maxBytes) bytes (\(limits.basis))", variable: Limits.bytesVariable)
         let declared = max(entry.size, 0)
         guard total + declared <= limits.maxBytes else { throw tooLarge }
         unlinkat(parent, name, 0)
