@@ -8,6 +8,10 @@ public enum ArchiveError: KrnativeError {
     case corrupt(archive: String, entry: String?, reason: String)
     case rejectedEntry(archive: String, entry: String, reason: String)
     case cannotWrite(archive: String, reason: String)
+    /// A link that leads outside the destination or that krnative does not create, with its target.
+    case refusedLink(archive: String, entry: String, target: String, reason: String)
+    /// Unpacking would pass a limit of `SafeExtractor.Limits`; `variable` raises it.
+    case exceedsLimit(archive: String, entry: String, limit: String, variable: String)
 
     public var description: String {
         switch self {
@@ -19,6 +23,11 @@ public enum ArchiveError: KrnativeError {
             "archive \(archive): entry '\(entry)' rejected: \(reason)"
         case .cannotWrite(let archive, let reason):
             "cannot write archive \(archive): \(reason)"
+        case .refusedLink(let archive, let entry, let target, let reason):
+            "archive \(archive): link '\(entry)' -> '\(target)' refused: \(reason)"
+        case .exceedsLimit(let archive, let entry, let limit, let variable):
+            "archive \(archive): entry '\(entry)' takes it past \(limit); nothing of it was kept. "
+                + "If the archive is trusted, raise the limit: \(variable)=N"
         }
     }
     public var exitCode: Int32 { ExitStatus.archive }
@@ -103,5 +112,46 @@ public final class ArchiveReader {
             }
             try body(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
         }
+    }
+}
+
+extension ArchiveReader {
+    /// Reads the current entry's data as the archive stores it: blocks with their offsets in the
+    /// file, so the holes of a sparse file are the gaps between them.
+    public func readBlocks(entry: String, _ body: (UnsafeRawBufferPointer, Int64) throws -> Void) throws {
+        while true {
+            var block: UnsafeRawPointer?
+            var size = 0
+            var offset: la_int64_t = 0
+            let status = archive_read_data_block(handle, &block, &size, &offset)
+            if status == ARCHIVE_EOF { return }
+            guard status == ARCHIVE_OK || status == ARCHIVE_WARN else {
+                throw ArchiveError.corrupt(archive: archivePath, entry: entry, reason: Self.message(handle))
+            }
+            try body(UnsafeRawBufferPointer(start: block, count: size), Int64(offset))
+        }
+    }
+
+    /// Reads the current entry's whole content in order, the holes of a sparse file as zeros, up
+    /// to its stated `size`.
+    public func readContent(entry: String, size: Int64, _ body: (UnsafeRawBufferPointer) throws -> Void) throws {
+        let zeros = [UInt8](repeating: 0, count: 1 << 16)
+        var position: Int64 = 0
+        func fill(to end: Int64) throws {
+            while position < end {
+                let count = Int(min(end - position, Int64(zeros.count)))
+                try zeros.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[0..<count])) }
+                position += Int64(count)
+            }
+        }
+        try readBlocks(entry: entry) { block, offset in
+            guard offset >= position else {
+                throw ArchiveError.corrupt(archive: archivePath, entry: entry, reason: "data blocks out of order")
+            }
+            try fill(to: offset)
+            try body(block)
+            position += Int64(block.count)
+        }
+        try fill(to: size)
     }
 }

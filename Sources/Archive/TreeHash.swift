@@ -8,7 +8,8 @@ import KrnativeBase
 /// The tree hash v1: a digest of an unpacked, normalised source tree (docs/tree-hash.md).
 ///
 /// It depends only on each file's path, content, executable bit and each symlink's target, so
-/// a re-compressed archive, a `git archive` of the same tag and the unpacked directory all agree.
+/// a re-compressed archive, a `git archive` of the same tag and the unpacked directory all agree
+/// (a sparse file's content is its full logical size, holes as zeros, in both).
 public enum TreeHash {
     /// One normalised entry of a tree.
     public struct Record: Sendable, Equatable {
@@ -53,7 +54,7 @@ public enum TreeHash {
                 continue
             case .regular:
                 var hasher = StreamingSHA256()
-                do { try reader.readData(entry: entry.path) { hasher.update($0) } } catch let error as ArchiveError {
+                do { try reader.readContent(entry: entry.path, size: entry.size) { hasher.update($0) } } catch let error as ArchiveError {
                     throw error
                 } catch { throw .corrupt(archive: path, entry: entry.path, reason: "\(error)") }
                 records[relative] = Record(
@@ -64,9 +65,11 @@ public enum TreeHash {
                     path: relative, kind: .symlink, contentSha256: .of(Data((entry.linkTarget ?? "").utf8)))
             case .hardlink:
                 guard let targetPath = entry.linkTarget.flatMap({ normalise($0, strip: strip) ?? nil }),
-                    let target = records[targetPath]
+                    let target = records[targetPath], target.kind != .symlink
                 else {
-                    throw .rejectedEntry(archive: path, entry: entry.path, reason: "hard link to an entry not seen before it")
+                    throw .refusedLink(
+                        archive: path, entry: entry.path, target: entry.linkTarget ?? "",
+                        reason: "hard link to something that is not a regular file seen before it")
                 }
                 records[relative] = Record(
                     path: relative, kind: entry.permissions & 0o111 != 0 ? .executable : .file,

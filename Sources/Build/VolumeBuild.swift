@@ -115,7 +115,7 @@ public struct VolumeBuild: Sendable {
         guard let runtime = needed.first(where: { $0.kind == .runtime }) else {
             throw CompileError.missingInput(name: "the runtime of \(target.rawValue)", lockPath: options.lockPath)
         }
-        try layout.placeRuntime(try path(of: runtime), into: prefix)
+        try layout.placeRuntime(try path(of: runtime), into: prefix, recordedSize: runtime.size)
         let installer = WheelInstaller(target: target)
         for wheel in needed.filter({ $0.kind == .wheel }).sorted(by: { $0.filename < $1.filename }) {
             // The installer reads the tags from the file name: give it one.
@@ -254,7 +254,7 @@ public struct VolumeBuild: Sendable {
             throw CompileError.missingInput(name: "the \(bytecode.rawValue) runtime (it compiles the .pyc)", lockPath: options.lockPath)
         }
         let hostPython = staging + "/host-python"
-        try VolumeLayout(target: bytecode).placeRuntime(try path(runtime), into: hostPython)
+        try VolumeLayout(target: bytecode).placeRuntime(try path(runtime), into: hostPython, recordedSize: runtime.size)
         defer { FileSystem.remove(hostPython) }
         options.log("compiling .pyc with \(runtime.name), which runs on this host")
         try layout.compileBytecode(

@@ -165,7 +165,7 @@ public struct TtydBuild: Sendable {
                 options.log("\(step.component) \(input.version): \(options.prepareOnly ? "preparing" : "building") for \(triple) with \(toolchain.kind.rawValue)")
                 let source = work + "/src/" + step.component
                 FileSystem.remove(source)
-                try SafeExtractor(stripComponents: 1).extract(archive, into: source)
+                try SafeExtractor(stripComponents: 1, limits: .forArchive(recordedSize: input.size)).extract(archive, into: source)
                 // What was extracted is what the lock pins, before any patch touches it.
                 let extracted = try TreeHash.ofDirectory(at: source)
                 guard extracted == tree else {
@@ -230,7 +230,8 @@ public struct TtydBuild: Sendable {
             if !FileSystem.exists(root) {
                 let temp = store.temporaryPath("toolchain")
                 options.log("unpacking \(input.name) \(input.version)")
-                try SafeExtractor(stripComponents: options.toolchain.stripComponents).extract(try store.verifiedPath(for: digest), into: temp)
+                try SafeExtractor(stripComponents: options.toolchain.stripComponents, limits: .forArchive(recordedSize: input.size))
+                    .extract(try store.verifiedPath(for: digest), into: temp)
                 if options.toolchain == .zig { chmod(temp + "/ziglang/zig", 0o755) }  // wheels may not keep the mode
                 try FileSystem.createDirectory(store.root + "/toolchains")
                 try FileSystem.rename(temp, to: root)

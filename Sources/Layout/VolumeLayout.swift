@@ -44,9 +44,10 @@ public struct VolumeLayout: Sendable {
         }
     }
 
-    /// Unpacks a python-build-standalone `install_only` archive (`python/…`) into `prefix` and checks it.
-    public func placeRuntime(_ archive: String, into prefix: String) throws {
-        try SafeExtractor(stripComponents: 1).extract(archive, into: prefix)
+    /// Unpacks a python-build-standalone `install_only` archive (`python/…`) into `prefix` and
+    /// checks it; `recordedSize` is the archive's size in the lock, which bounds what it may unpack to.
+    public func placeRuntime(_ archive: String, into prefix: String, recordedSize: Int64? = nil) throws {
+        try SafeExtractor(stripComponents: 1, limits: .forArchive(recordedSize: recordedSize)).extract(archive, into: prefix)
         let executable = "\(prefix)/bin/python\(python.major).\(python.minor)"
         guard let elf = ELFFile(path: executable) else {
             throw LayoutError.wrongRuntime(archive: archive, problem: "it has no ELF bin/python\(python.major).\(python.minor)")

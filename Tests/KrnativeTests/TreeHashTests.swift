@@ -3,6 +3,10 @@ import Foundation
 import KrnativeBase
 import Testing
 
+#if canImport(Glibc)
+    import Glibc
+#endif
+
 @Suite("Tree hash")
 struct TreeHashTests {
     /// A small source tree: a file, an executable, a symlink, a nested directory.
@@ -76,6 +80,39 @@ struct TreeHashTests {
         } catch {
             #expect(error.description.contains("evil.tar.gz"))
             #expect(error.description.contains("top/../../evil"))
+        }
+    }
+
+    /// A file with holes hashes as its full content, in the archive as on disk.
+    @Test func sparseFileHashesTheSameAsArchiveAndDirectory() throws {
+        let work = TemporaryDirectory()
+        let file = work.file("s-1/holes", "start")
+        let fd = open(file, O_WRONLY)
+        _ = "end".withCString { pwrite(fd, $0, 3, 3 << 20) }
+        ftruncate(fd, 4 << 20)
+        close(fd)
+        truncate(work.file("s-1/all-hole", ""), 1 << 20)
+        try tar(["--sparse", "-cf", "s.tar", "s-1"], in: work.path)
+        try tar(["--sparse", "--format=posix", "-cJf", "s.tar.xz", "s-1"], in: work.path)
+        let directory = try TreeHash.ofDirectory(at: work.path + "/s-1")
+        #expect(try TreeHash.ofArchive(at: work.path + "/s.tar") == directory)
+        #expect(try TreeHash.ofArchive(at: work.path + "/s.tar.xz") == directory)
+    }
+
+    @Test func hardLinkToASymlinkIsRejected() throws {
+        let work = TemporaryDirectory()
+        try ChildProcess.check(
+            [
+                "python3", "-c",
+                "import sys, tarfile\nt = tarfile.open(sys.argv[1], 'w')\nfor kind, name, target in ((tarfile.SYMTYPE, 'top/l', 'x'), (tarfile.LNKTYPE, 'top/h', 'top/l')):\n    i = tarfile.TarInfo(name); i.type = kind; i.linkname = target; t.addfile(i)\nt.close()",
+                "h.tar",
+            ], directory: work.path)
+        do {
+            _ = try TreeHash.ofArchive(at: work.path + "/h.tar")
+            Issue.record("a hard link to a symlink was hashed")
+        } catch {
+            #expect(error.description.contains("'top/h'"), "\(error)")
+            #expect(error.description.contains("not a regular file"), "\(error)")
         }
     }
 
