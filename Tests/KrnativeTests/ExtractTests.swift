@@ -322,7 +322,7 @@ struct ExtractTests {
         try Lockfile(sourceDateEpoch: 1_700_000_000, inputs: [toolchain]).write(to: lock)
         let result = krnative([
             "build", "--offline", "--lock", lock, "--store", store, "--target", "manylinux-x86_64", "--out", work.path + "/out", "--toolchain", "zig",
-            "--config", Package.root + "/krunner.json", "--policy", Package.root + "/sysroots/audit-policy.json",
+            "--config", Package.root + "/krunner.json", "--policy", Package.root + "/sysroots/audit-policy.json", "--ledger", "none",
         ])
         return (result, store)
     }
