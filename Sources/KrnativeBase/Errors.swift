@@ -23,6 +23,8 @@ public enum ExitStatus {
     public static let process: Int32 = 78
     public static let sandbox: Int32 = 79
     public static let patch: Int32 = 80
+    /// The volume, or a wheel or runtime for it, breaks the target's policy (audit, wheel tags).
+    public static let policy: Int32 = 81
 }
 
 /// A command line that does not make sense.

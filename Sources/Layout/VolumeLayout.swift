@@ -10,17 +10,23 @@ import Sandbox
 /// A volume that is not what its target says.
 public enum LayoutError: KrnativeError {
     case wrongRuntime(archive: String, problem: String)
-    case bytecode(reason: String)
+    /// Compiling `.pyc` failed; the cause (a sandbox refusal, a failed step) keeps its own status.
+    case bytecode(cause: any KrnativeError)
 
     public var description: String {
         switch self {
         case .wrongRuntime(let archive, let problem):
             "the runtime archive \(archive) does not fit the target: \(problem); check the lock's runtime entry for this target"
-        case .bytecode(let reason):
-            "compiling the volume's .pyc failed: \(reason)"
+        case .bytecode(let cause):
+            "compiling the volume's .pyc failed: \(cause.description)"
         }
     }
-    public var exitCode: Int32 { ExitStatus.integrity }
+    public var exitCode: Int32 {
+        switch self {
+        case .wrongRuntime: ExitStatus.policy
+        case .bytecode(let cause): cause.exitCode
+        }
+    }
 }
 
 /// Lays out the volume tree (docs/design.md §1): the runtime's `python/` contents at the prefix root,
@@ -148,6 +154,6 @@ public struct VolumeLayout: Sendable {
             environment: ["PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"],
             mounts: [.writable(prefix, at: mountPoint)] + extraMounts, workingDirectory: "/tmp", home: "/tmp",
             sourceDateEpoch: sourceDateEpoch)
-        do { try runner.run(spec) } catch { throw LayoutError.bytecode(reason: error.description) }
+        do { try runner.run(spec) } catch { throw LayoutError.bytecode(cause: error) }
     }
 }

@@ -25,7 +25,13 @@ public enum WheelError: KrnativeError {
         case .io(let wheel, let reason): "installing \(wheel): \(reason)"
         }
     }
-    public var exitCode: Int32 { ExitStatus.integrity }
+    public var exitCode: Int32 {
+        switch self {
+        case .incompatible: ExitStatus.policy
+        case .io: ExitStatus.store
+        case .badName, .unsafePath, .missingMetadata, .recordMismatch: ExitStatus.integrity
+        }
+    }
 }
 
 /// Installs wheels into a prefix the way `pip install --no-deps --no-compile --prefix` does, without

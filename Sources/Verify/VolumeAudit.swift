@@ -149,5 +149,5 @@ public struct AuditFailed: KrnativeError {
         let more = report.violations.count > 20 ? "\n  … and \(report.violations.count - 20) more (krnative audit --json \(location))" : ""
         return "\(location) breaks the \(report.policy) policy of \(report.target.rawValue) (sysroots/audit-policy.json):\n\(shown)\(more)"
     }
-    public var exitCode: Int32 { ExitStatus.integrity }
+    public var exitCode: Int32 { ExitStatus.policy }
 }

@@ -72,7 +72,7 @@ struct VerifyTests {
         }
 
         var (result, violations) = audit("manylinux-x86_64")
-        #expect(result.termination == .exited(ExitStatus.integrity))
+        #expect(result.termination == .exited(ExitStatus.policy))
         #expect(violations.contains { $0.hasPrefix("bin/python3: needs GLIBC_2.3") && $0.contains("__libc_start_main") && $0.contains("up to 2.17") })
         #expect(violations.contains("bin/python3: needs libselinux.so.1, which manylinux_2_17 does not allow and the volume does not carry"))
         #expect(!violations.contains { $0.hasPrefix("bin/ttyd") })
