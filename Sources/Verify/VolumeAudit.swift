@@ -11,7 +11,7 @@ extension SysrootDescription {
     /// Reads and checks it; errors name the file and the option that points elsewhere.
     static func loadDescription(from path: String, what: String, option: String) throws -> Self {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw UsageError("cannot read \(what) \(path); run from the krnative checkout or give \(option) FILE")
+            throw UsageError("cannot read \(what) \(path); run krnative in the project (the directory holding krnative.lock.json, or below it) or give \(option) FILE")
         }
         let description: Self
         do { description = try JSONDecoder().decode(Self.self, from: data) } catch {

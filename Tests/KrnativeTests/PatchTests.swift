@@ -47,6 +47,7 @@ struct PatchTests {
         } catch {
             let message = "\(error)"
             print("--- the error a user gets ---\n\(message)")
+            #expect((error as? PatchError)?.exitCode == ExitStatus.patch)
             #expect(message.contains("10-ping-pong.json"))
             #expect(message.contains("lib/core/context.c"))
             #expect(message.contains("expected 1 occurrence(s)"))
