@@ -30,6 +30,9 @@ struct ExitStatusTests {
         Case(status: ExitStatus.missingInput, arguments: ["fetch", "--offline", "--all", "--lock", "one.json", "--store", "store"], files: ["one.json": oneInputLock]),
         Case(status: ExitStatus.store, arguments: ["store", "ls", "--store", "/proc/krnative-store"]),
         Case(status: ExitStatus.fetch, arguments: ["fetch", "--all", "--lock", "one.json", "--store", "store", "--retries", "1"], files: ["one.json": oneInputLock]),
+        Case(
+            status: ExitStatus.integrity, arguments: ["store", "verify", "--store", "store"],
+            files: ["store/sha256/\(String(repeating: "ab", count: 32))": "not what the name says"]),
         Case(status: ExitStatus.archive, arguments: ["lock", "tree-hash", "junk.tar.gz"], files: ["junk.tar.gz": "this is not an archive"]),
         Case(status: ExitStatus.sandbox, arguments: ["sandbox", "run", "--", "true"], environment: ["PATH": "/nonexistent"]),
         Case(
