@@ -52,7 +52,11 @@ struct StoreCommand: ParsableCommand {
                     print("\(report.verified.count) entries verified, \(report.quarantined.count) corrupted")
                     for (digest, what) in report.quarantined.sorted(by: { $0.key < $1.key }) { print("corrupted \(digest): \(what)") }
                 }
-                if !report.quarantined.isEmpty { throw ExitCode(ExitStatus.integrity) }
+                if !report.quarantined.isEmpty {
+                    FileHandle.standardError.write(Data(
+                        "krnative: store verify found \(report.quarantined.count) corrupted entries in \(inputs.storePath), now in its quarantine/; `krnative fetch` gets them again\n".utf8))
+                    throw ExitCode(ExitStatus.integrity)
+                }
             }
         }
     }
