@@ -7,8 +7,10 @@ import KrnativeBase
 #endif
 
 /// The part of krnative that runs inside the namespaces `unshare` made (as `krnative sandbox-entry`):
-/// it builds the step's root, pivots into it, spawns the step and reaps every process until the
-/// step ends. It is PID 1 of the sandbox, so when it exits the kernel kills whatever the step left.
+/// it builds the step's root, pivots into it, spawns the step confined (krn_spawn_confined: new
+/// session, nested user namespace, no capabilities, no_new_privs, seccomp, no stray descriptors)
+/// and reaps every process until the step ends. It is PID 1 of the sandbox, so when it exits the
+/// kernel kills whatever the step left.
 public enum SandboxEntry {
     struct SetupError: Error, CustomStringConvertible {
         var description: String
@@ -78,9 +80,10 @@ public enum SandboxEntry {
         var parent = OpenPath(open(root, krn_o_path | O_DIRECTORY | O_CLOEXEC))
         try check(parent.fd >= 0 ? 0 : -1, "cannot open the sandbox root \(root)")
         var walked = ""
-        for name in names {
+        for (index, name) in names.enumerated() {
             walked += "/" + name
-            let makeDirectory = name != last || directory
+            let isLast = index == names.count - 1
+            let makeDirectory = !isLast || directory
             var fd = openat(parent.fd, name, krn_o_path | O_NOFOLLOW | O_CLOEXEC)
             if fd < 0 && errno == ENOENT {
                 let made =
@@ -100,7 +103,7 @@ public enum SandboxEntry {
                     description: "the mount point \(inside) passes through \(walked), a symbolic link (to \(destination)) in the root tree; "
                         + "krnative does not follow a root tree's links: make \(walked) a directory there, or mount elsewhere")
             }
-            if name == last { return (parent, name) }
+            if isLast { return (parent, name) }
             guard (info.st_mode & S_IFMT) == S_IFDIR else {
                 throw SetupError(description: "the mount point \(inside) passes through \(walked), which is not a directory")
             }
