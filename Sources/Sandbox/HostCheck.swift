@@ -1,3 +1,4 @@
+import CSystemCalls
 import Foundation
 import KrnativeBase
 
@@ -36,6 +37,35 @@ public enum HostCheck {
             ))
         }
         return found
+    }
+
+    /// Whether this kernel has seccomp, which the step's system call filter needs.
+    public static var seccompAvailable: Bool { krn_seccomp_mode() >= 0 }
+
+    /// Whether this kernel has `PR_SET_NO_NEW_PRIVS`, which a filter without privilege needs.
+    public static var noNewPrivsAvailable: Bool { krn_no_new_privs() >= 0 }
+
+    /// `dev.tty.legacy_tiocsti`: "1" lets any process type into its controlling terminal, "0"
+    /// only privileged ones; nil on kernels before 6.2, which always let it.
+    public static func legacyTIOCSTI(procSys root: String = "/proc/sys") -> String? {
+        sysctl("dev.tty.legacy_tiocsti", root: root)
+    }
+
+    /// What is wrong with a step's confinement, read from its `/proc/self/status`: every
+    /// capability set empty, no_new_privs set, a seccomp filter (mode 2). Empty when all hold.
+    public static func confinementProblems(status text: String) -> [String] {
+        var fields: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 1)
+            if parts.count == 2 { fields[String(parts[0])] = parts[1].trimmingCharacters(in: .whitespaces) }
+        }
+        var problems: [String] = []
+        for name in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] where fields[name].map({ UInt64($0, radix: 16) != 0 }) ?? true {
+            problems.append("\(name) is \(fields[name] ?? "missing"), not 0")
+        }
+        if fields["NoNewPrivs"] != "1" { problems.append("NoNewPrivs is \(fields["NoNewPrivs"] ?? "missing"), not 1") }
+        if fields["Seccomp"] != "2" { problems.append("Seccomp is \(fields["Seccomp"] ?? "missing"), not 2 (filter)") }
+        return problems
     }
 
     /// The error for an `unshare` that failed before krnative's entry ran.

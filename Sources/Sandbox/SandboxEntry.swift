@@ -7,8 +7,10 @@ import KrnativeBase
 #endif
 
 /// The part of krnative that runs inside the namespaces `unshare` made (as `krnative sandbox-entry`):
-/// it builds the step's root, pivots into it, spawns the step and reaps every process until the
-/// step ends. It is PID 1 of the sandbox, so when it exits the kernel kills whatever the step left.
+/// it builds the step's root, pivots into it, spawns the step confined (krn_spawn_confined: new
+/// session, nested user namespace, no capabilities, no_new_privs, seccomp, no stray descriptors)
+/// and reaps every process until the step ends. It is PID 1 of the sandbox, so when it exits the
+/// kernel kills whatever the step left.
 public enum SandboxEntry {
     struct SetupError: Error, CustomStringConvertible {
         var description: String
@@ -57,23 +59,75 @@ public enum SandboxEntry {
         return flags
     }
 
-    static func bind(_ source: String, _ target: String, writable: Bool) throws {
-        var info = stat()
-        try check(stat(source, &info), "cannot see \(source)")
-        if (info.st_mode & S_IFMT) == S_IFDIR {
-            try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
-        } else {
-            try FileManager.default.createDirectory(
-                atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-            if !FileManager.default.fileExists(atPath: target) {
-                FileManager.default.createFile(atPath: target, contents: nil)
+    /// An open `O_PATH` descriptor: mount(2) given `/proc/self/fd/N` reaches exactly the file it
+    /// was opened on, whatever has been renamed or linked since.
+    final class OpenPath {
+        let fd: Int32
+        init(_ fd: Int32) { self.fd = fd }
+        deinit { close(fd) }
+        var procPath: String { "/proc/self/fd/\(fd)" }
+    }
+
+    /// Opens the mount point `inside` under `root`, creating what is missing (directories, or an
+    /// empty file as the last part when `directory` is false) and following no symbolic link on
+    /// the way: a link in a root tree points wherever its maker chose, on the host until the root
+    /// is entered. Returns the directory holding the last part, and that part.
+    static func mountPoint(_ inside: String, under root: String, directory: Bool) throws -> (parent: OpenPath, name: String) {
+        let names = inside.split(separator: "/").map(String.init).filter { $0 != "." }
+        guard let last = names.last, !names.contains("..") else {
+            throw SetupError(description: "the mount point \(inside) must be an absolute path without '..'")
+        }
+        var parent = OpenPath(open(root, krn_o_path | O_DIRECTORY | O_CLOEXEC))
+        try check(parent.fd >= 0 ? 0 : -1, "cannot open the sandbox root \(root)")
+        var walked = ""
+        for (index, name) in names.enumerated() {
+            walked += "/" + name
+            let isLast = index == names.count - 1
+            let makeDirectory = !isLast || directory
+            var fd = openat(parent.fd, name, krn_o_path | O_NOFOLLOW | O_CLOEXEC)
+            if fd < 0 && errno == ENOENT {
+                let made =
+                    makeDirectory
+                    ? mkdirat(parent.fd, name, 0o755)
+                    : { let file = openat(parent.fd, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644); return file < 0 ? -1 : close(file) }()
+                try check(made, "cannot create the mount point \(walked) (a read-only root tree must already contain it)")
+                fd = openat(parent.fd, name, krn_o_path | O_NOFOLLOW | O_CLOEXEC)
             }
+            try check(fd >= 0 ? 0 : -1, "cannot open the mount point \(walked)")
+            let opened = OpenPath(fd)
+            var info = stat()
+            try check(fstat(fd, &info), "cannot see \(walked)")
+            if (info.st_mode & S_IFMT) == S_IFLNK {
+                let destination = (try? FileManager.default.destinationOfSymbolicLink(atPath: root + walked)) ?? "?"
+                throw SetupError(
+                    description: "the mount point \(inside) passes through \(walked), a symbolic link (to \(destination)) in the root tree; "
+                        + "krnative does not follow a root tree's links: make \(walked) a directory there, or mount elsewhere")
+            }
+            if isLast { return (parent, name) }
+            guard (info.st_mode & S_IFMT) == S_IFDIR else {
+                throw SetupError(description: "the mount point \(inside) passes through \(walked), which is not a directory")
+            }
+            parent = opened
         }
-        try check(mount(source, target, nil, UInt(MS_BIND | MS_REC), nil), "cannot bind \(source) to \(target)")
-        if !writable {
-            let flags = UInt(MS_BIND | MS_REMOUNT | MS_RDONLY) | mountFlags(of: target)
-            try check(mount(nil, target, nil, flags, nil), "cannot make \(target) read-only")
-        }
+        return (parent, last)
+    }
+
+    /// Binds `source` (a host path, links followed: krnative or its caller named it) at `inside`.
+    static func bind(_ source: String, at inside: String, under root: String, writable: Bool, followLink: Bool = true) throws {
+        let origin = OpenPath(open(source, krn_o_path | O_CLOEXEC | (followLink ? 0 : O_NOFOLLOW)))
+        try check(origin.fd >= 0 ? 0 : -1, "cannot see \(source)")
+        var info = stat()
+        try check(fstat(origin.fd, &info), "cannot see \(source)")
+        let (parent, name) = try mountPoint(inside, under: root, directory: (info.st_mode & S_IFMT) == S_IFDIR)
+        let target = OpenPath(openat(parent.fd, name, krn_o_path | O_NOFOLLOW | O_CLOEXEC))
+        try check(target.fd >= 0 ? 0 : -1, "cannot open the mount point \(inside)")
+        try check(mount(origin.procPath, target.procPath, nil, UInt(MS_BIND | MS_REC), nil), "cannot bind \(source) to \(inside)")
+        guard !writable else { return }
+        // The descriptor opened before the mount is the mount point beneath it; open the new mount.
+        let mounted = OpenPath(openat(parent.fd, name, krn_o_path | O_NOFOLLOW | O_CLOEXEC))
+        try check(mounted.fd >= 0 ? 0 : -1, "cannot open \(inside) after mounting it")
+        let flags = UInt(MS_BIND | MS_REMOUNT | MS_RDONLY) | mountFlags(of: mounted.procPath)
+        try check(mount(nil, mounted.procPath, nil, flags, nil), "cannot make \(inside) read-only")
     }
 
     static func buildRoot(_ spec: SandboxSpec, at root: String) throws {
@@ -91,30 +145,46 @@ public enum SandboxEntry {
             var info = stat()
             guard lstat(source, &info) == 0 else { continue }
             if (info.st_mode & S_IFMT) == S_IFLNK {
+                // A link is copied as a link: it resolves inside the sandbox, once the root is entered.
                 let target = try FileManager.default.destinationOfSymbolicLink(atPath: source)
                 try FileManager.default.createSymbolicLink(atPath: root + "/" + name, withDestinationPath: target)
             } else {
-                try bind(source, root + "/" + name, writable: false)
+                try bind(source, at: "/" + name, under: root, writable: false, followLink: false)
             }
         }
         // /proc of the new PID namespace: it shows the sandbox's processes only.
-        try FileManager.default.createDirectory(atPath: root + "/proc", withIntermediateDirectories: true)
+        _ = try mountPoint("/proc", under: root, directory: true)
         try check(mount("proc", root + "/proc", "proc", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), nil), "cannot mount /proc")
-        try buildDev(root + "/dev")
-        try FileManager.default.createDirectory(atPath: root + "/tmp", withIntermediateDirectories: true)
+        try protectProc(root + "/proc")
+        try buildDev(root)
+        _ = try mountPoint("/tmp", under: root, directory: true)
         try check(mount("tmpfs", root + "/tmp", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777"), "cannot mount /tmp")
         for entry in spec.mounts {
-            try bind(entry.source, root + entry.target, writable: entry.writable)
+            try bind(entry.source, at: entry.target, under: root, writable: entry.writable)
         }
         try bringUpLoopback()
         try check(sethostname(spec.hostname, spec.hostname.utf8.count), "cannot set the host name")
     }
 
-    static func buildDev(_ dev: String) throws {
-        try FileManager.default.createDirectory(atPath: dev, withIntermediateDirectories: true)
+    /// The kernel knobs under /proc (sysctls, the SysRq trigger, interrupt and bus settings)
+    /// read-only, as bubblewrap covers them.
+    static func protectProc(_ proc: String) throws {
+        for name in ["sys", "sysrq-trigger", "irq", "bus"] {
+            let path = proc + "/" + name
+            guard access(path, F_OK) == 0 else { continue }
+            try check(mount(path, path, nil, UInt(MS_BIND | MS_REC), nil), "cannot bind /proc/\(name)")
+            let flags = UInt(MS_BIND | MS_REMOUNT | MS_RDONLY) | mountFlags(of: path)
+            try check(mount(nil, path, nil, flags, nil), "cannot make /proc/\(name) read-only")
+        }
+    }
+
+    /// A minimal /dev: no host terminal (`/dev/tty` would be the invoking terminal), a devpts of its own.
+    static func buildDev(_ root: String) throws {
+        let dev = root + "/dev"
+        _ = try mountPoint("/dev", under: root, directory: true)
         try check(mount("tmpfs", dev, "tmpfs", UInt(MS_NOSUID | MS_NOEXEC), "mode=0755"), "cannot mount /dev")
-        for node in ["null", "zero", "full", "random", "urandom", "tty"] {
-            try bind("/dev/" + node, dev + "/" + node, writable: true)
+        for node in ["null", "zero", "full", "random", "urandom"] {
+            try bind("/dev/" + node, at: "/dev/" + node, under: root, writable: true)
         }
         try FileManager.default.createDirectory(atPath: dev + "/pts", withIntermediateDirectories: true)
         try check(
@@ -156,29 +226,38 @@ public enum SandboxEntry {
 
     // MARK: The step
 
+    /// What krn_spawn_confined was doing when it failed, in words.
+    static func confinementStage(_ stage: Int32) -> String {
+        switch UInt32(stage) {
+        case KRN_STAGE_SIGNALS.rawValue: "resetting signals"
+        case KRN_STAGE_SESSION.rawValue: "a new session"
+        case KRN_STAGE_NAMESPACE.rawValue: "a nested user and mount namespace"
+        case KRN_STAGE_MAPS.rawValue: "the nested namespace's uid and gid maps"
+        case KRN_STAGE_CAPABILITIES.rawValue: "dropping capabilities"
+        case KRN_STAGE_NO_NEW_PRIVS.rawValue: "no_new_privs"
+        case KRN_STAGE_SECCOMP.rawValue: "the seccomp filter"
+        case KRN_STAGE_DESCRIPTORS.rawValue: "closing descriptors"
+        default: "stage \(stage)"
+        }
+    }
+
     static func spawnAndReap(_ spec: SandboxSpec) throws -> SandboxStatus {
         try check(chdir(spec.workingDirectory), "cannot enter the working directory \(spec.workingDirectory)")
         umask(0o022)
         let environment = spec.fullEnvironment.map { "\($0.key)=\($0.value)" }.sorted()
         let program = ChildProcess.resolve(spec.argv[0], environment: spec.fullEnvironment)
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // Whatever the parent blocked or ignored, the step starts with default signal handling.
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        var all = sigset_t()
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setsigdefault(&attributes, &all)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var pid: pid_t = 0
         let argv = spec.argv.map { strdup($0) } + [nil]
         let envp = environment.map { strdup($0) } + [nil]
         defer { (argv + envp).forEach { free($0) } }
-        let result = posix_spawn(&pid, program, nil, &attributes, argv, envp)
+        var pid: pid_t = 0
+        var stage: Int32 = 0
+        let result = krn_spawn_confined(program, argv, envp, &pid, &stage)
         guard result == 0 else {
-            throw SetupError(description: "cannot start \(spec.argv[0]) (looked up as \(program)): \(String(cString: strerror(result)))")
+            let reason = String(cString: strerror(result))
+            guard UInt32(stage) == KRN_STAGE_EXEC.rawValue else {
+                throw SetupError(description: "cannot confine the step (\(confinementStage(stage))): \(reason)")
+            }
+            throw SetupError(description: "cannot start \(spec.argv[0]) (looked up as \(program)): \(reason)")
         }
         // As PID 1, reap every orphan until the step itself has ended.
         while true {

@@ -1,3 +1,4 @@
+import CSystemCalls
 import Foundation
 import KrnativeBase
 
@@ -52,8 +53,9 @@ public struct SandboxResult: Sendable {
     public var outputBytes: Int64
 }
 
-/// Runs steps in the rootless sandbox: Foundation `Process` starts `unshare` (user, mount, pid,
-/// net, uts, ipc namespaces; the caller mapped to root) and, inside, `krnative sandbox-entry`.
+/// Runs steps in the rootless sandbox: krnative starts `unshare` (user, mount, pid, net, uts, ipc
+/// namespaces; the caller mapped to root) through `krnative sandbox launch`, and, inside,
+/// `krnative sandbox-entry`.
 public struct SandboxRunner: Sendable {
     /// The krnative executable whose `sandbox-entry` runs inside.
     public var entryExecutable: String
@@ -102,7 +104,11 @@ public struct SandboxRunner: Sendable {
         let specPath = scratch.path + "/spec.json", statusPath = scratch.path + "/status.json"
         FileManager.default.createFile(atPath: specPath, contents: try? JSONEncoder().encode(spec))
         FileManager.default.createFile(atPath: statusPath, contents: nil)
+        // krnative → `krnative sandbox launch` (dies with krnative, passes on only 0, 1 and 2) →
+        // unshare (--kill-child: the entry dies with it) → the entry, PID 1 (its death ends the
+        // PID namespace): whatever kills krnative, nothing of the sandbox is left running.
         let argv = [
+            entryExecutable, "sandbox", "launch", "--parent", String(getpid()), "--",
             unshare, "--user", "--map-root-user", "--mount", "--pid", "--net", "--uts", "--ipc", "--fork",
             "--kill-child", "--propagation", "private", "--", entryExecutable, "sandbox-entry", specPath, statusPath,
         ]
@@ -151,6 +157,18 @@ public struct SandboxRunner: Sendable {
                 output(chunk)
             }], onStart: { child.pid = $0 })
         return (termination, tail.text, tail.total)
+    }
+}
+
+extension SandboxRunner {
+    /// `krnative sandbox launch`: becomes `argv` with SIGKILL armed for when `parent` dies (checked
+    /// after arming, so a parent that died first is noticed) and only descriptors 0, 1 and 2 open.
+    public static func launch(parent: pid_t, argv: [String]) -> Never {
+        var cArguments = argv.map { strdup($0) } + [nil]
+        krn_exec_with_parent_death_signal(parent, argv[0], &cArguments)
+        let reason = errno == ESRCH ? "krnative (pid \(parent)) is gone" : String(cString: strerror(errno))
+        FileHandle.standardError.write(Data("krnative: sandbox launch: cannot run \(argv[0]): \(reason)\n".utf8))
+        exit(ExitStatus.sandbox)
     }
 }
 

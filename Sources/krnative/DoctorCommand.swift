@@ -38,6 +38,7 @@ struct DoctorCommand: ParsableCommand {
         } else {
             checks.append(Check(name: "user namespaces", status: .ok, detail: "unshare --user --map-root-user works as uid \(getuid())"))
         }
+        checks.append(contentsOf: confinementChecks())
         checks.append(sandboxCheck())
         checks.append(Check(name: "libcurl", status: .ok, detail: CurlLibrary.version))
         checks.append(Check(name: "libarchive", status: .ok, detail: ArchiveLibraries.libarchive))
@@ -69,20 +70,54 @@ struct DoctorCommand: ParsableCommand {
         if checks.contains(where: { $0.status == .fail }) { throw ExitCode(ExitStatus.sandbox) }
     }
 
+    /// What the step's confinement relies on in the kernel, and the terminal-injection setting.
+    private func confinementChecks() -> [Check] {
+        let filtered = "the step's filter refuses TIOCSTI, TIOCLINUX, mounts, keyctl and new user namespaces"
+        let noKernel = "use a kernel built with CONFIG_SECCOMP_FILTER (every distribution kernel), or build with --sandbox none"
+        var checks = [
+            HostCheck.seccompAvailable
+                ? Check(name: "seccomp", status: .ok, detail: "available: \(filtered)")
+                : Check(name: "seccomp", status: .fail, detail: "this kernel has no seccomp: steps cannot be confined", fix: noKernel),
+            HostCheck.noNewPrivsAvailable
+                ? Check(name: "no_new_privs", status: .ok, detail: "available: steps cannot gain privileges by executing a program")
+                : Check(name: "no_new_privs", status: .fail, detail: "this kernel has no PR_SET_NO_NEW_PRIVS (before 3.5)", fix: noKernel),
+        ]
+        let steps = "build steps cannot: they run in a session of their own, without /dev/tty, and seccomp refuses TIOCSTI"
+        switch HostCheck.legacyTIOCSTI() {
+        case "0":
+            checks.append(Check(name: "tiocsti", status: .ok, detail: "dev.tty.legacy_tiocsti=0: only privileged processes may type into a terminal"))
+        case let value?:
+            checks.append(
+                Check(
+                    name: "tiocsti", status: .warn, detail: "dev.tty.legacy_tiocsti=\(value): any process may type into its controlling terminal; \(steps)",
+                    fix: "sudo sysctl -w dev.tty.legacy_tiocsti=0 closes it for every program (persist it in /etc/sysctl.d/)"))
+        case nil:
+            checks.append(Check(name: "tiocsti", status: .info, detail: "kernel before 6.2: any process may type into its controlling terminal; \(steps)"))
+        }
+        return checks
+    }
+
     private func sandboxCheck() -> Check {
         let scratch = NSTemporaryDirectory() + "/krnative-doctor-\(getpid())"
         try? FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let spec = SandboxSpec(
-            argv: ["cat", "/proc/sys/kernel/hostname"], mounts: [.writable(scratch)], workingDirectory: scratch)
+            argv: ["cat", "/proc/sys/kernel/hostname", "/proc/self/status"], mounts: [.writable(scratch)], workingDirectory: scratch)
         do {
             // The entry mounts /proc, /dev and /tmp and brings the loopback up before the step runs;
-            // the step reads its own UTS namespace's host name through the new /proc.
+            // the step reads its own UTS namespace's host name and its confinement through the new /proc.
             let result = try SandboxRunner(entryExecutable: currentExecutable).run(spec)
-            guard result.outputTail.trimmingCharacters(in: .whitespacesAndNewlines) == spec.hostname else {
-                return Check(name: "sandbox", status: .fail, detail: "the step saw host name '\(result.outputTail)'", fix: "report this: the UTS namespace was not applied")
+            let hostname = result.outputTail.split(separator: "\n").first.map(String.init) ?? ""
+            guard hostname == spec.hostname else {
+                return Check(name: "sandbox", status: .fail, detail: "the step saw host name '\(hostname)'", fix: "report this: the UTS namespace was not applied")
             }
-            return Check(name: "sandbox", status: .ok, detail: "a step ran with its own /proc, /dev, /tmp, loopback and host name")
+            let problems = HostCheck.confinementProblems(status: result.outputTail)
+            guard problems.isEmpty else {
+                return Check(name: "sandbox", status: .fail, detail: "the step is not confined: " + problems.joined(separator: "; "), fix: "report this")
+            }
+            return Check(
+                name: "sandbox", status: .ok,
+                detail: "a step ran with its own /proc, /dev, /tmp, loopback and host name, no capabilities, no_new_privs and the seccomp filter")
         } catch {
             let fix: String? = if case .refused(_, let fix) = error { fix } else { "run `krnative sandbox run -- true` to see the failure" }
             return Check(name: "sandbox", status: .fail, detail: error.description.split(separator: "\n").first.map(String.init) ?? "", fix: fix)

@@ -18,7 +18,7 @@ extension Isolation: ExpressibleByArgument {
 struct SandboxCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sandbox", abstract: "Run a command in the build sandbox, as a build step runs.",
-        subcommands: [Run.self])
+        subcommands: [Run.self, Launch.self])
 
     struct Run: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -69,6 +69,20 @@ struct SandboxCommand: ParsableCommand {
                 throw UsageError("mount '\(text)' needs an absolute SRC[:DST]")
             }
             return SandboxSpec.Mount(source: source, target: parts.count > 1 ? parts[1] : source, writable: writable)
+        }
+    }
+}
+
+extension SandboxCommand {
+    /// Between krnative and `unshare`: arms the parent-death signal, then becomes ARGV. Not for people to call.
+    struct Launch: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Internal: run ARGV so that it is killed when the krnative with pid PARENT dies.", shouldDisplay: false)
+        @Option(help: "The pid of the krnative that started this.") var parent: Int32
+        @Argument(parsing: .postTerminator) var command: [String]
+        func run() throws {
+            guard !command.isEmpty else { throw UsageError("sandbox launch needs a command after --") }
+            SandboxRunner.launch(parent: parent, argv: command)
         }
     }
 }

@@ -254,7 +254,7 @@ struct SandboxTests {
         let result = krnative(["doctor", "--json"])
         let checks = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as! [[String: String]]
         let byName = Dictionary(uniqueKeysWithValues: checks.map { ($0["name"]!, $0) })
-        for name in ["unshare", "user namespaces", "sandbox", "libcurl", "libarchive", "liblzma", "store disk"] {
+        for name in ["unshare", "user namespaces", "seccomp", "no_new_privs", "tiocsti", "sandbox", "libcurl", "libarchive", "liblzma", "store disk"] {
             #expect(byName[name] != nil, "doctor has no \(name) check")
         }
         #expect(byName["sandbox"]?["status"] == (Sandbox.userNamespacesWork ? "ok" : "fail"))

@@ -16,4 +16,49 @@ int krn_pipe_cloexec(int fds[2]);
 /// posix_spawn_file_actions_addchdir_np (glibc 2.29): the child starts in `directory`.
 int krn_spawn_add_chdir(posix_spawn_file_actions_t *actions, const char *directory);
 
+
+#include <sys/types.h>
+
+/// Marks every descriptor from `from` up close-on-exec (close_range, or a /proc/self/fd walk on
+/// kernels before 5.11). Safe between fork and exec.
+int krn_mark_descriptors_cloexec(int from);
+
+/// Arms PR_SET_PDEATHSIG(SIGKILL), checks that `parent` is still the parent, marks descriptors
+/// above 2 close-on-exec and executes `path`. Returns -1 with errno only when it could not.
+int krn_exec_with_parent_death_signal(pid_t parent, const char *path, char *const argv[]);
+
+/// Installs the build step's seccomp filter on the calling thread (needs no_new_privs): EPERM for
+/// ioctl TIOCSTI and TIOCLINUX, mount, umount2, pivot_root, the new mount API, keyctl, add_key,
+/// request_key, perf_event_open, clone and unshare with CLONE_NEWUSER; ENOSYS for clone3; a
+/// foreign architecture's (or x32) system call kills the process.
+int krn_install_step_filter(void);
+
+/// What krn_spawn_confined was doing when the child failed.
+enum krn_confine_stage {
+    KRN_STAGE_SIGNALS = 1,
+    KRN_STAGE_SESSION,
+    KRN_STAGE_NAMESPACE,
+    KRN_STAGE_MAPS,
+    KRN_STAGE_CAPABILITIES,
+    KRN_STAGE_NO_NEW_PRIVS,
+    KRN_STAGE_SECCOMP,
+    KRN_STAGE_DESCRIPTORS,
+    KRN_STAGE_EXEC,
+};
+
+/// Forks a child that becomes a build step: default signals, a new session (no controlling
+/// terminal), a user and mount namespace of its own (uid and gid 0 mapped to 0), every capability
+/// dropped (bounding, ambient, effective, permitted, inheritable), no_new_privs, the step filter,
+/// descriptors above 2 closed; then execve. Returns 0 with `*pid`, or an errno value with `*stage`.
+int krn_spawn_confined(const char *path, char *const argv[], char *const envp[], pid_t *pid, int *stage);
+
+/// prctl(PR_GET_SECCOMP): this process's seccomp mode, -1 (EINVAL) on a kernel without seccomp.
+int krn_seccomp_mode(void);
+
+/// prctl(PR_GET_NO_NEW_PRIVS): 0 or 1, -1 on a kernel without it.
+int krn_no_new_privs(void);
+
+/// O_PATH (glibc defines it only under _GNU_SOURCE, which Swift's Glibc module is not built with).
+extern const int krn_o_path;
+
 #endif
