@@ -26,6 +26,10 @@ enum Runner: String, CaseIterable, CustomTestStringConvertible {
         return (entry.pointee.pw_uid, entry.pointee.pw_gid)
     }()
 
+    /// The users this machine can run as: an ordinary user only when the tests run as root (else the
+    /// current user already is one).
+    static var available: [Runner] { ordinary == nil ? [.currentUser] : allCases }
+
     var identity: (uid: uid_t, gid: gid_t)? {
         switch self {
         case .currentUser: (getuid(), getgid())
@@ -52,26 +56,12 @@ enum Runner: String, CaseIterable, CustomTestStringConvertible {
     }
 }
 
-@Suite("Sandbox", .tags(.namespaces), .serialized)
+@Suite("Sandbox", .tags(.namespaces), .serialized, .needsNamespaces)
 struct SandboxTests {
     let runner = SandboxRunner(entryExecutable: Package.binary)
 
-    func skipUnlessNamespaces() -> Bool {
-        guard Sandbox.userNamespacesWork else {
-            Issue.record("SKIPPED: user namespaces do not work here; `krnative doctor` says why")
-            return false
-        }
-        return true
-    }
-
-    /// Every isolation property, checked from inside, as each user.
-    @Test(arguments: Runner.allCases)
+    @Test(arguments: Runner.available)
     func isolationHoldsFromInside(as user: Runner) throws {
-        guard skipUnlessNamespaces() else { return }
-        guard user.identity != nil else {
-            print("SKIPPED ordinary-user run: the tests do not run as root, so they already run as an ordinary user")
-            return
-        }
         let server = try FaultServer()
         let work = TemporaryDirectory("krnative-sb-work"), input = TemporaryDirectory("krnative-sb-in"), prefix = TemporaryDirectory("krnative-sb-prefix")
         _ = input.file("file", "original\n")
@@ -142,7 +132,6 @@ struct SandboxTests {
     }
 
     @Test func environmentIsExactlyTheDeclaredOne() throws {
-        guard skipUnlessNamespaces() else { return }
         let work = TemporaryDirectory()
         let spec = SandboxSpec(
             argv: ["/usr/bin/env"], environment: ["CC": "zig cc"], mounts: [.writable(work.path)],
@@ -159,7 +148,6 @@ struct SandboxTests {
     }
 
     @Test func exitStatusAndSignalsPropagate() throws {
-        guard skipUnlessNamespaces() else { return }
         let work = TemporaryDirectory()
         let exited = try runner.start(SandboxSpec(argv: ["sh", "-c", "echo failing >&2; exit 7"], mounts: [.writable(work.path)], workingDirectory: work.path))
         #expect(exited.termination == .exited(7))
@@ -179,7 +167,6 @@ struct SandboxTests {
     }
 
     @Test func megabytesOfOutputStreamWithBoundedMemory() throws {
-        guard skipUnlessNamespaces() else { return }
         let work = TemporaryDirectory()
         var bounded = runner
         bounded.tailLimit = 4096
@@ -193,7 +180,6 @@ struct SandboxTests {
     }
 
     @Test func refusedNamespacesNameTheSettingAndTheFix() throws {
-        guard skipUnlessNamespaces() else { return }
         let work = TemporaryDirectory()
         // Inside a user namespace whose limit is 0, unshare --user is refused as on a locked-down host.
         let refused = ChildProcess.run(
@@ -225,7 +211,6 @@ struct SandboxTests {
     }
 
     @Test func interruptTearsDownTheWholeSandbox() throws {
-        guard skipUnlessNamespaces() else { return }
         let work = TemporaryDirectory()
         let marker = 800_000 + Int(getpid() % 50_000)
         let process = Process()
