@@ -8,6 +8,7 @@ public enum ArchiveError: KrnativeError {
     case corrupt(archive: String, entry: String?, reason: String)
     case rejectedEntry(archive: String, entry: String, reason: String)
     case cannotWrite(archive: String, reason: String)
+    case interrupted(archive: String)
 
     public var description: String {
         switch self {
@@ -19,9 +20,14 @@ public enum ArchiveError: KrnativeError {
             "archive \(archive): entry '\(entry)' rejected: \(reason)"
         case .cannotWrite(let archive, let reason):
             "cannot write archive \(archive): \(reason)"
+        case .interrupted(let archive):
+            "interrupted by a signal while working on \(archive)"
         }
     }
-    public var exitCode: Int32 { ExitStatus.archive }
+    public var exitCode: Int32 {
+        if case .interrupted = self { return ExitStatus.interrupted }
+        return ExitStatus.archive
+    }
 }
 
 /// One entry's header, as the archive states it.
@@ -49,10 +55,9 @@ public final class ArchiveReader {
         self.handle = handle
         archive_read_support_filter_all(handle)
         archive_read_support_format_all(handle)
+        // On failure deinit frees the handle (it runs: every stored property is set).
         guard archive_read_open_filename(handle, path, 1 << 16) == ARCHIVE_OK else {
-            let reason = Self.message(handle)
-            archive_read_free(handle)
-            throw .cannotOpen(archive: path, reason: reason)
+            throw .cannotOpen(archive: path, reason: Self.message(handle))
         }
     }
 
@@ -64,6 +69,7 @@ public final class ArchiveReader {
 
     /// The next entry's header, or nil at the end of the archive.
     public func next() throws(ArchiveError) -> ArchiveEntry? {
+        if Cancellation.requested { throw .interrupted(archive: archivePath) }
         var entry: OpaquePointer?
         let status = archive_read_next_header(handle, &entry)
         if status == ARCHIVE_EOF { return nil }
@@ -97,6 +103,7 @@ public final class ArchiveReader {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
         defer { buffer.deallocate() }
         while true {
+            if Cancellation.requested { throw ArchiveError.interrupted(archive: archivePath) }
             let count = archive_read_data(handle, buffer.baseAddress, buffer.count)
             if count == 0 { return }
             guard count > 0 else {

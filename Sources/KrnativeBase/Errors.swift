@@ -23,6 +23,8 @@ public enum ExitStatus {
     public static let process: Int32 = 78
     public static let sandbox: Int32 = 79
     public static let patch: Int32 = 80
+    /// Ended by SIGINT, SIGTERM or SIGHUP (128 + SIGINT, as a shell reports Ctrl-C).
+    public static let interrupted: Int32 = 130
 }
 
 /// A command line that does not make sense.
