@@ -74,6 +74,8 @@ struct BuildCommand: ParsableCommand {
                 for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
                 say("\(target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
             } else {
+                // An output directory that cannot take the outputs fails now, not after the build.
+                _ = try StagingDirectory(in: out)
                 _ = try fetchInputs(
                     VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false,
                     summary: say)

@@ -39,6 +39,9 @@ struct LockCommand: ParsableCommand {
                     throw UsageError("unknown --kind '\(kind)'; use \(LockedInput.Kind.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
                 guard file != nil || !urls.isEmpty else { throw UsageError("give --file or at least one --url") }
+                if let file, FileSystem.isDirectory(file) || !FileSystem.exists(file) {
+                    throw FileSystemError.cannotRead(path: file, reason: FileSystem.exists(file) ? "it is a directory" : "no such file")
+                }
                 let platform = try host.map { text throws(UsageError) in
                     guard let platform = HostPlatform(rawValue: text) else { throw UsageError("unknown --host '\(text)'") }
                     return platform
