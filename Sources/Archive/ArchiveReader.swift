@@ -12,6 +12,7 @@ public enum ArchiveError: KrnativeError {
     case refusedLink(archive: String, entry: String, target: String, reason: String)
     /// Unpacking would pass a limit of `SafeExtractor.Limits`; `variable` raises it.
     case exceedsLimit(archive: String, entry: String, limit: String, variable: String)
+    case interrupted(archive: String)
 
     public var description: String {
         switch self {
@@ -28,9 +29,14 @@ public enum ArchiveError: KrnativeError {
         case .exceedsLimit(let archive, let entry, let limit, let variable):
             "archive \(archive): entry '\(entry)' takes it past \(limit); nothing of it was kept. "
                 + "If the archive is trusted, raise the limit: \(variable)=N"
+        case .interrupted(let archive):
+            "interrupted by a signal while working on \(archive)"
         }
     }
-    public var exitCode: Int32 { ExitStatus.archive }
+    public var exitCode: Int32 {
+        if case .interrupted = self { return ExitStatus.interrupted }
+        return ExitStatus.archive
+    }
 }
 
 /// One entry's header, as the archive states it.
@@ -58,8 +64,8 @@ public final class ArchiveReader {
         self.handle = handle
         archive_read_support_filter_all(handle)
         archive_read_support_format_all(handle)
+        // On failure deinit frees the handle (it runs: every stored property is set).
         guard archive_read_open_filename(handle, path, 1 << 16) == ARCHIVE_OK else {
-            // deinit frees the handle: a class whose stored properties are set runs deinit when init throws.
             throw .cannotOpen(archive: path, reason: Self.message(handle))
         }
     }
@@ -72,6 +78,7 @@ public final class ArchiveReader {
 
     /// The next entry's header, or nil at the end of the archive.
     public func next() throws(ArchiveError) -> ArchiveEntry? {
+        if Cancellation.requested { throw .interrupted(archive: archivePath) }
         var entry: OpaquePointer?
         let status = archive_read_next_header(handle, &entry)
         if status == ARCHIVE_EOF { return nil }
@@ -105,6 +112,7 @@ public final class ArchiveReader {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
         defer { buffer.deallocate() }
         while true {
+            if Cancellation.requested { throw ArchiveError.interrupted(archive: archivePath) }
             let count = archive_read_data(handle, buffer.baseAddress, buffer.count)
             if count == 0 { return }
             guard count > 0 else {

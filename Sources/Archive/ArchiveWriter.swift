@@ -16,10 +16,9 @@ public final class TarWriter {
         archive_write_set_format_pax_restricted(handle)
         archive_write_add_filter_none(handle)
         archive_write_set_bytes_in_last_block(handle, 1)
+        // On failure deinit frees the handle (it runs: every stored property is set).
         guard archive_write_open_filename(handle, path) == ARCHIVE_OK else {
-            let reason = ArchiveReader.message(handle)
-            archive_write_free(handle)
-            throw .cannotWrite(archive: path, reason: reason)
+            throw .cannotWrite(archive: path, reason: ArchiveReader.message(handle))
         }
     }
 
@@ -41,6 +40,7 @@ public final class TarWriter {
     }
 
     private func write(_ data: Data) throws(ArchiveError) {
+        if Cancellation.requested { throw .interrupted(archive: path) }
         guard !data.isEmpty else { return }
         let written = data.withUnsafeBytes { archive_write_data(handle, $0.baseAddress, $0.count) }
         guard written == data.count else {

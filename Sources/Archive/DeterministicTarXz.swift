@@ -53,6 +53,7 @@ public struct DeterministicTarXz: Sendable {
             entries = try write(listing, from: directory, into: sink, name: output)
             try sink.finish()
             try FileSystem.fsync(path: temp)
+            if Cancellation.requested { throw ArchiveError.interrupted(archive: output) }
             try FileSystem.rename(temp, to: output)
         } catch let error as ArchiveError {
             sink.abandon()
@@ -107,6 +108,7 @@ public struct DeterministicTarXz: Sendable {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
         defer { buffer.deallocate() }
         for item in listing {
+            if Cancellation.requested { throw ArchiveError.interrupted(archive: name) }
             let path = "./" + item.relative
             let type = item.info.st_mode & S_IFMT
             let executable = item.info.st_mode & 0o111 != 0
@@ -155,6 +157,7 @@ public struct DeterministicTarXz: Sendable {
                 var hasher = StreamingSHA256()
                 defer { record.sha256 = hasher.finalize() }
                 while true {
+                    if Cancellation.requested { throw ArchiveError.interrupted(archive: name) }
                     let count = read(fd, buffer.baseAddress, buffer.count)
                     if count < 0 && errno == EINTR { continue }
                     guard count >= 0 else { throw FileSystemError.cannotRead(path: root + "/" + item.relative, reason: String(cString: strerror(errno))) }
@@ -188,12 +191,14 @@ final class XzFileSink {
         options.flags = 0
         options.threads = UInt32(threads)
         options.block_size = blockSize
-        options.timeout = 0
+        // lzma_code returns every 200 ms even while a block is compressing, so a signal is
+        // noticed at once; it does not change the bytes.
+        options.timeout = 200
         options.preset = preset
         options.check = LZMA_CHECK_CRC64
         let status = lzma_stream_encoder_mt(&stream, &options)
+        // On failure deinit ends the stream and closes the file (it runs: every property is set).
         guard status == LZMA_OK else {
-            close(fd)
             throw ArchiveError.cannotWrite(archive: path, reason: "liblzma could not start its encoder (\(status.rawValue))")
         }
     }
@@ -209,13 +214,15 @@ final class XzFileSink {
         stream.next_in = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self)
         stream.avail_in = bytes.count
         while stream.avail_in > 0 {
-            guard run(LZMA_RUN) != nil else { return false }
+            if Cancellation.requested { failure = failure ?? "interrupted" }
+            guard failure == nil, run(LZMA_RUN) != nil else { return false }
         }
         return true
     }
 
     func finish() throws {
         while true {
+            if Cancellation.requested { throw ArchiveError.interrupted(archive: "xz") }
             guard let status = run(LZMA_FINISH) else { throw ArchiveError.cannotWrite(archive: "xz", reason: failure ?? "liblzma failed") }
             if status == LZMA_STREAM_END { break }
         }

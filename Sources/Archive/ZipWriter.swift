@@ -26,10 +26,9 @@ public final class ZipWriter {
         archive_write_set_format_zip(handle)
         // Its extra fields carry the (fixed) time and owner 0, so the bytes depend on the content only.
         archive_write_set_options(handle, "zip:compression=deflate")
+        // On failure deinit frees the handle (it runs: every stored property is set).
         guard archive_write_open_filename(handle, path) == ARCHIVE_OK else {
-            let reason = ArchiveReader.message(handle)
-            archive_write_free(handle)
-            throw .cannotWrite(archive: path, reason: reason)
+            throw .cannotWrite(archive: path, reason: ArchiveReader.message(handle))
         }
     }
 
@@ -37,6 +36,7 @@ public final class ZipWriter {
 
     /// Adds a file; `executable` gives it mode 0755 (else 0644).
     public func add(_ name: String, data: Data, executable: Bool = false) throws(ArchiveError) {
+        if Cancellation.requested { throw .interrupted(archive: path) }
         let entry = archive_entry_new()
         defer { archive_entry_free(entry) }
         archive_entry_set_pathname_utf8(entry, name)

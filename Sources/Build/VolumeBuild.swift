@@ -86,11 +86,9 @@ public struct VolumeBuild: Sendable {
     public func run(lock: Lockfile) throws -> BuildManifest {
         let target = options.target
         let (distro, arch) = (target.distro, target.arch.rawValue)
-        try FileSystem.createDirectory(options.outputDirectory)
-        let staging = options.outputDirectory + "/.krnative-staging-\(getpid())"
-        FileSystem.remove(staging)
-        try FileSystem.createDirectory(staging)
-        defer { FileSystem.remove(staging) }
+        let stagingDirectory = try StagingDirectory(in: options.outputDirectory)
+        defer { stagingDirectory.remove() }
+        let staging = stagingDirectory.path
         let needed = lock.inputs(for: [target], host: .current)
         func path(of input: LockedInput) throws -> String {
             guard let path = try resolver.path(of: input) else { throw CompileError.missingInput(name: input.name, lockPath: options.lockPath) }
@@ -176,15 +174,49 @@ public struct VolumeBuild: Sendable {
         manifest.outputs.append(.init(file: sbomName, sha256: sbomDigest, size: sbomSize))
         try FileSystem.writeAtomically(try manifest.encoded(), to: staging + "/" + outputNames[7])
 
-        // Into place: each output by rename, the manifest last, so its presence means the set is whole.
-        for name in outputNames {
-            // Every output is 0644 whatever the umask: the directory listing is an output too.
-            chmod(staging + "/" + name, 0o644)
-            FileSystem.remove(options.outputDirectory + "/" + name)
-            try FileSystem.rename(staging + "/" + name, to: options.outputDirectory + "/" + name)
-        }
+        if Cancellation.requested { throw ArchiveError.interrupted(archive: staging) }
+        try Self.publish(outputNames.dropLast().map { $0 }, manifest: outputNames[7], from: staging, into: options.outputDirectory)
         if let ledgerEntry { try record(ledgerEntry) }
         return manifest
+    }
+
+    /// Moves the staged outputs into `directory` so that no reader sees a manifest that does not
+    /// describe the files beside it: the old manifest is set aside first (no manifest means "not
+    /// whole"), the new files renamed in, the old manifest's outputs the new set lacks removed
+    /// (the previous version's wheel), the new manifest renamed in last. Killed at any point, the
+    /// directory holds the old whole set or no manifest; the next publish finishes the clean-up
+    /// from the set-aside manifest. `afterStep` is for tests (called after each step, counted from 1).
+    public static func publish(
+        _ outputs: [String], manifest: String, from staging: String, into directory: String,
+        afterStep: (Int) -> Void = { _ in }
+    ) throws {
+        let replaced = directory + "/.krnative-replaced-" + manifest
+        let current = directory + "/" + manifest
+        if FileSystem.exists(current) { try FileSystem.rename(current, to: replaced) }
+        var step = 1
+        afterStep(step)
+        for name in outputs {
+            // Every output is 0644 whatever the umask: the directory listing is an output too.
+            chmod(staging + "/" + name, 0o644)
+            try FileSystem.rename(staging + "/" + name, to: directory + "/" + name)
+            step += 1
+            afterStep(step)
+        }
+        let previous = FileManager.default.contents(atPath: replaced).flatMap { try? JSONDecoder().decode(OutputList.self, from: $0) }
+        for stale in Set(previous?.outputs.map(\.file) ?? []).subtracting(outputs + [manifest])
+        where !stale.contains("/") && !stale.hasPrefix(".") {
+            FileSystem.remove(directory + "/" + stale)
+        }
+        chmod(staging + "/" + manifest, 0o644)
+        try FileSystem.rename(staging + "/" + manifest, to: current)
+        afterStep(step + 1)
+        FileSystem.remove(replaced)
+    }
+
+    /// A manifest's outputs, all `publish` needs of the one it replaces.
+    struct OutputList: Decodable {
+        struct Output: Decodable { var file: String }
+        var outputs: [Output]
     }
 
     /// Everything that decides the outputs, hashed: the krnative executable, the lock, the target,

@@ -7,6 +7,12 @@ public struct ChildProcessError: KrnativeError {
     public var termination: ChildProcess.Termination
     public var stderrTail: String
 
+    public init(argv: [String], termination: ChildProcess.Termination, stderrTail: String) {
+        self.argv = argv
+        self.termination = termination
+        self.stderrTail = stderrTail
+    }
+
     public var description: String {
         var text = "command failed (\(termination)): \(argv.map(ChildProcess.quote).joined(separator: " "))"
         if !stderrTail.isEmpty {
@@ -86,8 +92,13 @@ public enum ChildProcess {
 
 /// Starts children with posix_spawn and waits for them with waitpid: no run loop, so krnative
 /// behaves the same under an LD_PRELOAD clock (libfaketime) that Foundation's `Process` hangs
-/// under. The child gets a clean signal mask and default SIGINT, SIGTERM and SIGPIPE dispositions.
+/// under. The child gets a clean signal mask and default SIGINT, SIGTERM, SIGHUP and SIGPIPE
+/// dispositions, in a process group of its own: on cancellation (`Cancellation`) the whole group
+/// gets SIGTERM, then SIGKILL, and the child is reaped before `run` returns.
 public enum Spawn {
+    /// How long a cancelled child's group has between SIGTERM and SIGKILL.
+    static let termGrace = 0.3
+
     /// Runs `argv`, feeding each output pipe's chunks to `streams[i]`: one stream gets stdout and
     /// stderr together, two get them apart. `onStart` gets the child's pid (to kill it on cancellation).
     public static func run(
@@ -116,10 +127,11 @@ public enum Spawn {
         var empty = sigset_t(), defaults = sigset_t()
         sigemptyset(&empty)
         sigemptyset(&defaults)
-        for number in [SIGINT, SIGTERM, SIGPIPE] { sigaddset(&defaults, number) }
+        for number in [SIGINT, SIGTERM, SIGHUP, SIGPIPE] { sigaddset(&defaults, number) }
         posix_spawnattr_setsigmask(&attributes, &empty)
         posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
 
         let program = ChildProcess.resolve(argv[0], environment: environment)
         let variables = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
@@ -131,6 +143,8 @@ public enum Spawn {
         for ends in pipes { close(ends.write) }
         guard status == 0 else { return .notStarted("\(program): \(String(cString: strerror(status)))") }
         onStart(pid)
+        let stopper = stopOnCancellation(group: pid)
+        defer { stopper.cancel() }
 
         let readers = DispatchGroup()
         for (ends, stream) in zip(pipes, streams) {
@@ -150,9 +164,32 @@ public enum Spawn {
         }
         var waitStatus: Int32 = 0
         while waitpid(pid, &waitStatus, 0) < 0 && errno == EINTR {}
+        // What the child left in its group would hold the pipes open: it goes too.
+        if Cancellation.requested { kill(-pid, SIGKILL) }
         readers.wait()
         let signal = waitStatus & 0x7f
         return signal == 0 ? .exited((waitStatus >> 8) & 0xff) : .signalled(signal)
+    }
+}
+
+extension Spawn {
+    /// Watches for cancellation while the child runs: SIGTERM to its process group, SIGKILL
+    /// `termGrace` seconds later.
+    static func stopOnCancellation(group: pid_t) -> any DispatchSourceTimer {
+        let timer = DispatchSource.makeTimerSource(queue: DispatchQueue.global())
+        nonisolated(unsafe) var terminatedAt: DispatchTime?
+        timer.setEventHandler {
+            guard Cancellation.requested else { return }
+            if let terminatedAt {
+                if DispatchTime.now() >= terminatedAt + termGrace { kill(-group, SIGKILL) }
+            } else {
+                kill(-group, SIGTERM)
+                terminatedAt = .now()
+            }
+        }
+        timer.schedule(deadline: .now() + 0.05, repeating: 0.05)
+        timer.resume()
+        return timer
     }
 }
 

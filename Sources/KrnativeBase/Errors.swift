@@ -25,6 +25,8 @@ public enum ExitStatus {
     public static let patch: Int32 = 80
     /// The volume, or a wheel or runtime for it, breaks the target's policy (audit, wheel tags).
     public static let policy: Int32 = 81
+    /// Ended by SIGINT, SIGTERM or SIGHUP (128 + SIGINT, as a shell reports Ctrl-C).
+    public static let interrupted: Int32 = 130
 }
 
 /// A command line that does not make sense.

@@ -62,7 +62,7 @@ public enum FileSystem {
         let directory = (path as NSString).deletingLastPathComponent
         let temp = (directory.isEmpty ? "." : directory) + "/.\((path as NSString).lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw .cannotOpen(path: temp, errno: errno) }
+        guard fd >= 0 else { throw .cannotWrite(path: path, errno: errno) }
         var failure: Int32 = 0
         data.withUnsafeBytes { buffer in
             var offset = 0

@@ -173,6 +173,10 @@ public struct SmokeTest: Sendable {
             _ = try SafeExtractor().extract(volume, into: scratch)
             tree = scratch
         }
+        var info = stat()
+        for check in description.checks where lstat(tree + "/" + check[0], &info) != 0 {
+            throw UsageError("\(volume) is not a \(target.rawValue) volume: it has no \(check[0]); give the krunner-env tar.xz or its unpacked directory")
+        }
         var mounts: [SandboxSpec.Mount] = [.readOnly(tree, at: description.mountPoint)]
         if let emulator { mounts.append(.readOnly(emulator, at: Self.emulatorInside)) }
         var checks: [Check] = []

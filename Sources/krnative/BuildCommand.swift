@@ -82,6 +82,8 @@ struct BuildCommand: ParsableCommand {
                 for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
                 say("\(target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
             } else {
+                // An output directory that cannot take the outputs fails now, not after the build.
+                _ = try StagingDirectory(in: out)
                 if let check = options.ledger {
                     try VolumeLedger.load(from: check.path).preflight(
                         target: target, volume: try options.config.volumeVersion(for: target), record: check.record, path: check.path)

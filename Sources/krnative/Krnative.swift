@@ -107,33 +107,50 @@ struct OutputOptions: ParsableArguments {
     var json = false
 }
 
-/// Runs a command body, turning krnative's errors into one line of context, the cause, and a
-/// distinct exit status.
+/// Runs a command body, turning krnative's errors into a line naming what failed (then the
+/// details, if any), and a distinct exit status. A signal ends it with 130.
 func perform(_ context: String, _ body: () throws -> Void) throws {
-    // Ctrl-C (or SIGTERM) cancels: transfers stop with their partial files kept, sandboxes are
-    // torn down. A second one kills at once. A parent may have started us with them blocked.
-    for number in [SIGINT, SIGTERM] {
+    installSignalHandlers()
+    do {
+        try body()
+    } catch {
+        if Cancellation.requested { throw interrupted(context) }
+        if let error = error as? ExitCode { throw error }
+        let status = (error as? any KrnativeError)?.exitCode ?? 1
+        let text = (error as? any KrnativeError)?.description ?? "\(error)"
+        FileHandle.standardError.write(Data("krnative: \(context) failed: \(text)\n".utf8))
+        throw ExitCode(status)
+    }
+    if Cancellation.requested { throw interrupted(context) }
+}
+
+/// Ctrl-C, SIGTERM and SIGHUP cancel: the handler only sets a flag; transfers stop with their
+/// partial files kept, children get SIGTERM then SIGKILL, packing and extraction stop at the next
+/// block, staging is removed. A second signal kills at once. A parent may have started us with
+/// them blocked; SIGHUP ignored (nohup) stays ignored.
+func installSignalHandlers() {
+    var unblock = sigset_t()
+    sigemptyset(&unblock)
+    for number in [SIGINT, SIGTERM, SIGHUP] {
+        if number == SIGHUP, isIgnored(SIGHUP) { continue }
         signal(number) { received in
             Cancellation.request()
             signal(received, SIG_DFL)
         }
+        sigaddset(&unblock, number)
     }
-    var unblock = sigset_t()
-    sigemptyset(&unblock)
-    sigaddset(&unblock, SIGINT)
-    sigaddset(&unblock, SIGTERM)
     sigprocmask(SIG_UNBLOCK, &unblock, nil)
-    do {
-        try body()
-    } catch let error as any KrnativeError {
-        FileHandle.standardError.write(Data("krnative: \(context) failed\n\(error.description)\n".utf8))
-        throw ExitCode(error.exitCode)
-    } catch let error as ExitCode {
-        throw error
-    } catch {
-        FileHandle.standardError.write(Data("krnative: \(context) failed\n\(error)\n".utf8))
-        throw ExitCode(1)
-    }
+}
+
+private func isIgnored(_ number: Int32) -> Bool {
+    var current = sigaction()
+    sigaction(number, nil, &current)
+    return unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self) == unsafeBitCast(SIG_IGN, to: Int.self)
+}
+
+private func interrupted(_ context: String) -> ExitCode {
+    FileHandle.standardError.write(Data("krnative: \(context) interrupted by a signal; its children are stopped and partial outputs removed\n".utf8))
+    return ExitCode(ExitStatus.interrupted)
 }
 
 /// Writes a value as sorted, indented JSON on stdout.

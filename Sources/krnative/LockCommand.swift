@@ -41,6 +41,9 @@ struct LockCommand: ParsableCommand {
                 guard file != nil || !urls.isEmpty || pipRequirement != nil else {
                     throw UsageError("give --file, at least one --url, or --pip-requirement")
                 }
+                if let file, FileSystem.isDirectory(file) || !FileSystem.exists(file) {
+                    throw FileSystemError.cannotRead(path: file, reason: FileSystem.whyUnreadable(file))
+                }
                 let platform = try host.map { text throws(UsageError) in
                     guard let platform = HostPlatform(rawValue: text) else { throw UsageError("unknown --host '\(text)'") }
                     return platform

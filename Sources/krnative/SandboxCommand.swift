@@ -58,7 +58,7 @@ struct SandboxCommand: ParsableCommand {
                 switch result.termination {
                 case .exited(let code): throw ExitCode(code)
                 case .signalled(let signal): throw ExitCode(128 + signal)
-                case .notStarted: throw ExitCode(127)
+                case .notStarted: throw ChildProcessError(argv: command, termination: result.termination, stderrTail: "")
                 }
             }
         }
@@ -68,6 +68,7 @@ struct SandboxCommand: ParsableCommand {
             guard let source = parts.first, source.hasPrefix("/") else {
                 throw UsageError("mount '\(text)' needs an absolute SRC[:DST]")
             }
+            guard FileSystem.exists(source) else { throw FileSystemError.cannotOpen(path: source, errno: ENOENT) }
             return SandboxSpec.Mount(source: source, target: parts.count > 1 ? parts[1] : source, writable: writable)
         }
     }

@@ -82,7 +82,9 @@ struct StoreCommand: ParsableCommand {
             try perform("store ls") {
                 let store = try Store(root: inputs.storePath)
                 let resolver = InputResolver(store: store)
-                let lock = try? Lockfile.load(from: inputs.lockPath)
+                // Without a lock (the default one absent) the entries are listed unnamed.
+                let optional = inputs.lockPath == Lockfile.defaultFileName && !FileSystem.exists(inputs.lockPath)
+                let lock = optional ? nil : try Lockfile.load(from: inputs.lockPath)
                 var names: [SHA256Digest: [String]] = [:]
                 for input in lock?.inputs ?? [] {
                     if let digest = resolver.located(input) { names[digest, default: []].append(input.name) }

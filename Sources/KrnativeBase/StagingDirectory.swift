@@ -1,0 +1,83 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A run's private directory beside its outputs, `<parent>/.krnative-staging-<pid>`, with a lock
+/// file `<…>.lock` held (flock) for as long as the run lives. Creating one first removes the
+/// staging directories whose lock nobody holds: those of runs that were killed.
+public final class StagingDirectory {
+    public static let prefix = ".krnative-staging-"
+    public let path: String
+    private var lockDescriptor: Int32
+
+    /// Creates the directory (and `parent`); throws when it cannot.
+    public init(in parent: String) throws(FileSystemError) {
+        try FileSystem.createDirectory(parent)
+        Self.removeAbandoned(in: parent)
+        path = parent + "/" + Self.prefix + "\(getpid())"
+        lockDescriptor = try Self.acquire(path + ".lock")
+        FileSystem.remove(path)
+        try FileSystem.createDirectory(path)
+    }
+
+    deinit { remove() }
+
+    /// Removes the directory, then releases and removes its lock.
+    public func remove() {
+        guard lockDescriptor >= 0 else { return }
+        FileSystem.remove(path)
+        unlink(path + ".lock")
+        close(lockDescriptor)
+        lockDescriptor = -1
+    }
+
+    /// Removes the staging directories in `parent` whose owner is gone: no lock file (the lock is
+    /// made before the directory) or a lock file nobody holds. Returns the paths removed.
+    @discardableResult
+    public static func removeAbandoned(in parent: String) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []
+        var removed: [String] = []
+        for name in names where name.hasPrefix(prefix) && !name.hasSuffix(".lock") {
+            let staging = parent + "/" + name
+            let fd = open(staging + ".lock", O_RDWR | O_CLOEXEC)
+            if fd >= 0 {
+                defer { close(fd) }
+                guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
+                FileSystem.remove(staging)
+                unlink(staging + ".lock")
+            } else {
+                FileSystem.remove(staging)
+            }
+            removed.append(staging)
+        }
+        for name in names where name.hasPrefix(prefix) && name.hasSuffix(".lock") && !names.contains(String(name.dropLast(5))) {
+            let fd = open(parent + "/" + name, O_RDWR | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            if flock(fd, LOCK_EX | LOCK_NB) == 0 { unlink(parent + "/" + name) }
+            close(fd)
+        }
+        return removed
+    }
+
+    /// Opens and locks `lockPath`; retries when a cleaner unlinked it while this run waited.
+    private static func acquire(_ lockPath: String) throws(FileSystemError) -> Int32 {
+        while true {
+            let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw .cannotOpen(path: lockPath, errno: errno) }
+            var locked = flock(fd, LOCK_EX)
+            while locked != 0 && errno == EINTR { locked = flock(fd, LOCK_EX) }
+            guard locked == 0 else {
+                let code = errno
+                close(fd)
+                throw .cannotOpen(path: lockPath, errno: code)
+            }
+            var held = stat(), named = stat()
+            if fstat(fd, &held) == 0, stat(lockPath, &named) == 0, held.st_ino == named.st_ino, held.st_dev == named.st_dev {
+                return fd
+            }
+            close(fd)
+        }
+    }
+}
