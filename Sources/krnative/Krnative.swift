@@ -79,7 +79,7 @@ enum KrnativeVersion {
 
 /// Options every command that touches inputs shares.
 struct InputOptions: ParsableArguments {
-    @Option(help: "The lock file; its directory is the project. Default: env KRNATIVE_LOCK, else krnative.lock.json in the working directory or the nearest directory above it that has one.")
+    @Option(help: "The lock file. Default: env KRNATIVE_LOCK, else the project's: krnative.lock.json in the working directory or the nearest directory above it that has one.")
     var lock: String?
 
     @Option(help: "The content-addressed store. Default: $XDG_CACHE_HOME/krnative/store, else ~/.cache/krnative/store; env KRNATIVE_STORE.")
