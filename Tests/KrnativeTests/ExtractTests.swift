@@ -228,23 +228,28 @@ struct ExtractTests {
         #expect(info.st_nlink == 2)
     }
 
-    /// An archive bomb: 64 MiB of zeros in about 10 KB of xz, unpacked with an 8 MiB limit.
-    @Test func archiveBombStopsAtTheByteLimitAndLeavesNothing() throws {
-        let work = TemporaryDirectory()
-        let archive = work.path + "/bomb.tar.xz"
+    /// A .tar.xz of files of zeros (name, size), made with Python's tarfile without holding them in memory.
+    static func writeZeros(_ archive: String, _ files: [(String, Int)]) throws {
         let script = """
-            import sys, tarfile
+            import json, sys, tarfile
             class Zeros:
                 def __init__(self, n): self.left = n
                 def read(self, k=-1):
                     k = self.left if k < 0 else min(k, self.left); self.left -= k; return bytes(k)
-            t = tarfile.open(sys.argv[1], "w:xz", preset=1)
-            for name in ("top/ok", "top/zeros"):
-                info = tarfile.TarInfo(name); info.size = 1000 if name == "top/ok" else 64 << 20
-                t.addfile(info, Zeros(info.size))
-            t.close()
+            with tarfile.open(sys.argv[1], "w:xz", preset=1) as t:
+                for name, size in json.loads(sys.argv[2]):
+                    info = tarfile.TarInfo(name); info.size = size
+                    t.addfile(info, Zeros(size))
             """
-        try ChildProcess.check(["python3", "-c", script, archive])
+        let list = String(decoding: try JSONSerialization.data(withJSONObject: files.map { [$0.0, $0.1] }), as: UTF8.self)
+        try ChildProcess.check(["python3", "-c", script, archive, list])
+    }
+
+    /// An archive bomb: 64 MiB of zeros in about 10 KB of xz, unpacked with an 8 MiB limit.
+    @Test func archiveBombStopsAtTheByteLimitAndLeavesNothing() throws {
+        let work = TemporaryDirectory()
+        let archive = work.path + "/bomb.tar.xz"
+        try Self.writeZeros(archive, [("top/ok", 1000), ("top/zeros", 64 << 20)])
         #expect(FileSystem.size(of: archive)! < 1 << 20)
         let destination = work.path + "/out"
         let limits = SafeExtractor.Limits(maxBytes: 8 << 20, maxEntries: 100, basis: "a test's limit")
@@ -353,18 +358,7 @@ struct ExtractTests {
     @Test(.tags(.process)) func buildRefusesAToolchainBombByTheLocksSize() throws {
         let work = TemporaryDirectory()
         let archive = work.path + "/bomb.tar.xz"
-        let script = """
-            import sys, tarfile
-            class Zeros:
-                def __init__(self, n): self.left = n
-                def read(self, k=-1):
-                    k = self.left if k < 0 else min(k, self.left); self.left -= k; return bytes(k)
-            t = tarfile.open(sys.argv[1], "w:xz", preset=1)
-            info = tarfile.TarInfo("ziglang/zig"); info.size = 100 << 20
-            t.addfile(info, Zeros(info.size))
-            t.close()
-            """
-        try ChildProcess.check(["python3", "-c", script, archive])
+        try Self.writeZeros(archive, [("ziglang/zig", 100 << 20)])
         let (result, store) = try buildWithToolchain(archive, in: work)
         #expect(result.termination == .exited(ExitStatus.archive), "\(result.stderr)")
         #expect(result.stderr.contains("takes it past \(64 << 20) bytes (32 × the"), "\(result.stderr)")
