@@ -33,12 +33,13 @@ struct SandboxCommand: ParsableCommand {
         @Option(help: "Use this directory as the root file system instead of the host's /usr, /lib, /etc.") var root: String?
         @Option(help: "namespaces, or none to run without isolation. Default: namespaces; env KRNATIVE_SANDBOX.")
         var sandbox: Isolation?
-        @Argument(parsing: .captureForPassthrough, help: "The command and its arguments (after --).") var argv: [String]
+        @Argument(parsing: .postTerminator, help: "The command and its arguments, after -- (so `sandbox run --help` is help, not a step).")
+        var argv: [String] = []
 
         func run() throws {
             try perform("sandbox run") {
-                let command = argv.first == "--" ? Array(argv.dropFirst()) : argv
-                guard !command.isEmpty else { throw UsageError("give the command to run after --") }
+                let command = argv
+                guard !command.isEmpty else { throw UsageError("give the command to run after --: krnative sandbox run [options] -- ARGV") }
                 let workdir = workdir ?? FileManager.default.currentDirectoryPath
                 var mounts = try readOnly.map { try Self.mount($0, writable: false) } + (try writable.map { try Self.mount($0, writable: true) })
                 mounts.append(.writable(workdir))

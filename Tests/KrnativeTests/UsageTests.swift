@@ -24,6 +24,7 @@ struct UsageTests {
         Case(arguments: ["build", "--target", "manylinux-x86_64", "--compile-jobs", "0"], message: "--compile-jobs takes a whole number from 1 (got 0)"),
         Case(arguments: ["fetch", "--all"], environment: ["KRNATIVE_OFFLINE": "maybe"], message: "KRNATIVE_OFFLINE=maybe is neither on nor off"),
         Case(arguments: ["sandbox", "run", "--", "true"], environment: ["KRNATIVE_SANDBOX": "chroot"], message: "KRNATIVE_SANDBOX=chroot is not one of namespaces, none"),
+        Case(arguments: ["sandbox", "run", "true"], message: "Unexpected argument 'true'"),
     ]
 
     @Test(arguments: cases)
@@ -31,6 +32,13 @@ struct UsageTests {
         let result = krnative(example.arguments, environment: example.environment)
         #expect(result.termination == .exited(ExitStatus.usage), "\(example): \(result.termination) \(result.stderr)")
         #expect(result.stderr.contains(example.message), "\(example): \(result.stderr)")
+    }
+
+    /// `--help` is help wherever it stands before `--`, also for the command that runs a step.
+    @Test func sandboxRunHelpIsHelp() {
+        let result = krnative(["sandbox", "run", "--help"])
+        #expect(result.succeeded, "\(result.stderr)")
+        #expect(result.stdout.contains("USAGE: krnative sandbox run"))
     }
 
     /// The usual spellings of on: an offline fetch of an empty store fails for the missing input
