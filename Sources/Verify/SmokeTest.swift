@@ -116,13 +116,31 @@ public struct SmokeTest: Sendable {
         let libc = target.libc.rawValue
         let packages = (isForeign ? description.foreignPackages[libc] : description.packages[libc]) ?? []
         var argv = [
-            "mmdebstrap", "--quiet", "--variant=\(isForeign ? "extract" : description.variant)", "--architectures=\(debianArch)",
+            // Not --quiet: when apt fails, its own lines are what the error's output tail shows.
+            "mmdebstrap", "--variant=\(isForeign ? "extract" : description.variant)", "--architectures=\(debianArch)",
             "--mode=\(geteuid() == 0 ? "root" : "unshare")",
         ]
         if !packages.isEmpty { argv.append("--include=" + packages.joined(separator: ",")) }
         let sources = Self.aptSources()
         guard !sources.isEmpty else { throw UsageError("no apt sources in /etc/apt: mmdebstrap needs them to make the smoke root file system") }
         return argv + [description.suite, directory] + sources
+    }
+
+    /// Runs mmdebstrap, again after a pause when it fails: it downloads from the apt sources, whose
+    /// mirrors fail now and then as any download does (the fetcher retries the same way).
+    func makeWithRetries(_ argv: [String], into temporary: String, attempts: Int = 3) throws {
+        for attempt in 1...attempts {
+            do {
+                try ChildProcess.check(argv)
+                return
+            } catch {
+                guard attempt < attempts, !Cancellation.requested else { throw error }
+                let pause = UInt32(30 * attempt)
+                log("mmdebstrap failed (attempt \(attempt) of \(attempts)); trying again in \(pause) s: \(error.description.suffix(500))")
+                FileSystem.remove(temporary)
+                sleep(pause)
+            }
+        }
     }
 
     /// The root file system, made once and kept in the store under a key of its command and the
@@ -143,7 +161,7 @@ public struct SmokeTest: Sendable {
         defer { FileSystem.remove(temporary) }
         let argv = try rootFilesystemCommand(into: temporary)
         log("making the \(target.rawValue) smoke root file system: \(argv.joined(separator: " "))")
-        try ChildProcess.check(argv)
+        try makeWithRetries(argv, into: temporary)
         // Mount points that must exist in a read-only root.
         try FileSystem.createDirectory(temporary + description.mountPoint)
         if isForeign { _ = FileManager.default.createFile(atPath: temporary + Self.emulatorInside, contents: nil) }
