@@ -34,6 +34,8 @@ public struct VolumeBuild: Sendable {
         /// The policy every build's volume is audited against, and whether a violation fails the build.
         public var auditPolicy: AuditPolicy?
         public var auditMode: AuditMode = .enforce
+        /// Where the Python runtime comes from: the lock's python-build-standalone archive, or built here.
+        public var runtime: RuntimeSource = .pbs
         public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
 
         public init(target: Target, config: KrunnerConfig, outputDirectory: String, patchesDirectory: String, entryExecutable: String) {
@@ -56,10 +58,21 @@ public struct VolumeBuild: Sendable {
     /// Everything a build of `target` on `host` with `toolchain` needs: the target's runtime,
     /// wheels and sources, the toolchain it compiles with, and — when the target's runtime cannot
     /// run on this host — the host's manylinux runtime of the same Python, to compile the `.pyc`.
-    public static func inputs(of target: Target, in lock: Lockfile, host: HostPlatform, toolchain: ToolchainKind) -> [LockedInput] {
-        let toolchainName = toolchain.lockName(triple: target.ttydTriple, host: host)
-        var needed = lock.inputs(for: [target], host: host).filter { $0.kind != .toolchain || $0.name == toolchainName }
-        if let bytecode = bytecodeTarget(for: target, host: host), bytecode != target {
+    /// With the runtime from source: its sources and Zig instead of any runtime archive.
+    public static func inputs(
+        of target: Target, in lock: Lockfile, host: HostPlatform, toolchain: ToolchainKind, runtime: RuntimeSource = .pbs
+    ) -> [LockedInput] {
+        let toolchainNames = [toolchain.lockName(triple: target.ttydTriple, host: host)] + (runtime == .source ? [ToolchainKind.zig.lockName(triple: "", host: host)] : [])
+        let runtimeOnly = Set(RuntimeRecipe.components).subtracting(TtydRecipe.components)
+        var needed = lock.inputs(for: [target], host: host).filter { input in
+            switch input.kind {
+            case .toolchain: toolchainNames.contains(input.name)
+            case .runtime: runtime == .pbs
+            case .source: runtime == .source || !runtimeOnly.contains(input.name)
+            default: true
+            }
+        }
+        if runtime == .pbs, let bytecode = bytecodeTarget(for: target, host: host), bytecode != target {
             needed += lock.inputs(for: [bytecode], host: host).filter { $0.kind == .runtime }
         }
         return needed
@@ -89,7 +102,7 @@ public struct VolumeBuild: Sendable {
         FileSystem.remove(staging)
         try FileSystem.createDirectory(staging)
         defer { FileSystem.remove(staging) }
-        let needed = lock.inputs(for: [target], host: .current)
+        let needed = Self.inputs(of: target, in: lock, host: .current, toolchain: options.toolchain, runtime: options.runtime)
         func path(of input: LockedInput) throws -> String {
             guard let path = try resolver.path(of: input) else { throw CompileError.missingInput(name: input.name, lockPath: options.lockPath) }
             return path
@@ -110,10 +123,7 @@ public struct VolumeBuild: Sendable {
         options.log("laying out the \(target.rawValue) volume")
         let prefix = staging + "/volume"
         let layout = VolumeLayout(target: target)
-        guard let runtime = needed.first(where: { $0.kind == .runtime }) else {
-            throw CompileError.missingInput(name: "the runtime of \(target.rawValue)", lockPath: options.lockPath)
-        }
-        try layout.placeRuntime(try path(of: runtime), into: prefix)
+        try layout.placeRuntime(try runtimeArchive(lock: lock, staging: staging, needed: needed, path: path), into: prefix)
         let installer = WheelInstaller(target: target)
         for wheel in needed.filter({ $0.kind == .wheel }).sorted(by: { $0.filename < $1.filename }) {
             // The installer reads the tags from the file name: give it one.
@@ -165,6 +175,7 @@ public struct VolumeBuild: Sendable {
             inputs: inputs, patches: ttyd.patches, outputs: outputs, volume: volume)
         manifest.buildKey = try buildKey(lock: lock)
         manifest.toolchain = options.toolchain
+        manifest.runtime = options.runtime
         manifest.audit = audit.map { .init(policy: $0.policy, mode: options.auditMode, elfFiles: $0.elfFiles, violations: $0.violations) }
         let sbomName = outputNames[6]
         try FileSystem.writeAtomically(try SBOM.document(for: manifest, name: sbomName), to: staging + "/" + sbomName)
@@ -190,6 +201,7 @@ public struct VolumeBuild: Sendable {
             "krnative build key v1", try SHA256Digest.of(fileAt: options.entryExecutable).digest.hex, lock.digest.hex,
             options.target.rawValue, options.toolchain.rawValue, options.isolation.rawValue, options.auditMode.rawValue,
         ]
+        if options.runtime != .pbs { parts.append("runtime \(options.runtime.rawValue)") }
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
         parts.append(String(decoding: try encoder.encode(options.config), as: UTF8.self))
@@ -241,6 +253,14 @@ public struct VolumeBuild: Sendable {
         }
         let runner = SandboxRunner(entryExecutable: options.entryExecutable, isolation: options.isolation)
         guard let bytecode = Self.bytecodeTarget(for: options.target, host: .current) else { return }
+        if options.runtime == .source, bytecode != options.target {
+            // The build Python the runtime was cross-compiled with: the same CPython, for this machine.
+            options.log("compiling .pyc with the build Python of the runtime from source")
+            try layout.compileBytecode(
+                in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
+                extraMounts: [.readOnly(staging + "/runtime/build-python", at: "/opt/host-python")], sourceDateEpoch: lock.sourceDateEpoch)
+            return
+        }
         if bytecode == options.target {
             try layout.compileBytecode(in: prefix, runner: runner, sourceDateEpoch: lock.sourceDateEpoch)
             return
@@ -255,5 +275,29 @@ public struct VolumeBuild: Sendable {
         try layout.compileBytecode(
             in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
             extraMounts: [.readOnly(hostPython, at: "/opt/host-python")], sourceDateEpoch: lock.sourceDateEpoch)
+    }
+}
+
+extension VolumeBuild {
+    /// The runtime archive of the target: the lock's, or (with `runtime: source`) one built here
+    /// into `staging/runtime`, beside the build Python that compiles the `.pyc`.
+    func runtimeArchive(lock: Lockfile, staging: String, needed: [LockedInput], path: (LockedInput) throws -> String) throws -> String {
+        guard options.runtime == .source else {
+            guard let runtime = needed.first(where: { $0.kind == .runtime }) else {
+                throw CompileError.missingInput(name: "the runtime of \(options.target.rawValue)", lockPath: options.lockPath)
+            }
+            return try path(runtime)
+        }
+        var runtimeOptions = RuntimeBuild.Options(
+            target: options.target, patchesDirectory: options.patchesDirectory, outputDirectory: staging + "/runtime",
+            entryExecutable: options.entryExecutable)
+        runtimeOptions.jobs = options.jobs
+        runtimeOptions.buildPythonDirectory = staging + "/runtime/build-python"
+        runtimeOptions.settings.isolation = options.isolation
+        runtimeOptions.settings.lockPath = options.lockPath
+        runtimeOptions.settings.log = options.log
+        let report = try RuntimeBuild(options: runtimeOptions, resolver: resolver).run(lock: lock)
+        guard let archive = report.archive else { throw CompileError.noOutput(path: staging + "/runtime") }
+        return staging + "/runtime/" + archive
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Build
+import Compile
 import Fetch
 import Foundation
 import KrnativeBase
@@ -25,6 +26,8 @@ struct BuildCommand: ParsableCommand {
     @Option(help: "Package and volume versions. Default: ./krunner.json.") var config = KrunnerConfig.defaultFileName
     @Option(help: "The patches directory. Default: ./patches.") var patches = "patches"
     @Option(help: "zig or musl-cross (x86_64 hosts only). Default: zig.") var toolchain: ToolchainKind?
+    @Option(help: "pbs: python-build-standalone's archive from the lock; source: CPython compiled here from the lock's sources. Default: krunner.json's runtime, else pbs.")
+    var runtime: RuntimeSource?
     @Option(help: "namespaces, or none to build without isolation (recorded in the manifest). Default: namespaces; env KRNATIVE_SANDBOX.")
     var sandbox: Isolation?
     @Option(help: "enforce: a volume that breaks its target's policy fails the build; report: print and record it in the manifest. Default: enforce.")
@@ -51,10 +54,11 @@ struct BuildCommand: ParsableCommand {
             let started = Date()
             let toolchain = toolchain ?? Toolchain.defaultKind(for: .current)
             let lock = try Lockfile.load(from: inputs.lockPath)
+            let krunner = try KrunnerConfig.load(from: config)
             var options = VolumeBuild.Options(
-                target: target, config: try KrunnerConfig.load(from: config), outputDirectory: out, patchesDirectory: patches,
-                entryExecutable: currentExecutable)
+                target: target, config: krunner, outputDirectory: out, patchesDirectory: patches, entryExecutable: currentExecutable)
             options.toolchain = toolchain
+            options.runtime = runtime ?? krunner.runtime ?? .pbs
             options.isolation = Isolation.chosen(sandbox)
             options.lockPath = inputs.lockPath
             options.toolVersion = KrnativeVersion.current
@@ -75,7 +79,7 @@ struct BuildCommand: ParsableCommand {
                 say("\(target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
             } else {
                 _ = try fetchInputs(
-                    VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false,
+                    VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain, runtime: options.runtime), inputs: inputs, network: network, json: false,
                     summary: say)
                 manifest = try build.run(lock: lock)
                 for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
@@ -87,7 +91,7 @@ struct BuildCommand: ParsableCommand {
                 buildArguments: [
                     "--lock", absolute(inputs.lockPath), "--config", absolute(config), "--patches", absolute(patches),
                     "--policy", absolute(policy), "--audit", audit.rawValue, "--toolchain", toolchain.rawValue,
-                    "--sandbox", options.isolation.rawValue,
+                    "--sandbox", options.isolation.rawValue, "--runtime", options.runtime.rawValue,
                 ],
                 lockPath: absolute(inputs.lockPath), store: absolute(inputs.storePath), toolchain: toolchain, runs: runs)
             checkOptions.freshSteps = freshSteps
@@ -103,6 +107,7 @@ struct BuildCommand: ParsableCommand {
 }
 
 extension AuditMode: ExpressibleByArgument {}
+extension RuntimeSource: ExpressibleByArgument {}
 
 extension BuildCommand {
     /// The check's runs: nil without --check; one run with the cheap variations together; or one
