@@ -24,6 +24,10 @@ int krn_spawn_add_chdir(posix_spawn_file_actions_t *actions, const char *directo
     return posix_spawn_file_actions_addchdir_np(actions, directory);
 }
 
+int krn_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
 // MARK: The sandbox's last steps before a build step runs (DESIGN §5)
 
 #include <errno.h>

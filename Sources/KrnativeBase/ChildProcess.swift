@@ -121,6 +121,10 @@ public enum Spawn {
             posix_spawn_file_actions_adddup2(&actions, (pipes.count > 1 ? pipes[1] : first).write, 2)
         }
         if let directory { krn_spawn_add_chdir(&actions, directory) }
+        // Only 0, 1 and 2 reach the child. What krnative inherited without close-on-exec (a test
+        // runner's pipes, a shell's extra descriptors) would push the child's own descriptors
+        // past 9, where dash cannot name them: mmdebstrap's `cat >&20` failed so under `swift test`.
+        krn_spawn_add_closefrom(&actions, 3)
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }

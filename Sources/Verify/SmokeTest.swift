@@ -173,7 +173,6 @@ public struct SmokeTest: Sendable {
     public func run(volume: String) throws -> Report {
         // Before minutes of mmdebstrap: is there anything to try?
         guard FileSystem.exists(volume) else { throw MissingVolume(path: volume, target: target) }
-        let rootfs = try rootFilesystem()
         var emulator: String?
         if isForeign {
             let qemu = ChildProcess.resolve("qemu-\(target.arch.rawValue)-static")
@@ -195,6 +194,7 @@ public struct SmokeTest: Sendable {
         for check in description.checks where lstat(tree + "/" + check[0], &info) != 0 {
             throw UsageError("\(volume) is not a \(target.rawValue) volume: it has no \(check[0]); give the krunner-env tar.xz or its unpacked directory")
         }
+        let rootfs = try rootFilesystem()
         var mounts: [SandboxSpec.Mount] = [.readOnly(tree, at: description.mountPoint)]
         if let emulator { mounts.append(.readOnly(emulator, at: Self.emulatorInside)) }
         var checks: [Check] = []

@@ -29,14 +29,20 @@ struct DoctorCommand: ParsableCommand {
                 ? Check(name: "unshare", status: .ok, detail: unshare)
                 : Check(name: "unshare", status: .fail, detail: "not on PATH", fix: "apt-get install util-linux"))
         let blocking = HostCheck.blockingSettings()
-        let probe = ChildProcess.run(["unshare", "--user", "--map-root-user", "true"])
         if let (reason, fix) = blocking.first {
             checks.append(Check(name: "user namespaces", status: .fail, detail: reason, fix: fix))
-        } else if !probe.succeeded {
-            checks.append(Check(name: "user namespaces", status: .fail, detail: "unshare --user failed: \(probe.stderr.trimmingCharacters(in: .whitespacesAndNewlines))",
-                fix: "enable user namespaces for ordinary users (user.max_user_namespaces > 0), or build with --sandbox none"))
+        } else if access(unshare, X_OK) != 0 {
+            // Not a second failure: the check needs unshare, whose absence is reported above.
+            checks.append(Check(name: "user namespaces", status: .info, detail: "not checked: it needs unshare"))
         } else {
-            checks.append(Check(name: "user namespaces", status: .ok, detail: "unshare --user --map-root-user works as uid \(getuid())"))
+            let probe = ChildProcess.run(["unshare", "--user", "--map-root-user", "true"])
+            checks.append(
+                probe.succeeded
+                    ? Check(name: "user namespaces", status: .ok, detail: "unshare --user --map-root-user works as uid \(getuid())")
+                    : Check(
+                        name: "user namespaces", status: .fail,
+                        detail: "unshare --user failed: \(probe.stderr.trimmingCharacters(in: .whitespacesAndNewlines))",
+                        fix: "enable user namespaces for ordinary users (user.max_user_namespaces > 0), or build with --sandbox none"))
         }
         checks.append(contentsOf: confinementChecks())
         checks.append(sandboxCheck())
@@ -52,13 +58,8 @@ struct DoctorCommand: ParsableCommand {
                     name: "store disk", status: gib >= 5 ? .ok : .warn, detail: String(format: "%.1f GiB free at %@", gib, store),
                     fix: gib >= 5 ? nil : "a build needs about 5 GiB; free space or point --store / KRNATIVE_STORE elsewhere"))
         }
-        for (tool, purpose) in [("cmake", "the ttyd build"), ("ninja", "the ttyd build"), ("qemu-aarch64-static", "aarch64 smoke tests")] {
-            let path = ChildProcess.resolve(tool)
-            checks.append(
-                access(path, X_OK) == 0
-                    ? Check(name: tool, status: .ok, detail: path)
-                    : Check(name: tool, status: .info, detail: "not found; needed for \(purpose) (later stages)"))
-        }
+        checks.append(contentsOf: Self.tools.map(\.check))
+        checks.append(pipCheck())
         if output.json {
             printJSON(checks)
         } else {
@@ -68,6 +69,41 @@ struct DoctorCommand: ParsableCommand {
             }
         }
         if checks.contains(where: { $0.status == .fail }) { throw ExitCode(ExitStatus.sandbox) }
+    }
+
+    /// A program a later stage runs, found on PATH or not.
+    struct Tool {
+        var program: String
+        var package: String
+        var purpose: String
+
+        var check: Check {
+            let path = ChildProcess.resolve(program)
+            return access(path, X_OK) == 0
+                ? Check(name: program, status: .ok, detail: path)
+                : Check(name: program, status: .info, detail: "not found; \(purpose) needs it", fix: "apt-get install \(package)")
+        }
+    }
+
+    /// The programs stages after the sandbox run, each with the Debian package that has it.
+    static let tools = [
+        Tool(program: "cmake", package: "cmake", purpose: "the ttyd build"),
+        Tool(program: "ninja", package: "ninja-build", purpose: "the ttyd build"),
+        Tool(program: "mmdebstrap", package: "mmdebstrap", purpose: "krnative smoke (its root file system)"),
+        Tool(program: "qemu-aarch64-static", package: "qemu-user-static", purpose: "smoke and ttyd checks of aarch64 targets"),
+        Tool(program: "faketime", package: "faketime", purpose: "build --check (the clock variation)"),
+        Tool(program: "disorderfs", package: "disorderfs", purpose: "build --check (the file-order variation)"),
+        Tool(program: "patchelf", package: "patchelf", purpose: "scripts/standin-lock (the stand-in runtime)"),
+    ]
+
+    /// pip, which downloads the wheels a lock pins by requirement (lock add, fetch).
+    private func pipCheck() -> Check {
+        let probe = ChildProcess.run(["python3", "-m", "pip", "--version"])
+        return probe.succeeded
+            ? Check(name: "pip", status: .ok, detail: probe.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+            : Check(
+                name: "pip", status: .info, detail: "python3 -m pip does not run; fetching wheels by requirement needs it",
+                fix: "apt-get install python3-pip")
     }
 
     /// What the step's confinement relies on in the kernel, and the terminal-injection setting.

@@ -247,6 +247,19 @@ struct RobustnessTests {
         #expect(Self.waitFor(5) { Self.alive("sleep \(marker)").isEmpty }, "left running: \(Self.alive("sleep \(marker)"))")
     }
 
+    /// A descriptor krnative holds without close-on-exec (as a test runner's or a shell's extra
+    /// pipes are) does not reach its children: mmdebstrap's `cat >&20` failed under `swift test`
+    /// because the inherited ones pushed its own pipe past 9, where dash cannot name it.
+    @Test func childrenGetOnlyTheThreeStandardDescriptors() throws {
+        let inherited = open("/dev/null", O_RDONLY)
+        try #require(inherited > 2)
+        defer { close(inherited) }
+        let probe = "[ -e /proc/$$/fd/\(inherited) ] && echo open || echo closed; ls /proc/$$/fd | tr '\\n' ' '"
+        let result = ChildProcess.run(["sh", "-c", probe])
+        #expect(result.succeeded)
+        #expect(result.stdout.hasPrefix("closed"), "descriptor \(inherited) reached the child: \(result.stdout)")
+    }
+
     static func parent(of pid: pid_t) -> pid_t? {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
             let fields = stat.split(separator: ")").last?.split(separator: " "), fields.count > 2

@@ -244,6 +244,28 @@ struct SandboxTests {
         }
         #expect(byName["sandbox"]?["status"] == (Sandbox.userNamespacesWork ? "ok" : "fail"))
         #expect(result.succeeded == Sandbox.userNamespacesWork)
+        for name in ["cmake", "ninja", "mmdebstrap", "qemu-aarch64-static", "faketime", "disorderfs", "patchelf", "pip"] {
+            #expect(byName[name] != nil, "doctor has no \(name) check")
+        }
+    }
+
+    /// On a PATH with nothing on it: unshare fails once (the namespaces check says it could not
+    /// run, not a second failure) and every missing program names the package that has it.
+    @Test func doctorNamesThePackageOfEveryMissingProgram() throws {
+        let empty = TemporaryDirectory("krnative-doctor-path")
+        let result = krnative(["doctor", "--json"], environment: ["PATH": empty.path])
+        #expect(result.termination == .exited(ExitStatus.sandbox), "\(result.stderr)")
+        let checks = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as! [[String: String]]
+        let byName = Dictionary(uniqueKeysWithValues: checks.map { ($0["name"]!, $0) })
+        #expect(byName["unshare"]?["fix"] == "apt-get install util-linux")
+        #expect(byName["user namespaces"]?["status"] == "info", "\(byName["user namespaces"] ?? [:])")
+        let packages = [
+            "cmake": "cmake", "ninja": "ninja-build", "mmdebstrap": "mmdebstrap", "qemu-aarch64-static": "qemu-user-static",
+            "faketime": "faketime", "disorderfs": "disorderfs", "patchelf": "patchelf", "pip": "python3-pip",
+        ]
+        for (program, package) in packages {
+            #expect(byName[program]?["fix"] == "apt-get install \(package)", "\(program): \(byName[program] ?? [:])")
+        }
     }
 }
 

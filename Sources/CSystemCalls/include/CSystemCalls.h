@@ -16,6 +16,10 @@ int krn_pipe_cloexec(int fds[2]);
 /// posix_spawn_file_actions_addchdir_np (glibc 2.29): the child starts in `directory`.
 int krn_spawn_add_chdir(posix_spawn_file_actions_t *actions, const char *directory);
 
+/// posix_spawn_file_actions_addclosefrom_np (glibc 2.34): the child starts with no descriptor from
+/// `from` up, whatever this process inherited without close-on-exec.
+int krn_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from);
+
 
 #include <sys/types.h>
 
