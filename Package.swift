@@ -66,7 +66,10 @@ let package = Package(
                 "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile", "Layout", "Packaging", "Verify", "Build",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
-            ]),
+            ],
+            plugins: ["RecordCommit"]),
+        // Writes the commit the binary is built from into it (`krnative --version`).
+        .plugin(name: "RecordCommit", capability: .buildTool()),
 
         .testTarget(
             name: "KrnativeTests",

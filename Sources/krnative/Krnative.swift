@@ -74,7 +74,10 @@ func editDistance(_ a: String, _ b: String) -> Int {
 }
 
 enum KrnativeVersion {
-    static let current = "0.1.0"
+    static let number = "0.1.0"
+    /// The release and the commit it is built from (Plugins/RecordCommit), as `--version` prints it
+    /// and the build manifest records it.
+    static let current = "\(number) (commit \(BuildCommit.commit))"
 }
 
 /// Options every command that touches inputs shares.

@@ -41,6 +41,19 @@ struct UsageTests {
         #expect(result.stdout.contains("USAGE: krnative sandbox run"))
     }
 
+    /// `--version` names the commit the binary is built from (this checkout's, as it was built
+    /// from it), on every command.
+    @Test func versionNamesTheCommit() throws {
+        let head = ChildProcess.run(["git", "-C", Package.root, "rev-parse", "--short=12", "HEAD"])
+        try #require(head.succeeded, "the tests run from a git checkout: \(head.stderr)")
+        let commit = head.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        for arguments in [["--version"], ["build", "--version"], ["lock", "add", "--version"]] {
+            let result = krnative(arguments)
+            #expect(result.succeeded, "\(arguments): \(result.stderr)")
+            #expect(result.stdout.hasPrefix("0.1.0 (commit \(commit)"), "\(arguments): \(result.stdout)")
+        }
+    }
+
     /// The usual spellings of on: an offline fetch of an empty store fails for the missing input
     /// (66), which only happens when offline was understood.
     @Test(arguments: ["1", "true", "YES", "on"])
