@@ -58,7 +58,7 @@ public struct ReproducibilityCheck: Sendable {
         public var user = "nobody"
         public var compileJobs = ProcessInfo.processInfo.activeProcessorCount
         public var packThreads = ProcessInfo.processInfo.activeProcessorCount
-        public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+        public var log: @Sendable (String) -> Void = Reporting.note
 
         public init(
             target: Target, executable: String, reference: String, workDirectory: String, buildArguments: [String], lockPath: String,

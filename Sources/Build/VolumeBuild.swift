@@ -36,7 +36,7 @@ public struct VolumeBuild: Sendable {
         public var auditMode: AuditMode = .enforce
         /// The volume ledger the volume's number is checked against (nil: not checked, as in verify).
         public var ledger: VolumeLedgerCheck?
-        public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+        public var log: @Sendable (String) -> Void = Reporting.note
 
         public init(target: Target, config: KrunnerConfig, outputDirectory: String, patchesDirectory: String, entryExecutable: String) {
             self.target = target

@@ -61,7 +61,7 @@ public struct TtydBuild: Sendable {
         /// Build only up to and including this component (tests of the libraries without ttyd's source).
         public var stopAfter: String?
         public var lockPath = Lockfile.defaultFileName
-        public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+        public var log: @Sendable (String) -> Void = Reporting.note
 
         public init(target: Target, patchesDirectory: String, outputDirectory: String, entryExecutable: String) {
             self.target = target

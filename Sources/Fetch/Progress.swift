@@ -1,4 +1,5 @@
 import Foundation
+import KrnativeBase
 
 #if canImport(Glibc)
     import Glibc
@@ -19,7 +20,7 @@ public final class ProgressReporter: @unchecked Sendable {
     private var lastDraw = Date.distantPast
 
     public init(
-        interactive: Bool = isatty(STDERR_FILENO) == 1, quiet: Bool = false,
+        interactive: Bool = isatty(STDERR_FILENO) == 1, quiet: Bool = Reporting.level == .quiet,
         emit: @escaping @Sendable (String) -> Void = { FileHandle.standardError.write(Data($0.utf8)) }
     ) {
         self.interactive = interactive

@@ -138,6 +138,7 @@ public enum Spawn {
         posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETPGROUP))
 
         let program = ChildProcess.resolve(argv[0], environment: environment)
+        Reporting.detail("+ " + argv.map(ChildProcess.quote).joined(separator: " ") + (directory.map { "  (in \($0))" } ?? ""))
         let variables = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
         var cArguments = argv.map { strdup($0) } + [nil]
         var cEnvironment = variables.map { strdup($0) } + [nil]

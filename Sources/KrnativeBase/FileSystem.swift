@@ -138,17 +138,35 @@ public final class FileLock: @unchecked Sendable {
     private var fd: Int32
     public let path: String
 
-    /// Blocks until the exclusive lock on `path` (created if absent) is held.
-    public init(path: String) throws(FileSystemError) {
+    /// Blocks until the exclusive lock on `path` (created if absent) is held. When another process
+    /// holds it, `waiting` is told first (as cargo says "Blocking waiting for file lock"): a wait
+    /// of minutes is not silence. The holder writes its pid into the file, so the notice names it.
+    public init(path: String, waiting: (String) -> Void = Reporting.note) throws(FileSystemError) {
         self.path = path
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .cannotOpen(path: path, errno: errno) }
-        while flock(fd, LOCK_EX) != 0 {
+        var mode = LOCK_EX | LOCK_NB
+        while flock(fd, mode) != 0 {
             if errno == EINTR { continue }
+            if errno == EWOULDBLOCK && mode != LOCK_EX {
+                waiting("waiting for \(path): another krnative process\(holder.map { " (pid \($0))" } ?? "") holds its lock")
+                mode = LOCK_EX
+                continue
+            }
             let code = errno
             close(fd)
             throw .cannotOpen(path: path, errno: code)
         }
+        let pid = Array("\(getpid())\n".utf8)
+        if ftruncate(fd, 0) == 0 { _ = pwrite(fd, pid, pid.count, 0) }
+    }
+
+    /// The pid the lock's holder wrote into the file, if it is there.
+    private var holder: Int32? {
+        var bytes = [UInt8](repeating: 0, count: 16)
+        let count = pread(fd, &bytes, bytes.count, 0)
+        guard count > 0 else { return nil }
+        return Int32(String(decoding: bytes[..<count], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
     }
 
     public func unlock() {

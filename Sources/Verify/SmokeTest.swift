@@ -80,7 +80,7 @@ public struct SmokeTest: Sendable {
     public var description: SmokeDescription
     public var store: Store
     public var runner: SandboxRunner
-    public var log: @Sendable (String) -> Void = { FileHandle.standardError.write(Data(($0 + "\n").utf8)) }
+    public var log: @Sendable (String) -> Void = Reporting.note
 
     public init(target: Target, description: SmokeDescription, store: Store, runner: SandboxRunner) {
         self.target = target

@@ -108,6 +108,16 @@ func requirePositive(_ values: [String: Int?]) throws {
 struct OutputOptions: ParsableArguments {
     @Flag(help: "Print the result as JSON on stdout (for scripts).")
     var json = false
+    @Flag(name: .shortAndLong, help: "Print only errors and the result: no progress, no stage lines.")
+    var quiet = false
+    @Flag(name: .shortAndLong, help: "Also print every command krnative runs and every URL it tries.")
+    var verbose = false
+
+    /// Sets how much krnative says (`Reporting.level`) as the command line is read, before any work.
+    func validate() throws {
+        if quiet && verbose { throw ValidationError("--quiet and --verbose contradict each other; give one") }
+        Reporting.level = quiet ? .quiet : verbose ? .verbose : .normal
+    }
 }
 
 /// Runs a command body, turning krnative's errors into a line naming what failed (then the

@@ -111,14 +111,14 @@ struct StoreCommand: ParsableCommand {
                 Removes entries no input of the lock names; step results, unpacked toolchains, Zig's cache \
                 and smoke root file systems not used for --max-age days; quarantined files older than that; \
                 temp files of processes that are gone and empty partial downloads. Partial downloads with \
-                bytes stay (a fetch resumes them). Each removal is listed with its reason.
+                bytes stay (a fetch resumes them). Each removal is listed with its reason; with -v, also \
+                what is kept and why.
 
                 Example: krnative store gc --dry-run --max-age 7
                 """)
         @OptionGroup var inputs: InputOptions
         @OptionGroup var output: OutputOptions
         @Flag(help: "Say what would be removed and why, and remove nothing.") var dryRun = false
-        @Flag(name: .shortAndLong, help: "Also list what is kept, and why.") var verbose = false
         @Option(help: "Keep derived items used within this many days.") var maxAge: UInt = 30
 
         func run() throws {
@@ -131,7 +131,7 @@ struct StoreCommand: ParsableCommand {
                 if output.json { return printJSON(plan) }
                 let verb = dryRun ? "would remove" : "removed"
                 for item in plan.remove { print("\(verb) \(item.area.rawValue)/\(item.name) (\(byteCount(item.bytes))): \(item.reason)") }
-                if verbose { for item in plan.keep { print("kept \(item.area.rawValue)/\(item.name) (\(byteCount(item.bytes))): \(item.reason)") } }
+                if output.verbose { for item in plan.keep { print("kept \(item.area.rawValue)/\(item.name) (\(byteCount(item.bytes))): \(item.reason)") } }
                 print("\(verb) \(plan.remove.count) items (\(byteCount(plan.bytesRemoved))); kept \(plan.keep.count)")
             }
         }

@@ -107,7 +107,7 @@ struct VerifyCommand: ParsableCommand {
             _ = try fetchInputs(
                 VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs,
                 network: try NetworkOptions.parse(["--offline"]), json: false,
-                summary: { FileHandle.standardError.write(Data(($0 + "\n").utf8)) })
+                summary: Reporting.note)
             let build = VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath)))
             let rebuilt = try build.run(lock: lock)
             identical = show(ManifestComparison.compare(published, at: manifest, with: rebuilt, at: out), json: output.json)

@@ -73,8 +73,28 @@ struct CommandLineTests {
         }
         #expect(results.all.allSatisfy { $0.succeeded })
         #expect(results.all.map(\.stdout).sorted().joined().contains("1 already in the store"))
+        // The second said it waited for the first, naming the lock (cargo: "Blocking waiting for file lock").
+        #expect(results.all.contains { $0.stderr.contains("holds its lock") }, "\(results.all.map(\.stderr))")
         #expect(server.requests().count == 1)
         #expect(server.requests().first?.bytes == 1024 * 1024)
+    }
+
+    /// `-q` leaves stderr to errors, the default tells what was fetched, `-v` adds every command
+    /// run; both at once is a usage error.
+    @Test(.tags(.network)) func quietAndVerboseSetWhatStderrSays() throws {
+        let server = try FaultServer()
+        let digest = server.serve("q.whl", randomData(1000))
+        let lock = try writeLock([wheelInput("q", sha256: digest, urls: [server.url("files/q.whl")])])
+        let quiet = krnative(["fetch", "-q", "--lock", lock, "--store", work.path + "/quiet", "--all"])
+        #expect(quiet.succeeded, "\(quiet.stderr)")
+        #expect(quiet.stderr.isEmpty, "-q printed: \(quiet.stderr)")
+        let normal = krnative(["fetch", "--lock", lock, "--store", work.path + "/normal", "--all"])
+        #expect(normal.stderr.contains("fetched q 1.0"), "\(normal.stderr)")
+        let both = krnative(["fetch", "-q", "-v", "--lock", lock, "--store", work.path + "/both", "--all"])
+        #expect(both.termination == .exited(ExitStatus.usage) && both.stderr.contains("contradict"), "\(both.stderr)")
+        let verbose = krnative(["doctor", "-v", "--json"])
+        #expect(verbose.stderr.contains("+ unshare --user --map-root-user true"), "\(verbose.stderr)")
+        #expect(!krnative(["doctor", "--json"]).stderr.contains("+ unshare"))
     }
 
     @Test(.tags(.network)) func offlineFetchNamesMissingInputsAndExits66() throws {

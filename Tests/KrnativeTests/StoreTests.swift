@@ -5,6 +5,24 @@ import Testing
 
 @Suite("Store")
 struct StoreTests {
+    /// A wait for another process's lock is said, with the holder's pid, and ends when it lets go.
+    @Test func waitingForAnEntrysLockSaysWhoHoldsIt() throws {
+        let directory = TemporaryDirectory("krnative-lock-wait")
+        let path = directory.path + "/entry.lock"
+        let held = try FileLock(path: path)
+        let said = Collected()
+        let acquired = DispatchSemaphore(value: 0)
+        Thread {
+            let waiter = try? FileLock(path: path, waiting: { said.append(Data($0.utf8)) })
+            acquired.signal()
+            waiter?.unlock()
+        }.start()
+        #expect(acquired.wait(timeout: .now() + 0.5) == .timedOut, "the second lock did not wait")
+        #expect(said.text == "waiting for \(path): another krnative process (pid \(getpid())) holds its lock")
+        held.unlock()
+        #expect(acquired.wait(timeout: .now() + 5) == .success)
+    }
+
     @Test func ingestVerifiesThenAdmitsReadOnly() throws {
         let work = TemporaryDirectory()
         let store = try Store(root: work.path + "/store")
