@@ -115,7 +115,9 @@ public struct VolumeBuild: Sendable {
         }
         try layout.placeRuntime(try path(of: runtime), into: prefix, recordedSize: runtime.size)
         let installer = WheelInstaller(target: target)
-        for wheel in needed.filter({ $0.kind == .wheel }).sorted(by: { $0.filename < $1.filename }) {
+        let wheels = needed.filter({ $0.kind == .wheel }).sorted(by: { $0.filename < $1.filename })
+        options.log("installing \(wheels.count) wheels into the volume")
+        for wheel in wheels {
             // The installer reads the tags from the file name: give it one.
             let named = staging + "/wheels/" + wheel.filename
             try FileSystem.createDirectory(staging + "/wheels")
@@ -137,12 +139,17 @@ public struct VolumeBuild: Sendable {
 
         // Pack, side files, the plugin wheel.
         options.log("packing krunner-env.\(distro).\(arch).tar.xz")
+        let packingStarted = Date()
         let packed = try DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch, threads: options.packThreads)
             .pack(prefix, to: staging + "/krunner-env.\(distro).\(arch).tar.xz")
+        options.log(
+            "packed \(packed.count) entries into \(FileSystem.size(of: staging + "/krunner-env.\(distro).\(arch).tar.xz") ?? 0) bytes in "
+                + String(format: "%.0f s", Date().timeIntervalSince(packingStarted)))
         try FileSystem.writeAtomically(Data("\(volumeVersion)\n".utf8), to: staging + "/krunner-version.\(distro).txt")
         try FileSystem.writeAtomically(Data("\(layout.python.major).\(layout.python.minor)\n".utf8), to: staging + "/krunner-python.\(distro).txt")
         try FileSystem.writeAtomically(Data("\(distro)\n".utf8), to: staging + "/versions.txt")
         let payload = Dictionary(uniqueKeysWithValues: outputNames.prefix(5).map { ($0, staging + "/" + $0) })
+        options.log("writing the plugin wheel, version \(packageVersion)")
         _ = try PluginWheel(target: target, version: packageVersion, sourceDateEpoch: lock.sourceDateEpoch)
             .write(into: staging, payload: payload, licenses: prefix + "/licenses")
 

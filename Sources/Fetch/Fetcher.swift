@@ -69,7 +69,9 @@ public struct Fetcher: Sendable {
 
     /// Fetches `inputs`, `options.jobs` at a time; never throws: the report says what failed.
     public func fetch(_ inputs: [LockedInput]) -> FetchReport {
-        progress.plan(count: inputs.count)
+        let missing = inputs.filter { resolver.located($0) == nil }
+        let sizes = missing.map { options.sizeCap(for: $0) }
+        progress.plan(count: inputs.count, bytes: sizes.allSatisfy(\.pinned) ? sizes.reduce(0) { $0 + $1.bytes } : nil)
         let results = ResultSlots<FetchReport.Item>(count: inputs.count)
         let next = Counter()
         let workers = max(1, min(options.jobs, inputs.count))

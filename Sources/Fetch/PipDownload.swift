@@ -57,6 +57,7 @@ struct PipDownload {
         do { try resolver.admit(temporary: file, digest: digest, for: input) } catch {
             throw .pipFailed(input: input.name, reason: error.description)
         }
+        progress.advanced(by: FileSystem.size(of: resolver.store.path(for: digest)) ?? 0)
         progress.ended(input.name, "fetched \(input.name) \(input.version) with pip, sha256 \(digest)")
         return digest
     }

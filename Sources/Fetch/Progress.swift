@@ -16,6 +16,8 @@ public final class ProgressReporter: @unchecked Sendable {
     private var active: [String] = []
     private var finished = 0
     private var total = 0
+    /// The bytes the planned transfers bring, when the lock pins every size.
+    private var expectedBytes: Int64?
     private let start = Date()
     private var lastDraw = Date.distantPast
 
@@ -28,8 +30,12 @@ public final class ProgressReporter: @unchecked Sendable {
         self.emit = emit
     }
 
-    func plan(count: Int) {
-        lock.withLock { total = count }
+    /// `count` inputs, of which those not yet in the store bring `bytes` when every size is pinned.
+    func plan(count: Int, bytes: Int64? = nil) {
+        lock.withLock {
+            total = count
+            expectedBytes = bytes.flatMap { $0 > 0 ? $0 : nil }
+        }
     }
 
     func began(_ name: String, from url: String) {
@@ -40,6 +46,7 @@ public final class ProgressReporter: @unchecked Sendable {
         }
     }
 
+    /// Bytes that arrived (a transfer's chunk, or a whole file pip brought).
     func advanced(by count: Int64) {
         lock.withLock {
             bytes += count
@@ -75,11 +82,38 @@ public final class ProgressReporter: @unchecked Sendable {
         let now = Date()
         guard force || now.timeIntervalSince(lastDraw) > 0.1 else { return }
         lastDraw = now
-        let seconds = max(now.timeIntervalSince(start), 0.001)
-        let rate = Double(bytes) / seconds
-        emit(
-            "\r\u{1B}[K[\(finished)/\(total)] \(Self.format(bytes)) at \(Self.format(Int64(rate)))/s  "
-                + active.prefix(3).joined(separator: ", "))
+        let line = Self.line(
+            finished: finished, total: total, bytes: bytes, expected: expectedBytes,
+            seconds: now.timeIntervalSince(start), active: active)
+        emit("\r\u{1B}[K" + String(line.prefix(max(20, Self.terminalWidth() - 1))))
+    }
+
+    /// `[2/5] 12.0 MiB of 40.0 MiB (30%) at 4.0 MiB/s, 7 s left  name, name`: the share and
+    /// the time left only where the lock pins every size.
+    static func line(finished: Int, total: Int, bytes: Int64, expected: Int64?, seconds: Double, active: [String]) -> String {
+        let rate = Double(bytes) / max(seconds, 0.001)
+        var text = "[\(finished)/\(total)] \(format(bytes))"
+        if let expected {
+            text += " of \(format(expected)) (\(min(100, Int(100 * Double(bytes) / Double(expected))))%)"
+        }
+        text += " at \(format(Int64(rate)))/s"
+        if let expected, rate > 0, bytes < expected {
+            text += ", \(duration(Double(expected - bytes) / rate)) left"
+        }
+        return text + "  " + active.prefix(3).joined(separator: ", ")
+    }
+
+    /// `42 s`, `3 min 5 s`.
+    static func duration(_ seconds: Double) -> String {
+        let whole = Int(seconds.rounded(.up))
+        return whole < 60 ? "\(whole) s" : "\(whole / 60) min \(whole % 60) s"
+    }
+
+    /// The columns of the terminal on stderr; 80 when it does not say.
+    static func terminalWidth() -> Int {
+        var size = winsize()
+        guard ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 else { return 80 }
+        return Int(size.ws_col)
     }
 
     static func format(_ bytes: Int64) -> String {

@@ -135,6 +135,24 @@ struct FetchTests {
         #expect(failed.error?.contains("unpacks to tree \(treeHash)") == true)
     }
 
+    /// On a terminal, the progress line gives the total the lock pins, the share done and the time
+    /// left (512 KiB/s from the slow path: about two seconds for these 1,000,000 bytes).
+    @Test func progressGivesTheTotalTheShareAndTheTimeLeft() throws {
+        let inputs = (0..<2).map { index in
+            let data = randomData(500_000)
+            return wheelInput("p\(index)", sha256: server.serve("p\(index).whl", data), urls: [server.url("slow/p\(index).whl")], size: 500_000)
+        }
+        let lines = Collected()
+        let fetcher = Fetcher(
+            resolver: InputResolver(store: store), options: FetchOptions(),
+            progress: ProgressReporter(interactive: true, emit: { lines.append(Data($0.utf8)) }))
+        #expect(fetcher.fetch(inputs).items.allSatisfy { $0.status == .fetched })
+        let drawn = lines.text.components(separatedBy: "\r\u{1B}[K").filter { $0.hasPrefix("[") }
+        #expect(drawn.first?.hasPrefix("[0/2] 0 B of 976.6 KiB (0%) at ") == true, "\(drawn.first ?? "nothing drawn")")
+        #expect(drawn.contains { $0.contains("%) at ") && $0.contains(" s left") }, "\(drawn)")
+        #expect(drawn.allSatisfy { $0.count < 80 }, "a line is wider than the terminal: \(drawn)")
+    }
+
     @Test func offlineOpensNoConnectionAndSaysHowToImport() throws {
         let digest = server.serve("o.whl", randomData(1000))
         let input = wheelInput("o", sha256: digest, urls: [server.url("files/o.whl")])
