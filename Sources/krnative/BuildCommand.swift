@@ -13,11 +13,13 @@ struct BuildCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "build",
         abstract: "Build the volume and plugin wheel of a target.",
-        discussion: """
+        discussion: helpText(
+            """
             Fetches what the target needs (or, with --offline, takes it from the store), builds ttyd \
             in the sandbox, lays out and packs the volume, writes the plugin wheel, the manifest and \
             the SBOM into the output directory, whole or not at all.
-            """)
+            """,
+            examples: "krnative build --target manylinux-x86_64", "krnative build --target musllinux-aarch64 --offline --out /tmp/out", "krnative build --target manylinux-x86_64 --check --variations all"))
 
     @OptionGroup var inputs: InputOptions
     @Option(help: "The target to build.") var target: Target

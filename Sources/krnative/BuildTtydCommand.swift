@@ -13,7 +13,8 @@ extension ToolchainKind: ExpressibleByArgument {}
 struct BuildTtydCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "build-ttyd",
-        abstract: "Cross-compile the static ttyd of a target from the lock's sources (leaves ttyd_linux.<arch>.bin).")
+        abstract: "Cross-compile the static ttyd of a target from the lock's sources (leaves ttyd_linux.<arch>.bin).",
+        discussion: helpText(examples: "krnative build-ttyd --target musllinux-aarch64 --out /tmp/ttyd"))
 
     @OptionGroup var inputs: InputOptions
     @Option(help: "The target whose ttyd to build.") var target: Target

@@ -13,7 +13,8 @@ struct BundleCommand: ParsableCommand {
 
     struct Export: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Write every store entry the targets need, with the lock and a manifest, to one tar file.")
+            abstract: "Write every store entry the targets need, with the lock and a manifest, to one tar file.",
+            discussion: helpText(examples: "krnative bundle export inputs.tar --all", "krnative bundle export arm.tar --target musllinux-aarch64 --host aarch64-linux"))
         @OptionGroup var inputs: InputOptions
         @OptionGroup var selection: TargetSelection
         @OptionGroup var output: OutputOptions
@@ -35,7 +36,8 @@ struct BundleCommand: ParsableCommand {
 
     struct Import: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Verify every entry of a bundle against its manifest and the local lock, then admit them all (or none).")
+            abstract: "Verify every entry of a bundle against its manifest and the local lock, then admit them all (or none).",
+            discussion: helpText(examples: "krnative bundle import inputs.tar"))
         @OptionGroup var inputs: InputOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "The bundle file to read.") var file: String

@@ -8,7 +8,8 @@ import Store
 
 struct DoctorCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "doctor", abstract: "Check that this machine can run krnative builds, with the fix for each failure.")
+        commandName: "doctor", abstract: "Check that this machine can run krnative builds, with the fix for each failure.",
+        discussion: helpText(examples: "krnative doctor", "krnative doctor --json"))
 
     @OptionGroup var inputs: InputOptions
     @OptionGroup var output: OutputOptions

@@ -81,7 +81,9 @@ struct FetchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fetch",
         abstract: "Download every input the targets need into the store, verified by hash.",
-        discussion: "Honours HTTPS_PROXY, HTTP_PROXY, NO_PROXY (through libcurl) and SSL_CERT_FILE / SSL_CERT_DIR.")
+        discussion: helpText(
+            "Honours HTTPS_PROXY, HTTP_PROXY, NO_PROXY (through libcurl) and SSL_CERT_FILE / SSL_CERT_DIR.",
+            examples: "krnative fetch --target manylinux-x86_64", "krnative fetch --all --jobs 8 --mirrors mirrors.conf", "krnative fetch --all --offline   # what is missing, without a connection"))
 
     @OptionGroup var inputs: InputOptions
     @OptionGroup var selection: TargetSelection

@@ -179,3 +179,9 @@ extension Target: ExpressibleByArgument {
     public init?(argument: String) { self.init(rawValue: argument) }
     public static var allValueStrings: [String] { allCases.map(\.rawValue) }
 }
+
+/// A command's help text: what it does, then `Examples:` with one indented command line each.
+func helpText(_ discussion: String = "", examples: String...) -> String {
+    let lines = examples.map { "  " + $0 }.joined(separator: "\n")
+    return [discussion, "Examples:\n" + lines].filter { !$0.isEmpty }.joined(separator: "\n\n")
+}

@@ -16,7 +16,9 @@ struct LockCommand: ParsableCommand {
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Add or refresh an entry, hashing a local file or a download (the file is admitted to the store).",
-            discussion: "A source read with --file is pinned by tree hash only; its file hash is recorded when it is first downloaded.")
+            discussion: helpText(
+                "A source read with --file is pinned by tree hash only; its file hash is recorded when it is first downloaded.",
+                examples: "krnative lock add --name attrs --kind wheel --upstream-version 24.2.0 --pip-requirement attrs==24.2.0", "krnative lock add --name ttyd --kind source --upstream-version 1.7.7 --file ttyd-1.7.7.tar.gz --target musllinux-x86_64"))
         @OptionGroup var inputs: InputOptions
         @OptionGroup var network: NetworkOptions
         @OptionGroup var output: OutputOptions
@@ -81,7 +83,8 @@ struct LockCommand: ParsableCommand {
     }
 
     struct Check: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Validate the lock and print its digest.")
+        static let configuration = CommandConfiguration(
+            abstract: "Validate the lock and print its digest.", discussion: helpText(examples: "krnative lock check", "krnative lock check --lock other.lock.json --json"))
         @OptionGroup var inputs: InputOptions
         @OptionGroup var output: OutputOptions
 
@@ -105,7 +108,8 @@ struct LockCommand: ParsableCommand {
 
     struct TreeHashCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "tree-hash", abstract: "Print the tree hash v1 of an archive (top directory stripped) or a directory.")
+            commandName: "tree-hash", abstract: "Print the tree hash v1 of an archive (top directory stripped) or a directory.",
+            discussion: helpText(examples: "krnative lock tree-hash ttyd-1.7.7.tar.gz", "krnative lock tree-hash --strip 0 unpacked/"))
         @Argument(help: "An archive or a directory.") var path: String
         @Option(help: "Leading path components to strip from archive entries.") var strip = 1
         @OptionGroup var output: OutputOptions

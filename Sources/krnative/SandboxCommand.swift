@@ -22,7 +22,8 @@ struct SandboxCommand: ParsableCommand {
 
     struct Run: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Run ARGV with the host's /usr read-only, no network, the given mounts and a clean environment.")
+            abstract: "Run ARGV with the host's /usr read-only, no network, the given mounts and a clean environment.",
+            discussion: helpText(examples: "krnative sandbox run -- id", "krnative sandbox run --ro src --rw build --env CC=cc -- make -C build"))
 
         @Option(name: .customLong("ro"), help: "Mount SRC read-only at DST (SRC[:DST], repeatable).") var readOnly: [String] = []
         @Option(name: .customLong("rw"), help: "Mount SRC writable at DST (SRC[:DST], repeatable).") var writable: [String] = []

@@ -12,7 +12,8 @@ struct StoreCommand: ParsableCommand {
 
     struct Import: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Admit files into the store that match an input of the lock (by sha256, or by tree hash for sources).")
+            abstract: "Admit files into the store that match an input of the lock (by sha256, or by tree hash for sources).",
+            discussion: helpText(examples: "krnative store import downloads/*.tar.gz"))
         @OptionGroup var inputs: InputOptions
         @OptionGroup var output: OutputOptions
         @Argument(help: "Files to import.") var files: [String]
@@ -39,7 +40,8 @@ struct StoreCommand: ParsableCommand {
     }
 
     struct Verify: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Hash every entry again; quarantine corrupted ones.")
+        static let configuration = CommandConfiguration(
+            abstract: "Hash every entry again; quarantine corrupted ones.", discussion: helpText(examples: "krnative store verify", "krnative store verify --json"))
         @OptionGroup var inputs: InputOptions
         @OptionGroup var output: OutputOptions
 
@@ -63,7 +65,8 @@ struct StoreCommand: ParsableCommand {
 
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "ls", abstract: "Show each area of the store with its size, then the entries and the lock inputs they hold.")
+            commandName: "ls", abstract: "Show each area of the store with its size, then the entries and the lock inputs they hold.",
+            discussion: helpText(examples: "krnative store ls", "krnative store ls --store /srv/krnative-store --json"))
         @OptionGroup var inputs: InputOptions
         @OptionGroup var output: OutputOptions
 
@@ -107,15 +110,15 @@ struct StoreCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "gc",
             abstract: "Remove what the lock no longer needs and caches not used for a while.",
-            discussion: """
+            discussion: helpText(
+                """
                 Removes entries no input of the lock names; step results, unpacked toolchains, Zig's cache \
                 and smoke root file systems not used for --max-age days; quarantined files older than that; \
                 temp files of processes that are gone and empty partial downloads. Partial downloads with \
                 bytes stay (a fetch resumes them). Each removal is listed with its reason; with -v, also \
                 what is kept and why.
-
-                Example: krnative store gc --dry-run --max-age 7
-                """)
+                """,
+                examples: "krnative store gc --dry-run -v", "krnative store gc --max-age 7"))
         @OptionGroup var inputs: InputOptions
         @OptionGroup var output: OutputOptions
         @Flag(help: "Say what would be removed and why, and remove nothing.") var dryRun = false

@@ -3,7 +3,8 @@ import KrnativeBase
 
 struct TargetsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "targets", abstract: "List the four targets with distro, arch and the triples they build.")
+        commandName: "targets", abstract: "List the four targets with distro, arch and the triples they build.",
+        discussion: helpText(examples: "krnative targets", "krnative targets --json"))
 
     @OptionGroup var output: OutputOptions
 

@@ -7,7 +7,8 @@ import Layout
 /// `krnative pack DIR OUT`: the pack stage alone, for a tree made elsewhere (and for the benchmarks).
 struct PackCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "pack", abstract: "Pack a directory as a deterministic tar.xz (the volume's format).")
+        commandName: "pack", abstract: "Pack a directory as a deterministic tar.xz (the volume's format).",
+        discussion: helpText(examples: "krnative pack volume/ krunner-env.tar.xz --source-date-epoch 1700000000"))
     @Argument(help: "The directory to pack.") var directory: String
     @Argument(help: "The tar.xz to write.") var output: String
     @Option(parsing: .unconditional, help: "Compression threads; the bytes are the same for any number. Default: the number of CPUs.")
@@ -44,7 +45,8 @@ struct WheelCommand: ParsableCommand {
 
     struct Install: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Install wheels into a prefix (pip's --prefix scheme, no Python run), checking tags and RECORD.")
+            abstract: "Install wheels into a prefix (pip's --prefix scheme, no Python run), checking tags and RECORD.",
+            discussion: helpText(examples: "krnative wheel install --target manylinux-x86_64 --prefix /tmp/prefix attrs-24.2.0-py3-none-any.whl"))
         @Option(help: "The target whose tags the wheels must fit.") var target: Target
         @Option(help: "The prefix (the volume root).") var prefix: String
         @Argument(help: "Wheel files, under their wheel names.") var wheels: [String]

@@ -14,11 +14,13 @@ struct DiffCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "diff",
         abstract: "Compare two volumes, output directories, tar archives or wheels, entry by entry.",
-        discussion: """
+        discussion: helpText(
+            """
             Reports added and removed entries, and for the rest type, mode, size, content hash, link \
             target and, for ELF files, the sections that differ. Archives that differ inside two \
             directories are opened and compared too. Exit status 0 when identical, 1 when not.
-            """)
+            """,
+            examples: "krnative diff out/krunner-env.static-gnu.x86_64.tar.xz ci/krunner-env.static-gnu.x86_64.tar.xz", "krnative diff out/ ci/ --json"))
     @Argument(help: "A directory, .tar.xz/.tar or .whl.") var left: String
     @Argument(help: "The same kind of thing to compare with.") var right: String
     @OptionGroup var output: OutputOptions
@@ -41,11 +43,13 @@ struct AuditCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit",
         abstract: "Check every ELF file of a volume against the target's policy (machine, loader, libraries, symbol versions).",
-        discussion: """
+        discussion: helpText(
+            """
             The policy is sysroots/audit-policy.json: auditwheel's manylinux2014 rules for glibc \
             targets, musllinux_1_2 for musl. A needed library is also fine when the volume carries it. \
-            bin/ttyd must be static and stripped. Exit status 0 when the volume passes, 76 when not.
-            """)
+            bin/ttyd must be static and stripped. Exit status 0 when the volume passes, 81 when not.
+            """,
+            examples: "krnative audit out/krunner-env.static-gnu.x86_64.tar.xz --target manylinux-x86_64"))
     @Argument(help: "The volume: a directory or krunner-env.*.tar.xz.") var volume: String
     @Option(help: "The volume's target.") var target: Target
     @Option(name: .customLong("policy"), help: "The policy file. Default: the project's sysroots/audit-policy.json.") var policyOption: String?
@@ -67,11 +71,13 @@ struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",
         abstract: "Rebuild offline what a manifest describes and compare every output and volume entry with it.",
-        discussion: """
+        discussion: helpText(
+            """
             The manifest may come from another machine: the rebuild uses its target, versions, toolchain \
             and isolation, and this machine's lock, which must be the one the manifest names (by sha256). \
             Exit status 0 when every output hashes the same, 1 when not; the rebuild is kept then.
-            """)
+            """,
+            examples: "krnative verify --manifest ci/krnative-manifest.static-gnu.x86_64.json"))
     @OptionGroup var inputs: InputOptions
     @Option(help: "The published krnative-manifest.{distro}.{arch}.json.") var manifest: String
     @Option(name: .customLong("out"), help: "Where the rebuild goes. Default: the project's verify.out/.") var outOption: String?
@@ -125,12 +131,14 @@ struct SmokeCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "smoke",
         abstract: "Run the volume on a minimal Debian root file system of its target, in the sandbox (qemu for another arch).",
-        discussion: """
+        discussion: helpText(
+            """
             The root file system is described in sysroots/smoke.json, made once with mmdebstrap from \
             this machine's apt sources and kept in the store. The volume is mounted read-only at \
             /opt/backend.ai, as the agent mounts it; its Python imports what the kernel runner needs \
             and its ttyd prints its version. Exit status 0 when every check passes, 78 when not.
-            """)
+            """,
+            examples: "krnative smoke --target manylinux-x86_64", "krnative smoke --target musllinux-aarch64 --volume out/krunner-env.alpine.aarch64.tar.xz"))
     @OptionGroup var inputs: InputOptions
     @Option(help: "The volume's target.") var target: Target
     @Option(help: "The volume: a directory or tar.xz. Default: the project's out/krunner-env.{distro}.{arch}.tar.xz.") var volume: String?

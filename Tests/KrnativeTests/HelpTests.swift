@@ -1,0 +1,104 @@
+import Foundation
+import KrnativeBase
+import Testing
+
+/// What the help and the README show is what the binary takes: every command has examples, and
+/// every command line of the examples and of the README's command list names a real command with
+/// options that command accepts.
+@Suite("Help and README", .tags(.process))
+struct HelpTests {
+    /// Every command a user can call, as its words after `krnative`, found through the help itself.
+    static let commands: [[String]] = {
+        var found: [[String]] = []
+        var pending: [[String]] = [[]]
+        while let path = pending.popLast() {
+            let subcommands = subcommandNames(help(path))
+            if subcommands.isEmpty { found.append(path) } else { pending += subcommands.map { path + [$0] } }
+        }
+        return found.filter { !$0.isEmpty && $0 != ["help"] }.sorted { $0.joined(separator: " ") < $1.joined(separator: " ") }
+    }()
+
+    static func help(_ path: [String]) -> String { krnative(path + ["--help"]).stdout }
+
+    /// The names under SUBCOMMANDS: in a help text.
+    static func subcommandNames(_ help: String) -> [String] {
+        guard let section = help.components(separatedBy: "SUBCOMMANDS:\n").dropFirst().first else { return [] }
+        return section.split(separator: "\n", omittingEmptySubsequences: false)
+            .prefix { !$0.isEmpty && $0.hasPrefix("  ") }
+            .filter { !$0.hasPrefix("   ") }  // a wrapped abstract, not a name
+            .compactMap { line in line.split(separator: " ").first.map(String.init) }
+            .filter { $0.first?.isLetter == true }
+    }
+
+    /// A documented command line: the commands it names (`store verify | ls` names two) and its options.
+    struct CommandLine: CustomStringConvertible {
+        var text: String
+        var commands: [[String]]
+        var options: [String]
+        var description: String { text }
+
+        init(_ text: String) {
+            self.text = text
+            let words = text.split(separator: "#").first.map { $0.split(separator: " ").map(String.init) } ?? []
+            var prefix: [String] = [], alternatives: [String] = [], expectingAlternative = false
+            for word in words.dropFirst() {
+                if word == "|" {
+                    expectingAlternative = true
+                } else if word.range(of: "^[a-z][a-z0-9-]*$", options: .regularExpression) != nil {
+                    if expectingAlternative { alternatives.append(word) } else if alternatives.isEmpty { prefix.append(word) } else { break }
+                    expectingAlternative = false
+                } else {
+                    break
+                }
+            }
+            commands = [prefix] + alternatives.map { prefix.dropLast() + [$0] }
+            options = words.compactMap { word in
+                word.range(of: "--[a-z][a-z0-9-]*|^-[a-z]$", options: .regularExpression).map { String(word[$0]) }
+            }
+        }
+    }
+
+    static func accepts(_ help: String, _ option: String) -> Bool {
+        help.range(of: "(^|[ ,\\[])\(option)([ ,=\\]\n]|$)", options: .regularExpression) != nil
+    }
+
+    @Test func everyCommandHasExamplesThatItAccepts() throws {
+        #expect(Self.commands.count >= 20, "\(Self.commands)")
+        for path in Self.commands {
+            let help = Self.help(path)
+            let examples = help.components(separatedBy: "Examples:\n").dropFirst().first?
+                .split(separator: "\n").prefix { $0.hasPrefix("  krnative ") }.map { String($0.dropFirst(2)) } ?? []
+            #expect(!examples.isEmpty, "`krnative \(path.joined(separator: " ")) --help` shows no example")
+            for example in examples.map(CommandLine.init) {
+                #expect(example.commands == [path], "example of \(path): \(example)")
+                for option in example.options {
+                    #expect(Self.accepts(help, option), "example `\(example)`: \(option) is not an option of \(path.joined(separator: " "))")
+                }
+            }
+        }
+    }
+
+    /// The README's command list (the block under "## Commands").
+    @Test func theReadmesCommandsAreWhatTheBinaryTakes() throws {
+        let readme = try String(contentsOfFile: Package.root + "/README.md", encoding: .utf8)
+        let block = try #require(readme.components(separatedBy: "## Commands\n\n```\n").dropFirst().first?.components(separatedBy: "```").first)
+        var lines: [String] = []
+        for line in block.split(separator: "\n") {
+            if line.hasPrefix("krnative ") { lines.append(String(line)) } else if !lines.isEmpty { lines[lines.count - 1] += " " + line }
+        }
+        #expect(lines.count >= 15)
+        var named = Set<[String]>()
+        for line in lines.map(CommandLine.init) {
+            let helps = line.commands.map { Self.help($0) }
+            for (path, help) in zip(line.commands, helps) {
+                #expect(help.contains("USAGE: krnative \(path.joined(separator: " "))"), "README `\(line)`: no command \(path)")
+                named.insert(path)
+            }
+            for option in line.options {
+                #expect(helps.contains { Self.accepts($0, option) }, "README `\(line)`: \(option) is not an option of \(line.commands)")
+            }
+        }
+        let unnamed = Self.commands.filter { !named.contains($0) }
+        #expect(unnamed.isEmpty, "the README's command list leaves out \(unnamed)")
+    }
+}
