@@ -198,15 +198,16 @@ public struct SmokeTest: Sendable {
         var mounts: [SandboxSpec.Mount] = [.readOnly(tree, at: description.mountPoint)]
         if let emulator { mounts.append(.readOnly(emulator, at: Self.emulatorInside)) }
         var checks: [Check] = []
-        for check in description.checks {
+        for (number, check) in description.checks.enumerated() {
             var argv = [description.mountPoint + "/" + check[0]] + check.dropFirst()
             if emulator != nil { argv = [Self.emulatorInside, "-L", "/"] + argv }
+            // What is running; the result is the caller's to print, once.
+            log("smoke: check \(number + 1) of \(description.checks.count): \(argv.joined(separator: " "))")
             let spec = SandboxSpec(
                 argv: argv, environment: ["PYTHONDONTWRITEBYTECODE": "1"], mounts: mounts, rootDirectory: rootfs, workingDirectory: "/tmp",
                 hostname: "krnative-smoke")
             let result = try runner.start(spec)
             let passed = result.termination == .exited(0)
-            log("smoke: \(argv.joined(separator: " ")): \(passed ? "ok" : "FAILED (\(result.termination))")")
             checks.append(Check(argv: argv, termination: "\(result.termination)", passed: passed, output: result.outputTail))
         }
         return Report(target: target, volume: volume, rootFilesystem: rootfs, emulator: emulator, checks: checks)

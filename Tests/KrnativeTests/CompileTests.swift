@@ -119,6 +119,9 @@ struct CompileTests {
         #expect(result.stdout.contains("ttyd version"))
         #expect(result.stderr.contains("--variant=extract --architectures=arm64"))
         #expect(result.stdout.contains("/opt/krnative-qemu -L / /opt/backend.ai/bin/ttyd --version"))
+        // Each check's result is printed once (stdout); stderr says which check is running.
+        #expect((result.stdout + result.stderr).components(separatedBy: "ok  /opt/krnative-qemu").count == 2, "\(result.stdout)\n\(result.stderr)")
+        #expect(result.stderr.contains("smoke: check 1 of 1: /opt/krnative-qemu -L / /opt/backend.ai/bin/ttyd --version"))
     }
 
     /// Starts the built ttyd on loopback and fetches its page.
