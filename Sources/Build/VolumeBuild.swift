@@ -165,7 +165,9 @@ public struct VolumeBuild: Sendable {
             tool: .init(version: options.toolVersion), target: target, lockSha256: lock.digest, sourceDateEpoch: lock.sourceDateEpoch,
             isolation: options.isolation, packageVersion: packageVersion, volumeVersion: volumeVersion,
             inputs: inputs, patches: ttyd.patches, outputs: outputs, volume: volume)
-        manifest.buildKey = try buildKey(lock: lock)
+        let keyParts = try buildKeyParts(lock: lock)
+        manifest.buildKeyParts = keyParts
+        manifest.buildKey = BuildKey.digest(of: keyParts)
         manifest.toolchain = options.toolchain
         manifest.audit = audit.map { .init(policy: $0.policy, mode: options.auditMode, elfFiles: $0.elfFiles, violations: $0.violations) }
         let sbomName = outputNames[6]
@@ -219,23 +221,29 @@ public struct VolumeBuild: Sendable {
         var outputs: [Output]
     }
 
-    /// Everything that decides the outputs, hashed: the krnative executable, the lock, the target,
-    /// the toolchain and isolation, the versions, the patches and the audit policy. A manifest
-    /// with this key and outputs that still hash as it says mean there is nothing to do.
-    public func buildKey(lock: Lockfile) throws -> SHA256Digest {
-        var parts = [
-            "krnative build key v1", try SHA256Digest.of(fileAt: options.entryExecutable).digest.hex, lock.digest.hex,
-            options.target.rawValue, options.toolchain.rawValue, options.isolation.rawValue, options.auditMode.rawValue,
-        ]
+    /// Everything that decides the outputs, by name (`BuildKey`): the krnative executable, the
+    /// lock, the target, toolchain, isolation and audit mode, the target's package and volume
+    /// versions, the audit policy, and each file under the patches directory ("patch NAME").
+    /// Files and documents are there by their hash.
+    public func buildKeyParts(lock: Lockfile) throws -> [String: String] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
-        parts.append(String(decoding: try encoder.encode(options.config), as: UTF8.self))
-        if let policy = options.auditPolicy { parts.append(String(decoding: try encoder.encode(policy), as: UTF8.self)) }
+        var parts = [
+            "krnative executable": BuildKey.contents(try SHA256Digest.of(fileAt: options.entryExecutable).digest),
+            "lock": BuildKey.contents(lock.digest),
+            "target": options.target.rawValue,
+            "toolchain": options.toolchain.rawValue,
+            "isolation": options.isolation.rawValue,
+            "audit mode": options.auditMode.rawValue,
+            "package version": try options.config.packageVersion(for: options.target),
+            "volume version": String(try options.config.volumeVersion(for: options.target)),
+            "audit policy": try options.auditPolicy.map { BuildKey.contents(SHA256Digest.of(try encoder.encode($0))) } ?? "none",
+        ]
         let patches = (FileManager.default.enumerator(atPath: options.patchesDirectory)?.allObjects as? [String] ?? []).sorted()
         for name in patches where !FileSystem.isDirectory(options.patchesDirectory + "/" + name) {
-            parts.append("\(name) \(try SHA256Digest.of(fileAt: options.patchesDirectory + "/" + name).digest.hex)")
+            parts["patch " + name] = BuildKey.contents(try SHA256Digest.of(fileAt: options.patchesDirectory + "/" + name).digest)
         }
-        return SHA256Digest.of(Data(parts.joined(separator: "\n").utf8))
+        return parts
     }
 
     /// The manifest of the outputs already in the output directory, when they are what this build
@@ -244,7 +252,7 @@ public struct VolumeBuild: Sendable {
         let manifestPath = options.outputDirectory + "/" + outputNames[7]
         guard let data = FileManager.default.contents(atPath: manifestPath),
             let manifest = try? JSONDecoder().decode(BuildManifest.self, from: data),
-            manifest.buildKey == (try buildKey(lock: lock)),
+            manifest.buildKey == BuildKey.digest(of: try buildKeyParts(lock: lock)),
             Set(manifest.outputs.map(\.file)) == Set(outputNames.dropLast())
         else { return nil }
         for output in manifest.outputs {
