@@ -246,21 +246,43 @@ public struct VolumeBuild: Sendable {
         return parts
     }
 
-    /// The manifest of the outputs already in the output directory, when they are what this build
-    /// would make: the same build key, and every output present with the size and hash listed.
-    public func upToDate(lock: Lockfile) throws -> BuildManifest? {
-        let manifestPath = options.outputDirectory + "/" + outputNames[7]
-        guard let data = FileManager.default.contents(atPath: manifestPath),
-            let manifest = try? JSONDecoder().decode(BuildManifest.self, from: data),
-            manifest.buildKey == BuildKey.digest(of: try buildKeyParts(lock: lock)),
-            Set(manifest.outputs.map(\.file)) == Set(outputNames.dropLast())
-        else { return nil }
-        for output in manifest.outputs {
-            guard let (digest, size) = try? SHA256Digest.of(fileAt: options.outputDirectory + "/" + output.file),
-                digest == output.sha256, size == output.size
-            else { return nil }
+    /// Whether the output directory already holds what this build would make: a manifest with
+    /// this build's key, and every output it lists present with that size and hash. When not,
+    /// the verdict says why, naming what the user changed or what is missing.
+    public func upToDate(lock: Lockfile) throws -> UpToDateVerdict {
+        let directory = options.outputDirectory
+        let manifestPath = directory + "/" + outputNames[7]
+        guard let data = FileManager.default.contents(atPath: manifestPath) else { return .noManifest(in: directory) }
+        guard let manifest = try? JSONDecoder().decode(BuildManifest.self, from: data) else {
+            return .outOfDate(["\(manifestPath) is not a manifest this krnative can read"])
         }
-        return manifest
+        let parts = try buildKeyParts(lock: lock)
+        guard manifest.buildKey == BuildKey.digest(of: parts) else {
+            guard let recorded = manifest.buildKeyParts else {
+                return .outOfDate(["the build key differs (the manifest predates recorded key parts)"])
+            }
+            let differences = BuildKey.differences(from: recorded, to: parts)
+            return .outOfDate(["the build key differs" + (differences.isEmpty ? "" : ": " + differences.joined(separator: ", "))])
+        }
+        let made = Set(outputNames.dropLast()), listed = Set(manifest.outputs.map(\.file))
+        guard listed == made else {
+            let details = [("not listed", made.subtracting(listed)), ("listed, not made by this build", listed.subtracting(made))]
+                .filter { !$0.1.isEmpty }.map { "\($0.0): \($0.1.sorted().joined(separator: ", "))" }
+            return .outOfDate(["the outputs differ from the manifest's list (" + details.joined(separator: "; ") + ")"])
+        }
+        var reasons: [String] = []
+        for output in manifest.outputs {
+            let path = directory + "/" + output.file
+            guard FileSystem.exists(path) else {
+                reasons.append("\(path) is missing")
+                continue
+            }
+            let found = try? SHA256Digest.of(fileAt: path)
+            if found?.digest != output.sha256 || found?.size != output.size {
+                reasons.append("\(path) does not hash as the manifest says")
+            }
+        }
+        return reasons.isEmpty ? .upToDate(manifest) : .outOfDate(reasons)
     }
 
     /// The finished volume tree against the target's policy: a violation fails the build (or, in
@@ -300,5 +322,48 @@ public struct VolumeBuild: Sendable {
         try layout.compileBytecode(
             in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
             extraMounts: [.readOnly(hostPython, at: "/opt/host-python")], sourceDateEpoch: lock.sourceDateEpoch)
+    }
+}
+
+/// What a build finds in its output directory before it starts (`VolumeBuild.upToDate`).
+public enum UpToDateVerdict: Sendable {
+    /// The outputs are this build's, as the manifest lists them: nothing to do.
+    case upToDate(BuildManifest)
+    /// No manifest: nothing was built there yet, or a publish was killed before its manifest went in.
+    case noManifest(in: String)
+    /// A manifest that does not describe this build's outputs, and why, one phrase each for the
+    /// person at the terminal ("the build key differs: audit mode report → enforce").
+    case outOfDate([String])
+
+    /// Why there is something to build (none when up to date).
+    public var reasons: [String] {
+        switch self {
+        case .upToDate: []
+        case .noManifest(let directory): ["no manifest in \(directory)"]
+        case .outOfDate(let reasons): reasons
+        }
+    }
+}
+
+/// What `krnative build --json` prints: the manifest of the outputs, its keys as in the file, and
+/// beside them `rebuildReasons` — why the build had something to do (the verdict's reasons, or that
+/// it was forced) — and `upToDate`, true when it had nothing to do (no reasons).
+public struct BuildReport: Encodable, Sendable {
+    public var manifest: BuildManifest
+    public var rebuildReasons: [String]
+
+    public init(manifest: BuildManifest, rebuildReasons: [String]) {
+        self.manifest = manifest
+        self.rebuildReasons = rebuildReasons
+    }
+
+    enum CodingKeys: String, CodingKey { case upToDate, rebuildReasons }
+
+    public func encode(to encoder: any Encoder) throws {
+        // One object: a reader of the manifest reads this document too.
+        try manifest.encode(to: encoder)
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(rebuildReasons.isEmpty, forKey: .upToDate)
+        try container.encode(rebuildReasons, forKey: .rebuildReasons)
     }
 }
