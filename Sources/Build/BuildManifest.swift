@@ -53,8 +53,11 @@ public struct BuildManifest: Codable, Sendable {
     public var patches: [AppliedPatch]
     public var outputs: [Output]
     public var volume: [VolumeEntry]
-    /// What decided these outputs (`VolumeBuild.buildKey`): a build with the same key has nothing to do.
+    /// What decided these outputs (`BuildKey`): a build with the same key has nothing to do.
     public var buildKey: SHA256Digest?
+    /// The parts the key hashes, by name (`VolumeBuild.buildKeyParts`): a build whose key differs
+    /// names the parts that changed. Absent in older manifests (their key is of another format).
+    public var buildKeyParts: [String: String]?
     /// The toolchain ttyd was compiled with (`krnative verify` rebuilds with the same).
     public var toolchain: ToolchainKind?
     public var audit: Audit?

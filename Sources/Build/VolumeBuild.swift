@@ -172,7 +172,9 @@ public struct VolumeBuild: Sendable {
             tool: .init(version: options.toolVersion), target: target, lockSha256: lock.digest, sourceDateEpoch: lock.sourceDateEpoch,
             isolation: options.isolation, packageVersion: packageVersion, volumeVersion: volumeVersion,
             inputs: inputs, patches: ttyd.patches, outputs: outputs, volume: volume)
-        manifest.buildKey = try buildKey(lock: lock)
+        let keyParts = try buildKeyParts(lock: lock)
+        manifest.buildKeyParts = keyParts
+        manifest.buildKey = BuildKey.digest(of: keyParts)
         manifest.toolchain = options.toolchain
         manifest.audit = audit.map { .init(policy: $0.policy, mode: options.auditMode, elfFiles: $0.elfFiles, violations: $0.violations) }
         let sbomName = outputNames[6]
@@ -226,40 +228,68 @@ public struct VolumeBuild: Sendable {
         var outputs: [Output]
     }
 
-    /// Everything that decides the outputs, hashed: the krnative executable, the lock, the target,
-    /// the toolchain and isolation, the versions, the patches and the audit policy. A manifest
-    /// with this key and outputs that still hash as it says mean there is nothing to do.
-    public func buildKey(lock: Lockfile) throws -> SHA256Digest {
-        var parts = [
-            "krnative build key v1", try SHA256Digest.of(fileAt: options.entryExecutable).digest.hex, lock.digest.hex,
-            options.target.rawValue, options.toolchain.rawValue, options.isolation.rawValue, options.auditMode.rawValue,
-        ]
+    /// Everything that decides the outputs, by name (`BuildKey`): the krnative executable, the
+    /// lock, the target, toolchain, isolation and audit mode, the target's package and volume
+    /// versions, the audit policy, and each file under the patches directory ("patch NAME").
+    /// Files and documents are there by their hash.
+    public func buildKeyParts(lock: Lockfile) throws -> [String: String] {
         let encoder = JSONEncoder()
         encoder.outputFormatting = .sortedKeys
-        parts.append(String(decoding: try encoder.encode(options.config), as: UTF8.self))
-        if let policy = options.auditPolicy { parts.append(String(decoding: try encoder.encode(policy), as: UTF8.self)) }
+        var parts = [
+            "krnative executable": BuildKey.contents(try SHA256Digest.of(fileAt: options.entryExecutable).digest),
+            "lock": BuildKey.contents(lock.digest),
+            "target": options.target.rawValue,
+            "toolchain": options.toolchain.rawValue,
+            "isolation": options.isolation.rawValue,
+            "audit mode": options.auditMode.rawValue,
+            "package version": try options.config.packageVersion(for: options.target),
+            "volume version": String(try options.config.volumeVersion(for: options.target)),
+            "audit policy": try options.auditPolicy.map { BuildKey.contents(SHA256Digest.of(try encoder.encode($0))) } ?? "none",
+        ]
         let patches = (FileManager.default.enumerator(atPath: options.patchesDirectory)?.allObjects as? [String] ?? []).sorted()
         for name in patches where !FileSystem.isDirectory(options.patchesDirectory + "/" + name) {
-            parts.append("\(name) \(try SHA256Digest.of(fileAt: options.patchesDirectory + "/" + name).digest.hex)")
+            parts["patch " + name] = BuildKey.contents(try SHA256Digest.of(fileAt: options.patchesDirectory + "/" + name).digest)
         }
-        return SHA256Digest.of(Data(parts.joined(separator: "\n").utf8))
+        return parts
     }
 
-    /// The manifest of the outputs already in the output directory, when they are what this build
-    /// would make: the same build key, and every output present with the size and hash listed.
-    public func upToDate(lock: Lockfile) throws -> BuildManifest? {
-        let manifestPath = options.outputDirectory + "/" + outputNames[7]
-        guard let data = FileManager.default.contents(atPath: manifestPath),
-            let manifest = try? JSONDecoder().decode(BuildManifest.self, from: data),
-            manifest.buildKey == (try buildKey(lock: lock)),
-            Set(manifest.outputs.map(\.file)) == Set(outputNames.dropLast())
-        else { return nil }
-        for output in manifest.outputs {
-            guard let (digest, size) = try? SHA256Digest.of(fileAt: options.outputDirectory + "/" + output.file),
-                digest == output.sha256, size == output.size
-            else { return nil }
+    /// Whether the output directory already holds what this build would make: a manifest with
+    /// this build's key, and every output it lists present with that size and hash. When not,
+    /// the verdict says why, naming what the user changed or what is missing.
+    public func upToDate(lock: Lockfile) throws -> UpToDateVerdict {
+        let directory = options.outputDirectory
+        let manifestPath = directory + "/" + outputNames[7]
+        guard let data = FileManager.default.contents(atPath: manifestPath) else { return .noManifest(in: directory) }
+        guard let manifest = try? JSONDecoder().decode(BuildManifest.self, from: data) else {
+            return .outOfDate(["\(manifestPath) is not a manifest this krnative can read"])
         }
-        return manifest
+        let parts = try buildKeyParts(lock: lock)
+        guard manifest.buildKey == BuildKey.digest(of: parts) else {
+            guard let recorded = manifest.buildKeyParts else {
+                return .outOfDate(["the build key differs (the manifest predates recorded key parts)"])
+            }
+            let differences = BuildKey.differences(from: recorded, to: parts)
+            return .outOfDate(["the build key differs" + (differences.isEmpty ? "" : ": " + differences.joined(separator: ", "))])
+        }
+        let made = Set(outputNames.dropLast()), listed = Set(manifest.outputs.map(\.file))
+        guard listed == made else {
+            let details = [("not listed", made.subtracting(listed)), ("listed, not made by this build", listed.subtracting(made))]
+                .filter { !$0.1.isEmpty }.map { "\($0.0): \($0.1.sorted().joined(separator: ", "))" }
+            return .outOfDate(["the outputs differ from the manifest's list (" + details.joined(separator: "; ") + ")"])
+        }
+        var reasons: [String] = []
+        for output in manifest.outputs {
+            let path = directory + "/" + output.file
+            guard FileSystem.exists(path) else {
+                reasons.append("\(path) is missing")
+                continue
+            }
+            let found = try? SHA256Digest.of(fileAt: path)
+            if found?.digest != output.sha256 || found?.size != output.size {
+                reasons.append("\(path) does not hash as the manifest says")
+            }
+        }
+        return reasons.isEmpty ? .upToDate(manifest) : .outOfDate(reasons)
     }
 
     /// The finished volume tree against the target's policy: a violation fails the build (or, in
@@ -299,5 +329,48 @@ public struct VolumeBuild: Sendable {
         try layout.compileBytecode(
             in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
             extraMounts: [.readOnly(hostPython, at: "/opt/host-python")], sourceDateEpoch: lock.sourceDateEpoch)
+    }
+}
+
+/// What a build finds in its output directory before it starts (`VolumeBuild.upToDate`).
+public enum UpToDateVerdict: Sendable {
+    /// The outputs are this build's, as the manifest lists them: nothing to do.
+    case upToDate(BuildManifest)
+    /// No manifest: nothing was built there yet, or a publish was killed before its manifest went in.
+    case noManifest(in: String)
+    /// A manifest that does not describe this build's outputs, and why, one phrase each for the
+    /// person at the terminal ("the build key differs: audit mode report → enforce").
+    case outOfDate([String])
+
+    /// Why there is something to build (none when up to date).
+    public var reasons: [String] {
+        switch self {
+        case .upToDate: []
+        case .noManifest(let directory): ["no manifest in \(directory)"]
+        case .outOfDate(let reasons): reasons
+        }
+    }
+}
+
+/// What `krnative build --json` prints: the manifest of the outputs, its keys as in the file, and
+/// beside them `rebuildReasons` — why the build had something to do (the verdict's reasons, or that
+/// it was forced) — and `upToDate`, true when it had nothing to do (no reasons).
+public struct BuildReport: Encodable, Sendable {
+    public var manifest: BuildManifest
+    public var rebuildReasons: [String]
+
+    public init(manifest: BuildManifest, rebuildReasons: [String]) {
+        self.manifest = manifest
+        self.rebuildReasons = rebuildReasons
+    }
+
+    enum CodingKeys: String, CodingKey { case upToDate, rebuildReasons }
+
+    public func encode(to encoder: any Encoder) throws {
+        // One object: a reader of the manifest reads this document too.
+        try manifest.encode(to: encoder)
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(rebuildReasons.isEmpty, forKey: .upToDate)
+        try container.encode(rebuildReasons, forKey: .rebuildReasons)
     }
 }

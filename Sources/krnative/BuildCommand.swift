@@ -79,11 +79,18 @@ struct BuildCommand: ParsableCommand {
                 if output.json { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
             }
             let manifest: BuildManifest
-            if !force, let existing = try build.upToDate(lock: lock) {
+            let verdict = force ? nil : try build.upToDate(lock: lock)
+            let rebuildReasons = verdict?.reasons ?? ["forced (--force)"]
+            if case .upToDate(let existing) = verdict {
                 manifest = existing
                 for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
                 say("\(target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
             } else {
+                if case .noManifest = verdict {
+                    options.log("building \(target.rawValue) into \(out)")
+                } else {
+                    options.log("rebuilding \(target.rawValue): " + rebuildReasons.joined(separator: "; "))
+                }
                 // An output directory that cannot take the outputs fails now, not after the build.
                 _ = try StagingDirectory(in: out)
                 if let check = options.ledger {
@@ -97,7 +104,9 @@ struct BuildCommand: ParsableCommand {
                 for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
                 say("built \(target.rawValue) in \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
             }
-            guard let runs else { return output.json ? printJSON(manifest) : () }
+            guard let runs else {
+                return output.json ? printJSON(BuildReport(manifest: manifest, rebuildReasons: rebuildReasons)) : ()
+            }
             var checkOptions = ReproducibilityCheck.Options(
                 target: target, executable: currentExecutable, reference: absolute(out), workDirectory: absolute(out) + ".check",
                 buildArguments: [

@@ -1,0 +1,141 @@
+import Build
+import Fetch
+import Foundation
+import KrnativeBase
+import Lock
+import Store
+import Testing
+
+/// `krnative build`'s no-op: a build whose output directory holds its outputs has nothing to do,
+/// and one that has something to do says why. Small files stand in for the outputs and the krnative
+/// executable, so nothing compiles and nothing is fetched.
+@Suite("Build key and the no-op")
+struct BuildKeyTests {
+    let directory = TemporaryDirectory("krnative-build-key")
+    let lock = Lockfile(sourceDateEpoch: 0)
+    var out: String { directory.path + "/out" }
+
+    init() {
+        _ = directory.file("krnative", "the krnative executable")
+        _ = directory.file("patches/ttyd/10-version.json", "{}")
+        try? FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+    }
+
+    /// A build of manylinux-x86_64 in report mode, as `change` varies it.
+    func build(_ change: (inout VolumeBuild.Options) -> Void = { _ in }) throws -> VolumeBuild {
+        var options = VolumeBuild.Options(
+            target: .manylinuxX86_64, config: KrunnerConfig(packageVersion: "4.1.0", volumeVersions: ["static-gnu": 15]),
+            outputDirectory: out, patchesDirectory: directory.path + "/patches", entryExecutable: directory.path + "/krnative")
+        options.auditMode = .report
+        change(&options)
+        return VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: directory.path + "/store")))
+    }
+
+    /// Stand-ins for `build`'s outputs in `out`, and a manifest listing them under `build`'s key:
+    /// with its parts, or (`recordParts` false) as a manifest of an older krnative, with another key.
+    func publish(_ build: VolumeBuild, recordParts: Bool = true) throws {
+        var outputs: [[String: Any]] = []
+        for name in build.outputNames.dropLast() {
+            let (digest, size) = try SHA256Digest.of(fileAt: directory.file("out/" + name, "stand-in for \(name)"))
+            outputs.append(["file": name, "sha256": digest.hex, "size": size])
+        }
+        let parts = try build.buildKeyParts(lock: lock)
+        var manifest: [String: Any] = [
+            "tool": ["name": "krnative", "version": "0"], "target": "manylinux-x86_64", "lockSha256": lock.digest.hex,
+            "sourceDateEpoch": 0, "isolation": "namespaces", "packageVersion": "4.1.0", "volumeVersion": 15,
+            "inputs": [], "patches": [], "outputs": outputs, "volume": [],
+            "buildKey": (recordParts ? BuildKey.digest(of: parts) : SHA256Digest.of(Data("krnative build key v1".utf8))).hex,
+        ]
+        if recordParts { manifest["buildKeyParts"] = parts }
+        _ = directory.file("out/" + build.outputNames.last!, try JSONSerialization.data(withJSONObject: manifest))
+    }
+
+    @Test func theSameBuildIsUpToDate() throws {
+        try publish(try build())
+        let verdict = try build().upToDate(lock: lock)
+        guard case .upToDate(let manifest) = verdict else {
+            Issue.record("not up to date: \(verdict.reasons)")
+            return
+        }
+        #expect(manifest.outputs.count == 7)
+        #expect(verdict.reasons.isEmpty)
+    }
+
+    @Test func anEmptyOutputDirectoryHasNoManifest() throws {
+        let verdict = try build().upToDate(lock: lock)
+        guard case .noManifest = verdict else {
+            Issue.record("\(verdict)")
+            return
+        }
+        #expect(verdict.reasons == ["no manifest in \(out)"])
+    }
+
+    @Test func anotherSettingIsNamedWithItsOldAndNewValue() throws {
+        try publish(try build())
+        let enforcing = try build { $0.auditMode = .enforce }.upToDate(lock: lock)
+        #expect(enforcing.reasons == ["the build key differs: audit mode report → enforce"])
+        let bumped = try build {
+            $0.config.volumeVersions["static-gnu"] = 16
+            $0.toolchain = .muslCross
+        }.upToDate(lock: lock)
+        #expect(bumped.reasons == ["the build key differs: toolchain zig → musl-cross, volume version 15 → 16"])
+    }
+
+    @Test func changedFilesAreNamedNotTheirHashes() throws {
+        try publish(try build())
+        _ = directory.file("krnative", "another krnative executable")
+        _ = directory.file("patches/ttyd/10-version.json", #"{"edits": []}"#)
+        _ = directory.file("patches/ttyd/20-writable.json", "{}")
+        #expect(
+            try build().upToDate(lock: lock).reasons == [
+                "the build key differs: the krnative executable changed, patch ttyd/10-version.json changed, patch ttyd/20-writable.json added"
+            ])
+        try FileManager.default.removeItem(atPath: directory.path + "/patches/ttyd/10-version.json")
+        #expect(
+            try build().upToDate(lock: lock).reasons == [
+                "the build key differs: the krnative executable changed, patch ttyd/10-version.json removed, patch ttyd/20-writable.json added"
+            ])
+    }
+
+    @Test func aManifestWithoutPartsSaysItPredatesThem() throws {
+        try publish(try build(), recordParts: false)
+        #expect(try build().upToDate(lock: lock).reasons == ["the build key differs (the manifest predates recorded key parts)"])
+    }
+
+    @Test func aMissingOrAlteredOutputIsNamed() throws {
+        let build = try build()
+        try publish(build)
+        try FileManager.default.removeItem(atPath: out + "/versions.txt")
+        // The same size: only the hash tells.
+        _ = directory.file("out/ttyd_linux.x86_64.bin", "STAND-IN for ttyd_linux.x86_64.bin")
+        #expect(
+            try build.upToDate(lock: lock).reasons == [
+                "\(out)/ttyd_linux.x86_64.bin does not hash as the manifest says", "\(out)/versions.txt is missing",
+            ])
+    }
+
+    @Test func aManifestListingOtherOutputsIsNotTrusted() throws {
+        let build = try build()
+        try publish(build)
+        let path = out + "/" + build.outputNames.last!
+        var manifest = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+        manifest["outputs"] = (manifest["outputs"] as? [[String: Any]])?.filter { $0["file"] as? String != "versions.txt" }
+        _ = directory.file("out/" + build.outputNames.last!, try JSONSerialization.data(withJSONObject: manifest))
+        #expect(try build.upToDate(lock: lock).reasons == ["the outputs differ from the manifest's list (not listed: versions.txt)"])
+    }
+
+    /// `build --json` prints the manifest's keys, so it still reads as a manifest, and why it built.
+    @Test func theJSONReportIsTheManifestAndTheReasons() throws {
+        let build = try build()
+        try publish(build)
+        guard case .upToDate(let manifest) = try build.upToDate(lock: lock) else {
+            Issue.record("not up to date")
+            return
+        }
+        let data = try JSONEncoder().encode(BuildReport(manifest: manifest, rebuildReasons: ["forced (--force)"]))
+        #expect(try JSONDecoder().decode(BuildManifest.self, from: data).buildKey == manifest.buildKey)
+        let object = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(object["upToDate"] as? Bool == false)
+        #expect(object["rebuildReasons"] as? [String] == ["forced (--force)"])
+    }
+}
