@@ -36,6 +36,8 @@ public struct VolumeBuild: Sendable {
         public var auditMode: AuditMode = .enforce
         /// The volume ledger the volume's number is checked against (nil: not checked, as in verify).
         public var ledger: VolumeLedgerCheck?
+        /// The shared cache ttyd's steps are looked for in (and uploaded to, when it allows).
+        public var remoteCache: RemoteCache?
         public var log: @Sendable (String) -> Void = Reporting.note
 
         public init(target: Target, config: KrunnerConfig, outputDirectory: String, patchesDirectory: String, entryExecutable: String) {
@@ -103,7 +105,11 @@ public struct VolumeBuild: Sendable {
         ttydOptions.jobs = options.jobs
         ttydOptions.lockPath = options.lockPath
         ttydOptions.log = options.log
+        ttydOptions.remoteCache = options.remoteCache
         let ttyd = try TtydBuild(options: ttydOptions, resolver: resolver).run(lock: lock)
+        let remote = ttyd.steps.filter { $0.remote == true }.count
+        let cached = ttyd.steps.filter(\.cached).count - remote
+        options.log("ttyd: \(ttyd.steps.count) steps: \(ttyd.steps.count - cached - remote) compiled, \(cached) cached, \(remote) from the remote cache")
         FileSystem.remove(staging + "/ttyd_linux.\(arch).json")
 
         // The volume tree.

@@ -21,6 +21,9 @@ CURLcode krn_curl_setopt_header_function(CURL *handle, krn_curl_header_fn fn) {
 CURLcode krn_curl_setopt_xferinfo_function(CURL *handle, krn_curl_xferinfo_fn fn) {
     return curl_easy_setopt(handle, CURLOPT_XFERINFOFUNCTION, fn);
 }
+CURLcode krn_curl_setopt_read_function(CURL *handle, krn_curl_read_fn fn) {
+    return curl_easy_setopt(handle, CURLOPT_READFUNCTION, fn);
+}
 CURLcode krn_curl_getinfo_long(CURL *handle, CURLINFO info, long *value) {
     return curl_easy_getinfo(handle, info, value);
 }

@@ -61,6 +61,9 @@ public struct TtydBuild: Sendable {
         /// Build only up to and including this component (tests of the libraries without ttyd's source).
         public var stopAfter: String?
         public var lockPath = Lockfile.defaultFileName
+        /// Where step results not in the local step cache are looked for, and (when it allows
+        /// uploads) where compiled ones go.
+        public var remoteCache: RemoteCache?
         public var log: @Sendable (String) -> Void = Reporting.note
 
         public init(target: Target, patchesDirectory: String, outputDirectory: String, entryExecutable: String) {
@@ -83,6 +86,8 @@ public struct TtydBuild: Sendable {
             public var component: String
             public var key: SHA256Digest
             public var cached: Bool
+            /// The result came from the remote cache (`cached` is true then too).
+            public var remote: Bool?
             public var seconds: Double
             public var adaptation: String?
         }
@@ -155,12 +160,14 @@ public struct TtydBuild: Sendable {
             report.sources.append(.init(name: input.name, version: input.version, treeSha256: tree, fileSha256: resolver.located(input)!))
             let started = Date()
             let cached = "\(store.root)/steps/\(key.hex)"
-            let wasCached = !options.rebuild && !options.prepareOnly && FileSystem.exists(cached)
+            let mayReuse = !options.rebuild && !options.prepareOnly
+            let fromRemote = mayReuse && !FileSystem.exists(cached) && restoreFromRemoteCache(key, component: step.component, as: cached)
+            let wasCached = mayReuse && FileSystem.exists(cached)
             if wasCached {
                 FileSystem.remove(stage)
                 try FileManager.default.copyItem(atPath: cached, toPath: stage)
                 report.patches += patches.map(\.summary)
-                options.log("\(step.component) \(input.version): cached (\(key.hex.prefix(12)))")
+                options.log("\(step.component) \(input.version): \(fromRemote ? "from the remote cache" : "cached") (\(key.hex.prefix(12)))")
             } else {
                 options.log("\(step.component) \(input.version): \(options.prepareOnly ? "preparing" : "building") for \(triple) with \(toolchain.kind.rawValue)")
                 let source = work + "/src/" + step.component
@@ -175,9 +182,12 @@ public struct TtydBuild: Sendable {
                 if options.prepareOnly { continue }
                 try runCommands(step, in: layout, work: work, toolchain: toolchain, zigCache: zigCache, runner: runner, epoch: lock.sourceDateEpoch)
                 try snapshot(stage, as: cached)
+                uploadToRemoteCache(cached, key: key, component: step.component, epoch: lock.sourceDateEpoch)
             }
             report.steps.append(
-                .init(component: step.component, key: key, cached: wasCached, seconds: Date().timeIntervalSince(started), adaptation: step.adaptation))
+                .init(
+                    component: step.component, key: key, cached: wasCached, remote: fromRemote ? true : nil,
+                    seconds: Date().timeIntervalSince(started), adaptation: step.adaptation))
             previousKey = key
             if step.component == options.stopAfter {
                 succeeded = true
@@ -301,6 +311,56 @@ public struct TtydBuild: Sendable {
             for argv in step.commands { lines.append((["env"] + variables + argv.map(ChildProcess.quote)).joined(separator: " ")) }
         }
         return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// What `/ac/<step key>` holds: the step's install tree as a deterministic tar.xz in `/cas/`.
+    struct RemoteStep: Codable {
+        static let currentFormat = "krnative step v1"
+        var format = currentFormat
+        var sha256: SHA256Digest
+        var size: Int64
+    }
+
+    /// Brings the step result `key` from the remote cache into the step cache at `destination`;
+    /// false on a miss or anything wrong (said, and the step is compiled).
+    func restoreFromRemoteCache(_ key: SHA256Digest, component: String, as destination: String) -> Bool {
+        guard let cache = options.remoteCache else { return false }
+        let what = "the \(component) step \(key.hex.prefix(12))"
+        guard let document = cache.actionResult(key, what: what) else { return false }
+        guard let entry = try? JSONDecoder().decode(RemoteStep.self, from: document), entry.format == RemoteStep.currentFormat else {
+            cache.reject("\(cache.base)/ac/\(key.hex) (\(what)) is not a krnative step record; ignored")
+            return false
+        }
+        guard let archive = cache.content(entry.sha256, sizeCap: entry.size, what: what) else { return false }
+        defer { FileSystem.remove(archive) }
+        let temporary = store.temporaryPath("remote-step")
+        defer { FileSystem.remove(temporary) }
+        do {
+            _ = try SafeExtractor(limits: .forArchive(recordedSize: entry.size)).extract(archive, into: temporary)
+            try snapshot(temporary, as: destination)
+        } catch {
+            cache.reject("\(cache.base)/cas/\(entry.sha256.hex) (\(what)) could not be unpacked: \(error); ignored")
+            return false
+        }
+        return true
+    }
+
+    /// Puts a compiled step's install tree into the remote cache when it takes uploads.
+    func uploadToRemoteCache(_ tree: String, key: SHA256Digest, component: String, epoch: Int64) {
+        guard let cache = options.remoteCache, cache.upload else { return }
+        let what = "the \(component) step \(key.hex.prefix(12))"
+        let archive = store.temporaryPath("step-upload") + ".tar.xz"
+        defer { FileSystem.remove(archive) }
+        do {
+            _ = try DeterministicTarXz(sourceDateEpoch: epoch, threads: 1).pack(tree, to: archive)
+            let (digest, size) = try SHA256Digest.of(fileAt: archive)
+            cache.put(file: archive, digest: digest, what: what)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            cache.put(actionResult: try encoder.encode(RemoteStep(sha256: digest, size: size)), key: key, what: what)
+        } catch {
+            options.log("remote cache: cannot pack \(what) for upload: \(error)")
+        }
     }
 
     func snapshot(_ stage: String, as destination: String) throws {

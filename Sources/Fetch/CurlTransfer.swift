@@ -15,10 +15,29 @@ public struct TransferSettings: Sendable {
     /// `SSL_CERT_FILE` / `SSL_CERT_DIR`, which libcurl does not read by itself (it does read the proxy variables).
     public var caFile: String?
     public var caDirectory: String?
+    /// Request headers besides libcurl's own (`Authorization: Bearer …` for a remote cache).
+    public var headers: [String] = []
+    /// Read credentials for the host from ~/.netrc when it has them (a remote cache's login).
+    public var netrc = false
 
     public init(environment: [String: String] = ProcessInfo.processInfo.environment) {
         caFile = environment["SSL_CERT_FILE"].flatMap { $0.isEmpty ? nil : $0 }
         caDirectory = environment["SSL_CERT_DIR"].flatMap { $0.isEmpty ? nil : $0 }
+    }
+}
+
+extension TransferSettings {
+    /// What every request of a transfer or an upload shares: timeouts, CA settings, credentials.
+    /// `headers` receives the list libcurl reads until the handle is cleaned up (free it then).
+    func apply(to handle: UnsafeMutableRawPointer, headers list: inout UnsafeMutablePointer<curl_slist>?) {
+        krn_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT, connectTimeout)
+        krn_curl_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1)
+        krn_curl_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, stallTimeout)
+        if let caFile { krn_curl_setopt_string(handle, CURLOPT_CAINFO, caFile) }
+        if let caDirectory { krn_curl_setopt_string(handle, CURLOPT_CAPATH, caDirectory) }
+        if netrc { krn_curl_setopt_long(handle, CURLOPT_NETRC, Int(CURL_NETRC_OPTIONAL.rawValue)) }
+        for header in headers { list = curl_slist_append(list, header) }
+        if let list { krn_curl_setopt_pointer(handle, CURLOPT_HTTPHEADER, UnsafeMutableRawPointer(list)) }
     }
 }
 
@@ -76,6 +95,7 @@ final class CurlTransfer {
 
     private var fd: Int32 = -1
     private var handle: UnsafeMutableRawPointer?
+    private var headerList: UnsafeMutablePointer<curl_slist>?
     private var hasher = StreamingSHA256()
     private(set) var received: Int64 = 0
     private(set) var resumedFrom: Int64 = 0
@@ -116,6 +136,8 @@ final class CurlTransfer {
         defer {
             self.handle = nil
             curl_easy_cleanup(handle)
+            curl_slist_free_all(headerList)
+            headerList = nil
         }
         configure(handle)
         var current = url
@@ -140,6 +162,7 @@ final class CurlTransfer {
 
     private func configure(_ handle: UnsafeMutableRawPointer) {
         let context = Unmanaged.passUnretained(self).toOpaque()
+        settings.apply(to: handle, headers: &headerList)
         krn_curl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, 0)
         krn_curl_setopt_long(handle, CURLOPT_FAILONERROR, 1)
         krn_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
@@ -149,13 +172,8 @@ final class CurlTransfer {
         krn_curl_setopt_string(handle, CURLOPT_USERAGENT, "krnative")
         krn_curl_setopt_string(handle, CURLOPT_PROTOCOLS_STR, "http,https")
         krn_curl_setopt_string(handle, CURLOPT_REDIR_PROTOCOLS_STR, "http,https")
-        krn_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT, settings.connectTimeout)
-        krn_curl_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1)
-        krn_curl_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, settings.stallTimeout)
         // Refuses a declared Content-Length beyond the cap before any body byte; write() catches the rest.
         krn_curl_setopt_off_t(handle, CURLOPT_MAXFILESIZE_LARGE, curl_off_t(cap.bytes - resumedFrom))
-        if let caFile = settings.caFile { krn_curl_setopt_string(handle, CURLOPT_CAINFO, caFile) }
-        if let caDirectory = settings.caDirectory { krn_curl_setopt_string(handle, CURLOPT_CAPATH, caDirectory) }
         if resumedFrom > 0 { krn_curl_setopt_off_t(handle, CURLOPT_RESUME_FROM_LARGE, curl_off_t(resumedFrom)) }
         krn_curl_setopt_pointer(handle, CURLOPT_WRITEDATA, context)
         krn_curl_setopt_write_function(handle) { data, size, count, context in

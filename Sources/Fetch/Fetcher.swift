@@ -26,6 +26,8 @@ public struct FetchOptions: Sendable {
     /// The most bytes a download may bring when the lock pins no exact size (sources are pinned
     /// by tree, so their recorded size is not exact either): 1 GiB.
     public var unpinnedSizeCap: Int64 = 1 << 30
+    /// A shared cache tried before the lock's URLs and given what they bring (`--remote-cache`).
+    public var remoteCache: RemoteCache?
 
     public init() {}
 
@@ -119,6 +121,35 @@ public struct Fetcher: Sendable {
     }
 
     private func download(_ input: LockedInput) throws(FetchError) -> (SHA256Digest, String) {
+        if let cache = options.remoteCache, let digest = input.sha256, let found = fromRemoteCache(input, digest: digest, cache: cache) {
+            return (found, cache.base)
+        }
+        let (digest, from) = try downloadFromSources(input)
+        if let cache = options.remoteCache, cache.upload {
+            cache.put(file: resolver.store.path(for: digest), digest: digest, what: "\(input.name) \(input.version)")
+        }
+        return (digest, from)
+    }
+
+    /// The input from the remote cache's `/cas/`, checked as a download is (a source's tree too).
+    private func fromRemoteCache(_ input: LockedInput, digest: SHA256Digest, cache: RemoteCache) -> SHA256Digest? {
+        guard let file = cache.content(digest, sizeCap: options.sizeCap(for: input).bytes, what: "\(input.name) \(input.version)") else {
+            return nil
+        }
+        guard case .accepted = resolver.check(file: file, digest: digest, for: input) else {
+            cache.reject("\(cache.base)/cas/\(digest.hex) matches its hash but is not \(input.name)'s archive as the lock pins it; ignored")
+            FileSystem.remove(file)
+            return nil
+        }
+        do { try resolver.admit(temporary: file, digest: digest, for: input) } catch {
+            FileSystem.remove(file)
+            return nil
+        }
+        progress.ended(input.name, "fetched \(input.name) \(input.version) from the remote cache, sha256 \(digest)")
+        return digest
+    }
+
+    private func downloadFromSources(_ input: LockedInput) throws(FetchError) -> (SHA256Digest, String) {
         var attempts: [String] = []
         for url in options.mirrors.candidates(for: input.urls) {
             if let digest = try fetch(input, from: url, attempts: &attempts) { return (digest, url) }

@@ -72,7 +72,10 @@ struct BuildCommand: ParsableCommand {
             options.ledger = try ledgerCheck()
             if let compileJobs { options.jobs = max(1, compileJobs) }
             if let packThreads { options.packThreads = max(1, packThreads) }
-            let build = VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath)))
+            let store = try Store(root: inputs.storePath)
+            let remoteCache = try network.remoteCache(store: store)
+            options.remoteCache = remoteCache
+            let build = VolumeBuild(options: options, resolver: InputResolver(store: store))
             let runs = try checkRuns()
             // With --json, stdout holds the one JSON document; the lines for people go to stderr.
             let say: (String) -> Void = { line in
@@ -99,8 +102,14 @@ struct BuildCommand: ParsableCommand {
                 }
                 _ = try fetchInputs(
                     VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false,
-                    summary: say)
+                    remoteCache: remoteCache, summary: say)
                 manifest = try build.run(lock: lock)
+                if let remoteCache {
+                    let counts = remoteCache.summary
+                    options.log(
+                        "remote cache \(remoteCache.base): \(counts.hits) hits, \(counts.misses) misses, \(counts.rejected) rejected, "
+                            + "\(counts.uploads) uploads")
+                }
                 for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
                 say("built \(target.rawValue) in \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
             }

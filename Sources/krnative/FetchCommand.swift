@@ -28,14 +28,42 @@ struct NetworkOptions: ParsableArguments {
     @Option(help: "The Python whose pip fetches wheels. Default: python3; env KRNATIVE_PYTHON.")
     var python: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "A shared cache in Bazel's HTTP remote cache protocol (bazel-remote, nginx WebDAV), tried before the lock's URLs and for build steps. Default: none; env KRNATIVE_REMOTE_CACHE, or `remote-cache URL` in the mirror config.",
+            valueName: "url"))
+    var remoteCache: String?
+
+    @Flag(help: "Also write what this run fetched and built to the remote cache. Default: off; env KRNATIVE_REMOTE_CACHE_UPLOAD.")
+    var remoteCacheUpload = false
+
     func validate() throws {
         try requirePositive(["--jobs": jobs, "--retries": retries, "--stall-timeout": stallTimeout])
         if retryDelay < 0 { throw ValidationError("--retry-delay must not be negative (got \(retryDelay))") }
     }
 
-    func fetchOptions(lockPath: String) throws -> FetchOptions {
+    /// The remote cache the command line, the environment or the mirror config names; none offline.
+    func remoteCache(store: Store) throws -> RemoteCache? {
+        let environment = ProcessInfo.processInfo.environment
+        guard try !(offline || EnvironmentSetting.flag("KRNATIVE_OFFLINE") == true) else { return nil }
+        let configured = try remoteCache ?? environment["KRNATIVE_REMOTE_CACHE"].flatMap { $0.isEmpty ? nil : $0 } ?? mirrorConfig()?.remoteCache
+        guard let url = configured else { return nil }
+        guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
+            throw UsageError("the remote cache \(url) is not an http:// or https:// URL (from --remote-cache, KRNATIVE_REMOTE_CACHE or the mirror config)")
+        }
+        let upload = try remoteCacheUpload || EnvironmentSetting.flag("KRNATIVE_REMOTE_CACHE_UPLOAD") == true
+        return RemoteCache(url: url, store: store, upload: upload)
+    }
+
+    func mirrorConfig() throws -> MirrorConfig? {
+        let environment = ProcessInfo.processInfo.environment
+        return try (mirrors ?? environment["KRNATIVE_MIRRORS"].flatMap({ $0.isEmpty ? nil : $0 })).map { try MirrorConfig.load(from: $0) }
+    }
+
+    func fetchOptions(lockPath: String, remoteCache: RemoteCache? = nil) throws -> FetchOptions {
         let environment = ProcessInfo.processInfo.environment
         var options = FetchOptions()
+        options.remoteCache = remoteCache
         options.offline = try offline || EnvironmentSetting.flag("KRNATIVE_OFFLINE") == true
         options.jobs = max(1, jobs)
         options.attemptsPerURL = max(1, retries)
@@ -43,9 +71,7 @@ struct NetworkOptions: ParsableArguments {
         options.transfer.stallTimeout = max(1, stallTimeout)
         options.python = python ?? environment["KRNATIVE_PYTHON"] ?? "python3"
         options.lockPath = lockPath
-        if let path = mirrors ?? environment["KRNATIVE_MIRRORS"].flatMap({ $0.isEmpty ? nil : $0 }) {
-            options.mirrors = try MirrorConfig.load(from: path)
-        }
+        if let config = try mirrorConfig() { options.mirrors = config }
         return options
     }
 }
@@ -107,10 +133,13 @@ func fetchInputs(targets: [Target], host: HostPlatform, inputs: InputOptions, ne
 
 /// Fetches `wanted` and reports; throws when anything is missing.
 func fetchInputs(
-    _ wanted: [LockedInput], inputs: InputOptions, network: NetworkOptions, json: Bool, summary: (String) -> Void = { print($0) }
+    _ wanted: [LockedInput], inputs: InputOptions, network: NetworkOptions, json: Bool, remoteCache: RemoteCache? = nil,
+    summary: (String) -> Void = { print($0) }
 ) throws -> FetchReport {
-    let resolver = InputResolver(store: try Store(root: inputs.storePath))
-    let fetcher = Fetcher(resolver: resolver, options: try network.fetchOptions(lockPath: inputs.lockPath))
+    let store = try Store(root: inputs.storePath)
+    let resolver = InputResolver(store: store)
+    let cache = try remoteCache ?? network.remoteCache(store: store)
+    let fetcher = Fetcher(resolver: resolver, options: try network.fetchOptions(lockPath: inputs.lockPath, remoteCache: cache))
     let report = fetcher.fetch(wanted)
     if json {
         printJSON(report)

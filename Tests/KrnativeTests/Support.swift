@@ -143,3 +143,95 @@ func krnative(_ arguments: [String], environment extra: [String: String] = [:]) 
 func wheelInput(_ name: String, sha256: SHA256Digest, urls: [String], size: Int64? = nil) -> LockedInput {
     LockedInput(name: name, kind: .wheel, version: "1.0", filename: "\(name)-1.0-py3-none-any.whl", sha256: sha256, size: size, urls: urls)
 }
+
+/// nginx (Debian's nginx-light) on loopback with WebDAV `PUT`: Bazel's HTTP cache protocol as a
+/// team serves it without a cache daemon (`/cas/<sha256>`, `/ac/<key>`, files under `data`).
+/// One process (no master), as whoever runs the tests.
+final class WebDAVCache: @unchecked Sendable {
+    static let nginx = "/usr/sbin/nginx"
+    let directory = TemporaryDirectory("krnative-webdav")
+    let port: Int
+    private let process = Process()
+
+    var url: String { "http://127.0.0.1:\(port)" }
+    var data: String { directory.path + "/data" }
+    var accessLog: [String] {
+        ((try? String(contentsOfFile: directory.path + "/access.log", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+    }
+
+    init() throws {
+        port = try freeLoopbackPort()
+        let root = directory.path
+        try FileManager.default.createDirectory(atPath: root + "/data", withIntermediateDirectories: true)
+        let temporaries = ["body", "proxy", "fastcgi", "uwsgi", "scgi"].map { "  \($0 == "body" ? "client_body" : $0)_temp_path \(root)/\($0);" }
+        _ = directory.file(
+            "nginx.conf",
+            """
+            daemon off;
+            master_process off;
+            pid \(root)/nginx.pid;
+            error_log \(root)/error.log;
+            events { worker_connections 64; }
+            http {
+              access_log \(root)/access.log;
+            \(temporaries.joined(separator: "\n"))
+              server {
+                listen 127.0.0.1:\(port);
+                root \(root)/data;
+                client_max_body_size 0;
+                location / { dav_methods PUT; create_full_put_path on; dav_access user:rw group:r all:r; }
+              }
+            }
+            """)
+        process.executableURL = URL(fileURLWithPath: Self.nginx)
+        process.arguments = ["-p", root, "-c", root + "/nginx.conf", "-e", root + "/error.log"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(10)
+        while !loopbackAccepts(port) {
+            guard Date() < deadline, process.isRunning else {
+                throw UsageError("nginx did not start: \((try? String(contentsOfFile: root + "/error.log", encoding: .utf8)) ?? "")")
+            }
+            usleep(20_000)
+        }
+    }
+
+    /// Stops the server, as a cache that goes away in the middle of a build.
+    func stop() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    deinit { stop() }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on now.
+func freeLoopbackPort() throws -> Int {
+    let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(socket) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
+    }
+    guard bound else { throw UsageError("no free loopback port: \(String(cString: strerror(errno)))") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// Whether something accepts connections on 127.0.0.1:`port`.
+func loopbackAccepts(_ port: Int) -> Bool {
+    let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(socket) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = UInt16(port).bigEndian
+    return withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+    }
+}

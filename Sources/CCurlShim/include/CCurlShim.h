@@ -7,6 +7,7 @@ typedef size_t (*krn_curl_write_fn)(char *data, size_t size, size_t nmemb, void 
 typedef int (*krn_curl_xferinfo_fn)(void *context, curl_off_t dltotal, curl_off_t dlnow,
                                     curl_off_t ultotal, curl_off_t ulnow);
 typedef size_t (*krn_curl_header_fn)(char *data, size_t size, size_t nitems, void *context);
+typedef size_t (*krn_curl_read_fn)(char *buffer, size_t size, size_t nitems, void *context);
 
 CURLcode krn_curl_setopt_long(CURL *handle, CURLoption option, long value);
 CURLcode krn_curl_setopt_off_t(CURL *handle, CURLoption option, curl_off_t value);
@@ -15,6 +16,7 @@ CURLcode krn_curl_setopt_pointer(CURL *handle, CURLoption option, void *value);
 CURLcode krn_curl_setopt_write_function(CURL *handle, krn_curl_write_fn fn);
 CURLcode krn_curl_setopt_header_function(CURL *handle, krn_curl_header_fn fn);
 CURLcode krn_curl_setopt_xferinfo_function(CURL *handle, krn_curl_xferinfo_fn fn);
+CURLcode krn_curl_setopt_read_function(CURL *handle, krn_curl_read_fn fn);
 
 CURLcode krn_curl_getinfo_long(CURL *handle, CURLINFO info, long *value);
 CURLcode krn_curl_getinfo_off_t(CURL *handle, CURLINFO info, curl_off_t *value);

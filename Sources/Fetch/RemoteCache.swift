@@ -1,0 +1,163 @@
+import Foundation
+import KrnativeBase
+import Store
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A shared cache on an existing server, in the HTTP protocol of Bazel's remote cache
+/// (bazel-remote; nginx with WebDAV `PUT`; an S3 gateway): `/cas/<sha256>` holds content by its
+/// hash, `/ac/<key>` what a key produced. Never required: a miss, an unreachable, slow or wrong
+/// cache costs a line on stderr and a local build, never a failed or a different one. Content is
+/// hashed before use; an entry that does not match is discarded and reported. Writes only with
+/// `upload` (`--remote-cache-upload`), and what is written is trusted by every reader: give
+/// write access to the machines that build, as with Bazel's cache.
+public final class RemoteCache: @unchecked Sendable {
+    public let base: String
+    public let upload: Bool
+    let settings: TransferSettings
+    let store: Store
+    let note: @Sendable (String) -> Void
+    private let lock = NSLock()
+    private var unreachable: String?
+    private var counts = Counts()
+
+    /// What the cache did in this run, for summaries.
+    public struct Counts: Sendable, Codable, Equatable {
+        public var hits = 0
+        public var misses = 0
+        public var rejected = 0
+        public var uploads = 0
+    }
+
+    /// `url` with or without a trailing slash. The token (`KRNATIVE_REMOTE_CACHE_TOKEN`) goes
+    /// out as `Authorization: Bearer`; without one, ~/.netrc is read for the host.
+    public init(
+        url: String, store: Store, upload: Bool, environment: [String: String] = ProcessInfo.processInfo.environment,
+        note: @escaping @Sendable (String) -> Void = Reporting.note
+    ) {
+        base = url.hasSuffix("/") ? String(url.dropLast()) : url
+        self.upload = upload
+        self.store = store
+        self.note = note
+        var settings = TransferSettings(environment: environment)
+        // A cache is worth a few seconds, not the minutes a mirror may take.
+        settings.connectTimeout = 5
+        settings.stallTimeout = 10
+        if let token = environment["KRNATIVE_REMOTE_CACHE_TOKEN"], !token.isEmpty {
+            settings.headers = ["Authorization: Bearer \(token)"]
+        } else {
+            settings.netrc = true
+        }
+        self.settings = settings
+    }
+
+    public var summary: Counts { lock.withLock { counts } }
+
+    /// `/cas/<digest>` into a temporary file of the store, verified; nil on a miss or any failure.
+    /// The caller admits or removes the file.
+    public func content(_ digest: SHA256Digest, sizeCap: Int64, what: String) -> String? {
+        guard let file = get("cas/\(digest.hex)", sizeCap: sizeCap, what: what) else { return nil }
+        let actual = (try? SHA256Digest.of(fileAt: file).digest)
+        guard actual == digest else {
+            let kept = store.quarantine(file, reason: "found-\(actual?.hex ?? "unreadable")")
+            reject("\(base)/cas/\(digest.hex) (\(what)) has other bytes (sha256 \(actual?.hex ?? "unreadable")); kept in \(kept), ignored")
+            return nil
+        }
+        count(\.hits)
+        return file
+    }
+
+    /// `/ac/<key>`: the small document a key produced (at most 1 MiB), or nil.
+    public func actionResult(_ key: SHA256Digest, what: String) -> Data? {
+        guard let file = get("ac/\(key.hex)", sizeCap: 1 << 20, what: what) else { return nil }
+        defer { FileSystem.remove(file) }
+        return FileManager.default.contents(atPath: file)
+    }
+
+    /// Puts `file` at `/cas/<digest>` when uploading is allowed; a failure is reported, not thrown.
+    public func put(file: String, digest: SHA256Digest, what: String) {
+        put("cas/\(digest.hex)", file: file, what: what)
+    }
+
+    /// Puts `document` at `/ac/<key>` when uploading is allowed.
+    public func put(actionResult document: Data, key: SHA256Digest, what: String) {
+        guard upload, isReachable else { return }
+        let temporary = store.temporaryPath("remote-ac")
+        defer { FileSystem.remove(temporary) }
+        do { try FileSystem.writeAtomically(document, to: temporary) } catch {
+            note("remote cache: cannot stage \(what) for upload: \(error)")
+            return
+        }
+        put("ac/\(key.hex)", file: temporary, what: what)
+    }
+
+    /// A rejected entry: the bytes were not what their key says.
+    public func reject(_ message: String) {
+        count(\.rejected)
+        note("remote cache: " + message)
+    }
+
+    private var isReachable: Bool { lock.withLock { unreachable == nil } }
+
+    private func count(_ field: WritableKeyPath<Counts, Int>) { lock.withLock { counts[keyPath: field] += 1 } }
+
+    private func get(_ path: String, sizeCap: Int64, what: String) -> String? {
+        guard isReachable else { return nil }
+        let url = "\(base)/\(path)"
+        let temporary = store.temporaryPath("remote")
+        do { try FileSystem.createDirectory(store.root + "/tmp") } catch { return nil }
+        let transfer = CurlTransfer(
+            url: url, partialPath: temporary, settings: settings, cap: SizeCap(bytes: sizeCap, pinned: false),
+            redirects: RedirectPolicy(mirrors: MirrorConfig(), maximumHops: 0)
+        ) { _ in }
+        let outcome = transfer.run()
+        switch outcome {
+        case .complete:
+            Reporting.detail("remote cache: hit \(url) (\(what))")
+            return temporary
+        case .permanent(let reason) where reason == "HTTP 404":
+            Reporting.detail("remote cache: miss \(url) (\(what))")
+            count(\.misses)
+        case .cancelled:
+            break
+        default:
+            give(up: "\(url) (\(what)): \(Self.describe(outcome))")
+        }
+        FileSystem.remove(temporary)
+        return nil
+    }
+
+    private func put(_ path: String, file: String, what: String) {
+        guard upload, isReachable else { return }
+        let url = "\(base)/\(path)"
+        let failure: String?
+        do { failure = try CurlUpload(url: url, file: file, settings: settings).run() } catch { failure = error.description }
+        if let failure {
+            give(up: "uploading \(what) to \(url): \(failure)")
+        } else {
+            Reporting.detail("remote cache: uploaded \(what) to \(url)")
+            count(\.uploads)
+        }
+    }
+
+    /// After a failure that is not a miss the cache is left alone for the rest of the run: one
+    /// warning, not one wait per step.
+    private func give(up reason: String) {
+        let first = lock.withLock {
+            defer { unreachable = unreachable ?? reason }
+            return unreachable == nil
+        }
+        if first { note("remote cache: \(reason); going on without it for this run") }
+    }
+
+    static func describe(_ outcome: TransferOutcome) -> String {
+        switch outcome {
+        case .complete: "complete"
+        case .transient(let reason), .permanent(let reason), .restart(let reason): reason
+        case .oversized(let seen): "larger than expected (\(seen) bytes)"
+        case .cancelled: "cancelled"
+        }
+    }
+}

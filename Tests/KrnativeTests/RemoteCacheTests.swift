@@ -1,0 +1,98 @@
+import Foundation
+import KrnativeBase
+import Lock
+import Testing
+
+/// `--remote-cache` against nginx with WebDAV (Debian's nginx-light), the way a team serves
+/// Bazel's HTTP cache protocol: one store uploads what it fetched, another store fetches it from
+/// the cache alone; a cache that is stopped, serves wrong bytes or stalls costs a warning and the
+/// lock's own URL, never a failed or different fetch.
+@Suite("Remote cache", .tags(.process, .network), .serialized, .enabled(if: Machine.hasExecutable(WebDAVCache.nginx)))
+struct RemoteCacheTests {
+    let work = TemporaryDirectory("krnative-remote-cache")
+    let server: FaultServer
+    let cache: WebDAVCache
+    let inputs: [(name: String, data: Data, digest: SHA256Digest)]
+    let lock: String
+
+    init() throws {
+        server = try FaultServer()
+        cache = try WebDAVCache()
+        inputs = (0..<2).map { index in
+            let data = randomData(300_000 + index)
+            return ("r\(index)", data, SHA256Digest.of(data))
+        }
+        for input in inputs { server.serve("\(input.name).whl", input.data) }
+        lock = work.path + "/krnative.lock.json"
+        try Lockfile(
+            sourceDateEpoch: 1_700_000_000,
+            inputs: inputs.map { wheelInput($0.name, sha256: $0.digest, urls: [server.url("files/\($0.name).whl")], size: Int64($0.data.count)) }
+        ).write(to: lock)
+    }
+
+    func fetch(_ store: String, _ extra: [String]) -> ChildProcess.Result {
+        krnative(["fetch", "--lock", lock, "--store", work.path + "/" + store, "--all", "--retry-delay", "0"] + extra)
+    }
+
+    func storeHasEveryInput(_ store: String) -> Bool {
+        inputs.allSatisfy { (try? SHA256Digest.of(fileAt: "\(work.path)/\(store)/sha256/\($0.digest.hex)").digest) == $0.digest }
+    }
+
+    @Test func aSecondStoreGetsTheInputsFromTheCacheAlone() throws {
+        let upload = fetch("a", ["--remote-cache", cache.url, "--remote-cache-upload"])
+        #expect(upload.succeeded, "\(upload.stderr)")
+        for input in inputs {
+            #expect(FileManager.default.contents(atPath: "\(cache.data)/cas/\(input.digest.hex)") == input.data, "\(input.name) was not uploaded")
+        }
+        let fromOrigin = server.requests().count
+        let second = fetch("b", ["--remote-cache", cache.url])
+        #expect(second.succeeded, "\(second.stderr)")
+        #expect(second.stderr.components(separatedBy: "from the remote cache").count == 3, "\(second.stderr)")
+        #expect(server.requests().count == fromOrigin, "the second store went to the lock's URLs")
+        #expect(storeHasEveryInput("b"))
+        // The mirror config's `remote-cache` line does the same.
+        let mirrors = work.file("mirrors.conf", "remote-cache \(cache.url)/\n")
+        let third = fetch("c", ["--mirrors", mirrors])
+        #expect(third.succeeded && third.stderr.contains("from the remote cache"), "\(third.stderr)")
+        #expect(server.requests().count == fromOrigin)
+    }
+
+    @Test func wrongBytesAreRejectedAndTheLocksURLServes() throws {
+        #expect(fetch("a", ["--remote-cache", cache.url, "--remote-cache-upload"]).succeeded)
+        let entry = "\(cache.data)/cas/\(inputs[0].digest.hex)"
+        try randomData(300_000).write(to: URL(fileURLWithPath: entry))
+        let result = fetch("b", ["--remote-cache", cache.url])
+        #expect(result.succeeded, "\(result.stderr)")
+        #expect(result.stderr.contains("\(cache.url)/cas/\(inputs[0].digest.hex) (r0 1.0) has other bytes"), "\(result.stderr)")
+        #expect(storeHasEveryInput("b"))
+        let quarantined = try FileManager.default.contentsOfDirectory(atPath: work.path + "/b/quarantine")
+        #expect(quarantined.count == 1, "\(quarantined)")
+    }
+
+    @Test func aStoppedCacheCostsOneWarning() throws {
+        cache.stop()
+        let result = fetch("a", ["--remote-cache", cache.url, "--remote-cache-upload", "--jobs", "1"])
+        #expect(result.succeeded, "\(result.stderr)")
+        #expect(result.stderr.components(separatedBy: "remote cache:").count == 2, "one warning expected: \(result.stderr)")
+        #expect(result.stderr.contains("going on without it for this run"))
+        #expect(storeHasEveryInput("a"))
+    }
+
+    @Test func aStallingCacheIsLeftAfterItsTimeout() throws {
+        // The fault server's /stall/ sends half of a file, then nothing for a minute.
+        for input in inputs { server.serve("cas/\(input.digest.hex)", input.data) }
+        let started = Date()
+        let result = fetch("a", ["--remote-cache", server.url("stall"), "--jobs", "1"])
+        #expect(result.succeeded, "\(result.stderr)")
+        #expect(result.stderr.contains("stalled"), "\(result.stderr)")
+        #expect(storeHasEveryInput("a"))
+        #expect(Date().timeIntervalSince(started) < 30, "the cache was waited for more than once")
+    }
+
+    @Test func offlineMeansNoCacheEither() throws {
+        let before = cache.accessLog.count
+        let result = fetch("a", ["--remote-cache", cache.url, "--offline"])
+        #expect(result.termination == .exited(ExitStatus.missingInput), "\(result.stderr)")
+        #expect(cache.accessLog.count == before)
+    }
+}
