@@ -174,7 +174,7 @@ public struct TtydBuild: Sendable {
                 report.patches += try PatchApplier().apply(patches, to: source, version: input.version)
                 if options.prepareOnly { continue }
                 try runCommands(step, in: layout, work: work, toolchain: toolchain, zigCache: zigCache, runner: runner, epoch: lock.sourceDateEpoch)
-                try snapshot(stage, as: cached)
+                try snapshot(stage, as: key)
             }
             report.steps.append(
                 .init(component: step.component, key: key, cached: wasCached, seconds: Date().timeIntervalSince(started), adaptation: step.adaptation))
@@ -217,7 +217,8 @@ public struct TtydBuild: Sendable {
         return SHA256Digest.of(material)
     }
 
-    /// Unpacks the toolchain archive once into the store (`toolchains/<sha256>/`).
+    /// Unpacks the toolchain archive once into the store (`toolchains/<sha256>/`), with its tree
+    /// hash beside it for `store verify`.
     func unpackToolchain(lock: Lockfile, triple: String) throws -> Toolchain {
         let name = options.toolchain.lockName(triple: triple, host: options.host)
         guard let input = lock[name], let digest = resolver.located(input) else {
@@ -233,8 +234,8 @@ public struct TtydBuild: Sendable {
                 try SafeExtractor(stripComponents: options.toolchain.stripComponents, limits: .forArchive(recordedSize: input.size))
                     .extract(try store.verifiedPath(for: digest), into: temp)
                 if options.toolchain == .zig { chmod(temp + "/ziglang/zig", 0o755) }  // wheels may not keep the mode
-                try FileSystem.createDirectory(store.root + "/toolchains")
-                try FileSystem.rename(temp, to: root)
+                try FileSystem.createDirectory(store.directory(.toolchains))
+                try store.complete(.toolchains, digest.hex, from: temp, treeHash: TreeHash.ofDirectory(at:))
             }
         }
         return Toolchain(kind: options.toolchain, version: input.version, archiveSha256: digest, triple: triple, hostRoot: root)
@@ -303,12 +304,12 @@ public struct TtydBuild: Sendable {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    func snapshot(_ stage: String, as destination: String) throws {
-        try FileSystem.createDirectory((destination as NSString).deletingLastPathComponent)
-        let temp = destination + ".tmp-\(getpid())"
+    /// Keeps the stage as the cached result of step `key`, with its tree hash beside it for `store verify`.
+    func snapshot(_ stage: String, as key: SHA256Digest) throws {
+        try FileSystem.createDirectory(store.directory(.steps))
+        let temp = store.item(.steps, key.hex) + ".tmp-\(getpid())"
         FileSystem.remove(temp)
         try FileManager.default.copyItem(atPath: stage, toPath: temp)
-        FileSystem.remove(destination)
-        try FileSystem.rename(temp, to: destination)
+        try store.complete(.steps, key.hex, from: temp, treeHash: TreeHash.ofDirectory(at:))
     }
 }

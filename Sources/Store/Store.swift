@@ -42,7 +42,8 @@ public enum StoreError: KrnativeError {
 /// - `tmp/`: ingests in progress and `<key>.partial` downloads that a later run resumes;
 /// - `locks/<key>.lock`: per-entry `flock`s, so concurrent krnative processes never fetch or admit twice;
 /// - `quarantine/`: files that failed verification, kept for inspection, named `<name>.found-<sha256>.<time>`;
-/// - `steps/`, `toolchains/`, `zig-cache/`, `sysroots/`: derived from inputs (`Store.Area`).
+/// - `steps/`, `toolchains/`, `zig-cache/`, `sysroots/`: derived from inputs (`Store.Area`); a step
+///   result or unpacked toolchain has its tree hash beside it (`<item>.tree-sha256`, `treeHashRecord`).
 ///
 /// Every admission writes a temp file while hashing it, verifies size and digest, fsyncs and renames.
 public struct Store: Sendable {
@@ -93,11 +94,18 @@ public struct Store: Sendable {
         return path
     }
 
-    /// Moves a file that failed verification out of the way; returns where it went.
+    /// Moves a file or tree that failed verification out of the way; returns where it went. A
+    /// tree's directories are made writable first (moving a directory rewrites its `..`, and it can
+    /// then be removed by hand); the move is dated, so gc counts the quarantine's age from now.
     @discardableResult
     public func quarantine(_ path: String, reason: String) -> String {
         let destination = "\(root)/quarantine/\((path as NSString).lastPathComponent).\(reason).\(Int(Date().timeIntervalSince1970))"
-        if Glibc.rename(path, destination) != 0 { unlink(path) }
+        Self.makeDirectoriesWritable(path)
+        if Glibc.rename(path, destination) == 0 {
+            _ = utimensat(AT_FDCWD, destination, nil, AT_SYMLINK_NOFOLLOW)
+        } else {
+            Self.removeTree(path)
+        }
         return destination
     }
 

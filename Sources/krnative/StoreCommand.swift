@@ -110,7 +110,7 @@ struct StoreCommand: ParsableCommand {
             discussion: """
                 Removes entries no input of the lock names; step results, unpacked toolchains, Zig's cache \
                 and smoke root file systems not used for --max-age days; quarantined files older than that; \
-                temp files of processes that are gone and empty partial downloads. Partial downloads with \
+                temp files and unfinished copies of processes that are gone, and empty partial downloads. Partial downloads with \
                 bytes stay (a fetch resumes them). Each removal is listed with its reason.
 
                 Example: krnative store gc --dry-run --max-age 7

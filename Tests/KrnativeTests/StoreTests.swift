@@ -5,6 +5,9 @@ import Testing
 
 @Suite("Store")
 struct StoreTests {
+    /// A process id no process has (pids stay below 2^22 on Linux).
+    static let goneProcess: pid_t = 999_999_999
+
     @Test func ingestVerifiesThenAdmitsReadOnly() throws {
         let work = TemporaryDirectory()
         let store = try Store(root: work.path + "/store")
@@ -79,8 +82,9 @@ struct StoreTests {
     }
 
     /// Every area is seen by `usage`, and gc removes derived items unused for longer than the
-    /// limit (read-only trees included), empty partial downloads and temp files of dead processes,
-    /// and keeps the rest, saying why.
+    /// limit (read-only trees included, with their tree-hash records), empty partial downloads,
+    /// and temp files and unfinished copies of dead processes whatever their age, and keeps the
+    /// rest, saying why.
     @Test func collectGarbageCoversEveryArea() throws {
         let work = TemporaryDirectory()
         let store = try Store(root: work.path + "/store")
@@ -93,6 +97,8 @@ struct StoreTests {
             let when = name == "old" ? now.addingTimeInterval(-40 * 86_400) : now
             try FileManager.default.setAttributes([.modificationDate: when], ofItemAtPath: item)
         }
+        _ = FileManager.default.createFile(atPath: store.treeHashRecord(.steps, "old"), contents: Data())
+        try FileManager.default.createDirectory(atPath: store.item(.sysroots, "fresh") + ".partial-\(Self.goneProcess)", withIntermediateDirectories: true)
         FileManager.default.createFile(atPath: store.partialPath(for: "empty"), contents: Data())
         FileManager.default.createFile(atPath: store.partialPath(for: "half"), contents: Data(count: 10))
         FileManager.default.createFile(atPath: store.directory(.tmp) + "/ingest.999999999.1.tmp", contents: Data(count: 5))
@@ -105,12 +111,16 @@ struct StoreTests {
 
         let plan = store.planCollection(keepEntries: [], maxAge: 30 * 86_400, now: now)
         let removed = Set(plan.remove.map { "\($0.area.rawValue)/\($0.name)" })
-        #expect(removed == ["steps/old", "toolchains/old", "sysroots/old", "tmp/empty.partial", "tmp/ingest.999999999.1.tmp"])
+        #expect(
+            removed == [
+                "steps/old", "toolchains/old", "sysroots/old", "sysroots/fresh.partial-\(Self.goneProcess)", "tmp/empty.partial", "tmp/ingest.999999999.1.tmp",
+            ])
         #expect(plan.keep.contains { $0.name == "half.partial" && $0.reason == "a partial download a fetch resumes" })
         #expect(plan.keep.contains { $0.name == "ingest.\(getpid()).1.tmp" && $0.reason.contains("running process") })
         #expect(plan.remove.first { $0.name == "old" }?.reason.hasPrefix("last used 40 days ago") == true)
         store.collect(plan)
         #expect(!FileSystem.exists(store.item(.steps, "old")) && FileSystem.exists(store.item(.steps, "new")))
+        #expect(!FileSystem.exists(store.treeHashRecord(.steps, "old")), "a tree-hash record goes with its item")
         #expect(!FileSystem.exists(store.partialPath(for: "empty")) && FileSystem.exists(store.partialPath(for: "half")))
     }
 
