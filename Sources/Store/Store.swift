@@ -191,7 +191,7 @@ public struct Store: Sendable {
         return digest
     }
 
-    // MARK: Listing, verification, collection
+    // MARK: Listing
 
     public struct Entry: Sendable, Codable {
         public var sha256: SHA256Digest
@@ -214,27 +214,5 @@ public struct Store: Sendable {
         return names.compactMap(SHA256Digest.init(hex:)).sorted().map { digest in
             Entry(sha256: digest, size: FileSystem.size(of: path(for: digest)) ?? 0, trees: (trees[digest] ?? []).sorted())
         }
-    }
-
-    public struct VerifyReport: Sendable, Codable {
-        public var verified: [SHA256Digest] = []
-        /// Corrupted entries and where each was moved.
-        public var quarantined: [String: String] = [:]
-    }
-
-    /// Hashes every entry again; corrupted ones are quarantined.
-    public func verifyAll() -> VerifyReport {
-        var report = VerifyReport()
-        for entry in entries() {
-            do {
-                _ = try verifiedPath(for: entry.sha256)
-                report.verified.append(entry.sha256)
-            } catch .corrupted(_, _, let actual, let quarantinedAt) {
-                report.quarantined[entry.sha256.hex] = "found \(actual.hex), moved to \(quarantinedAt)"
-            } catch {
-                report.quarantined[entry.sha256.hex] = error.description
-            }
-        }
-        return report
     }
 }
