@@ -161,7 +161,7 @@ public struct TtydBuild: Sendable {
             let started = Date()
             let cached = "\(store.root)/steps/\(key.hex)"
             let mayReuse = !options.rebuild && !options.prepareOnly
-            let fromRemote = mayReuse && !FileSystem.exists(cached) && restoreFromRemoteCache(key, component: step.component, as: cached)
+            let fromRemote = mayReuse && !FileSystem.exists(cached) && restoreFromRemoteCache(key, component: step.component)
             let wasCached = mayReuse && FileSystem.exists(cached)
             if wasCached {
                 FileSystem.remove(stage)
@@ -181,7 +181,7 @@ public struct TtydBuild: Sendable {
                 report.patches += try PatchApplier().apply(patches, to: source, version: input.version)
                 if options.prepareOnly { continue }
                 try runCommands(step, in: layout, work: work, toolchain: toolchain, zigCache: zigCache, runner: runner, epoch: lock.sourceDateEpoch)
-                try snapshot(stage, as: cached)
+                try snapshot(stage, as: key)
                 uploadToRemoteCache(cached, key: key, component: step.component, epoch: lock.sourceDateEpoch)
             }
             report.steps.append(
@@ -227,7 +227,8 @@ public struct TtydBuild: Sendable {
         return SHA256Digest.of(material)
     }
 
-    /// Unpacks the toolchain archive once into the store (`toolchains/<sha256>/`).
+    /// Unpacks the toolchain archive once into the store (`toolchains/<sha256>/`), with its tree
+    /// hash beside it for `store verify`.
     func unpackToolchain(lock: Lockfile, triple: String) throws -> Toolchain {
         let name = options.toolchain.lockName(triple: triple, host: options.host)
         guard let input = lock[name], let digest = resolver.located(input) else {
@@ -243,8 +244,8 @@ public struct TtydBuild: Sendable {
                 try SafeExtractor(stripComponents: options.toolchain.stripComponents, limits: .forArchive(recordedSize: input.size))
                     .extract(try store.verifiedPath(for: digest), into: temp)
                 if options.toolchain == .zig { chmod(temp + "/ziglang/zig", 0o755) }  // wheels may not keep the mode
-                try FileSystem.createDirectory(store.root + "/toolchains")
-                try FileSystem.rename(temp, to: root)
+                try FileSystem.createDirectory(store.directory(.toolchains))
+                try store.complete(.toolchains, digest.hex, from: temp, treeHash: TreeHash.ofDirectory(at:))
             }
         }
         return Toolchain(kind: options.toolchain, version: input.version, archiveSha256: digest, triple: triple, hostRoot: root)
@@ -321,9 +322,9 @@ public struct TtydBuild: Sendable {
         var size: Int64
     }
 
-    /// Brings the step result `key` from the remote cache into the step cache at `destination`;
-    /// false on a miss or anything wrong (said, and the step is compiled).
-    func restoreFromRemoteCache(_ key: SHA256Digest, component: String, as destination: String) -> Bool {
+    /// Brings the step result `key` from the remote cache into the step cache; false on a miss or
+    /// anything wrong (said, and the step is compiled).
+    func restoreFromRemoteCache(_ key: SHA256Digest, component: String) -> Bool {
         guard let cache = options.remoteCache else { return false }
         let what = "the \(component) step \(key.hex.prefix(12))"
         guard let document = cache.actionResult(key, what: what) else { return false }
@@ -337,7 +338,7 @@ public struct TtydBuild: Sendable {
         defer { FileSystem.remove(temporary) }
         do {
             _ = try SafeExtractor(limits: .forArchive(recordedSize: entry.size)).extract(archive, into: temporary)
-            try snapshot(temporary, as: destination)
+            try snapshot(temporary, as: key)
         } catch {
             cache.reject("\(cache.base)/cas/\(entry.sha256.hex) (\(what)) could not be unpacked: \(error); ignored")
             return false
@@ -363,12 +364,12 @@ public struct TtydBuild: Sendable {
         }
     }
 
-    func snapshot(_ stage: String, as destination: String) throws {
-        try FileSystem.createDirectory((destination as NSString).deletingLastPathComponent)
-        let temp = destination + ".tmp-\(getpid())"
+    /// Keeps the stage as the cached result of step `key`, with its tree hash beside it for `store verify`.
+    func snapshot(_ stage: String, as key: SHA256Digest) throws {
+        try FileSystem.createDirectory(store.directory(.steps))
+        let temp = store.item(.steps, key.hex) + ".tmp-\(getpid())"
         FileSystem.remove(temp)
         try FileManager.default.copyItem(atPath: stage, toPath: temp)
-        FileSystem.remove(destination)
-        try FileSystem.rename(temp, to: destination)
+        try store.complete(.steps, key.hex, from: temp, treeHash: TreeHash.ofDirectory(at:))
     }
 }

@@ -42,7 +42,8 @@ public enum StoreError: KrnativeError {
 /// - `tmp/`: ingests in progress and `<key>.partial` downloads that a later run resumes;
 /// - `locks/<key>.lock`: per-entry `flock`s, so concurrent krnative processes never fetch or admit twice;
 /// - `quarantine/`: files that failed verification, kept for inspection, named `<name>.found-<sha256>.<time>`;
-/// - `steps/`, `toolchains/`, `zig-cache/`, `sysroots/`: derived from inputs (`Store.Area`).
+/// - `steps/`, `toolchains/`, `zig-cache/`, `sysroots/`: derived from inputs (`Store.Area`); a step
+///   result or unpacked toolchain has its tree hash beside it (`<item>.tree-sha256`, `treeHashRecord`).
 ///
 /// Every admission writes a temp file while hashing it, verifies size and digest, fsyncs and renames.
 public struct Store: Sendable {
@@ -93,11 +94,18 @@ public struct Store: Sendable {
         return path
     }
 
-    /// Moves a file that failed verification out of the way; returns where it went.
+    /// Moves a file or tree that failed verification out of the way; returns where it went. A
+    /// tree's directories are made writable first (moving a directory rewrites its `..`, and it can
+    /// then be removed by hand); the move is dated, so gc counts the quarantine's age from now.
     @discardableResult
     public func quarantine(_ path: String, reason: String) -> String {
         let destination = "\(root)/quarantine/\((path as NSString).lastPathComponent).\(reason).\(Int(Date().timeIntervalSince1970))"
-        if Glibc.rename(path, destination) != 0 { unlink(path) }
+        Self.makeDirectoriesWritable(path)
+        if Glibc.rename(path, destination) == 0 {
+            _ = utimensat(AT_FDCWD, destination, nil, AT_SYMLINK_NOFOLLOW)
+        } else {
+            Self.removeTree(path)
+        }
         return destination
     }
 
@@ -183,7 +191,7 @@ public struct Store: Sendable {
         return digest
     }
 
-    // MARK: Listing, verification, collection
+    // MARK: Listing
 
     public struct Entry: Sendable, Codable {
         public var sha256: SHA256Digest
@@ -206,27 +214,5 @@ public struct Store: Sendable {
         return names.compactMap(SHA256Digest.init(hex:)).sorted().map { digest in
             Entry(sha256: digest, size: FileSystem.size(of: path(for: digest)) ?? 0, trees: (trees[digest] ?? []).sorted())
         }
-    }
-
-    public struct VerifyReport: Sendable, Codable {
-        public var verified: [SHA256Digest] = []
-        /// Corrupted entries and where each was moved.
-        public var quarantined: [String: String] = [:]
-    }
-
-    /// Hashes every entry again; corrupted ones are quarantined.
-    public func verifyAll() -> VerifyReport {
-        var report = VerifyReport()
-        for entry in entries() {
-            do {
-                _ = try verifiedPath(for: entry.sha256)
-                report.verified.append(entry.sha256)
-            } catch .corrupted(_, _, let actual, let quarantinedAt) {
-                report.quarantined[entry.sha256.hex] = "found \(actual.hex), moved to \(quarantinedAt)"
-            } catch {
-                report.quarantined[entry.sha256.hex] = error.description
-            }
-        }
-        return report
     }
 }

@@ -38,6 +38,76 @@ extension Store {
     /// An item of an area (`steps/<key>`, `toolchains/<sha256>`, …).
     public func item(_ area: Area, _ name: String) -> String { directory(area) + "/" + name }
 
+    /// The file beside a derived item (`steps/<key>.tree-sha256`) holding the tree hash
+    /// (docs/tree-hash.md) of the item's contents when it was completed; `store verify` hashes the
+    /// item again against it. Items made before krnative wrote these have none.
+    public func treeHashRecord(_ area: Area, _ name: String) -> String { item(area, name) + Self.treeHashRecordSuffix }
+
+    static let treeHashRecordSuffix = ".tree-sha256"
+
+    /// The tree hash recorded beside `area/name`, if there is one.
+    public func recordedTreeHash(_ area: Area, _ name: String) -> SHA256Digest? {
+        guard let text = try? String(contentsOfFile: treeHashRecord(area, name), encoding: .utf8) else { return nil }
+        return SHA256Digest(hex: text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// Puts a finished staging copy (a directory on the store's file system) in place as
+    /// `area/name` and records its tree hash beside it. The hash is taken before the rename; an
+    /// older item and its record go first and the new record is written last, so a record never
+    /// stands beside contents it does not describe. `treeHash` computes a directory's tree hash
+    /// (Archive's `TreeHash.ofDirectory`: the store comes before Archive in the pipeline).
+    public func complete(
+        _ area: Area, _ name: String, from staging: String, treeHash: (String) throws(FileSystemError) -> SHA256Digest
+    ) throws(FileSystemError) {
+        let digest = try treeHash(staging)
+        let destination = item(area, name)
+        unlink(treeHashRecord(area, name))
+        Self.removeTree(destination)
+        try FileSystem.rename(staging, to: destination)
+        try FileSystem.writeAtomically(Data((digest.hex + "\n").utf8), to: treeHashRecord(area, name), mode: 0o444)
+    }
+
+    /// Names of the items of an area: everything in its directory but tree-hash records, which
+    /// belong to the item they stand beside.
+    public func itemNames(_ area: Area) -> [String] {
+        Self.names(in: directory(area)).filter { Self.itemName(ofRecord: $0) == nil }
+    }
+
+    /// `<item>.tree-sha256` → `<item>`; nil for a name that is not a tree-hash record.
+    static func itemName(ofRecord name: String) -> String? {
+        guard name.hasSuffix(treeHashRecordSuffix), name.count > treeHashRecordSuffix.count else { return nil }
+        return String(name.dropLast(treeHashRecordSuffix.count))
+    }
+
+    /// Why gc removes `name` of `area` whatever its age, or nil when it is not a leftover: a temp
+    /// or staging copy whose writing process is gone, an empty partial download, a tree-hash record
+    /// whose item is gone. In `tmp/`, all that is neither a resumable download nor being written is.
+    /// `store verify` reports the same things, so the fix it names is the gc that removes them.
+    public func leftoverReason(_ area: Area, _ name: String) -> String? {
+        switch area {
+        case .tmp:
+            if name.hasSuffix(".partial") { return Self.treeBytes(item(area, name)) == 0 ? "an empty partial download" : nil }
+            if let writer = Self.writingProcess(of: name), Self.isRunning(writer) { return nil }
+            return "left by a process that is gone"
+        case .steps, .toolchains, .sysroots:
+            if let writer = Self.writingProcess(of: name) {
+                return Self.isRunning(writer) ? nil : "an unfinished copy left by process \(writer), which is gone"
+            }
+            if let recorded = Self.itemName(ofRecord: name), !FileSystem.exists(item(area, recorded)) {
+                return "the tree-hash record of \(area.rawValue)/\(recorded), which the store no longer holds"
+            }
+            return nil
+        case .entries, .trees, .zigCache, .quarantine, .locks:
+            return nil
+        }
+    }
+
+    /// Whether `name` of `area` is a copy that a running process is still writing.
+    public func isBeingWritten(_ area: Area, _ name: String) -> Bool {
+        guard area == .tmp || area.isDerived, let writer = Self.writingProcess(of: name) else { return false }
+        return Self.isRunning(writer)
+    }
+
     /// Records that an item of a derived area was just used, so gc keeps it (its mtime is the mark).
     public func markUsed(_ area: Area, _ name: String) {
         _ = utimensat(AT_FDCWD, item(area, name), nil, AT_SYMLINK_NOFOLLOW)
@@ -49,12 +119,12 @@ extension Store {
         public var bytes: Int64
     }
 
-    /// Items and bytes in each area (links are not followed; a file is counted at its size).
+    /// Items and bytes in each area (links are not followed; a file is counted at its size; a
+    /// tree-hash record counts with its item).
     public func usage() -> [AreaUsage] {
         Area.allCases.map { area in
-            let names = Self.names(in: directory(area))
-            let bytes = names.reduce(Int64(0)) { $0 + Self.treeBytes(item(area, $1)) }
-            return AreaUsage(area: area, items: names.count, bytes: bytes)
+            let bytes = Self.names(in: directory(area)).reduce(Int64(0)) { $0 + Self.treeBytes(item(area, $1)) }
+            return AreaUsage(area: area, items: itemNames(area).count, bytes: bytes)
         }
     }
 
@@ -73,8 +143,8 @@ extension Store {
     }
 
     /// What a gc would do: entries the lock does not name go (with their tree records); derived
-    /// items unused for `maxAge` go; quarantined files older than `maxAge` go; temp files of dead
-    /// processes and empty `.partial` downloads go. Nothing is touched.
+    /// items unused for `maxAge` go (with their tree-hash records); quarantined files older than
+    /// `maxAge` go; leftovers (`leftoverReason`) go whatever their age. Nothing is touched.
     public func planCollection(keepEntries: Set<SHA256Digest>, maxAge: TimeInterval, now: Date = Date()) -> CollectionPlan {
         var plan = CollectionPlan()
         let days = Int(maxAge / 86_400)
@@ -89,6 +159,11 @@ extension Store {
         for area in Area.allCases where area.isDerived || area == .quarantine {
             for name in Self.names(in: directory(area)) {
                 let path = item(area, name)
+                if let reason = leftoverReason(area, name) {
+                    plan.remove.append(CollectionItem(area: area, name: name, bytes: Self.treeBytes(path), reason: reason))
+                    continue
+                }
+                if Self.itemName(ofRecord: name) != nil { continue }  // goes with its item
                 let age = now.timeIntervalSince(Self.modified(path) ?? now)
                 var item = CollectionItem(area: area, name: name, bytes: Self.treeBytes(path), reason: "")
                 if age > maxAge {
@@ -101,15 +176,13 @@ extension Store {
             }
         }
         for name in Self.names(in: directory(.tmp)) {
-            let path = item(.tmp, name)
-            let bytes = Self.treeBytes(path)
-            if name.hasSuffix(".partial") {
-                let item = CollectionItem(area: .tmp, name: name, bytes: bytes, reason: bytes == 0 ? "an empty partial download" : "a partial download a fetch resumes")
-                if bytes == 0 { plan.remove.append(item) } else { plan.keep.append(item) }
-            } else if let owner = Self.owningProcess(ofTemporary: name), kill(owner, 0) == 0 || errno == EPERM {
-                plan.keep.append(CollectionItem(area: .tmp, name: name, bytes: bytes, reason: "written by the running process \(owner)"))
+            var item = CollectionItem(area: .tmp, name: name, bytes: Self.treeBytes(item(.tmp, name)), reason: "")
+            if let reason = leftoverReason(.tmp, name) {
+                item.reason = reason
+                plan.remove.append(item)
             } else {
-                plan.remove.append(CollectionItem(area: .tmp, name: name, bytes: bytes, reason: "left by a process that is gone"))
+                item.reason = Self.writingProcess(of: name).map { "written by the running process \($0)" } ?? "a partial download a fetch resumes"
+                plan.keep.append(item)
             }
         }
         return plan
@@ -130,6 +203,7 @@ extension Store {
             default:
                 let itemLock = try? lock("\(item.area.rawValue)-\(item.name)")
                 Self.removeTree(self.item(item.area, item.name))
+                if item.area.isDerived { unlink(treeHashRecord(item.area, item.name)) }
                 itemLock?.unlock()
             }
         }
@@ -137,12 +211,22 @@ extension Store {
 
     // MARK: Helpers
 
-    /// `<hint>.<pid>.<random>.tmp` (see `temporaryPath`) → pid.
-    static func owningProcess(ofTemporary name: String) -> pid_t? {
+    /// The process that writes a temp or staging copy, from its name: `<hint>.<pid>.<random>.tmp`
+    /// in `tmp/` (`temporaryPath`), `<item>.tmp-<pid>` (step snapshots), `<item>.partial-<pid>`
+    /// (smoke roots) and `.<file>.tmp-<pid>-<random>` (`FileSystem.writeAtomically`); nil for others.
+    static func writingProcess(of name: String) -> pid_t? {
         let parts = name.split(separator: ".")
-        guard parts.count >= 3, parts.last == "tmp" else { return nil }
-        return pid_t(parts[parts.count - 3])
+        if parts.count >= 3, parts.last == "tmp" { return pid_t(parts[parts.count - 3]) }
+        for marker in [".tmp-", ".partial-"] {
+            if let range = name.range(of: marker, options: .backwards) {
+                return pid_t(name[range.upperBound...].prefix { $0 != "-" })
+            }
+        }
+        return nil
     }
+
+    /// Whether a process with this id runs (one of another user's counts).
+    static func isRunning(_ process: pid_t) -> Bool { kill(process, 0) == 0 || errno == EPERM }
 
     static func names(in directory: String) -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted()
@@ -163,6 +247,14 @@ extension Store {
         case S_IFDIR: return names(in: path).reduce(0) { $0 + treeBytes(path + "/" + $1) }
         default: return 0
         }
+    }
+
+    /// Gives the owner write permission on every directory of a tree (files keep their modes).
+    static func makeDirectoriesWritable(_ path: String) {
+        var info = stat()
+        guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else { return }
+        chmod(path, (info.st_mode & 0o7777) | S_IRWXU)
+        for name in names(in: path) { makeDirectoriesWritable(path + "/" + name) }
     }
 
     /// Removes a tree even where its directories were made read-only (step snapshots are).

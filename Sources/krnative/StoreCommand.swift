@@ -1,4 +1,5 @@
 import ArgumentParser
+import Archive
 import Fetch
 import Foundation
 import KrnativeBase
@@ -41,22 +42,40 @@ struct StoreCommand: ParsableCommand {
 
     struct Verify: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Hash every entry again; quarantine corrupted ones.", discussion: helpText(examples: "krnative store verify", "krnative store verify --json"))
+            abstract: "Check every area of the store; quarantine corrupted entries and derived items.",
+            discussion: helpText(
+                """
+                Entries under sha256/ are hashed again against their names; step results and unpacked \
+                toolchains against the tree hash recorded when they were made (older ones have none and \
+                are reported as not verified by hash). Unfinished copies left by processes that are gone, \
+                stale temp files, empty partial downloads and quarantined files are reported as warnings, \
+                each with its size and the command that removes it. Exits 76 when something is corrupted, \
+                0 otherwise.
+                """,
+                examples: "krnative store verify", "krnative store verify --json"))
         @OptionGroup var inputs: InputOptions
         @OptionGroup var output: OutputOptions
 
         func run() throws {
             try perform("store verify") {
-                let report = try Store(root: inputs.storePath).verifyAll()
+                let report = try Store(root: inputs.storePath).verify(treeHash: TreeHash.ofDirectory(at:))
                 if output.json {
                     printJSON(report)
                 } else {
-                    print("\(report.verified.count) entries verified, \(report.quarantined.count) corrupted")
-                    for (digest, what) in report.quarantined.sorted(by: { $0.key < $1.key }) { print("corrupted \(digest): \(what)") }
+                    let verdict = report.corrupted + report.warnings == 0 ? "all well" : "\(report.corrupted) corrupted, \(report.warnings) warnings"
+                    print("\(report.root): \(verdict)")
+                    print("  \("area".padding(toLength: 11, withPad: " ", startingAt: 0)) \("checked".leftPadded(8)) \("problems".leftPadded(9))  checks")
+                    for area in report.areas {
+                        print(
+                            "  \(area.area.rawValue.padding(toLength: 11, withPad: " ", startingAt: 0)) \(String(area.checked).leftPadded(8)) \(String(area.problems.count).leftPadded(9))  \(area.checks)")
+                    }
+                    for problem in report.areas.flatMap(\.problems) {
+                        print("\(problem.severity.rawValue) \(problem.path) (\(byteCount(problem.bytes))): \(problem.finding); fix: \(problem.fix)")
+                    }
                 }
-                if !report.quarantined.isEmpty {
+                if report.corrupted > 0 {
                     FileHandle.standardError.write(Data(
-                        "krnative: store verify found \(report.quarantined.count) corrupted entries in \(inputs.storePath), now in its quarantine/; `krnative fetch` gets them again\n".utf8))
+                        "krnative: store verify found \(report.corrupted) corrupted items in \(report.root), now in its quarantine/\n".utf8))
                     throw ExitCode(ExitStatus.integrity)
                 }
             }
@@ -114,7 +133,7 @@ struct StoreCommand: ParsableCommand {
                 """
                 Removes entries no input of the lock names; step results, unpacked toolchains, Zig's cache \
                 and smoke root file systems not used for --max-age days; quarantined files older than that; \
-                temp files of processes that are gone and empty partial downloads. Partial downloads with \
+                temp files and unfinished copies of processes that are gone, and empty partial downloads. Partial downloads with \
                 bytes stay (a fetch resumes them). Each removal is listed with its reason; with -v, also \
                 what is kept and why.
                 """,

@@ -215,7 +215,7 @@ struct CommandLineTests {
         try Data("tampered".utf8).write(to: URL(fileURLWithPath: "\(store)/sha256/\(digest.hex)"))
         let result = krnative(["store", "verify", "--store", store])
         #expect(result.termination == .exited(76))
-        #expect(result.stdout.contains("corrupted \(digest.hex)"))
+        #expect(result.stdout.contains("corrupted sha256/\(digest.hex)"))
         #expect(FileManager.default.fileExists(atPath: "\(store)/quarantine") )
         #expect(try FileManager.default.contentsOfDirectory(atPath: "\(store)/quarantine").count == 1)
     }

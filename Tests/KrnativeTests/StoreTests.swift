@@ -1,3 +1,4 @@
+import Archive
 import Foundation
 import KrnativeBase
 import Store
@@ -22,6 +23,9 @@ struct StoreTests {
         held.unlock()
         #expect(acquired.wait(timeout: .now() + 5) == .success)
     }
+
+    /// A process id no process has (pids stay below 2^22 on Linux).
+    static let goneProcess: pid_t = 999_999_999
 
     @Test func ingestVerifiesThenAdmitsReadOnly() throws {
         let work = TemporaryDirectory()
@@ -59,10 +63,10 @@ struct StoreTests {
         try handle.seek(toOffset: 100)
         try handle.write(contentsOf: Data([0, 1, 2, 3]))
         try handle.close()
-        let report = store.verifyAll()
-        #expect(report.verified == [good])
-        #expect(report.quarantined.keys.sorted() == [bad.hex])
-        #expect(!store.contains(bad))
+        let report = store.verifyEntries()
+        #expect(report.checked == 2)
+        #expect(report.problems.map(\.path) == ["sha256/\(bad.hex)"])
+        #expect(store.contains(good) && !store.contains(bad))
         do {
             _ = try store.verifiedPath(for: bad)
             Issue.record("a missing entry verified")
@@ -77,7 +81,7 @@ struct StoreTests {
             _ = try? store.ingest(copying: file)
         }
         #expect(store.entries().count == 1)
-        #expect(store.verifyAll().quarantined.isEmpty)
+        #expect(store.verifyEntries().problems.isEmpty)
         #expect(try FileManager.default.contentsOfDirectory(atPath: store.root + "/tmp").isEmpty)
     }
 
@@ -97,8 +101,9 @@ struct StoreTests {
     }
 
     /// Every area is seen by `usage`, and gc removes derived items unused for longer than the
-    /// limit (read-only trees included), empty partial downloads and temp files of dead processes,
-    /// and keeps the rest, saying why.
+    /// limit (read-only trees included, with their tree-hash records), empty partial downloads,
+    /// and temp files and unfinished copies of dead processes whatever their age, and keeps the
+    /// rest, saying why.
     @Test func collectGarbageCoversEveryArea() throws {
         let work = TemporaryDirectory()
         let store = try Store(root: work.path + "/store")
@@ -111,6 +116,8 @@ struct StoreTests {
             let when = name == "old" ? now.addingTimeInterval(-40 * 86_400) : now
             try FileManager.default.setAttributes([.modificationDate: when], ofItemAtPath: item)
         }
+        _ = FileManager.default.createFile(atPath: store.treeHashRecord(.steps, "old"), contents: Data())
+        try FileManager.default.createDirectory(atPath: store.item(.sysroots, "fresh") + ".partial-\(Self.goneProcess)", withIntermediateDirectories: true)
         FileManager.default.createFile(atPath: store.partialPath(for: "empty"), contents: Data())
         FileManager.default.createFile(atPath: store.partialPath(for: "half"), contents: Data(count: 10))
         FileManager.default.createFile(atPath: store.directory(.tmp) + "/ingest.999999999.1.tmp", contents: Data(count: 5))
@@ -123,13 +130,126 @@ struct StoreTests {
 
         let plan = store.planCollection(keepEntries: [], maxAge: 30 * 86_400, now: now)
         let removed = Set(plan.remove.map { "\($0.area.rawValue)/\($0.name)" })
-        #expect(removed == ["steps/old", "toolchains/old", "sysroots/old", "tmp/empty.partial", "tmp/ingest.999999999.1.tmp"])
+        #expect(
+            removed == [
+                "steps/old", "toolchains/old", "sysroots/old", "sysroots/fresh.partial-\(Self.goneProcess)", "tmp/empty.partial", "tmp/ingest.999999999.1.tmp",
+            ])
         #expect(plan.keep.contains { $0.name == "half.partial" && $0.reason == "a partial download a fetch resumes" })
         #expect(plan.keep.contains { $0.name == "ingest.\(getpid()).1.tmp" && $0.reason.contains("running process") })
         #expect(plan.remove.first { $0.name == "old" }?.reason.hasPrefix("last used 40 days ago") == true)
         store.collect(plan)
         #expect(!FileSystem.exists(store.item(.steps, "old")) && FileSystem.exists(store.item(.steps, "new")))
+        #expect(!FileSystem.exists(store.treeHashRecord(.steps, "old")), "a tree-hash record goes with its item")
         #expect(!FileSystem.exists(store.partialPath(for: "empty")) && FileSystem.exists(store.partialPath(for: "half")))
+    }
+
+    // MARK: store verify, run as a user runs it
+
+    /// A good item in every area: each is counted, derived items say how far they were checked,
+    /// and a copy a running process is still writing is left alone.
+    @Test(.tags(.process)) func verifyChecksEveryAreaOfAGoodStore() throws {
+        let work = TemporaryDirectory()
+        let store = try Store(root: work.path + "/store")
+        let entry = try store.ingest(copying: work.file("source.tar.gz", randomData(2000))).digest
+        try store.recordTree(SHA256Digest.of(Data("tree".utf8)), file: entry)
+        try completeItem(in: store, .steps, "step", files: ["bin/ttyd": randomData(3000)])
+        makeTree(store.item(.toolchains, "unpacked-before-records"), files: ["bin/cc": randomData(100)])
+        makeTree(store.item(.zigCache, "0.13.0-x86_64-linux-musl"), files: ["o/abc/libc.a": randomData(100)])
+        makeTree(store.item(.sysroots, "static-gnu-0123456789abcdef"), files: ["etc/os-release": Data("ID=debian\n".utf8)])
+        makeTree(store.item(.steps, "next") + ".tmp-\(getpid())", files: ["lib/libz.a": randomData(100)])
+        try store.lock(entry.hex).unlock()
+        makeTree(store.directory(.tmp), files: ["resumable.partial": Data(count: 10)])
+
+        let (result, report) = try verify(store)
+        #expect(result.termination == .exited(0), "\(result.stderr)")
+        #expect(report.corrupted == 0 && report.warnings == 0, "\(report.areas.flatMap(\.problems))")
+        #expect(report.areas.map(\.area) == Store.Area.allCases)
+        let checked = Dictionary(uniqueKeysWithValues: report.areas.map { ($0.area.rawValue, $0.checked) })
+        #expect(
+            checked == ["sha256": 1, "trees": 1, "steps": 1, "toolchains": 1, "zig-cache": 1, "sysroots": 1, "quarantine": 0, "tmp": 1, "locks": 1])
+        let checks = Dictionary(uniqueKeysWithValues: report.areas.map { ($0.area, $0.checks) })
+        #expect(checks[.steps] == "1 tree-hashed again against the record made with it")
+        #expect(checks[.toolchains] == "1 complete, not verified by hash: nothing recorded")
+        #expect(checks[.sysroots] == "1 complete, not verified by hash: nothing recorded")
+    }
+
+    /// Unfinished copies of processes that are gone, a record without its item, stale temp files
+    /// and quarantined files are warnings (exit 0), each with its size and a fix that holds: the
+    /// gc it names removes them.
+    @Test(.tags(.process)) func verifyReportsLeftoversWithTheGcThatRemovesThem() throws {
+        let work = TemporaryDirectory()
+        let store = try Store(root: work.path + "/store")
+        let gone = Self.goneProcess
+        makeTree(store.item(.steps, "a1") + ".tmp-\(gone)", files: ["lib/libz.a": Data(count: 1000)])
+        makeTree(store.item(.sysroots, "static-gnu-0123456789abcdef") + ".partial-\(gone)", files: ["etc/os-release": Data(count: 100)])
+        makeTree(store.directory(.toolchains), files: ["collected.tree-sha256": Data(count: 65)])
+        makeTree(store.directory(.tmp), files: ["empty.partial": Data(), "ingest.\(gone).1.tmp": Data(count: 5)])
+        makeTree(store.directory(.quarantine), files: ["w.whl.found-ab.1700000000": Data(count: 7)])
+
+        let (result, report) = try verify(store)
+        #expect(result.termination == .exited(0), "\(result.stderr)")
+        #expect(report.corrupted == 0)
+        let problems = Dictionary(uniqueKeysWithValues: report.areas.flatMap(\.problems).map { ($0.path, $0) })
+        let leftovers: Set = [
+            "steps/a1.tmp-\(gone)", "sysroots/static-gnu-0123456789abcdef.partial-\(gone)", "toolchains/collected.tree-sha256",
+            "tmp/empty.partial", "tmp/ingest.\(gone).1.tmp",
+        ]
+        #expect(Set(problems.keys) == leftovers.union(["quarantine/w.whl.found-ab.1700000000"]))
+        #expect(problems.values.allSatisfy { $0.severity == .warning })
+        #expect(leftovers.allSatisfy { problems[$0]?.fix.hasPrefix("`krnative store gc` removes it") == true })
+        #expect(problems["steps/a1.tmp-\(gone)"]?.bytes == 1000)
+        #expect(problems["steps/a1.tmp-\(gone)"]?.finding == "an unfinished copy left by process \(gone), which is gone")
+        #expect(problems["quarantine/w.whl.found-ab.1700000000"]?.bytes == 7)
+        #expect(problems["quarantine/w.whl.found-ab.1700000000"]?.fix.contains("--max-age") == true)
+
+        let plan = store.planCollection(keepEntries: [], maxAge: 30 * 86_400)
+        #expect(Set(plan.remove.map { "\($0.area.rawValue)/\($0.name)" }) == leftovers)
+
+        let text = krnative(["store", "verify", "--store", store.root])
+        #expect(text.termination == .exited(0))
+        #expect(text.stdout.contains("\(store.root): 0 corrupted, 6 warnings\n"))
+        #expect(
+            text.stdout.contains(
+                "\nwarning steps/a1.tmp-\(gone) (1.0 kB): an unfinished copy left by process \(gone), which is gone; fix: `krnative store gc` removes it"))
+    }
+
+    /// A corrupted entry and a tampered step result (with a read-only directory, as snapshots
+    /// have) are moved to quarantine and fail the run with 76; a good toolchain stays, and the next
+    /// run finds only the quarantined copies.
+    @Test(.tags(.process)) func verifyQuarantinesCorruptedEntriesAndDerivedItems() throws {
+        let work = TemporaryDirectory()
+        let store = try Store(root: work.path + "/store")
+        let bad = try store.ingest(copying: work.file("b", randomData(5000))).digest
+        chmod(store.path(for: bad), 0o644)
+        try Data("tampered".utf8).write(to: URL(fileURLWithPath: store.path(for: bad)))
+        let recorded = try completeItem(in: store, .steps, "s1", files: ["bin/ttyd": randomData(3000), "lib/libz.a": randomData(100)])
+        try Data("tampered".utf8).write(to: URL(fileURLWithPath: store.item(.steps, "s1") + "/bin/ttyd"))
+        for directory in ["/lib", ""] { chmod(store.item(.steps, "s1") + directory, 0o555) }
+        try completeItem(in: store, .toolchains, "t1", files: ["bin/cc": randomData(100)])
+
+        let (result, report) = try verify(store)
+        #expect(result.termination == .exited(ExitStatus.integrity))
+        #expect(result.stderr.contains("found 2 corrupted items"))
+        #expect(report.corrupted == 2)
+        #expect(report.warnings == 0, "what this run quarantined, and the step's record, are not reported again")
+        #expect(report.areas.first { $0.area == .quarantine }?.checks == "each reported, with its size, but what this run moved there")
+        let problems = Dictionary(uniqueKeysWithValues: report.areas.flatMap(\.problems).map { ($0.path, $0) })
+        #expect(problems["sha256/\(bad.hex)"]?.severity == .corrupted)
+        #expect(problems["sha256/\(bad.hex)"]?.finding.hasPrefix("found sha256 \(SHA256Digest.of(Data("tampered".utf8)))") == true)
+        #expect(problems["steps/s1"]?.severity == .corrupted)
+        #expect(problems["steps/s1"]?.finding.contains("where \(recorded) was recorded") == true)
+        #expect(problems["steps/s1"]?.movedTo?.hasPrefix("quarantine/s1.found-tree-") == true)
+        #expect(!FileSystem.exists(store.item(.steps, "s1")) && !FileSystem.exists(store.treeHashRecord(.steps, "s1")))
+        #expect(FileSystem.exists(store.item(.toolchains, "t1")))
+        let quarantined = try FileManager.default.contentsOfDirectory(atPath: store.directory(.quarantine))
+        let quarantinedStep = try #require(quarantined.first { $0.hasPrefix("s1.found-tree-") })
+        var info = stat()
+        stat(store.directory(.quarantine) + "/" + quarantinedStep + "/lib", &info)
+        #expect(info.st_mode & S_IWUSR != 0, "a quarantined tree's directories are writable, so `rm -r` removes it")
+
+        let (again, report2) = try verify(store)
+        #expect(again.termination == .exited(0))
+        #expect(report2.corrupted == 0 && report2.warnings == 2)
     }
 
     @Test func defaultRootFollowsEnvironment() {
@@ -137,4 +257,29 @@ struct StoreTests {
         #expect(Store.defaultRoot(environment: ["XDG_CACHE_HOME": "/c", "HOME": "/h"]) == "/c/krnative/store")
         #expect(Store.defaultRoot(environment: ["HOME": "/h"]) == "/h/.cache/krnative/store")
     }
+}
+
+/// Runs `krnative store verify --json` on `store`; returns the run and its report.
+private func verify(_ store: Store) throws -> (ChildProcess.Result, Store.Verification) {
+    let result = krnative(["store", "verify", "--store", store.root, "--json"])
+    return (result, try JSONDecoder().decode(Store.Verification.self, from: Data(result.stdout.utf8)))
+}
+
+/// A directory at `path` holding `files` (relative path → contents).
+private func makeTree(_ path: String, files: [String: Data]) {
+    for (name, contents) in files {
+        let file = path + "/" + name
+        try? FileManager.default.createDirectory(atPath: (file as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        _ = FileManager.default.createFile(atPath: file, contents: contents)
+    }
+}
+
+/// A derived item made as the build makes one: staged beside its place, then completed with its
+/// tree hash recorded. Returns the recorded hash.
+@discardableResult
+private func completeItem(in store: Store, _ area: Store.Area, _ name: String, files: [String: Data]) throws -> SHA256Digest {
+    let staging = store.item(area, name) + ".tmp-\(getpid())"
+    makeTree(staging, files: files)
+    try store.complete(area, name, from: staging, treeHash: TreeHash.ofDirectory(at:))
+    return try #require(store.recordedTreeHash(area, name))
 }
