@@ -353,7 +353,7 @@ public struct TtydBuild: Sendable {
         let archive = store.temporaryPath("step-upload") + ".tar.xz"
         defer { FileSystem.remove(archive) }
         do {
-            _ = try DeterministicTarXz(sourceDateEpoch: epoch, threads: 1).pack(tree, to: archive)
+            _ = try DeterministicTarXz(sourceDateEpoch: epoch, threads: options.jobs).pack(tree, to: archive)
             let (digest, size) = try SHA256Digest.of(fileAt: archive)
             cache.put(file: archive, digest: digest, what: what)
             let encoder = JSONEncoder()

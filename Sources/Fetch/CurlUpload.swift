@@ -60,3 +60,31 @@ final class CurlUpload {
         return status >= 400 ? "HTTP \(status)" : String(cString: curl_easy_strerror(code))
     }
 }
+
+extension CurlUpload {
+    /// A `HEAD` request's HTTP status, or what kept it from having one.
+    static func status(of url: String, settings: TransferSettings) -> Result<Int, UploadFailure> {
+        guard let handle = curl_easy_init() else { return .failure(UploadFailure(reason: "curl_easy_init failed")) }
+        var headers: UnsafeMutablePointer<curl_slist>?
+        defer {
+            curl_easy_cleanup(handle)
+            curl_slist_free_all(headers)
+        }
+        settings.apply(to: handle, headers: &headers)
+        krn_curl_setopt_string(handle, CURLOPT_URL, url)
+        krn_curl_setopt_long(handle, CURLOPT_NOBODY, 1)
+        krn_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
+        krn_curl_setopt_string(handle, CURLOPT_USERAGENT, "krnative")
+        krn_curl_setopt_string(handle, CURLOPT_PROTOCOLS_STR, "http,https")
+        let code = curl_easy_perform(handle)
+        guard code == CURLE_OK else { return .failure(UploadFailure(reason: String(cString: curl_easy_strerror(code)))) }
+        var status = 0
+        krn_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        return .success(status)
+    }
+}
+
+/// Why a request to a remote cache had no answer.
+struct UploadFailure: Error {
+    var reason: String
+}

@@ -103,7 +103,10 @@ public struct Fetcher: Sendable {
     }
 
     func fetchOne(_ input: LockedInput) -> FetchReport.Item {
-        if resolver.located(input) != nil { return item(input, .present) }
+        if let digest = resolver.located(input) {
+            if let cache = options.remoteCache, cache.upload { share(input, digest: digest, with: cache, knownMissing: false) }
+            return item(input, .present)
+        }
         if options.offline {
             return item(input, .missing, error: FetchError.missingOffline(input: input, lockPath: options.lockPath))
         }
@@ -121,14 +124,35 @@ public struct Fetcher: Sendable {
     }
 
     private func download(_ input: LockedInput) throws(FetchError) -> (SHA256Digest, String) {
-        if let cache = options.remoteCache, let digest = input.sha256, let found = fromRemoteCache(input, digest: digest, cache: cache) {
+        if let cache = options.remoteCache, let digest = input.sha256 ?? Self.treeRecord(input, in: cache),
+            let found = fromRemoteCache(input, digest: digest, cache: cache)
+        {
             return (found, cache.base)
         }
         let (digest, from) = try downloadFromSources(input)
-        if let cache = options.remoteCache, cache.upload {
-            cache.put(file: resolver.store.path(for: digest), digest: digest, what: "\(input.name) \(input.version)")
-        }
+        if let cache = options.remoteCache, cache.upload { share(input, digest: digest, with: cache, knownMissing: true) }
         return (digest, from)
+    }
+
+    /// A source pinned by its tree alone is found in the cache through `/ac/<tree key>`, which
+    /// names the archive's sha256 (the archive is then checked against the tree as a download is).
+    static func treeKey(_ tree: SHA256Digest) -> SHA256Digest { SHA256Digest.of(Data("krnative source tree v1 \(tree.hex)".utf8)) }
+
+    static func treeRecord(_ input: LockedInput, in cache: RemoteCache) -> SHA256Digest? {
+        guard input.kind == .source, let tree = input.treeSha256,
+            let record = cache.actionResult(treeKey(tree), what: "\(input.name) \(input.version)'s archive")
+        else { return nil }
+        return SHA256Digest(hex: String(decoding: record, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// Gives the cache the input's file (unless it has it) and, for a source, the tree record.
+    private func share(_ input: LockedInput, digest: SHA256Digest, with cache: RemoteCache, knownMissing: Bool) {
+        let what = "\(input.name) \(input.version)"
+        let file = resolver.store.path(for: digest)
+        if knownMissing { cache.put(file: file, digest: digest, what: what) } else { cache.ensure(file: file, digest: digest, what: what) }
+        if input.kind == .source, let tree = input.treeSha256 {
+            cache.put(actionResult: Data("\(digest.hex)\n".utf8), key: Self.treeKey(tree), what: "\(what)'s tree record")
+        }
     }
 
     /// The input from the remote cache's `/cas/`, checked as a download is (a source's tree too).

@@ -81,6 +81,17 @@ public final class RemoteCache: @unchecked Sendable {
         put("cas/\(digest.hex)", file: file, what: what)
     }
 
+    /// Puts `file` at `/cas/<digest>` unless the cache has it (`HEAD`): what a build used but did
+    /// not download this time still reaches the machines that read the cache.
+    public func ensure(file: String, digest: SHA256Digest, what: String) {
+        guard upload, isReachable else { return }
+        switch CurlUpload.status(of: "\(base)/cas/\(digest.hex)", settings: settings) {
+        case .success(200): return
+        case .success: put(file: file, digest: digest, what: what)
+        case .failure(let failure): give(up: "\(base)/cas/\(digest.hex) (\(what)): \(failure.reason)")
+        }
+    }
+
     /// Puts `document` at `/ac/<key>` when uploading is allowed.
     public func put(actionResult document: Data, key: SHA256Digest, what: String) {
         guard upload, isReachable else { return }

@@ -1,3 +1,4 @@
+import Archive
 import Foundation
 import KrnativeBase
 import Lock
@@ -55,6 +56,31 @@ struct RemoteCacheTests {
         let third = fetch("c", ["--mirrors", mirrors])
         #expect(third.succeeded && third.stderr.contains("from the remote cache"), "\(third.stderr)")
         #expect(server.requests().count == fromOrigin)
+    }
+
+    /// A source pinned by its tree alone has no file hash to ask `/cas/` for: the uploader leaves
+    /// `/ac/<tree key>` naming the archive, and the reader checks the archive against the tree.
+    @Test func aSourcePinnedByItsTreeIsFoundThroughItsRecord() throws {
+        let tree = TemporaryDirectory()
+        _ = tree.file("lib-1.0/src/a.c", "int a;\n")
+        try ChildProcess.check(["tar", "-czf", "lib.tar.gz", "lib-1.0"], directory: tree.path)
+        server.serve("lib.tar.gz", try Data(contentsOf: URL(fileURLWithPath: tree.path + "/lib.tar.gz")))
+        let source = LockedInput(
+            name: "lib", kind: .source, version: "1.0", filename: "lib-1.0.tar.gz",
+            treeSha256: try TreeHash.ofDirectory(at: tree.path + "/lib-1.0"), urls: [server.url("files/lib.tar.gz")])
+        let sourceLock = work.path + "/source.lock.json"
+        try Lockfile(sourceDateEpoch: 1_700_000_000, inputs: [source]).write(to: sourceLock)
+        func fetch(_ store: String, _ extra: [String]) -> ChildProcess.Result {
+            krnative(["fetch", "--lock", sourceLock, "--store", work.path + "/" + store, "--all"] + extra)
+        }
+        #expect(fetch("a", ["--remote-cache", cache.url, "--remote-cache-upload"]).succeeded)
+        let blocked = work.file("blocked.conf", "block \(server.url(""))\n")
+        let second = fetch("b", ["--remote-cache", cache.url, "--mirrors", blocked])
+        #expect(second.succeeded, "\(second.stderr)")
+        #expect(second.stderr.contains("fetched lib 1.0 from the remote cache"), "\(second.stderr)")
+        // Without the record, nothing names the archive: the blocked URL was all there was.
+        try FileManager.default.removeItem(atPath: cache.data + "/ac")
+        #expect(!fetch("c", ["--remote-cache", cache.url, "--mirrors", blocked]).succeeded)
     }
 
     @Test func wrongBytesAreRejectedAndTheLocksURLServes() throws {
