@@ -168,6 +168,10 @@ public struct TtydBuild: Sendable {
                 try FileManager.default.copyItem(atPath: cached, toPath: stage)
                 report.patches += patches.map(\.summary)
                 options.log("\(step.component) \(input.version): \(fromRemote ? "from the remote cache" : "cached") (\(key.hex.prefix(12)))")
+                // A result made before uploads were asked for reaches the cache too.
+                if !fromRemote, let cache = options.remoteCache, cache.upload, !cache.hasActionResult(key) {
+                    uploadToRemoteCache(cached, key: key, component: step.component, epoch: lock.sourceDateEpoch)
+                }
             } else {
                 options.log("\(step.component) \(input.version): \(options.prepareOnly ? "preparing" : "building") for \(triple) with \(toolchain.kind.rawValue)")
                 let source = work + "/src/" + step.component

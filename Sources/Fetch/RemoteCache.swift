@@ -92,6 +92,18 @@ public final class RemoteCache: @unchecked Sendable {
         }
     }
 
+    /// Whether the cache answers `/ac/<key>` (a `HEAD`), so that a result made earlier is uploaded
+    /// only when the cache lacks it.
+    public func hasActionResult(_ key: SHA256Digest) -> Bool {
+        guard isReachable else { return true }
+        switch CurlUpload.status(of: "\(base)/ac/\(key.hex)", settings: settings) {
+        case .success(let status): return status == 200
+        case .failure(let failure):
+            give(up: "\(base)/ac/\(key.hex): \(failure.reason)")
+            return true
+        }
+    }
+
     /// Puts `document` at `/ac/<key>` when uploading is allowed.
     public func put(actionResult document: Data, key: SHA256Digest, what: String) {
         guard upload, isReachable else { return }
@@ -146,7 +158,9 @@ public final class RemoteCache: @unchecked Sendable {
         let failure: String?
         do { failure = try CurlUpload(url: url, file: file, settings: settings).run() } catch { failure = error.description }
         if let failure {
-            give(up: "uploading \(what) to \(url): \(failure)")
+            // bazel-remote refuses what is not Bazel's ActionResult unless told not to check.
+            let hint = failure == "HTTP 400" && path.hasPrefix("ac/") ? " (a bazel-remote cache needs --disable_http_ac_validation for krnative's /ac/ entries)" : ""
+            give(up: "uploading \(what) to \(url): \(failure)\(hint)")
         } else {
             Reporting.detail("remote cache: uploaded \(what) to \(url)")
             count(\.uploads)

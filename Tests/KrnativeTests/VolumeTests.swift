@@ -35,10 +35,13 @@ struct VolumeTests {
     }
 
     /// `krnative build` of manylinux-x86_64, its volume checked against (and recorded in) the ledger copy.
-    func run(_ lock: String, out: String, config: String = Package.root + "/krunner.json", ledger: String = Self.ledger, _ extra: [String] = []) -> ChildProcess.Result {
+    func run(
+        _ lock: String, out: String, config: String = Package.root + "/krunner.json", ledger: String = Self.ledger, store: String = Self.store,
+        _ extra: [String] = []
+    ) -> ChildProcess.Result {
         ChildProcess.run(
             [
-                Package.binary, "build", "--lock", lock, "--store", Self.store, "--target", "manylinux-x86_64", "--out", out,
+                Package.binary, "build", "--lock", lock, "--store", store, "--target", "manylinux-x86_64", "--out", out,
                 "--config", config, "--patches", Package.root + "/patches", "--policy", Package.root + "/sysroots/audit-policy.json",
                 "--audit", "report", "--ledger", ledger, "--record-volume",
             ] + extra, directory: Package.root)
@@ -55,7 +58,11 @@ struct VolumeTests {
         try #require(standin.succeeded, "standin-lock: \(standin.stderr)")
         let lock = standin.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
 
-        _ = try build(lock, out: work.path + "/one")
+        // Machine A uploads what it fetched and compiled to a team's cache (nginx with WebDAV).
+        try #require(Machine.hasExecutable(WebDAVCache.nginx), "nginx is not installed (scripts/setup installs nginx-light)")
+        let cache = try WebDAVCache()
+        _ = try build(lock, out: work.path + "/one", ["--remote-cache", cache.url, "--remote-cache-upload"])
+        try machineBBuildsFromTheCacheAlone(lock: lock, cache: cache, reference: work.path + "/one", work: work.path)
         let manifest = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: work.path + "/one/krnative-manifest.static-gnu.x86_64.json")))
         for output in manifest.outputs { print("\(output.file): \(output.sha256) (\(output.size) bytes)") }
         #expect(!FileManager.default.fileExists(atPath: work.path + "/one/.krnative-staging-\(getpid())"))
@@ -99,6 +106,28 @@ struct VolumeTests {
         try checkVariations(lock: lock, out: work.path + "/one")
         try auditAndSmoke(out: work.path + "/one")
         try verifyAndRebuild(lock: lock, out: work.path + "/one", work: work.path)
+    }
+
+    /// Machine B: its own empty store, every URL of the lock blocked and no pip, only the cache
+    /// machine A filled: every input and every ttyd step comes from the cache, nothing is compiled,
+    /// and the outputs are A's to the bit.
+    func machineBBuildsFromTheCacheAlone(lock: String, cache: WebDAVCache, reference: String, work: String) throws {
+        let blockEverything = work + "/block-everything.conf"
+        try Data("block http\nblock file\n".utf8).write(to: URL(fileURLWithPath: blockEverything))
+        let started = Date()
+        let machineB = run(
+            lock, out: work + "/machine-b", store: work + "/machine-b-store",
+            ["--remote-cache", cache.url, "--mirrors", blockEverything, "--python", "/bin/false"])
+        print("machine B from the remote cache: \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
+        try #require(machineB.succeeded, "machine B: \(machineB.stderr.suffix(3000))")
+        #expect(machineB.stderr.contains(" 0 compiled, 0 cached, "), "\(machineB.stderr.suffix(3000))")
+        #expect(!machineB.stderr.contains(": building for "))
+        #expect(!machineB.stderr.contains("remote cache:"), "the cache warned: \(machineB.stderr.suffix(3000))")
+        let name = "krnative-manifest.static-gnu.x86_64.json"
+        let a = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: reference + "/" + name)))
+        let b = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: work + "/machine-b/" + name)))
+        #expect(a.outputs.map(\.file) == b.outputs.map(\.file))
+        #expect(a.outputs.map(\.sha256) == b.outputs.map(\.sha256), "machine B's outputs differ from A's")
     }
 
     /// The variation harness: every variation this machine can apply, each in a build of its own,
