@@ -104,6 +104,16 @@ public final class RemoteCache: @unchecked Sendable {
         }
     }
 
+    /// For `krnative doctor`: whether the cache answers, and how (`HEAD` of an entry it may lack).
+    public func probe() -> String? {
+        let empty = SHA256Digest.of(Data())
+        switch CurlUpload.status(of: "\(base)/cas/\(empty.hex)", settings: settings) {
+        case .success(let status) where status == 200 || status == 404: return nil
+        case .success(let status): return "HTTP \(status) for \(base)/cas/\(empty.hex) (200 or 404 expected)"
+        case .failure(let failure): return "\(base): \(failure.reason)"
+        }
+    }
+
     /// Puts `document` at `/ac/<key>` when uploading is allowed.
     public func put(actionResult document: Data, key: SHA256Digest, what: String) {
         guard upload, isReachable else { return }

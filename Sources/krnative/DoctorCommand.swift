@@ -13,6 +13,7 @@ struct DoctorCommand: ParsableCommand {
 
     @OptionGroup var inputs: InputOptions
     @OptionGroup var output: OutputOptions
+    @Option(help: "A remote cache to check. Default: env KRNATIVE_REMOTE_CACHE.") var remoteCache: String?
 
     struct Check: Encodable {
         enum Status: String, Encodable { case ok, fail, warn, info }
@@ -61,6 +62,7 @@ struct DoctorCommand: ParsableCommand {
         }
         checks.append(contentsOf: Self.tools.map(\.check))
         checks.append(pipCheck())
+        if let check = try remoteCacheCheck(store: store) { checks.append(check) }
         if output.json {
             printJSON(checks)
         } else {
@@ -96,6 +98,17 @@ struct DoctorCommand: ParsableCommand {
         Tool(program: "disorderfs", package: "disorderfs", purpose: "build --check (the file-order variation)"),
         Tool(program: "patchelf", package: "patchelf", purpose: "scripts/standin-lock (the stand-in runtime)"),
     ]
+
+    /// The remote cache, when one is named: does it answer?
+    private func remoteCacheCheck(store: String) throws -> Check? {
+        let environment = ProcessInfo.processInfo.environment
+        guard let url = remoteCache ?? environment["KRNATIVE_REMOTE_CACHE"].flatMap({ $0.isEmpty ? nil : $0 }) else { return nil }
+        let cache = RemoteCache(url: url, store: try Store(root: store), upload: false)
+        guard let problem = cache.probe() else { return Check(name: "remote cache", status: .ok, detail: "\(cache.base) answers") }
+        return Check(
+            name: "remote cache", status: .warn, detail: problem + "; builds go on without it",
+            fix: "check the URL and that the server runs (bazel-remote, or nginx with WebDAV: see the README)")
+    }
 
     /// pip, which downloads the wheels a lock pins by requirement (lock add, fetch).
     private func pipCheck() -> Check {

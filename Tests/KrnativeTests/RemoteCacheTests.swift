@@ -115,6 +115,17 @@ struct RemoteCacheTests {
         #expect(Date().timeIntervalSince(started) < 30, "the cache was waited for more than once")
     }
 
+    @Test func doctorChecksTheCache() throws {
+        func status() throws -> String? {
+            let result = krnative(["doctor", "--json", "--remote-cache", cache.url])
+            let checks = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as! [[String: String]]
+            return checks.first { $0["name"] == "remote cache" }?["status"]
+        }
+        #expect(try status() == "ok")
+        cache.stop()
+        #expect(try status() == "warn")
+    }
+
     @Test func offlineMeansNoCacheEither() throws {
         let before = cache.accessLog.count
         let result = fetch("a", ["--remote-cache", cache.url, "--offline"])
