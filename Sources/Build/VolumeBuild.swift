@@ -38,6 +38,8 @@ public struct VolumeBuild: Sendable {
         public var ledger: VolumeLedgerCheck?
         /// The shared cache ttyd's steps are looked for in (and uploaded to, when it allows).
         public var remoteCache: RemoteCache?
+        /// Told what ttyd's build did, step by step (for `build --all`'s table).
+        public var onTtydSteps: (@Sendable (TtydBuild.Report) -> Void)?
         public var log: @Sendable (String) -> Void = Reporting.note
 
         public init(target: Target, config: KrunnerConfig, outputDirectory: String, patchesDirectory: String, entryExecutable: String) {
@@ -107,9 +109,9 @@ public struct VolumeBuild: Sendable {
         ttydOptions.log = options.log
         ttydOptions.remoteCache = options.remoteCache
         let ttyd = try TtydBuild(options: ttydOptions, resolver: resolver).run(lock: lock)
-        let remote = ttyd.steps.filter { $0.remote == true }.count
-        let cached = ttyd.steps.filter(\.cached).count - remote
-        options.log("ttyd: \(ttyd.steps.count) steps: \(ttyd.steps.count - cached - remote) compiled, \(cached) cached, \(remote) from the remote cache")
+        let counts = ttyd.counts
+        options.log("ttyd: \(ttyd.steps.count) steps: \(counts.compiled) compiled, \(counts.cached) cached, \(counts.remote) from the remote cache")
+        options.onTtydSteps?(ttyd)
         FileSystem.remove(staging + "/ttyd_linux.\(arch).json")
 
         // The volume tree.

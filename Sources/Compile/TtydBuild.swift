@@ -104,6 +104,13 @@ public struct TtydBuild: Sendable {
         public var patches: [AppliedPatch] = []
         public var steps: [Step] = []
         public var output: Output?
+
+        /// How many steps were compiled, taken from the step cache, and from the remote cache.
+        public var counts: (compiled: Int, cached: Int, remote: Int) {
+            let remote = steps.filter { $0.remote == true }.count
+            let cached = steps.filter(\.cached).count - remote
+            return (steps.count - cached - remote, cached, remote)
+        }
     }
 
     public let options: Options

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Build
+import Compile
 import Fetch
 import Foundation
 import KrnativeBase
@@ -19,10 +20,13 @@ struct BuildCommand: ParsableCommand {
             in the sandbox, lays out and packs the volume, writes the plugin wheel, the manifest and \
             the SBOM into the output directory, whole or not at all.
             """,
-            examples: "krnative build --target manylinux-x86_64", "krnative build --target musllinux-aarch64 --offline --out /tmp/out", "krnative build --target manylinux-x86_64 --check --variations all"))
+            examples: "krnative build --target manylinux-x86_64", "krnative build --target musllinux-aarch64 --offline --out /tmp/out", "krnative build --target manylinux-x86_64 --check --variations all",
+            "krnative build --all --remote-cache http://cache.internal:8080 --remote-cache-upload"))
 
     @OptionGroup var inputs: InputOptions
-    @Option(help: "The target to build.") var target: Target
+    @Option(name: .customLong("target"), help: "A target to build (repeatable).") var targets: [Target] = []
+    @Flag(help: "Every target, one after another (sharing the store, toolchains, Zig's cache and the step cache), then a table.")
+    var all = false
     @Option(name: .customLong("out"), help: "Where the outputs go. Default: the project's out/.") var outOption: String?
     @Option(name: .customLong("config"), help: "Package and volume versions. Default: the project's krunner.json.") var configOption: String?
     @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
@@ -53,89 +57,179 @@ struct BuildCommand: ParsableCommand {
     @OptionGroup var network: NetworkOptions
     @OptionGroup var output: OutputOptions
 
-    func validate() throws { try requirePositive(["--compile-jobs": compileJobs, "--pack-threads": packThreads]) }
+    func validate() throws {
+        try requirePositive(["--compile-jobs": compileJobs, "--pack-threads": packThreads])
+        guard all || !targets.isEmpty else { throw ValidationError("name a --target (repeatable), or --all") }
+        if all && !targets.isEmpty {
+            throw ValidationError("--all and --target \(targets.map(\.rawValue).joined(separator: ", ")) contradict each other: give one or the other")
+        }
+        if check && chosenTargets.count != 1 { throw ValidationError("--check compares the builds of one target: give one --target") }
+    }
+
+    /// The targets asked for, each once, in the order given.
+    var chosenTargets: [Target] {
+        all ? Target.allCases : targets.reduce(into: []) { chosen, target in if !chosen.contains(target) { chosen.append(target) } }
+    }
 
     func run() throws {
         try perform("build") {
-            let started = Date()
-            let toolchain = toolchain ?? Toolchain.defaultKind(for: .current)
             let lock = try Lockfile.load(from: inputs.lockPath)
-            var options = VolumeBuild.Options(
-                target: target, config: try KrunnerConfig.load(from: config), outputDirectory: out, patchesDirectory: patches,
-                entryExecutable: currentExecutable)
-            options.toolchain = toolchain
-            options.isolation = try Isolation.chosen(sandbox)
-            options.lockPath = inputs.lockPath
-            options.toolVersion = KrnativeVersion.current
-            options.auditPolicy = try AuditPolicy.load(from: policy)
-            options.auditMode = audit
-            options.ledger = try ledgerCheck()
-            if let compileJobs { options.jobs = max(1, compileJobs) }
-            if let packThreads { options.packThreads = max(1, packThreads) }
             let store = try Store(root: inputs.storePath)
             let remoteCache = try network.remoteCache(store: store)
-            options.remoteCache = remoteCache
-            let build = VolumeBuild(options: options, resolver: InputResolver(store: store))
-            let runs = try checkRuns()
-            // With --json, stdout holds the one JSON document; the lines for people go to stderr.
-            let say: (String) -> Void = { line in
-                if output.json { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
+            guard chosenTargets.count > 1 else {
+                return try build(chosenTargets[0], lock: lock, store: store, remoteCache: remoteCache)
             }
-            let manifest: BuildManifest
-            let verdict = force ? nil : try build.upToDate(lock: lock)
-            let rebuildReasons = verdict?.reasons ?? ["forced (--force)"]
-            if case .upToDate(let existing) = verdict {
-                manifest = existing
-                for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
-                say("\(target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
-            } else {
-                if case .noManifest = verdict {
-                    options.log("building \(target.rawValue) into \(out)")
-                } else {
-                    options.log("rebuilding \(target.rawValue): " + rebuildReasons.joined(separator: "; "))
+            var rows: [TargetRow] = []
+            for target in chosenTargets {
+                let started = Date()
+                let steps = StepCounts()
+                do {
+                    try build(target, lock: lock, store: store, remoteCache: remoteCache, steps: steps)
+                    rows.append(TargetRow(target: target, started: started, steps: steps, outputs: out))
+                } catch {
+                    if Cancellation.requested { throw error }
+                    FileHandle.standardError.write(Data("krnative: build of \(target.rawValue) failed: \(error.text)\n".utf8))
+                    rows.append(TargetRow(target: target, started: started, steps: steps, error: error))
                 }
-                // An output directory that cannot take the outputs fails now, not after the build.
-                _ = try StagingDirectory(in: out)
-                if let check = options.ledger {
-                    try VolumeLedger.load(from: check.path).preflight(
-                        target: target, volume: try options.config.volumeVersion(for: target), record: check.record, path: check.path)
-                }
-                _ = try fetchInputs(
-                    VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false,
-                    remoteCache: remoteCache, summary: say)
-                manifest = try build.run(lock: lock)
-                if let remoteCache {
-                    let counts = remoteCache.summary
-                    options.log(
-                        "remote cache \(remoteCache.base): \(counts.hits) hits, \(counts.misses) misses, \(counts.rejected) rejected, "
-                            + "\(counts.uploads) uploads")
-                }
-                for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
-                say("built \(target.rawValue) in \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
             }
-            guard let runs else {
-                return output.json ? printJSON(BuildReport(manifest: manifest, rebuildReasons: rebuildReasons)) : ()
-            }
-            var checkOptions = ReproducibilityCheck.Options(
-                target: target, executable: currentExecutable, reference: absolute(out), workDirectory: absolute(out) + ".check",
-                buildArguments: [
-                    "--lock", absolute(inputs.lockPath), "--config", absolute(config), "--patches", absolute(patches),
-                    "--policy", absolute(policy), "--audit", audit.rawValue, "--toolchain", toolchain.rawValue,
-                    "--sandbox", options.isolation.rawValue,
-                    // The runs are compared with the reference build, which was checked against the ledger.
-                    "--ledger", "none",
-                ],
-                lockPath: absolute(inputs.lockPath), store: absolute(inputs.storePath), toolchain: toolchain, runs: runs)
-            checkOptions.freshSteps = freshSteps
-            checkOptions.keep = keep
-            checkOptions.user = checkUser
-            checkOptions.compileJobs = options.jobs
-            checkOptions.packThreads = options.packThreads
-            let report = try ReproducibilityCheck(options: checkOptions).run()
-            if output.json { printJSON(report) } else { print(ReproducibilityCheck.text(report), terminator: "") }
-            if !report.reproducible { throw ExitCode(1) }
+            if output.json { printJSON(rows) } else { print(TargetRow.table(rows), terminator: "") }
+            if let failed = rows.first(where: { $0.error != nil }) { throw ExitCode(failed.exitCode) }
         }
     }
+
+    /// One target: the no-op check, fetching, the build, and with --check the variations. With
+    /// `steps`, one of several: its JSON goes into the table, not out on its own.
+    func build(_ target: Target, lock: Lockfile, store: Store, remoteCache: RemoteCache?, steps: StepCounts? = nil) throws {
+        let started = Date()
+        let toolchain = toolchain ?? Toolchain.defaultKind(for: .current)
+        var options = VolumeBuild.Options(
+            target: target, config: try KrunnerConfig.load(from: config), outputDirectory: out, patchesDirectory: patches,
+            entryExecutable: currentExecutable)
+        options.toolchain = toolchain
+        options.isolation = try Isolation.chosen(sandbox)
+        options.lockPath = inputs.lockPath
+        options.toolVersion = KrnativeVersion.current
+        options.auditPolicy = try AuditPolicy.load(from: policy)
+        options.auditMode = audit
+        options.ledger = try ledgerCheck()
+        if let compileJobs { options.jobs = max(1, compileJobs) }
+        if let packThreads { options.packThreads = max(1, packThreads) }
+        options.remoteCache = remoteCache
+        if let steps { options.onTtydSteps = steps.record }
+        let build = VolumeBuild(options: options, resolver: InputResolver(store: store))
+        let runs = try checkRuns()
+        // With --json, stdout holds the one JSON document; the lines for people go to stderr.
+        let say: (String) -> Void = { line in
+            if output.json { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
+        }
+        let manifest: BuildManifest
+        let verdict = force ? nil : try build.upToDate(lock: lock)
+        let rebuildReasons = verdict?.reasons ?? ["forced (--force)"]
+        if case .upToDate(let existing) = verdict {
+            manifest = existing
+            for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
+            say("\(target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
+        } else {
+            if case .noManifest = verdict {
+                options.log("building \(target.rawValue) into \(out)")
+            } else {
+                options.log("rebuilding \(target.rawValue): " + rebuildReasons.joined(separator: "; "))
+            }
+            // An output directory that cannot take the outputs fails now, not after the build.
+            _ = try StagingDirectory(in: out)
+            if let check = options.ledger {
+                try VolumeLedger.load(from: check.path).preflight(
+                    target: target, volume: try options.config.volumeVersion(for: target), record: check.record, path: check.path)
+            }
+            _ = try fetchInputs(
+                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false,
+                remoteCache: remoteCache, summary: say)
+            manifest = try build.run(lock: lock)
+            if let remoteCache {
+                let counts = remoteCache.summary
+                options.log(
+                    "remote cache \(remoteCache.base): \(counts.hits) hits, \(counts.misses) misses, \(counts.rejected) rejected, "
+                        + "\(counts.uploads) uploads")
+            }
+            for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
+            say("built \(target.rawValue) in \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
+        }
+        guard let runs else {
+            return output.json && steps == nil ? printJSON(BuildReport(manifest: manifest, rebuildReasons: rebuildReasons)) : ()
+        }
+        var checkOptions = ReproducibilityCheck.Options(
+            target: target, executable: currentExecutable, reference: absolute(out), workDirectory: absolute(out) + ".check",
+            buildArguments: [
+                "--lock", absolute(inputs.lockPath), "--config", absolute(config), "--patches", absolute(patches),
+                "--policy", absolute(policy), "--audit", audit.rawValue, "--toolchain", toolchain.rawValue,
+                "--sandbox", options.isolation.rawValue,
+                // The runs are compared with the reference build, which was checked against the ledger.
+                "--ledger", "none",
+            ],
+            lockPath: absolute(inputs.lockPath), store: absolute(inputs.storePath), toolchain: toolchain, runs: runs)
+        checkOptions.freshSteps = freshSteps
+        checkOptions.keep = keep
+        checkOptions.user = checkUser
+        checkOptions.compileJobs = options.jobs
+        checkOptions.packThreads = options.packThreads
+        let report = try ReproducibilityCheck(options: checkOptions).run()
+        if output.json { printJSON(report) } else { print(ReproducibilityCheck.text(report), terminator: "") }
+        if !report.reproducible { throw ExitCode(1) }
+    }
+}
+
+/// The steps of ttyd a build compiled, took from the step cache, or from the remote cache.
+final class StepCounts: @unchecked Sendable {
+    private let lock = NSLock()
+    private(set) var counts: (compiled: Int, cached: Int, remote: Int)?
+    func record(_ report: TtydBuild.Report) { lock.withLock { counts = report.counts } }
+}
+
+/// A line of `build --all`'s table.
+struct TargetRow: Encodable {
+    var target: Target
+    var seconds: Double
+    var compiled, cached, remote: Int?
+    var volumeSha256: SHA256Digest?
+    var error: String?
+    var exitCode: Int32 = 0
+
+    init(target: Target, started: Date, steps: StepCounts, outputs directory: String? = nil, error: (any Error)? = nil) {
+        self.target = target
+        seconds = Date().timeIntervalSince(started)
+        (compiled, cached, remote) = (steps.counts?.compiled, steps.counts?.cached, steps.counts?.remote)
+        if let directory, error == nil {
+            let manifest = "\(directory)/krnative-manifest.\(target.distro).\(target.arch.rawValue).json"
+            volumeSha256 = FileManager.default.contents(atPath: manifest)
+                .flatMap { try? JSONDecoder().decode(BuildManifest.self, from: $0) }?
+                .outputs.first { $0.file.hasSuffix(".tar.xz") }?.sha256
+        }
+        if let error {
+            self.error = error.text
+            exitCode = (error as? any KrnativeError)?.exitCode ?? (error as? ExitCode)?.rawValue ?? 1
+        }
+    }
+
+    static func table(_ rows: [TargetRow]) -> String {
+        let header = ["TARGET", "RESULT", "TIME", "TTYD STEPS (compiled/cached/remote)", "VOLUME SHA256"]
+        let lines = rows.map { row in
+            [
+                row.target.rawValue, row.error == nil ? "built" : "FAILED (exit \(row.exitCode))", String(format: "%.0f s", row.seconds),
+                row.compiled.map { "\($0)/\(row.cached ?? 0)/\(row.remote ?? 0)" } ?? "-", row.volumeSha256?.hex ?? "-",
+            ]
+        }
+        let table = [header] + lines
+        let widths = header.indices.map { column in table.map { $0[column].count }.max()! }
+        return table.map { line in
+            line.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces)
+        }.joined(separator: "\n") + "\n"
+    }
+}
+
+extension Error {
+    /// What krnative prints for the error: its own description, or the error as Swift shows it.
+    var text: String { (self as? any KrnativeError)?.description ?? "\(self)" }
 }
 
 extension AuditMode: ExpressibleByArgument {}

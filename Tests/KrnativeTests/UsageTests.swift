@@ -54,6 +54,25 @@ struct UsageTests {
         }
     }
 
+    /// `build --all` builds every target in turn and ends with a table, one row a target, whatever
+    /// happened to the others; its exit status is the first failure's. Here the store is empty
+    /// and the build offline: each target stops at its missing inputs (66), and is said so.
+    @Test func buildAllTriesEveryTargetAndTabulates() throws {
+        let work = TemporaryDirectory("krnative-build-all")
+        let result = krnative([
+            "build", "--all", "--offline", "--lock", Package.root + "/krnative.lock.json", "--store", work.path + "/store",
+            "--out", work.path + "/out", "--ledger", "none",
+        ])
+        #expect(result.termination == .exited(ExitStatus.missingInput), "\(result.stderr.suffix(1000))")
+        let rows = result.stdout.split(separator: "\n").filter { $0.contains("FAILED (exit 66)") }
+        #expect(rows.map { String($0.prefix { $0 != " " }) } == Target.allCases.map(\.rawValue), "\(result.stdout)")
+        for target in Target.allCases { #expect(result.stderr.contains("build of \(target.rawValue) failed")) }
+        let contradicting = krnative(["build", "--all", "--target", "manylinux-x86_64"])
+        #expect(contradicting.termination == .exited(ExitStatus.usage) && contradicting.stderr.contains("contradict"))
+        let checkingTwo = krnative(["build", "--target", "manylinux-x86_64", "--target", "musllinux-x86_64", "--check"])
+        #expect(checkingTwo.termination == .exited(ExitStatus.usage) && checkingTwo.stderr.contains("one --target"))
+    }
+
     /// The usual spellings of on: an offline fetch of an empty store fails for the missing input
     /// (66), which only happens when offline was understood.
     @Test(arguments: ["1", "true", "YES", "on"])
