@@ -61,7 +61,9 @@ struct VolumeTests {
         // Machine A uploads what it fetched and compiled to a team's cache (nginx with WebDAV).
         try #require(Machine.hasExecutable(WebDAVCache.nginx), "nginx is not installed (scripts/setup installs nginx-light)")
         let cache = try WebDAVCache()
+        let machineA = Date()
         _ = try build(lock, out: work.path + "/one", ["--remote-cache", cache.url, "--remote-cache-upload"])
+        print("machine A, cold, uploading: \(String(format: "%.0f", Date().timeIntervalSince(machineA))) s")
         try machineBBuildsFromTheCacheAlone(lock: lock, cache: cache, reference: work.path + "/one", work: work.path)
         let manifest = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: work.path + "/one/krnative-manifest.static-gnu.x86_64.json")))
         for output in manifest.outputs { print("\(output.file): \(output.sha256) (\(output.size) bytes)") }
