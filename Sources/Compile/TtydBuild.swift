@@ -289,7 +289,7 @@ public struct TtydBuild: Sendable {
             let spec = SandboxSpec(
                 argv: argv, environment: environment, mounts: mounts, workingDirectory: layout.source(step.component),
                 home: layout.build, sourceDateEpoch: epoch)
-            try runner.run(spec) { log?.write($0) }
+            try runner.run(spec) { try? log?.write(contentsOf: $0) }
         }
     }
 

@@ -23,7 +23,7 @@ public final class ProgressReporter: @unchecked Sendable {
 
     public init(
         interactive: Bool = isatty(STDERR_FILENO) == 1, quiet: Bool = Reporting.level == .quiet,
-        emit: @escaping @Sendable (String) -> Void = { FileHandle.standardError.write(Data($0.utf8)) }
+        emit: @escaping @Sendable (String) -> Void = { Console.error($0) }
     ) {
         self.interactive = interactive
         self.quiet = quiet

@@ -12,7 +12,7 @@ import KrnativeBase
 public enum ProcessVariation {
     public static func exec(argv: [String], umask mask: mode_t?, hostname: String?) -> Never {
         func fail(_ what: String) -> Never {
-            FileHandle.standardError.write(Data("krnative: variation-exec: \(what): \(String(cString: strerror(errno)))\n".utf8))
+            Console.error("krnative: variation-exec: \(what): \(String(cString: strerror(errno)))\n")
             exit(ExitStatus.process)
         }
         if let mask { umask(mask) }

@@ -88,7 +88,7 @@ struct BuildCommand: ParsableCommand {
                     rows.append(TargetRow(target: target, started: started, steps: steps, outputs: out))
                 } catch {
                     if Cancellation.requested { throw error }
-                    FileHandle.standardError.write(Data("krnative: build of \(target.rawValue) failed: \(error.text)\n".utf8))
+                    Console.error("krnative: build of \(target.rawValue) failed: \(error.text)\n")
                     rows.append(TargetRow(target: target, started: started, steps: steps, error: error))
                 }
             }
@@ -120,7 +120,7 @@ struct BuildCommand: ParsableCommand {
         let runs = try checkRuns()
         // With --json, stdout holds the one JSON document; the lines for people go to stderr.
         let say: (String) -> Void = { line in
-            if output.json { FileHandle.standardError.write(Data((line + "\n").utf8)) } else { print(line) }
+            if output.json { Console.error(line + "\n") } else { print(line) }
         }
         let manifest: BuildManifest
         let verdict = force ? nil : try build.upToDate(lock: lock)

@@ -28,7 +28,7 @@ extension Krnative {
     /// suggests the nearest command.
     static func main() {
         if let message = unknownCommand(in: Array(CommandLine.arguments.dropFirst())) {
-            FileHandle.standardError.write(Data("krnative: \(message)\n".utf8))
+            Console.error("krnative: \(message)\n")
             Glibc.exit(ExitStatus.usage)
         }
         main(nil)
@@ -131,7 +131,7 @@ func perform(_ context: String, _ body: () throws -> Void) throws {
         if let error = error as? ExitCode { throw error }
         let status = (error as? any KrnativeError)?.exitCode ?? 1
         let text = (error as? any KrnativeError)?.description ?? "\(error)"
-        FileHandle.standardError.write(Data("krnative: \(context) failed: \(text)\n".utf8))
+        Console.error("krnative: \(context) failed: \(text)\n")
         throw ExitCode(status)
     }
     if Cancellation.requested { throw interrupted(context) }
@@ -162,7 +162,7 @@ private func isIgnored(_ number: Int32) -> Bool {
 }
 
 private func interrupted(_ context: String) -> ExitCode {
-    FileHandle.standardError.write(Data("krnative: \(context) interrupted by a signal; its children are stopped and partial outputs removed\n".utf8))
+    Console.error("krnative: \(context) interrupted by a signal; its children are stopped and partial outputs removed\n")
     return ExitCode(ExitStatus.interrupted)
 }
 
@@ -171,7 +171,7 @@ func printJSON(_ value: some Encodable) {
     let encoder = JSONEncoder()
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     if let data = try? encoder.encode(value) {
-        FileHandle.standardOutput.write(data + Data("\n".utf8))
+        Console.output(data + Data("\n".utf8))
     }
 }
 

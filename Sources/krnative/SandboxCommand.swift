@@ -56,7 +56,7 @@ struct SandboxCommand: ParsableCommand {
                     sourceDateEpoch: epoch)
                 let isolation = try Isolation.chosen(sandbox)
                 let runner = SandboxRunner(entryExecutable: currentExecutable, isolation: isolation)
-                let result = try runner.start(spec) { FileHandle.standardOutput.write($0) }
+                let result = try runner.start(spec) { Console.output($0) }
                 switch result.termination {
                 case .exited(let code): throw ExitCode(code)
                 case .signalled(let signal): throw ExitCode(128 + signal)

@@ -74,8 +74,7 @@ struct StoreCommand: ParsableCommand {
                     }
                 }
                 if report.corrupted > 0 {
-                    FileHandle.standardError.write(Data(
-                        "krnative: store verify found \(report.corrupted) corrupted items in \(report.root), now in its quarantine/\n".utf8))
+                    Console.error("krnative: store verify found \(report.corrupted) corrupted items in \(report.root), now in its quarantine/\n")
                     throw ExitCode(ExitStatus.integrity)
                 }
             }

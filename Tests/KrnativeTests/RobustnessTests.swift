@@ -247,6 +247,14 @@ struct RobustnessTests {
         #expect(Self.waitFor(5) { Self.alive("sleep \(marker)").isEmpty }, "left running: \(Self.alive("sleep \(marker)"))")
     }
 
+    /// A result that cannot be written (stdout on a full disk) is a failed command, exit 74 with
+    /// the reason, not a crash (corelibs' FileHandle.write traps: it died of SIGILL before).
+    @Test func aResultOnAFullDiskIsAnIOErrorNotACrash() {
+        let result = ChildProcess.run(["sh", "-c", "exec \"$0\" targets --json > /dev/full", Package.binary])
+        #expect(result.termination == .exited(ExitStatus.store), "\(result.termination): \(result.stderr.suffix(500))")
+        #expect(result.stderr.contains("cannot write the result to stdout: No space left on device"))
+    }
+
     /// A descriptor krnative holds without close-on-exec (as a test runner's or a shell's extra
     /// pipes are) does not reach its children: mmdebstrap's `cat >&20` failed under `swift test`
     /// because the inherited ones pushed its own pipe past 9, where dash cannot name it.
