@@ -78,6 +78,18 @@ struct HelpTests {
         }
     }
 
+    /// The README names every Debian package scripts/setup installs.
+    @Test func theReadmeNamesEveryPackageSetupInstalls() throws {
+        let readme = try String(contentsOfFile: Package.root + "/README.md", encoding: .utf8)
+        let setup = try String(contentsOfFile: Package.root + "/scripts/setup", encoding: .utf8)
+        let list = try #require(setup.components(separatedBy: "packages=(\n").dropFirst().first?.components(separatedBy: "\n)").first)
+        let packages = list.split(separator: "\n").flatMap { line in
+            (line.split(separator: "#").first ?? "").split(separator: " ").map(String.init)
+        }
+        #expect(packages.count >= 20, "\(packages)")
+        for package in packages { #expect(readme.contains(package), "the README does not name \(package), which scripts/setup installs") }
+    }
+
     /// The README's command list (the block under "## Commands").
     @Test func theReadmesCommandsAreWhatTheBinaryTakes() throws {
         let readme = try String(contentsOfFile: Package.root + "/README.md", encoding: .utf8)
