@@ -16,6 +16,18 @@ import Verify
     import Glibc
 #endif
 
+/// What a build leaves in the output directory, in the order the manifest lists them.
+public enum BuildOutput: CaseIterable, Sendable {
+    case ttyd, volume, volumeVersion, pythonVersion, versions, wheel, sbom, manifest
+
+    /// What the plugin wheel carries: the volume, ttyd and the files the agent reads beside it.
+    static let inWheel: [BuildOutput] = [.ttyd, .volume, .volumeVersion, .pythonVersion, .versions]
+    /// What the manifest lists with its hash (all but itself).
+    static let listedInTheManifest = allCases.filter { $0 != .manifest }
+    /// What is hashed into the manifest before the SBOM, which is made from the manifest.
+    static let hashedBeforeTheSBOM = listedInTheManifest.filter { $0 != .sbom }
+}
+
 /// `krnative build --target T`: from the lock's inputs in the store to the volume, its side
 /// files, the plugin wheel, the manifest and the SBOM, in the output directory whole or not at all.
 public struct VolumeBuild: Sendable {
@@ -76,16 +88,28 @@ public struct VolumeBuild: Sendable {
         Target.allCases.first { $0.libc == .gnu && $0.arch == host.arch }
     }
 
-    /// The file names of the outputs, in the order they appear.
-    public var outputNames: [String] {
+    /// The file name of `output` for this build's target and package version.
+    public func name(_ output: BuildOutput) -> String {
         let (distro, arch) = (options.target.distro, options.target.arch.rawValue)
-        return [
-            "ttyd_linux.\(arch).bin", "krunner-env.\(distro).\(arch).tar.xz", "krunner-version.\(distro).txt",
-            "krunner-python.\(distro).txt", "versions.txt",
-            PluginWheel(target: options.target, version: (try? options.config.packageVersion(for: options.target)) ?? "0", sourceDateEpoch: 0).filename,
-            "krnative-sbom.\(distro).\(arch).spdx.json", "krnative-manifest.\(distro).\(arch).json",
-        ]
+        switch output {
+        case .ttyd: return "ttyd_linux.\(arch).bin"
+        case .volume: return "krunner-env.\(distro).\(arch).tar.xz"
+        case .volumeVersion: return "krunner-version.\(distro).txt"
+        case .pythonVersion: return "krunner-python.\(distro).txt"
+        case .versions: return "versions.txt"
+        case .wheel:
+            let version = (try? options.config.packageVersion(for: options.target)) ?? "0"
+            return PluginWheel(target: options.target, version: version, sourceDateEpoch: 0).filename
+        case .sbom: return "krnative-sbom.\(distro).\(arch).spdx.json"
+        case .manifest: return "krnative-manifest.\(distro).\(arch).json"
+        }
     }
+
+    /// The file names of the outputs, in the order the manifest lists them.
+    public var outputNames: [String] { BuildOutput.allCases.map(name) }
+
+    /// The names of `outputs`, in their order.
+    func names(_ outputs: [BuildOutput]) -> [String] { outputs.map(name) }
 
     public func run(lock: Lockfile) throws -> BuildManifest {
         let target = options.target
@@ -133,7 +157,7 @@ public struct VolumeBuild: Sendable {
             try installer.install(named, into: prefix)
         }
         FileSystem.remove(staging + "/wheels")
-        try layout.placeTtyd(staging + "/ttyd_linux.\(arch).bin", into: prefix)
+        try layout.placeTtyd(staging + "/" + name(.ttyd), into: prefix)
         try layout.collectRuntimeLicense(in: prefix)
         try layout.collectWheelLicenses(in: prefix)
         for source in needed.filter({ $0.kind == .source }) {
@@ -146,26 +170,26 @@ public struct VolumeBuild: Sendable {
         let ledgerEntry = try admitToLedger(prefix, volume: volumeVersion)
 
         // Pack, side files, the plugin wheel.
-        options.log("packing krunner-env.\(distro).\(arch).tar.xz")
+        options.log("packing \(name(.volume))")
         let packingStarted = Date()
         let packed = try DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch, threads: options.packThreads)
-            .pack(prefix, to: staging + "/krunner-env.\(distro).\(arch).tar.xz")
+            .pack(prefix, to: staging + "/" + name(.volume))
         options.log(
-            "packed \(packed.count) entries into \(FileSystem.size(of: staging + "/krunner-env.\(distro).\(arch).tar.xz") ?? 0) bytes in "
+            "packed \(packed.count) entries into \(FileSystem.size(of: staging + "/" + name(.volume)) ?? 0) bytes in "
                 + String(format: "%.0f s", Date().timeIntervalSince(packingStarted)))
-        try FileSystem.writeAtomically(Data("\(volumeVersion)\n".utf8), to: staging + "/krunner-version.\(distro).txt")
-        try FileSystem.writeAtomically(Data("\(layout.python.major).\(layout.python.minor)\n".utf8), to: staging + "/krunner-python.\(distro).txt")
-        try FileSystem.writeAtomically(Data("\(distro)\n".utf8), to: staging + "/versions.txt")
-        let payload = Dictionary(uniqueKeysWithValues: outputNames.prefix(5).map { ($0, staging + "/" + $0) })
+        try FileSystem.writeAtomically(Data("\(volumeVersion)\n".utf8), to: staging + "/" + name(.volumeVersion))
+        try FileSystem.writeAtomically(Data("\(layout.python.major).\(layout.python.minor)\n".utf8), to: staging + "/" + name(.pythonVersion))
+        try FileSystem.writeAtomically(Data("\(distro)\n".utf8), to: staging + "/" + name(.versions))
+        let payload = Dictionary(uniqueKeysWithValues: names(BuildOutput.inWheel).map { ($0, staging + "/" + $0) })
         options.log("writing the plugin wheel, version \(packageVersion)")
         _ = try PluginWheel(target: target, version: packageVersion, sourceDateEpoch: lock.sourceDateEpoch)
             .write(into: staging, payload: payload, licenses: prefix + "/licenses")
 
         // The manifest and the SBOM.
         var outputs: [BuildManifest.Output] = []
-        for name in outputNames.dropLast(2) {
-            let (digest, size) = try SHA256Digest.of(fileAt: staging + "/" + name)
-            outputs.append(.init(file: name, sha256: digest, size: size))
+        for file in names(BuildOutput.hashedBeforeTheSBOM) {
+            let (digest, size) = try SHA256Digest.of(fileAt: staging + "/" + file)
+            outputs.append(.init(file: file, sha256: digest, size: size))
         }
         var volume: [BuildManifest.VolumeEntry] = []
         for entry in packed {
@@ -185,14 +209,14 @@ public struct VolumeBuild: Sendable {
         manifest.buildKey = BuildKey.digest(of: keyParts)
         manifest.toolchain = options.toolchain
         manifest.audit = audit.map { .init(policy: $0.policy, mode: options.auditMode, elfFiles: $0.elfFiles, violations: $0.violations) }
-        let sbomName = outputNames[6]
+        let sbomName = name(.sbom)
         try FileSystem.writeAtomically(try SBOM.document(for: manifest, name: sbomName), to: staging + "/" + sbomName)
         let (sbomDigest, sbomSize) = try SHA256Digest.of(fileAt: staging + "/" + sbomName)
         manifest.outputs.append(.init(file: sbomName, sha256: sbomDigest, size: sbomSize))
-        try FileSystem.writeAtomically(try manifest.encoded(), to: staging + "/" + outputNames[7])
+        try FileSystem.writeAtomically(try manifest.encoded(), to: staging + "/" + name(.manifest))
 
         if Cancellation.requested { throw ArchiveError.interrupted(archive: staging) }
-        try Self.publish(outputNames.dropLast().map { $0 }, manifest: outputNames[7], from: staging, into: options.outputDirectory)
+        try Self.publish(names(BuildOutput.listedInTheManifest), manifest: name(.manifest), from: staging, into: options.outputDirectory)
         if let ledgerEntry { try record(ledgerEntry) }
         return manifest
     }
@@ -266,7 +290,7 @@ public struct VolumeBuild: Sendable {
     /// the verdict says why, naming what the user changed or what is missing.
     public func upToDate(lock: Lockfile) throws -> UpToDateVerdict {
         let directory = options.outputDirectory
-        let manifestPath = directory + "/" + outputNames[7]
+        let manifestPath = directory + "/" + name(.manifest)
         guard let data = FileManager.default.contents(atPath: manifestPath) else { return .noManifest(in: directory) }
         guard let manifest = try? JSONDecoder().decode(BuildManifest.self, from: data) else {
             return .outOfDate(["\(manifestPath) is not a manifest this krnative can read"])
@@ -279,7 +303,7 @@ public struct VolumeBuild: Sendable {
             let differences = BuildKey.differences(from: recorded, to: parts)
             return .outOfDate(["the build key differs" + (differences.isEmpty ? "" : ": " + differences.joined(separator: ", "))])
         }
-        let made = Set(outputNames.dropLast()), listed = Set(manifest.outputs.map(\.file))
+        let made = Set(names(BuildOutput.listedInTheManifest)), listed = Set(manifest.outputs.map(\.file))
         guard listed == made else {
             let details = [("not listed", made.subtracting(listed)), ("listed, not made by this build", listed.subtracting(made))]
                 .filter { !$0.1.isEmpty }.map { "\($0.0): \($0.1.sorted().joined(separator: ", "))" }
