@@ -157,6 +157,7 @@ public struct TtydBuild: Sendable {
         var previousKey = SHA256Digest.of(Data("krnative ttyd recipe v1 \(toolchain.identity)".utf8))
         let stage = work + "/stage"
         try FileSystem.createDirectory(stage)
+        let remoteSteps = options.remoteCache.map { RemoteSteps(cache: $0, store: store, log: options.log) }
 
         for step in recipe.steps {
             guard let input = lock[step.component], input.kind == .source, let tree = input.treeSha256,
@@ -168,7 +169,7 @@ public struct TtydBuild: Sendable {
             let started = Date()
             let cached = "\(store.root)/steps/\(key.hex)"
             let mayReuse = !options.rebuild && !options.prepareOnly
-            let fromRemote = mayReuse && !FileSystem.exists(cached) && restoreFromRemoteCache(key, component: step.component)
+            let fromRemote = mayReuse && !FileSystem.exists(cached) && remoteSteps?.restore(key, component: step.component) == true
             let wasCached = mayReuse && FileSystem.exists(cached)
             if wasCached {
                 FileSystem.remove(stage)
@@ -176,8 +177,8 @@ public struct TtydBuild: Sendable {
                 report.patches += patches.map(\.summary)
                 options.log("\(step.component) \(input.version): \(fromRemote ? "from the remote cache" : "cached") (\(key.hex.prefix(12)))")
                 // A result made before uploads were asked for reaches the cache too.
-                if !fromRemote, let cache = options.remoteCache, cache.upload, !cache.hasActionResult(key) {
-                    uploadToRemoteCache(cached, key: key, component: step.component, epoch: lock.sourceDateEpoch)
+                if !fromRemote, let remoteSteps, remoteSteps.cache.upload, !remoteSteps.cache.hasActionResult(key) {
+                    remoteSteps.upload(cached, key: key, component: step.component, epoch: lock.sourceDateEpoch, threads: options.jobs)
                 }
             } else {
                 options.log("\(step.component) \(input.version): \(options.prepareOnly ? "preparing" : "building") for \(triple) with \(toolchain.kind.rawValue)")
@@ -193,7 +194,7 @@ public struct TtydBuild: Sendable {
                 if options.prepareOnly { continue }
                 try runCommands(step, in: layout, work: work, toolchain: toolchain, zigCache: zigCache, runner: runner, epoch: lock.sourceDateEpoch)
                 try snapshot(stage, as: key)
-                uploadToRemoteCache(cached, key: key, component: step.component, epoch: lock.sourceDateEpoch)
+                remoteSteps?.upload(cached, key: key, component: step.component, epoch: lock.sourceDateEpoch, threads: options.jobs)
             }
             report.steps.append(
                 .init(
@@ -323,56 +324,6 @@ public struct TtydBuild: Sendable {
             for argv in step.commands { lines.append((["env"] + variables + argv.map(ChildProcess.quote)).joined(separator: " ")) }
         }
         return lines.joined(separator: "\n") + "\n"
-    }
-
-    /// What `/ac/<step key>` holds: the step's install tree as a deterministic tar.xz in `/cas/`.
-    struct RemoteStep: Codable {
-        static let currentFormat = "krnative step v1"
-        var format = currentFormat
-        var sha256: SHA256Digest
-        var size: Int64
-    }
-
-    /// Brings the step result `key` from the remote cache into the step cache; false on a miss or
-    /// anything wrong (said, and the step is compiled).
-    func restoreFromRemoteCache(_ key: SHA256Digest, component: String) -> Bool {
-        guard let cache = options.remoteCache else { return false }
-        let what = "the \(component) step \(key.hex.prefix(12))"
-        guard let document = cache.actionResult(key, what: what) else { return false }
-        guard let entry = try? JSONDecoder().decode(RemoteStep.self, from: document), entry.format == RemoteStep.currentFormat else {
-            cache.reject("\(cache.base)/ac/\(key.hex) (\(what)) is not a krnative step record; ignored")
-            return false
-        }
-        guard let archive = cache.content(entry.sha256, sizeCap: entry.size, what: what) else { return false }
-        defer { FileSystem.remove(archive) }
-        let temporary = store.temporaryPath("remote-step")
-        defer { FileSystem.remove(temporary) }
-        do {
-            _ = try SafeExtractor(limits: .forArchive(recordedSize: entry.size)).extract(archive, into: temporary)
-            try snapshot(temporary, as: key)
-        } catch {
-            cache.reject("\(cache.base)/cas/\(entry.sha256.hex) (\(what)) could not be unpacked: \(error); ignored")
-            return false
-        }
-        return true
-    }
-
-    /// Puts a compiled step's install tree into the remote cache when it takes uploads.
-    func uploadToRemoteCache(_ tree: String, key: SHA256Digest, component: String, epoch: Int64) {
-        guard let cache = options.remoteCache, cache.upload else { return }
-        let what = "the \(component) step \(key.hex.prefix(12))"
-        let archive = store.temporaryPath("step-upload") + ".tar.xz"
-        defer { FileSystem.remove(archive) }
-        do {
-            _ = try DeterministicTarXz(sourceDateEpoch: epoch, threads: options.jobs).pack(tree, to: archive)
-            let (digest, size) = try SHA256Digest.of(fileAt: archive)
-            cache.put(file: archive, digest: digest, what: what)
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = .sortedKeys
-            cache.put(actionResult: try encoder.encode(RemoteStep(sha256: digest, size: size)), key: key, what: what)
-        } catch {
-            options.log("remote cache: cannot pack \(what) for upload: \(error)")
-        }
     }
 
     /// Keeps the stage as the cached result of step `key`, with its tree hash beside it for `store verify`.

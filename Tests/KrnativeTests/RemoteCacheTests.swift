@@ -1,7 +1,10 @@
 import Archive
+import Compile
+import Fetch
 import Foundation
 import KrnativeBase
 import Lock
+import Store
 import Testing
 
 /// `--remote-cache` against nginx with WebDAV (Debian's nginx-light), the way a team serves
@@ -113,6 +116,53 @@ struct RemoteCacheTests {
         #expect(result.stderr.contains("stalled"), "\(result.stderr)")
         #expect(storeHasEveryInput("a"))
         #expect(Date().timeIntervalSince(started) < 30, "the cache was waited for more than once")
+    }
+
+    /// A step's install tree goes up as a record and a deterministic archive and comes back whole
+    /// into another store; a record or archive that is wrong or hostile is refused with a reason,
+    /// and leaves no step behind (the step is then compiled).
+    @Test func stepResultsComeBackWholeOrNotAtAll() throws {
+        let tree = TemporaryDirectory("krnative-step-tree")
+        _ = tree.file("lib/libz.a", randomData(50_000))
+        _ = tree.file("include/zlib.h", "int deflate(void);\n")
+        try FileManager.default.createSymbolicLink(atPath: tree.path + "/lib/libz.so", withDestinationPath: "libz.a")
+        let key = SHA256Digest.of(Data("zlib step".utf8))
+        let said = Collected()
+        func steps(_ name: String, upload: Bool = false) throws -> RemoteSteps {
+            let store = try Store(root: work.path + "/" + name)
+            return RemoteSteps(cache: RemoteCache(url: cache.url, store: store, upload: upload, note: { said.append(Data(($0 + "\n").utf8)) }), store: store)
+        }
+        try steps("a", upload: true).upload(tree.path, key: key, component: "zlib", epoch: 1_700_000_000, threads: 1)
+        let b = try steps("b")
+        #expect(b.restore(key, component: "zlib"))
+        #expect(try TreeHash.ofDirectory(at: b.store.item(.steps, key.hex)) == TreeHash.ofDirectory(at: tree.path))
+        #expect(b.store.recordedTreeHash(.steps, key.hex) == (try TreeHash.ofDirectory(at: tree.path)))
+
+        let record = cache.data + "/ac/" + key.hex
+        let escaping = TemporaryDirectory()
+        try FileManager.default.createSymbolicLink(atPath: escaping.path + "/lib", withDestinationPath: "../../../etc")
+        try ChildProcess.check(["tar", "-cJf", "escaping.tar.xz", "lib"], directory: escaping.path)
+        let hostile: [(String, Data, Data?)] = [
+            ("is not a krnative step record", Data("not json".utf8), nil),
+            ("claims 4611686018427387904 bytes", Data(#"{"format":"krnative step v1","sha256":"\#(key.hex)","size":4611686018427387904}"#.utf8), nil),
+            ("could not be unpacked", Data(), randomData(10_000)),
+            ("could not be unpacked", Data(), try Data(contentsOf: URL(fileURLWithPath: escaping.path + "/escaping.tar.xz"))),
+        ]
+        for (index, (reason, document, blob)) in hostile.enumerated() {
+            var document = document
+            if let blob {
+                let digest = SHA256Digest.of(blob)
+                try blob.write(to: URL(fileURLWithPath: cache.data + "/cas/" + digest.hex))
+                document = Data(#"{"format":"krnative step v1","sha256":"\#(digest.hex)","size":\#(blob.count)}"#.utf8)
+            }
+            try document.write(to: URL(fileURLWithPath: record))
+            let reader = try steps("hostile-\(index)")
+            let before = said.text.count
+            #expect(!reader.restore(key, component: "zlib"), "\(reason)")
+            let now = String(said.text.dropFirst(before))
+            #expect(now.contains(reason), "\(reason) not said: \(now)")
+            #expect(!FileManager.default.fileExists(atPath: reader.store.item(.steps, key.hex)))
+        }
     }
 
     @Test func doctorChecksTheCache() throws {
