@@ -141,10 +141,15 @@ struct BuildCommand: ParsableCommand {
                 try VolumeLedger.load(from: check.path).preflight(
                     target: target, volume: try options.config.volumeVersion(for: target), record: check.record, path: check.path)
             }
-            _ = try fetchInputs(
-                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network, json: false,
-                remoteCache: remoteCache, summary: say)
-            manifest = try build.run(lock: lock)
+            if let restored = try build.restoreFromRemoteCache(lock: lock) {
+                manifest = restored
+            } else {
+                _ = try fetchInputs(
+                    VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network,
+                    json: false, remoteCache: remoteCache, summary: say)
+                manifest = try build.run(lock: lock)
+                try build.uploadToRemoteCache(manifest)
+            }
             if let remoteCache {
                 let counts = remoteCache.summary
                 options.log(

@@ -138,4 +138,50 @@ struct BuildKeyTests {
         #expect(object["upToDate"] as? Bool == false)
         #expect(object["rebuildReasons"] as? [String] == ["forced (--force)"])
     }
+
+    /// A whole build through the remote cache: A uploads its outputs and then its manifest under
+    /// the build key; B, with an empty output directory, takes them, each hashed, and is up to
+    /// date; an output whose bytes the cache changed, or a manifest of another key, is refused
+    /// and leaves nothing in the output directory (the build would run).
+    @Test(.enabled(if: Machine.hasExecutable(WebDAVCache.nginx))) func aWholeBuildComesFromTheCacheOrNotAtAll() throws {
+        let server = try WebDAVCache()
+        func cached(_ store: String, upload: Bool = false) throws -> RemoteCache {
+            RemoteCache(url: server.url, store: try Store(root: directory.path + "/" + store), upload: upload, note: { _ in })
+        }
+        let a = try build { $0.remoteCache = try? cached("store-a", upload: true) }
+        try publish(a)
+        guard case .upToDate(let manifest) = try a.upToDate(lock: lock) else { throw UsageError("the stand-in build is not whole") }
+        try a.uploadToRemoteCache(manifest)
+        func machineB(_ label: String) throws -> (VolumeBuild, BuildManifest?) {
+            let out = directory.path + "/" + label
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let b = try build {
+                $0.outputDirectory = out
+                $0.remoteCache = try? cached(label + "-store")
+            }
+            return (b, try b.restoreFromRemoteCache(lock: lock))
+        }
+        let (b, restored) = try machineB("b")
+        #expect(restored?.buildKey == manifest.buildKey)
+        guard case .upToDate = try b.upToDate(lock: lock) else { throw UsageError("B is not up to date after the restore") }
+        for output in manifest.outputs {
+            #expect(FileManager.default.contents(atPath: b.options.outputDirectory + "/" + output.file) == FileManager.default.contents(atPath: out + "/" + output.file))
+        }
+
+        let changed = server.data + "/cas/" + manifest.outputs[0].sha256.hex
+        let original = try Data(contentsOf: URL(fileURLWithPath: changed))
+        try Data("other bytes".utf8).write(to: URL(fileURLWithPath: changed))
+        let (c, refused) = try machineB("c")
+        #expect(refused == nil)
+        #expect(!FileManager.default.fileExists(atPath: c.options.outputDirectory + "/" + c.name(.manifest)))
+        try original.write(to: URL(fileURLWithPath: changed))
+
+        let record = server.data + "/ac/" + (manifest.buildKey?.hex ?? "")
+        var other = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: record))) as! [String: Any]
+        other["buildKey"] = String(repeating: "0", count: 64)
+        try JSONSerialization.data(withJSONObject: other).write(to: URL(fileURLWithPath: record))
+        let (d, foreign) = try machineB("d")
+        #expect(foreign == nil)
+        #expect(!FileManager.default.fileExists(atPath: d.options.outputDirectory + "/" + d.name(.manifest)))
+    }
 }

@@ -111,25 +111,36 @@ struct VolumeTests {
     }
 
     /// Machine B: its own empty store, every URL of the lock blocked and no pip, only the cache
-    /// machine A filled: every input and every ttyd step comes from the cache, nothing is compiled,
-    /// and the outputs are A's to the bit.
+    /// machine A filled. First the whole build comes from the cache under its build key (nothing
+    /// fetched, nothing built); then, with that record gone, every input and every ttyd step comes
+    /// from the cache and nothing is compiled. Both times the outputs are A's to the bit.
     func machineBBuildsFromTheCacheAlone(lock: String, cache: WebDAVCache, reference: String, work: String) throws {
         let blockEverything = work + "/block-everything.conf"
         try Data("block http\nblock file\n".utf8).write(to: URL(fileURLWithPath: blockEverything))
-        let started = Date()
-        let machineB = run(
-            lock, out: work + "/machine-b", store: work + "/machine-b-store",
-            ["--remote-cache", cache.url, "--mirrors", blockEverything, "--python", "/bin/false"])
-        print("machine B from the remote cache: \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
-        try #require(machineB.succeeded, "machine B: \(machineB.stderr.suffix(3000))")
-        #expect(machineB.stderr.contains(" 0 compiled, 0 cached, "), "\(machineB.stderr.suffix(3000))")
-        #expect(!machineB.stderr.contains(": building for "))
-        #expect(!machineB.stderr.contains("remote cache:"), "the cache warned: \(machineB.stderr.suffix(3000))")
         let name = "krnative-manifest.static-gnu.x86_64.json"
         let a = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: reference + "/" + name)))
-        let b = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: work + "/machine-b/" + name)))
-        #expect(a.outputs.map(\.file) == b.outputs.map(\.file))
-        #expect(a.outputs.map(\.sha256) == b.outputs.map(\.sha256), "machine B's outputs differ from A's")
+        func machineB(_ label: String) throws -> (ChildProcess.Result, BuildManifest) {
+            let started = Date()
+            let result = run(
+                lock, out: work + "/" + label, store: work + "/" + label + "-store",
+                ["--remote-cache", cache.url, "--mirrors", blockEverything, "--python", "/bin/false"])
+            print("\(label) from the remote cache: \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
+            try #require(result.succeeded, "\(label): \(result.stderr.suffix(3000))")
+            #expect(!result.stderr.contains("remote cache:"), "the cache warned: \(result.stderr.suffix(3000))")
+            let b = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: work + "/" + label + "/" + name)))
+            #expect(a.outputs.map(\.file) == b.outputs.map(\.file))
+            #expect(a.outputs.map(\.sha256) == b.outputs.map(\.sha256), "\(label)'s outputs differ from A's")
+            return (result, b)
+        }
+        let (whole, _) = try machineB("machine-b-whole")
+        #expect(whole.stderr.contains("from the remote cache"), "\(whole.stderr.suffix(2000))")
+        #expect(!whole.stderr.contains("fetched ") && !whole.stderr.contains("ttyd: "), "\(whole.stderr.suffix(2000))")
+
+        let key = try #require(a.buildKey)
+        try FileManager.default.removeItem(atPath: cache.data + "/ac/" + key.hex)
+        let (stepwise, _) = try machineB("machine-b-steps")
+        #expect(stepwise.stderr.contains(" 0 compiled, 0 cached, "), "\(stepwise.stderr.suffix(3000))")
+        #expect(!stepwise.stderr.contains(": building for "))
     }
 
     /// The variation harness: every variation this machine can apply, each in a build of its own,
