@@ -10,6 +10,10 @@ import Store
 /// outputs from there, each hashed against the manifest, the volume's tree checked against the
 /// ledger as a local build's is; anything wrong, and the build runs here.
 extension VolumeBuild {
+    /// The most bytes one output may have when a manifest from the cache says so (a volume is
+    /// tens of MB): the manifest is the cache's word, and bounds the downloads.
+    static let largestRemoteOutput: Int64 = 4 << 30
+
     /// The outputs another machine built with this build key, published as a build would; nil on
     /// a miss or anything wrong (said by the cache).
     public func restoreFromRemoteCache(lock: Lockfile) throws -> BuildManifest? {
@@ -18,7 +22,8 @@ extension VolumeBuild {
         let what = "the \(options.target.rawValue) build \(key.hex.prefix(12))"
         guard let document = cache.actionResult(key, what: what) else { return nil }
         guard let manifest = try? JSONDecoder().decode(BuildManifest.self, from: document), manifest.buildKey == key,
-            manifest.outputs.map(\.file) == names(BuildOutput.listedInTheManifest)
+            manifest.outputs.map(\.file) == names(BuildOutput.listedInTheManifest),
+            manifest.outputs.allSatisfy({ $0.size >= 0 && $0.size <= Self.largestRemoteOutput })
         else {
             cache.reject("\(cache.base)/ac/\(key.hex) (\(what)) is not the manifest of this build; ignored")
             return nil
