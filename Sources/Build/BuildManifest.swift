@@ -1,4 +1,5 @@
 import Archive
+import Compile
 import Foundation
 import KrnativeBase
 import Lock
@@ -61,6 +62,8 @@ public struct BuildManifest: Codable, Sendable {
     /// The toolchain ttyd was compiled with (`krnative verify` rebuilds with the same).
     public var toolchain: ToolchainKind?
     public var audit: Audit?
+    /// Where the Python runtime came from (absent in manifests older than the choice: pbs).
+    public var runtime: RuntimeSource?
 
     public func encoded() throws -> Data {
         let encoder = JSONEncoder()

@@ -1,4 +1,5 @@
 import Foundation
+import Compile
 import KrnativeBase
 
 /// The versions a release bumps without touching code: `krunner.json` at the repository root.
@@ -11,6 +12,8 @@ public struct KrunnerConfig: Codable, Sendable, Equatable {
     /// The integer volume version per distro (`krunner-version.{distro}.txt`): bump it when the
     /// volume changes, so agents unpack it anew; `krunner-volumes.json` records what each number holds.
     public var volumeVersions: [String: Int]
+    /// Where the Python runtime comes from (`pbs` when absent); `--runtime` on build overrides it.
+    public var runtime: RuntimeSource?
 
     public static let defaultFileName = "krunner.json"
 

@@ -50,6 +50,7 @@ public struct ReproducibilityCheck: Sendable {
         public var lockPath: String
         public var store: String
         public var toolchain: ToolchainKind
+        public var runtime: RuntimeSource = .pbs
         /// The runs: each a set of variations applied together.
         public var runs: [[Variation]]
         /// Every run gets a fresh store (empty step cache), not just `path` and `user`.
@@ -261,7 +262,7 @@ public struct ReproducibilityCheck: Sendable {
         let source = InputResolver(store: try Store(root: options.store))
         let store = try Store(root: root)
         let lock = try Lockfile.load(from: options.lockPath)
-        for input in VolumeBuild.inputs(of: options.target, in: lock, host: .current, toolchain: options.toolchain) {
+        for input in VolumeBuild.inputs(of: options.target, in: lock, host: .current, toolchain: options.toolchain, runtime: options.runtime) {
             guard let digest = source.located(input) else {
                 throw UsageError("the check needs \(input.name) in the store \(options.store); run `krnative fetch --target \(options.target.rawValue)` first")
             }

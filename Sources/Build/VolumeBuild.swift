@@ -52,6 +52,8 @@ public struct VolumeBuild: Sendable {
         public var remoteCache: RemoteCache?
         /// Told what ttyd's build did, step by step (for `build --all`'s table).
         public var onTtydSteps: (@Sendable (TtydBuild.Report) -> Void)?
+        /// Where the Python runtime comes from: the lock's python-build-standalone archive, or built here.
+        public var runtime: RuntimeSource = .pbs
         public var log: @Sendable (String) -> Void = Reporting.note
 
         public init(target: Target, config: KrunnerConfig, outputDirectory: String, patchesDirectory: String, entryExecutable: String) {
@@ -74,10 +76,23 @@ public struct VolumeBuild: Sendable {
     /// Everything a build of `target` on `host` with `toolchain` needs: the target's runtime,
     /// wheels and sources, the toolchain it compiles with, and — when the target's runtime cannot
     /// run on this host — the host's manylinux runtime of the same Python, to compile the `.pyc`.
-    public static func inputs(of target: Target, in lock: Lockfile, host: HostPlatform, toolchain: ToolchainKind) -> [LockedInput] {
-        let toolchainName = toolchain.lockName(triple: target.ttydTriple, host: host)
-        var needed = lock.inputs(for: [target], host: host).filter { $0.kind != .toolchain || $0.name == toolchainName }
-        if let bytecode = bytecodeTarget(for: target, host: host), bytecode != target {
+    /// With the runtime from source: its sources and Zig instead of any runtime archive.
+    public static func inputs(
+        of target: Target, in lock: Lockfile, host: HostPlatform, toolchain: ToolchainKind, runtime: RuntimeSource = .pbs
+    ) -> [LockedInput] {
+        let toolchainNames =
+            [toolchain.lockName(triple: target.ttydTriple, host: host)]
+            + (runtime == .source ? [ToolchainKind.zig.lockName(triple: "", host: host)] : [])
+        let runtimeOnly = Set(RuntimeRecipe.components).subtracting(TtydRecipe.components)
+        var needed = lock.inputs(for: [target], host: host).filter { input in
+            switch input.kind {
+            case .toolchain: toolchainNames.contains(input.name)
+            case .runtime: runtime == .pbs
+            case .source: runtime == .source || !runtimeOnly.contains(input.name)
+            default: true
+            }
+        }
+        if runtime == .pbs, let bytecode = bytecodeTarget(for: target, host: host), bytecode != target {
             needed += lock.inputs(for: [bytecode], host: host).filter { $0.kind == .runtime }
         }
         return needed
@@ -117,7 +132,7 @@ public struct VolumeBuild: Sendable {
         let stagingDirectory = try StagingDirectory(in: options.outputDirectory)
         defer { stagingDirectory.remove() }
         let staging = stagingDirectory.path
-        let needed = lock.inputs(for: [target], host: .current)
+        let needed = Self.inputs(of: target, in: lock, host: .current, toolchain: options.toolchain, runtime: options.runtime)
         func path(of input: LockedInput) throws -> String {
             guard let path = try resolver.path(of: input) else { throw CompileError.missingInput(name: input.name, lockPath: options.lockPath) }
             return path
@@ -142,10 +157,8 @@ public struct VolumeBuild: Sendable {
         options.log("laying out the \(target.rawValue) volume")
         let prefix = staging + "/volume"
         let layout = VolumeLayout(target: target)
-        guard let runtime = needed.first(where: { $0.kind == .runtime }) else {
-            throw CompileError.missingInput(name: "the runtime of \(target.rawValue)", lockPath: options.lockPath)
-        }
-        try layout.placeRuntime(try path(of: runtime), into: prefix, recordedSize: runtime.size)
+        let (runtimeArchive, runtimeSize) = try runtimeArchive(lock: lock, staging: staging, needed: needed, path: path)
+        try layout.placeRuntime(runtimeArchive, into: prefix, recordedSize: runtimeSize)
         let installer = WheelInstaller(target: target)
         let wheels = needed.filter({ $0.kind == .wheel }).sorted(by: { $0.filename < $1.filename })
         options.log("installing \(wheels.count) wheels into the volume")
@@ -208,6 +221,7 @@ public struct VolumeBuild: Sendable {
         manifest.buildKeyParts = keyParts
         manifest.buildKey = BuildKey.digest(of: keyParts)
         manifest.toolchain = options.toolchain
+        manifest.runtime = options.runtime
         manifest.audit = audit.map { .init(policy: $0.policy, mode: options.auditMode, elfFiles: $0.elfFiles, violations: $0.violations) }
         let sbomName = name(.sbom)
         try FileSystem.writeAtomically(try SBOM.document(for: manifest, name: sbomName), to: staging + "/" + sbomName)
@@ -274,6 +288,7 @@ public struct VolumeBuild: Sendable {
             "toolchain": options.toolchain.rawValue,
             "isolation": options.isolation.rawValue,
             "audit mode": options.auditMode.rawValue,
+            "runtime": options.runtime.rawValue,
             "package version": try options.config.packageVersion(for: options.target),
             "volume version": String(try options.config.volumeVersion(for: options.target)),
             "audit policy": try options.auditPolicy.map { BuildKey.contents(SHA256Digest.of(try encoder.encode($0))) } ?? "none",
@@ -347,6 +362,14 @@ public struct VolumeBuild: Sendable {
         }
         let runner = SandboxRunner(entryExecutable: options.entryExecutable, isolation: options.isolation)
         guard let bytecode = Self.bytecodeTarget(for: options.target, host: .current) else { return }
+        if options.runtime == .source, bytecode != options.target {
+            // The build Python the runtime was cross-compiled with: the same CPython, for this machine.
+            options.log("compiling .pyc with the build Python of the runtime from source")
+            try layout.compileBytecode(
+                in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
+                extraMounts: [.readOnly(staging + "/runtime/build-python", at: "/opt/host-python")], sourceDateEpoch: lock.sourceDateEpoch)
+            return
+        }
         if bytecode == options.target {
             try layout.compileBytecode(in: prefix, runner: runner, sourceDateEpoch: lock.sourceDateEpoch)
             return
@@ -404,5 +427,35 @@ public struct BuildReport: Encodable, Sendable {
         var container = encoder.container(keyedBy: CodingKeys.self)
         try container.encode(rebuildReasons.isEmpty, forKey: .upToDate)
         try container.encode(rebuildReasons, forKey: .rebuildReasons)
+    }
+}
+
+extension VolumeBuild {
+    /// The runtime archive of the target and the size it may unpack from: the lock's, or (with
+    /// `runtime: source`) one built here into `staging/runtime`, beside the build Python that
+    /// compiles the `.pyc`.
+    func runtimeArchive(
+        lock: Lockfile, staging: String, needed: [LockedInput], path: (LockedInput) throws -> String
+    ) throws -> (path: String, size: Int64?) {
+        guard options.runtime == .source else {
+            guard let runtime = needed.first(where: { $0.kind == .runtime }) else {
+                throw CompileError.missingInput(name: "the runtime of \(options.target.rawValue)", lockPath: options.lockPath)
+            }
+            return (try path(runtime), runtime.size)
+        }
+        var runtimeOptions = RuntimeBuild.Options(
+            target: options.target, patchesDirectory: options.patchesDirectory, outputDirectory: staging + "/runtime",
+            entryExecutable: options.entryExecutable)
+        runtimeOptions.jobs = options.jobs
+        runtimeOptions.buildPythonDirectory = staging + "/runtime/build-python"
+        runtimeOptions.settings.isolation = options.isolation
+        runtimeOptions.settings.lockPath = options.lockPath
+        runtimeOptions.settings.remoteCache = options.remoteCache
+        runtimeOptions.settings.jobs = options.jobs
+        runtimeOptions.settings.log = options.log
+        let report = try RuntimeBuild(options: runtimeOptions, resolver: resolver).run(lock: lock)
+        guard let archive = report.archive else { throw CompileError.noOutput(path: staging + "/runtime") }
+        let file = staging + "/runtime/" + archive
+        return (file, try SHA256Digest.of(fileAt: file).size)
     }
 }

@@ -30,13 +30,19 @@ public struct BuildStep: Sendable, Codable, Equatable {
     public var component: String
     public var commands: [[String]]
     public var environment: [String: String]
-    /// Where and why this step differs from ttyd's `scripts/cross-build.sh`.
+    /// Where and why this step differs from its upstream recipe.
     public var adaptation: String?
+    /// The directory under `src/` it builds in, when not the component's name (a source built twice).
+    public var directory: String? = nil
+
+    /// The step's name: its directory under `src/`, its log, its line in the report.
+    public var name: String { directory ?? component }
 }
 
 /// ttyd 1.7.7's `scripts/cross-build.sh` as a value: zlib, json-c, libuv, mbedtls,
 /// libwebsockets (patched), then ttyd — static, `-Os`, sections garbage-collected, stripped.
-public struct TtydRecipe: Sendable {
+public struct TtydRecipe: Recipe {
+    public var seed: String { "krnative ttyd recipe v1" }
     public var layout: BuildLayout
     public var triple: String
     public var jobs: Int

@@ -35,6 +35,11 @@ struct BuildCommand: ParsableCommand {
     @Flag(help: "Record the volume in the ledger when its number is not there yet; a recorded number is never changed.")
     var recordVolume = false
     @Option(help: "zig or musl-cross (x86_64 hosts only). Default: zig.") var toolchain: ToolchainKind?
+    @Option(
+        help:
+            "pbs: python-build-standalone's archive from the lock; source: CPython compiled here from the lock's sources. Default: krunner.json's runtime, else pbs."
+    )
+    var runtime: RuntimeSource?
     @Option(help: "namespaces, or none to build without isolation (recorded in the manifest). Default: namespaces; env KRNATIVE_SANDBOX.")
     var sandbox: Isolation?
     @Option(help: "enforce: a volume that breaks its target's policy fails the build; report: print and record it in the manifest. Default: enforce.")
@@ -102,10 +107,11 @@ struct BuildCommand: ParsableCommand {
     func build(_ target: Target, lock: Lockfile, store: Store, remoteCache: RemoteCache?, steps: StepCounts? = nil) throws {
         let started = Date()
         let toolchain = toolchain ?? Toolchain.defaultKind(for: .current)
+        let krunner = try KrunnerConfig.load(from: config)
         var options = VolumeBuild.Options(
-            target: target, config: try KrunnerConfig.load(from: config), outputDirectory: out, patchesDirectory: patches,
-            entryExecutable: currentExecutable)
+            target: target, config: krunner, outputDirectory: out, patchesDirectory: patches, entryExecutable: currentExecutable)
         options.toolchain = toolchain
+        options.runtime = runtime ?? krunner.runtime ?? .pbs
         options.isolation = try Isolation.chosen(sandbox)
         options.lockPath = inputs.lockPath
         options.toolVersion = KrnativeVersion.current
@@ -145,7 +151,8 @@ struct BuildCommand: ParsableCommand {
                 manifest = restored
             } else {
                 _ = try fetchInputs(
-                    VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs, network: network,
+                    VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain, runtime: options.runtime),
+                    inputs: inputs, network: network,
                     json: false, remoteCache: remoteCache, summary: say)
                 manifest = try build.run(lock: lock)
                 try build.uploadToRemoteCache(manifest)
@@ -167,12 +174,13 @@ struct BuildCommand: ParsableCommand {
             buildArguments: [
                 "--lock", absolute(inputs.lockPath), "--config", absolute(config), "--patches", absolute(patches),
                 "--policy", absolute(policy), "--audit", audit.rawValue, "--toolchain", toolchain.rawValue,
-                "--sandbox", options.isolation.rawValue,
+                "--sandbox", options.isolation.rawValue, "--runtime", options.runtime.rawValue,
                 // The runs are compared with the reference build, which was checked against the ledger.
                 "--ledger", "none",
             ],
             lockPath: absolute(inputs.lockPath), store: absolute(inputs.storePath), toolchain: toolchain, runs: runs)
         checkOptions.freshSteps = freshSteps
+        checkOptions.runtime = options.runtime
         checkOptions.keep = keep
         checkOptions.user = checkUser
         checkOptions.compileJobs = options.jobs
@@ -238,6 +246,7 @@ extension Error {
 }
 
 extension AuditMode: ExpressibleByArgument {}
+extension RuntimeSource: ExpressibleByArgument {}
 
 extension BuildCommand {
     var out: String { inputs.project.file(outOption, default: "out") }

@@ -106,12 +106,13 @@ struct VerifyCommand: ParsableCommand {
                 target: target, config: config, outputDirectory: out, patchesDirectory: patches, entryExecutable: currentExecutable)
             options.toolchain = toolchain
             options.isolation = published.isolation
+            options.runtime = published.runtime ?? .pbs
             options.lockPath = inputs.lockPath
             options.toolVersion = KrnativeVersion.current
             options.auditPolicy = try AuditPolicy.load(from: policy)
             options.auditMode = published.audit?.mode ?? .enforce
             _ = try fetchInputs(
-                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain), inputs: inputs,
+                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain, runtime: options.runtime), inputs: inputs,
                 network: try NetworkOptions.parse(["--offline"]), json: false,
                 summary: Reporting.note)
             let build = VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath)))

@@ -48,3 +48,32 @@ extension Trait where Self == ConditionTrait {
         )
     }
 }
+
+extension Machine {
+    /// Debian's upstream tarballs of CPython and its libraries (`scripts/debian-sources`), by the
+    /// runtime recipe's component names.
+    static let runtimeSources: [String: (file: String, version: String)] = {
+        guard let directory = ProcessInfo.processInfo.environment["KRNATIVE_TEST_SOURCES"],
+            let names = try? FileManager.default.contentsOfDirectory(atPath: directory)
+        else { return [:] }
+        // With the versions scripts/debian-sources pins: the directory may hold others.
+        let packages = [
+            "cpython": "python3.13_3.13.15", "zlib": "zlib_1.3", "bzip2": "bzip2_1.0.8", "xz": "xz-utils_5.8.1", "libffi": "libffi_3.4.4",
+            "util-linux": "util-linux_2.41.5", "ncurses": "ncurses_6.5+", "readline": "readline_8.2", "sqlite": "sqlite3_3.46.1",
+            "openssl": "openssl_3.5.7",
+        ]
+        var found: [String: (String, String)] = [:]
+        for (component, prefix) in packages {
+            guard let name = names.first(where: { $0.hasPrefix(prefix) && $0.contains(".orig.tar.") && !$0.hasSuffix(".asc") }) else { continue }
+            let package = prefix.prefix { $0 != "_" } + "_"
+            var version = name.dropFirst(package.count).components(separatedBy: ".orig").first ?? ""
+            if let really = version.range(of: "really") { version = String(version[really.upperBound...]) }
+            version = version.components(separatedBy: "+").first ?? version
+            found[component] = (directory + "/" + name, version)
+        }
+        return found
+    }()
+
+    /// All ten sources of the runtime recipe, and the sandbox.
+    static var canCompileRuntime: Bool { runtimeSources.count == 10 && userNamespaces }
+}

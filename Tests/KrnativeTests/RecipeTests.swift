@@ -72,3 +72,80 @@ struct RecipeTests {
         #expect(ToolchainKind.zig.lockName(triple: "aarch64-linux-musl", host: .init(arch: .aarch64)) == "zig-aarch64-linux")
     }
 }
+
+/// The runtime recipe is a value too: its steps, flags and answers, checked without compiling.
+@Suite("runtime recipe")
+struct RuntimeRecipeTests {
+    func recipe(_ target: Target) -> RuntimeRecipe { RuntimeRecipe(layout: .sandboxed, target: target, buildArch: .x86_64, jobs: 2) }
+    func step(_ name: String, of target: Target = .musllinuxX86_64) -> BuildStep { recipe(target).steps.first { $0.name == name }! }
+
+    @Test func buildPythonFirstThenTheLibrariesThenCPython() {
+        let steps = recipe(.musllinuxAarch64).steps
+        #expect(steps.map(\.name) == ["cpython-build", "zlib", "bzip2", "xz", "libffi", "util-linux", "ncurses", "readline", "sqlite", "openssl", "cpython"])
+        #expect(Set(steps.map(\.component)) == Set(RuntimeRecipe.components))
+        #expect(steps.allSatisfy { $0.adaptation != nil }, "every step says why it is built as it is")
+        // The build Python is compiled for this machine, never the target, and used by the cross build.
+        #expect(step("cpython-build").environment["CC"] == "/build/wrappers/build-cc")
+        #expect(step("cpython-build").commands[0].contains("--prefix=/build/stage/build-python"))
+        let configure = step("cpython", of: .musllinuxAarch64).commands[0]
+        #expect(configure.contains("--with-build-python=/build/stage/build-python/bin/python3.13"))
+        #expect(configure.contains("--build=x86_64-pc-linux-gnu") && configure.contains("--host=aarch64-pc-linux-musl"))
+    }
+
+    @Test func zigTriplesAreManylinux2014GlibcAndMusl() {
+        #expect(RuntimeRecipe.zigTriple(for: .manylinuxX86_64) == "x86_64-linux-gnu.2.17")
+        #expect(RuntimeRecipe.zigTriple(for: .manylinuxAarch64) == "aarch64-linux-gnu.2.17")
+        #expect(RuntimeRecipe.zigTriple(for: .musllinuxX86_64) == "x86_64-linux-musl")
+        #expect(RuntimeRecipe.zigTriple(for: .musllinuxAarch64) == "aarch64-linux-musl")
+        #expect(RuntimeBuild.archiveName(for: .musllinuxX86_64, version: "3.13.15") == "cpython-3.13.15-x86_64-linux-musl-krnative-install_only_stripped.tar.xz")
+    }
+
+    @Test func librariesAreStaticPositionIndependentAndInTheDepsPrefix() {
+        for name in ["xz", "libffi", "util-linux", "ncurses", "readline", "sqlite"] {
+            let configure = step(name).commands[0]
+            #expect(configure.contains("--disable-shared") && configure.contains("--enable-static"), "\(name)")
+            #expect(configure.contains("--prefix=/build/stage/deps"), "\(name)")
+            #expect(step(name).environment["CFLAGS"]?.contains("-fPIC") == true, "\(name)")
+            #expect(step(name).environment["CC"] == "/build/wrappers/cc", "\(name)")
+        }
+        #expect(step("util-linux").commands[0].contains("--enable-libuuid") && step("util-linux").commands[0].contains("--disable-all-programs"))
+        #expect(step("ncurses").commands[0].contains("--enable-widec"))
+        #expect(step("zlib").commands[0] == ["./configure", "--static", "--prefix=/build/stage/deps"])
+    }
+
+    @Test func opensslLooksForCertificatesWhereTheTargetSystemKeepsThem() {
+        let musl = step("openssl").commands[0]
+        #expect(musl.contains("--openssldir=/etc/ssl") && musl.contains("no-shared") && musl.contains("linux-x86_64"))
+        #expect(musl.contains("no-async"), "musl has no makecontext")
+        let gnu = step("openssl", of: .manylinuxAarch64).commands[0]
+        #expect(gnu.contains("linux-aarch64") && !gnu.contains("no-async"))
+    }
+
+    @Test func cpythonIsSharedWithItsLibrariesNamedAndTheCrossAnswersGiven() {
+        let cpython = step("cpython")
+        let configure = cpython.commands[0]
+        for option in ["--enable-shared", "--prefix=/install", "--with-openssl=/build/stage/deps", "--with-ensurepip=no", "--without-system-expat",
+            "--without-system-libmpdec", "ac_cv_file__dev_ptmx=yes", "ac_cv_file__dev_ptc=no"] {
+            #expect(configure.contains(option), "\(option)")
+        }
+        #expect(cpython.environment["LDFLAGS"]?.contains("-Wl,-rpath,\\$$ORIGIN/../lib") == true)
+        #expect(cpython.environment["READLINE_LIBS"] == "-L/build/stage/deps/lib -lreadline -lncursesw")
+        #expect(cpython.commands.last == ["make", "-j2", "install", "DESTDIR=/build/stage/runtime"])
+        #expect(step("cpython", of: .manylinuxX86_64).environment["LIBSQLITE3_LIBS"]?.hasSuffix("-lpthread -ldl -lm") == true, "glibc 2.17 keeps them apart")
+    }
+
+    @Test func theTtydStepsKeepTheirCacheKeys() throws {
+        // `directory` is new and absent from ttyd's steps: their JSON, so their keys, are as before.
+        let ttyd = TtydRecipe(layout: .sandboxed, triple: "x86_64-linux-musl", jobs: 2, versions: [:])
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let json = String(decoding: try encoder.encode(ttyd.steps[0]), as: UTF8.self)
+        #expect(!json.contains("directory"))
+        #expect(ttyd.seed == "krnative ttyd recipe v1")
+        let tree = SHA256Digest.of(Data("tree".utf8))
+        let base = StepRunner.cacheKey(previous: tree, step: ttyd.steps[0], tree: tree, patches: [])
+        var renamed = ttyd.steps[0]
+        renamed.directory = "zlib-again"
+        #expect(StepRunner.cacheKey(previous: tree, step: renamed, tree: tree, patches: []) != base)
+    }
+}

@@ -1,0 +1,180 @@
+import Foundation
+import KrnativeBase
+
+/// CPython 3.13 and the libraries python-build-standalone links into it, from source, as a value:
+/// first a Python for the build machine (the cross build runs it), then zlib, bzip2, xz, libffi,
+/// libuuid, ncurses, readline, SQLite and OpenSSL as static, position-independent archives under
+/// `stage/deps`, then CPython for the target (`--enable-shared`, the extension modules in
+/// `lib-dynload` with those archives linked in), installed under `stage/runtime/install`.
+public struct RuntimeRecipe: Recipe {
+    public var layout: BuildLayout
+    public var target: Target
+    /// The architecture of the machine that builds (and runs the build Python).
+    public var buildArch: Architecture
+    public var jobs: Int
+
+    public init(layout: BuildLayout, target: Target, buildArch: Architecture, jobs: Int) {
+        self.layout = layout
+        self.target = target
+        self.buildArch = buildArch
+        self.jobs = jobs
+    }
+
+    public var seed: String { "krnative runtime recipe v1" }
+
+    /// The lock's source entries, in build order (`cpython` is built twice).
+    public static let components = ["cpython", "zlib", "bzip2", "xz", "libffi", "util-linux", "ncurses", "readline", "sqlite", "openssl"]
+
+    /// Zig's target for `target`: manylinux2014's glibc, or musl (dynamic, so musllinux wheels load).
+    public static func zigTriple(for target: Target) -> String {
+        "\(target.arch.rawValue)-linux-" + (target.libc == .gnu ? "gnu.2.17" : "musl")
+    }
+
+    /// The autoconf names of the build machine and the target.
+    var buildTriple: String { "\(buildArch.rawValue)-pc-linux-gnu" }
+    var hostTriple: String { "\(target.arch.rawValue)-pc-linux-" + (target.libc == .gnu ? "gnu" : "musl") }
+
+    public var deps: String { layout.stage + "/deps" }
+    public var buildPython: String { layout.stage + "/build-python" }
+    /// Where `make install` puts the target's CPython (its prefix is `/install`, as python-build-standalone's).
+    public var installRoot: String { layout.stage + "/runtime" }
+
+    var reproducibleFlags: String { "-ffile-prefix-map=\(layout.build)=/build" }
+
+    /// What every library step compiles with: the target wrappers, PIC, the deps prefix.
+    var environment: [String: String] {
+        let wrappers = layout.wrappers
+        return [
+            "CC": wrappers + "/cc", "CXX": wrappers + "/c++", "AR": wrappers + "/ar", "RANLIB": wrappers + "/ranlib",
+            "CFLAGS": "-O2 -fPIC \(reproducibleFlags)", "CPPFLAGS": "-I\(deps)/include", "LDFLAGS": "-L\(deps)/lib",
+            "PKG_CONFIG_LIBDIR": deps + "/lib/pkgconfig", "PKG_CONFIG_PATH": "",
+        ]
+    }
+
+    func make(_ targets: String...) -> [String] { ["make", "-j\(jobs)"] + targets }
+
+    /// An autoconf library: static only, for the target, into the deps prefix.
+    func autoconf(_ component: String, _ options: [String], environment extra: [String: String] = [:], adaptation: String) -> BuildStep {
+        let configure = ["./configure", "--build=\(buildTriple)", "--host=\(hostTriple)", "--prefix=\(deps)", "--disable-shared", "--enable-static"]
+        return BuildStep(
+            component: component, commands: [configure + options, make(), make("install")],
+            environment: environment.merging(extra) { $1 }, adaptation: adaptation)
+    }
+
+    public var steps: [BuildStep] {
+        [buildPythonStep] + libraries + [cpythonStep]
+    }
+
+    /// CPython for the build machine, with Zig for it (`build-cc`), installed at `stage/build-python`.
+    var buildPythonStep: BuildStep {
+        let wrappers = layout.wrappers
+        return BuildStep(
+            component: "cpython",
+            commands: [
+                ["./configure", "--prefix=\(buildPython)", "--without-ensurepip", "--disable-test-modules"], make(), make("install"),
+            ],
+            environment: [
+                "CC": wrappers + "/build-cc", "CXX": wrappers + "/build-c++", "AR": wrappers + "/build-ar",
+                "RANLIB": wrappers + "/build-ranlib", "CFLAGS": "-O2 \(reproducibleFlags)",
+            ],
+            adaptation: "the build Python (--with-build-python) comes from the same source, compiled by Zig for the build machine, never a host Python",
+            directory: "cpython-build")
+    }
+
+    var libraries: [BuildStep] {
+        let wrappers = layout.wrappers
+        let flags = environment["CFLAGS"]!
+        return [
+            BuildStep(
+                component: "zlib",
+                commands: [["./configure", "--static", "--prefix=\(deps)"], make("install")],
+                environment: environment.merging(["CHOST": target.arch.rawValue + "-linux"]) { $1 },
+                adaptation: "zlib's own configure (not autoconf): static, CHOST names the target"),
+            BuildStep(
+                component: "bzip2",
+                commands: [
+                    make("install", "PREFIX=\(deps)", "CC=\(wrappers)/cc", "AR=\(wrappers)/ar", "RANLIB=\(wrappers)/ranlib",
+                        "CFLAGS=\(flags) -D_FILE_OFFSET_BITS=64")
+                ],
+                environment: environment,
+                adaptation: "bzip2's Makefile takes CC/AR/CFLAGS on the command line; `install` does not run its tests (they would need the target)"),
+            autoconf(
+                "xz",
+                ["--disable-xz", "--disable-xzdec", "--disable-lzmadec", "--disable-lzmainfo", "--disable-lzma-links", "--disable-scripts", "--disable-doc", "--disable-nls"],
+                adaptation: "liblzma only: the xz programs are not part of the runtime"),
+            autoconf("libffi", ["--disable-docs", "--disable-multi-os-directory", "--with-pic"], adaptation: "lib/, not lib64/; no docs"),
+            autoconf(
+                "util-linux",
+                ["--disable-all-programs", "--enable-libuuid", "--without-systemd", "--without-udev", "--without-python", "--disable-nls", "--disable-bash-completion", "--disable-asciidoc"],
+                adaptation: "libuuid only"),
+            autoconf(
+                "ncurses",
+                [
+                    "--with-build-cc=\(wrappers)/build-cc", "--without-shared", "--with-normal", "--without-debug", "--without-ada", "--without-cxx",
+                    "--without-cxx-binding", "--without-manpages", "--without-tests", "--without-progs", "--enable-widec", "--enable-pc-files",
+                    "--with-pkg-config-libdir=\(deps)/lib/pkgconfig", "--disable-db-install", "--with-default-terminfo-dir=/usr/share/terminfo",
+                    "--with-terminfo-dirs=/etc/terminfo:/lib/terminfo:/usr/share/terminfo", "--disable-stripping",
+                ],
+                adaptation: "wide-character ncursesw, static; the terminal database is the target system's (/etc/terminfo, /lib/terminfo, /usr/share/terminfo), as python-build-standalone's default search path"),
+            autoconf("readline", ["--with-curses"], adaptation: "static, over ncursesw"),
+            autoconf(
+                "sqlite", ["--disable-tcl", "--enable-threadsafe", "--disable-readline", "--disable-editline"],
+                environment: [
+                    "BUILD_CC": wrappers + "/build-cc",
+                    "CFLAGS": flags + " " + Self.sqliteFeatures.map { "-DSQLITE_\($0)" }.joined(separator: " "),
+                ],
+                adaptation: "the amalgamation is generated with the build machine's tclsh and build-cc; the feature set is python-build-standalone's"),
+            BuildStep(
+                component: "openssl",
+                commands: [
+                    [
+                        "perl", "./Configure", "linux-\(target.arch.rawValue)", "--prefix=\(deps)", "--libdir=lib", "--openssldir=/etc/ssl", "no-shared",
+                        "no-tests", "no-legacy", "no-docs", "no-engine",
+                    ] + (target.libc == .musl ? ["no-async"] : []) + ["-fPIC", reproducibleFlags],
+                    make("build_libs"), ["make", "install_dev"],
+                ],
+                environment: environment.filter { !["CFLAGS", "CPPFLAGS", "LDFLAGS"].contains($0.key) },
+                adaptation: "OPENSSLDIR=/etc/ssl, so ssl finds the target system's CA certificates; libraries and headers only; musl has no makecontext (no-async)"),
+        ]
+    }
+
+    static let sqliteFeatures = [
+        "ENABLE_FTS3", "ENABLE_FTS3_PARENTHESIS", "ENABLE_FTS4", "ENABLE_FTS5", "ENABLE_RTREE", "ENABLE_GEOPOLY", "ENABLE_DBSTAT_VTAB",
+        "ENABLE_MATH_FUNCTIONS", "ENABLE_COLUMN_METADATA", "ENABLE_LOAD_EXTENSION",
+    ]
+
+    /// Answers for the checks configure cannot run when cross-compiling (python-build-standalone's).
+    static let configSite = [
+        "ac_cv_file__dev_ptmx=yes", "ac_cv_file__dev_ptc=no", "ac_cv_buggy_getaddrinfo=no", "ac_cv_working_tzset=yes", "ac_cv_pthread=yes",
+        "ac_cv_aligned_required=no", "ac_cv_broken_sem_getvalue=no",
+    ]
+
+    /// CPython for the target, found libraries named explicitly (no host pkg-config answers).
+    var cpythonStep: BuildStep {
+        let lib = "-L\(deps)/lib"
+        let extra = target.libc == .gnu ? " -lpthread -ldl -lm" : ""
+        let modules: [String: String] = [
+            "LIBFFI_CFLAGS": "-I\(deps)/include", "LIBFFI_LIBS": "\(lib) -lffi",
+            "LIBSQLITE3_CFLAGS": "-I\(deps)/include", "LIBSQLITE3_LIBS": "\(lib) -lsqlite3" + extra,
+            "ZLIB_CFLAGS": "-I\(deps)/include", "ZLIB_LIBS": "\(lib) -lz",
+            "BZIP2_CFLAGS": "-I\(deps)/include", "BZIP2_LIBS": "\(lib) -lbz2",
+            "LIBLZMA_CFLAGS": "-I\(deps)/include", "LIBLZMA_LIBS": "\(lib) -llzma" + extra,
+            "LIBUUID_CFLAGS": "-I\(deps)/include/uuid", "LIBUUID_LIBS": "\(lib) -luuid",
+            "CURSES_CFLAGS": "-I\(deps)/include/ncursesw", "CURSES_LIBS": "\(lib) -lncursesw",
+            "PANEL_CFLAGS": "-I\(deps)/include/ncursesw", "PANEL_LIBS": "\(lib) -lpanelw -lncursesw",
+            "READLINE_CFLAGS": "-I\(deps)/include", "READLINE_LIBS": "\(lib) -lreadline -lncursesw",
+        ]
+        var environment = self.environment.merging(modules) { $1 }
+        // `\$$ORIGIN`: make turns `$$` into `$`, the shell's backslash keeps `$ORIGIN` for the linker.
+        environment["LDFLAGS"] = "\(lib) -Wl,-rpath,\\$$ORIGIN/../lib"
+        let configure =
+            [
+                "./configure", "--build=\(buildTriple)", "--host=\(hostTriple)", "--prefix=/install", "--enable-shared", "--without-static-libpython",
+                "--with-build-python=\(buildPython)/bin/python3.13", "--with-openssl=\(deps)", "--with-openssl-rpath=no", "--with-ensurepip=no",
+                "--disable-test-modules", "--with-readline=readline", "--without-system-expat", "--without-system-libmpdec",
+            ] + Self.configSite
+        return BuildStep(
+            component: "cpython", commands: [configure, make(), make("install", "DESTDIR=\(installRoot)")], environment: environment,
+            adaptation: "extension modules are shared objects in lib-dynload (python-build-standalone links them into libpython); their C libraries are linked in statically all the same")
+    }
+}

@@ -1,0 +1,290 @@
+import Archive
+import Fetch
+import Foundation
+import KrnativeBase
+import Lock
+import Patch
+import Sandbox
+import Store
+import Toolchain
+
+/// A build as a value: its steps in order, and what seeds the first step's cache key.
+public protocol Recipe: Sendable {
+    /// Names the recipe and its version in the first key (with the toolchain's identity).
+    var seed: String { get }
+    var steps: [BuildStep] { get }
+}
+
+/// Runs a recipe's steps in the sandbox, one lock source each, with each step's install tree
+/// (`stage/`) cached in the store (`steps/<key>`) by the hash of everything that went in: the
+/// previous step's key, the step's commands and environment, the source tree and the patches.
+public struct StepRunner: Sendable {
+    public struct Settings: Sendable {
+        public var isolation: Isolation = .namespaces
+        /// The krnative executable that runs inside the sandbox.
+        public var entryExecutable: String
+        public var patchesDirectory: String
+        /// Compile every step even when the step cache has its result (the result is cached again).
+        public var rebuild = false
+        /// Unpack and patch every source into the work directory, and compile nothing.
+        public var prepareOnly = false
+        /// Stop after the step that builds this directory (or component).
+        public var stopAfter: String?
+        public var lockPath = Lockfile.defaultFileName
+        /// Where step results not in the local step cache are looked for, and (when it allows
+        /// uploads) where compiled ones go.
+        public var remoteCache: RemoteCache?
+        /// Threads for packing step results uploaded to the remote cache.
+        public var jobs = ProcessInfo.processInfo.activeProcessorCount
+        public var log: @Sendable (String) -> Void = Reporting.note
+
+        public init(entryExecutable: String, patchesDirectory: String) {
+            self.entryExecutable = entryExecutable
+            self.patchesDirectory = patchesDirectory
+        }
+    }
+
+    public struct Source: Sendable, Codable, Equatable {
+        public var name: String
+        public var version: String
+        public var treeSha256: SHA256Digest
+        public var fileSha256: SHA256Digest
+    }
+    public struct Step: Sendable, Codable {
+        public var component: String
+        public var key: SHA256Digest
+        public var cached: Bool
+        /// The result came from the remote cache (`cached` is true then too).
+        public var remote: Bool?
+        public var seconds: Double
+        public var adaptation: String?
+    }
+    /// What the steps used and did.
+    public struct Outcome: Sendable {
+        public var sources: [Source] = []
+        public var patches: [AppliedPatch] = []
+        public var steps: [Step] = []
+        /// The run ended at `stopAfter` or after preparing only: there is no finished install tree.
+        public var stoppedEarly = false
+    }
+
+    /// How many steps were compiled, taken from the step cache, and from the remote cache.
+    public static func counts(_ steps: [Step]) -> (compiled: Int, cached: Int, remote: Int) {
+        let remote = steps.filter { $0.remote == true }.count
+        let cached = steps.filter(\.cached).count - remote
+        return (steps.count - cached - remote, cached, remote)
+    }
+
+    /// Where one build happens: the host's work directory and Zig cache, and the paths the steps see.
+    public struct Workspace: Sendable {
+        public var work: String
+        public var layout: BuildLayout
+        public var toolchain: Toolchain
+        public var zigCache: String
+        public var stage: String { work + "/stage" }
+    }
+
+    public let settings: Settings
+    public let resolver: InputResolver
+
+    public init(settings: Settings, resolver: InputResolver) {
+        self.settings = settings
+        self.resolver = resolver
+    }
+
+    var store: Store { resolver.store }
+
+    /// Runs `body` in `directory`, or in a fresh temporary one removed afterwards (unless `keep`);
+    /// a failed build's directory is kept and named.
+    public func withWorkDirectory<T>(_ directory: String?, name: String, keep: Bool, _ body: (String) throws -> T) throws -> T {
+        let work = directory ?? store.temporaryPath(name)
+        try FileSystem.createDirectory(work)
+        do {
+            let result = try body(work)
+            if directory == nil && !keep { FileSystem.remove(work) }
+            return result
+        } catch {
+            settings.log("the work directory is kept for inspection: \(work) (logs/ has each step's output)")
+            throw error
+        }
+    }
+
+    /// Unpacks the toolchain archive once into the store (`toolchains/<sha256>/`), with its tree
+    /// hash beside it for `store verify`.
+    public func unpackToolchain(_ kind: ToolchainKind, host: HostPlatform, lock: Lockfile, triple: String) throws -> Toolchain {
+        let name = kind.lockName(triple: triple, host: host)
+        guard let input = lock[name], let digest = resolver.located(input) else {
+            throw CompileError.missingInput(name: name, lockPath: settings.lockPath)
+        }
+        let root = store.item(.toolchains, digest.hex)
+        if !FileSystem.exists(root) {
+            let entryLock = try store.lock("toolchain-\(digest.hex)")
+            defer { entryLock.unlock() }
+            if !FileSystem.exists(root) {
+                let temp = store.temporaryPath("toolchain")
+                settings.log("unpacking \(input.name) \(input.version)")
+                try SafeExtractor(stripComponents: kind.stripComponents, limits: .forArchive(recordedSize: input.size))
+                    .extract(try store.verifiedPath(for: digest), into: temp)
+                if kind == .zig { chmod(temp + "/ziglang/zig", 0o755) }  // wheels may not keep the mode
+                try FileSystem.createDirectory(store.directory(.toolchains))
+                try store.complete(.toolchains, digest.hex, from: temp, treeHash: TreeHash.ofDirectory(at:))
+            }
+        }
+        return Toolchain(kind: kind, version: input.version, archiveSha256: digest, triple: triple, hostRoot: root)
+    }
+
+    /// The layout the steps see, the compiler wrappers and the CMake toolchain file in `work`;
+    /// with `buildTriple`, also `build-cc`, `build-ar`, … that compile for the build machine.
+    public func prepare(_ toolchain: Toolchain, work: String, buildTriple: String? = nil) throws -> Workspace {
+        let zigCache = store.item(.zigCache, "\(toolchain.version)-\(toolchain.triple)")
+        try FileSystem.createDirectory(zigCache)
+        let layout =
+            settings.isolation == .namespaces
+            ? BuildLayout.sandboxed : BuildLayout(build: work, toolchain: toolchain.hostRoot, zigCache: zigCache)
+        var inLayout = toolchain
+        inLayout.hostRoot = layout.toolchain
+        try FileSystem.createDirectory(work + "/wrappers")
+        var wrappers = inLayout.wrappers(root: layout.toolchain)
+        if let buildTriple {
+            var native = inLayout
+            native.triple = buildTriple
+            for (name, script) in native.wrappers(root: layout.toolchain) { wrappers["build-" + name] = script }
+        }
+        for (name, script) in wrappers {
+            try FileSystem.writeAtomically(Data(script.utf8), to: work + "/wrappers/" + name, mode: 0o755)
+        }
+        let file = inLayout.cmakeToolchainFile(wrappers: layout.wrappers, stage: layout.stage)
+        try FileSystem.writeAtomically(Data(file.utf8), to: work + "/toolchain.cmake")
+        try FileSystem.createDirectory(work + "/stage")
+        return Workspace(work: work, layout: layout, toolchain: toolchain, zigCache: zigCache)
+    }
+
+    /// Runs `recipe`'s steps in `space`, each from its cache when it is there.
+    public func run(_ recipe: some Recipe, lock: Lockfile, in space: Workspace) throws -> Outcome {
+        var outcome = Outcome()
+        var previousKey = SHA256Digest.of(Data("\(recipe.seed) \(space.toolchain.identity)".utf8))
+        let runner = SandboxRunner(entryExecutable: settings.entryExecutable, isolation: settings.isolation)
+        let remoteSteps = settings.remoteCache.map { RemoteSteps(cache: $0, store: store, log: settings.log) }
+        for step in recipe.steps {
+            guard let input = lock[step.component], input.kind == .source, let tree = input.treeSha256,
+                let archive = try resolver.path(of: input)
+            else { throw CompileError.missingInput(name: step.component, lockPath: settings.lockPath) }
+            let patches = try SourcePatch.series(for: step.component, in: settings.patchesDirectory).filter { $0.applies(to: input.version) }
+            let key = Self.cacheKey(previous: previousKey, step: step, tree: tree, patches: patches)
+            let source = Source(name: input.name, version: input.version, treeSha256: tree, fileSha256: resolver.located(input)!)
+            if !outcome.sources.contains(source) { outcome.sources.append(source) }
+            let started = Date()
+            let cached = store.item(.steps, key.hex)
+            let mayReuse = !settings.rebuild && !settings.prepareOnly
+            let fromRemote = mayReuse && !FileSystem.exists(cached) && remoteSteps?.restore(key, component: step.name) == true
+            let wasCached = mayReuse && FileSystem.exists(cached)
+            if wasCached {
+                FileSystem.remove(space.stage)
+                try FileManager.default.copyItem(atPath: cached, toPath: space.stage)
+                outcome.patches += patches.map(\.summary)
+                settings.log("\(step.name) \(input.version): \(fromRemote ? "from the remote cache" : "cached") (\(key.hex.prefix(12)))")
+                // A result made before uploads were asked for reaches the cache too.
+                if !fromRemote, let remoteSteps, remoteSteps.cache.upload, !remoteSteps.cache.hasActionResult(key) {
+                    remoteSteps.upload(cached, key: key, component: step.name, epoch: lock.sourceDateEpoch, threads: settings.jobs)
+                }
+            } else {
+                let verb = settings.prepareOnly ? "preparing" : "building"
+                settings.log("\(step.name) \(input.version): \(verb) for \(space.toolchain.triple) with \(space.toolchain.kind.rawValue)")
+                let directory = space.work + "/src/" + step.name
+                FileSystem.remove(directory)
+                try SafeExtractor(stripComponents: 1, limits: .forArchive(recordedSize: input.size)).extract(archive, into: directory)
+                // What was extracted is what the lock pins, before any patch touches it.
+                let extracted = try TreeHash.ofDirectory(at: directory)
+                guard extracted == tree else {
+                    throw CompileError.treeMismatch(component: step.component, archive: archive, expected: tree, actual: extracted)
+                }
+                outcome.patches += try PatchApplier().apply(patches, to: directory, version: input.version)
+                if !settings.prepareOnly {
+                    try runCommands(step, in: space, runner: runner, epoch: lock.sourceDateEpoch)
+                    try snapshot(space.stage, as: key)
+                    remoteSteps?.upload(cached, key: key, component: step.name, epoch: lock.sourceDateEpoch, threads: settings.jobs)
+                }
+            }
+            if settings.prepareOnly { continue }
+            outcome.steps.append(
+                .init(
+                    component: step.name, key: key, cached: wasCached, remote: fromRemote ? true : nil,
+                    seconds: Date().timeIntervalSince(started), adaptation: step.adaptation))
+            previousKey = key
+            if step.name == settings.stopAfter || step.component == settings.stopAfter {
+                outcome.stoppedEarly = true
+                return outcome
+            }
+        }
+        outcome.stoppedEarly = settings.prepareOnly
+        return outcome
+    }
+
+    /// The key of a step's install tree: the previous step's key (so a change below rebuilds
+    /// everything above it), the step's commands and environment, the source tree, the patches.
+    public static func cacheKey(previous: SHA256Digest, step: BuildStep, tree: SHA256Digest, patches: [SourcePatch]) -> SHA256Digest {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var material = Data("\(previous.hex)\n\(tree.hex)\n".utf8)
+        material += (try? encoder.encode(step)) ?? Data()
+        for patch in patches { material += Data("\npatch \(patch.sha256.hex)".utf8) }
+        return SHA256Digest.of(material)
+    }
+
+    func runCommands(_ step: BuildStep, in space: Workspace, runner: SandboxRunner, epoch: Int64) throws {
+        let layout = space.layout
+        let environment = Self.environment(of: step, in: layout)
+        let mounts: [SandboxSpec.Mount] =
+            settings.isolation == .namespaces
+            ? [
+                .writable(space.work, at: layout.build), .readOnly(space.toolchain.hostRoot, at: layout.toolchain),
+                .writable(space.zigCache, at: layout.zigCache),
+            ]
+            : []
+        let logPath = space.work + "/logs/\(step.name).log"
+        try FileSystem.createDirectory(space.work + "/logs")
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = FileHandle(forWritingAtPath: logPath)
+        defer { try? log?.close() }
+        for argv in step.commands {
+            let spec = SandboxSpec(
+                argv: argv, environment: environment, mounts: mounts, workingDirectory: layout.source(step.name),
+                home: layout.build, sourceDateEpoch: epoch)
+            try runner.run(spec) { try? log?.write(contentsOf: $0) }
+        }
+    }
+
+    /// A step's variables: its own, and where Zig keeps its caches.
+    public static func environment(of step: BuildStep, in layout: BuildLayout) -> [String: String] {
+        var environment = step.environment
+        environment["ZIG_GLOBAL_CACHE_DIR"] = layout.zigCache
+        environment["ZIG_LOCAL_CACHE_DIR"] = layout.build + "/zig-local-cache"
+        return environment
+    }
+
+    /// The recipe's commands as a plain bash script for a work directory a `--sandbox none`
+    /// run prepared (patched sources, wrappers): the baseline the benchmark runs against the steps.
+    public static func plainScript(_ recipe: some Recipe, layout: BuildLayout, title: String, epoch: Int64) -> String {
+        var lines = [
+            "#!/usr/bin/env bash", "# \(title)",
+            "set -euo pipefail", "export SOURCE_DATE_EPOCH=\(epoch) TZ=UTC LC_ALL=C.UTF-8 HOME=\(ChildProcess.quote(layout.build))",
+            "mkdir -p \(ChildProcess.quote(layout.zigCache)) \(ChildProcess.quote(layout.stage))",
+        ]
+        for step in recipe.steps {
+            lines.append("cd \(ChildProcess.quote(layout.source(step.name)))")
+            let variables = environment(of: step, in: layout).sorted { $0.key < $1.key }.map { "\($0.key)=\(ChildProcess.quote($0.value))" }
+            for argv in step.commands { lines.append((["env"] + variables + argv.map(ChildProcess.quote)).joined(separator: " ")) }
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// Keeps the stage as the cached result of step `key`, whole or not at all, with its tree hash
+    /// beside it for `store verify`.
+    func snapshot(_ stage: String, as key: SHA256Digest) throws {
+        try FileSystem.createDirectory(store.directory(.steps))
+        let temp = store.item(.steps, key.hex) + ".tmp-\(getpid())"
+        FileSystem.remove(temp)
+        try FileManager.default.copyItem(atPath: stage, toPath: temp)
+        try store.complete(.steps, key.hex, from: temp, treeHash: TreeHash.ofDirectory(at:))
+    }
+}
