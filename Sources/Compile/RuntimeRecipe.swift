@@ -102,7 +102,9 @@ public struct RuntimeRecipe: Recipe {
                 "xz",
                 ["--disable-xz", "--disable-xzdec", "--disable-lzmadec", "--disable-lzmainfo", "--disable-lzma-links", "--disable-scripts", "--disable-doc", "--disable-nls"],
                 adaptation: "liblzma only: the xz programs are not part of the runtime"),
-            autoconf("libffi", ["--disable-docs", "--disable-multi-os-directory", "--with-pic"], adaptation: "lib/, not lib64/; no docs"),
+            autoconf(
+                "libffi", ["--disable-docs", "--disable-multi-os-directory", "--with-pic", "--disable-exec-static-tramp"],
+                adaptation: "lib/, not lib64/; no docs; no static trampolines (3.4.4's tramp.c does not compile with clang 16 and later)"),
             autoconf(
                 "util-linux",
                 ["--disable-all-programs", "--enable-libuuid", "--without-systemd", "--without-udev", "--without-python", "--disable-nls", "--disable-bash-completion", "--disable-asciidoc"],
