@@ -76,6 +76,8 @@ public struct RuntimeRecipe: Recipe {
             environment: [
                 "CC": wrappers + "/build-cc", "CXX": wrappers + "/build-c++", "AR": wrappers + "/build-ar",
                 "RANLIB": wrappers + "/build-ranlib", "CFLAGS": "-O2 \(reproducibleFlags)",
+                // No pkg-config answers from the host: its libraries are not Zig's to link.
+                "PKG_CONFIG_LIBDIR": layout.build + "/no-pkg-config", "PKG_CONFIG_PATH": "",
             ],
             adaptation: "the build Python (--with-build-python) comes from the same source, compiled by Zig for the build machine, never a host Python",
             directory: "cpython-build")
