@@ -75,7 +75,7 @@ public struct RuntimeRecipe: Recipe {
             ],
             environment: [
                 "CC": wrappers + "/build-cc", "CXX": wrappers + "/build-c++", "AR": wrappers + "/build-ar",
-                "RANLIB": wrappers + "/build-ranlib", "CFLAGS": "-O2 \(reproducibleFlags)",
+                "RANLIB": wrappers + "/build-ranlib", "CFLAGS": "-O2 \(reproducibleFlags) \(Self.dateTimeFlag)",
                 // No pkg-config answers from the host: its libraries are not Zig's to link.
                 "PKG_CONFIG_LIBDIR": layout.build + "/no-pkg-config", "PKG_CONFIG_PATH": "",
             ],
@@ -142,6 +142,9 @@ public struct RuntimeRecipe: Recipe {
         ]
     }
 
+    /// Zig makes `__DATE__` an error; CPython's build info uses it, and clang takes it from SOURCE_DATE_EPOCH.
+    static let dateTimeFlag = "-Wno-date-time"
+
     static let sqliteFeatures = [
         "ENABLE_FTS3", "ENABLE_FTS3_PARENTHESIS", "ENABLE_FTS4", "ENABLE_FTS5", "ENABLE_RTREE", "ENABLE_GEOPOLY", "ENABLE_DBSTAT_VTAB",
         "ENABLE_MATH_FUNCTIONS", "ENABLE_COLUMN_METADATA", "ENABLE_LOAD_EXTENSION",
@@ -169,6 +172,7 @@ public struct RuntimeRecipe: Recipe {
             "READLINE_CFLAGS": "-I\(deps)/include", "READLINE_LIBS": "\(lib) -lreadline -lncursesw",
         ]
         var environment = self.environment.merging(modules) { $1 }
+        environment["CFLAGS"]! += " " + Self.dateTimeFlag
         // `\$$ORIGIN`: make turns `$$` into `$`, the shell's backslash keeps `$ORIGIN` for the linker.
         environment["LDFLAGS"] = "\(lib) -Wl,-rpath,\\$$ORIGIN/../lib"
         let configure =
