@@ -56,8 +56,11 @@ public struct RuntimeRecipe: Recipe {
     /// An autoconf library: static only, for the target, into the deps prefix.
     func autoconf(_ component: String, _ options: [String], environment extra: [String: String] = [:], adaptation: String) -> BuildStep {
         let configure = ["./configure", "--build=\(buildTriple)", "--host=\(hostTriple)", "--prefix=\(deps)", "--disable-shared", "--enable-static"]
+        // The extracted files' times are not the archive's: make must not think the generated
+        // autotools files stale and run automake (which the sandbox need not have).
+        let keep = ["ACLOCAL=true", "AUTOCONF=true", "AUTOMAKE=true", "AUTOHEADER=true", "MAKEINFO=true"]
         return BuildStep(
-            component: component, commands: [configure + options, make(), make("install")],
+            component: component, commands: [configure + options, make() + keep, make("install") + keep],
             environment: environment.merging(extra) { $1 }, adaptation: adaptation)
     }
 
