@@ -145,6 +145,9 @@ public struct RuntimeRecipe: Recipe {
         ]
     }
 
+    /// `-Wl,-h$(INSTSONAME)` → `-Wl,-soname,$(INSTSONAME)`: the spelling Zig's linker takes.
+    static let sonameEdit = ["sed", "-i", "s/-Wl,-h\\$/-Wl,-soname,$/g", "Makefile.pre.in"]
+
     /// Zig makes `__DATE__` an error; CPython's build info uses it, and clang takes it from SOURCE_DATE_EPOCH.
     static let dateTimeFlag = "-Wno-date-time"
 
@@ -157,6 +160,8 @@ public struct RuntimeRecipe: Recipe {
     static let configSite = [
         "ac_cv_file__dev_ptmx=yes", "ac_cv_file__dev_ptc=no", "ac_cv_buggy_getaddrinfo=no", "ac_cv_working_tzset=yes", "ac_cv_pthread=yes",
         "ac_cv_aligned_required=no", "ac_cv_broken_sem_getvalue=no",
+        // Zig's musl is 1.2.5; musllinux_1_2 systems may have 1.2.3 (Debian bookworm), without these.
+        "ac_cv_func_preadv2=no", "ac_cv_func_pwritev2=no",
     ]
 
     /// CPython for the target, found libraries named explicitly (no host pkg-config answers).
@@ -185,7 +190,7 @@ public struct RuntimeRecipe: Recipe {
                 "--disable-test-modules", "--with-readline=readline", "--without-system-expat", "--without-system-libmpdec",
             ] + Self.configSite
         return BuildStep(
-            component: "cpython", commands: [configure, make(), make("install", "DESTDIR=\(installRoot)")], environment: environment,
-            adaptation: "extension modules are shared objects in lib-dynload (python-build-standalone links them into libpython); their C libraries are linked in statically all the same")
+            component: "cpython", commands: [Self.sonameEdit, configure, make(), make("install", "DESTDIR=\(installRoot)")], environment: environment,
+            adaptation: "the shared libraries' soname given as -Wl,-soname (Zig's linker has no -h); extension modules are shared objects in lib-dynload (python-build-standalone links them into libpython); their C libraries are linked in statically all the same")
     }
 }
