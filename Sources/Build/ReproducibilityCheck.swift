@@ -1,3 +1,4 @@
+import Compile
 import Fetch
 import Foundation
 import KrnativeBase
