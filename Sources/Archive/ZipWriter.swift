@@ -13,12 +13,8 @@ public final class ZipWriter {
     public let path: String
     private let mtime: Int64
 
-    /// `mtime` is clamped to 1980-01-01, the earliest time a zip can hold. Zip's DOS times are
-    /// local time, which libarchive takes from TZ: krnative sets TZ=UTC for itself, so the bytes
-    /// do not depend on the zone of the machine that builds.
+    /// `mtime` is clamped to 1980-01-01, the earliest time a zip can hold.
     public init(path: String, mtime: Int64) throws(ArchiveError) {
-        setenv("TZ", "UTC", 1)
-        tzset()
         self.path = path
         self.mtime = max(mtime, 315_532_800)
         guard let handle = archive_write_new() else { throw .cannotWrite(archive: path, reason: "out of memory") }
@@ -53,9 +49,16 @@ public final class ZipWriter {
         }
     }
 
+    /// Finishes the zip, then writes the UTC date and time over the local ones libarchive wrote
+    /// (it takes them from TZ), so the bytes do not depend on the zone of the machine that builds.
     public func close() throws(ArchiveError) {
         guard archive_write_close(handle) == ARCHIVE_OK else {
             throw .cannotWrite(archive: path, reason: ArchiveReader.message(handle))
+        }
+        do {
+            try ZipDOSTimes(path: path).stamp(ZipDOSTimes.utc(mtime))
+        } catch {
+            throw .cannotWrite(archive: path, reason: "setting the UTC times: \(error.reason)")
         }
     }
 }

@@ -7,7 +7,7 @@ import Testing
     import Glibc
 #endif
 
-@Suite("Deterministic tar.xz")
+@Suite("Deterministic tar.xz and zip")
 struct PackTests {
     /// A small volume-like tree, made in the given order with the given umask and times.
     func makeVolume(_ root: String, reversed: Bool = false, umask mask: mode_t = 0o022) throws {
@@ -80,5 +80,36 @@ struct PackTests {
         #expect(try SHA256Digest.of(fileAt: work.path + "/s1.tar.xz").digest == SHA256Digest.of(fileAt: work.path + "/s2.tar.xz").digest)
         let blocks = try ChildProcess.check(["xz", "--robot", "--list", work.path + "/s1.tar.xz"]).stdout
         #expect(blocks.contains("\nfile\t1\t3\t") || blocks.contains("\nfile\t1\t4\t"), "\(blocks)")
+    }
+
+    /// libarchive takes a zip's DOS date and time from the local zone: ZipWriter writes the UTC ones
+    /// whatever TZ is, and leaves TZ alone (the children krnative starts inherit it).
+    @Test func zipBytesAreTheUTCOnesWhateverTheTimeZone() throws {
+        let work = TemporaryDirectory()
+        let original = getenv("TZ").map { String(cString: $0) }
+        defer {
+            if let original { setenv("TZ", original, 1) } else { unsetenv("TZ") }
+            tzset()
+        }
+        // 1_700_000_000 is 2023-11-14 22:13:20 UTC: the 15th at UTC+14, 12:13 at UTC-10. POSIX zones need no tzdata.
+        var digests: [SHA256Digest] = []
+        for zone in ["UTC", "<+14>-14", "<-10>10"] {
+            setenv("TZ", zone, 1)
+            tzset()
+            let path = work.path + "/\(digests.count).whl"
+            let zip = try ZipWriter(path: path, mtime: 1_700_000_000)
+            try zip.add("pkg/__init__.py", data: Data("x = 1\n".utf8))
+            try zip.add("pkg/tool.bin", data: Data((0..<200_000).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13) }), executable: true)
+            try zip.close()
+            #expect(getenv("TZ").map { String(cString: $0) } == zone, "ZipWriter changed TZ")
+            digests.append(try SHA256Digest.of(fileAt: path).digest)
+        }
+        #expect(Set(digests).count == 1, "the zip's bytes depend on TZ: \(digests)")
+        let script = """
+            import sys, zipfile
+            for i in zipfile.ZipFile(sys.argv[1]).infolist(): print(i.filename, i.date_time)
+            """
+        let listing = try ChildProcess.check(["python3", "-c", script, work.path + "/1.whl"]).stdout
+        #expect(listing == "pkg/__init__.py (2023, 11, 14, 22, 13, 20)\npkg/tool.bin (2023, 11, 14, 22, 13, 20)\n")
     }
 }
