@@ -2,6 +2,7 @@ import Foundation
 import KrnativeBase
 import Lock
 import Store
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -282,23 +283,21 @@ public struct Fetcher: Sendable {
 }
 
 /// A fixed number of result slots filled from several threads.
-final class ResultSlots<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var slots: [Value?]
-    init(count: Int) { slots = Array(repeating: nil, count: count) }
+final class ResultSlots<Value: Sendable>: Sendable {
+    private let slots: Mutex<[Value?]>
+    init(count: Int) { slots = Mutex(Array(repeating: nil, count: count)) }
     subscript(index: Int) -> Value? {
-        get { lock.withLock { slots[index] } }
-        set { lock.withLock { slots[index] = newValue } }
+        get { slots.withLock { $0[index] } }
+        set { slots.withLock { $0[index] = newValue } }
     }
-    var values: [Value] { lock.withLock { slots.compactMap { $0 } } }
+    var values: [Value] { slots.withLock { $0.compactMap { $0 } } }
 }
 
 /// Hands out 0, 1, 2, … to worker threads.
-final class Counter: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value = 0
+final class Counter: Sendable {
+    private let next = Mutex(0)
     func take(below limit: Int) -> Int? {
-        lock.withLock {
+        next.withLock { value in
             guard value < limit else { return nil }
             defer { value += 1 }
             return value

@@ -1,5 +1,6 @@
 import Foundation
 import KrnativeBase
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -7,19 +8,22 @@ import KrnativeBase
 
 /// Tells the person at the terminal what the fetcher does: one redrawn status line on a TTY,
 /// plain lines otherwise (CI logs, pipes). Writes to stderr; stdout carries results.
-public final class ProgressReporter: @unchecked Sendable {
-    private let lock = NSLock()
+public final class ProgressReporter: Sendable {
     private let interactive: Bool
     private let quiet: Bool
     private let emit: @Sendable (String) -> Void
-    private var bytes: Int64 = 0
-    private var active: [String] = []
-    private var finished = 0
-    private var total = 0
-    /// The bytes the planned transfers bring, when the lock pins every size.
-    private var expectedBytes: Int64?
     private let start = Date()
-    private var lastDraw = Date.distantPast
+    private let state = Mutex(State())
+
+    private struct State {
+        var bytes: Int64 = 0
+        var active: [String] = []
+        var finished = 0
+        var total = 0
+        /// The bytes the planned transfers bring, when the lock pins every size.
+        var expectedBytes: Int64?
+        var lastDraw = Date.distantPast
+    }
 
     public init(
         interactive: Bool = isatty(STDERR_FILENO) == 1, quiet: Bool = Reporting.level == .quiet,
@@ -32,59 +36,59 @@ public final class ProgressReporter: @unchecked Sendable {
 
     /// `count` inputs, of which those not yet in the store bring `bytes` when every size is pinned.
     func plan(count: Int, bytes: Int64? = nil) {
-        lock.withLock {
-            total = count
-            expectedBytes = bytes.flatMap { $0 > 0 ? $0 : nil }
+        state.withLock { state in
+            state.total = count
+            state.expectedBytes = bytes.flatMap { $0 > 0 ? $0 : nil }
         }
     }
 
     func began(_ name: String, from url: String) {
-        lock.withLock {
-            active.append(name)
+        state.withLock { state in
+            state.active.append(name)
             if !interactive && !quiet { emit("fetching \(name) from \(url)\n") }
-            draw(force: true)
+            draw(&state, force: true)
         }
     }
 
     /// Bytes that arrived (a transfer's chunk, or a whole file pip brought).
     func advanced(by count: Int64) {
-        lock.withLock {
-            bytes += count
-            draw(force: false)
+        state.withLock { state in
+            state.bytes += count
+            draw(&state, force: false)
         }
     }
 
     func ended(_ name: String, _ message: String) {
-        lock.withLock {
-            active.removeAll { $0 == name }
-            finished += 1
+        state.withLock { state in
+            state.active.removeAll { $0 == name }
+            state.finished += 1
             if interactive { emit("\r\u{1B}[K") }
             if !quiet { emit(message + "\n") }
-            draw(force: true)
+            draw(&state, force: true)
         }
     }
 
     /// A line that is neither the start nor the end of a transfer (a retry, a fallback).
     public func note(_ message: String) {
-        lock.withLock {
+        state.withLock { state in
             if interactive { emit("\r\u{1B}[K") }
             if !quiet { emit(message + "\n") }
-            draw(force: true)
+            draw(&state, force: true)
         }
     }
 
     func done() {
-        lock.withLock { if interactive && !active.isEmpty { emit("\r\u{1B}[K") } }
+        state.withLock { state in if interactive && !state.active.isEmpty { emit("\r\u{1B}[K") } }
     }
 
-    private func draw(force: Bool) {
-        guard interactive, !quiet, !active.isEmpty else { return }
+    private func draw(_ state: inout State, force: Bool) {
+        guard interactive, !quiet, !state.active.isEmpty else { return }
         let now = Date()
-        guard force || now.timeIntervalSince(lastDraw) > 0.1 else { return }
-        lastDraw = now
+        guard force || now.timeIntervalSince(state.lastDraw) > 0.1 else { return }
+        state.lastDraw = now
         let line = Self.line(
-            finished: finished, total: total, bytes: bytes, expected: expectedBytes,
-            seconds: now.timeIntervalSince(start), active: active)
+            finished: state.finished, total: state.total, bytes: state.bytes, expected: state.expectedBytes,
+            seconds: now.timeIntervalSince(start), active: state.active)
         emit("\r\u{1B}[K" + String(line.prefix(max(20, Self.terminalWidth() - 1))))
     }
 

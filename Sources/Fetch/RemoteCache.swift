@@ -1,6 +1,7 @@
 import Foundation
 import KrnativeBase
 import Store
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -13,15 +14,19 @@ import Store
 /// hashed before use; an entry that does not match is discarded and reported. Writes only with
 /// `upload` (`--remote-cache-upload`), and what is written is trusted by every reader: give
 /// write access to the machines that build, as with Bazel's cache.
-public final class RemoteCache: @unchecked Sendable {
+public final class RemoteCache: Sendable {
     public let base: String
     public let upload: Bool
     let settings: TransferSettings
     let store: Store
     let note: @Sendable (String) -> Void
-    private let lock = NSLock()
-    private var unreachable: String?
-    private var counts = Counts()
+    private let state = Mutex(State())
+
+    private struct State {
+        /// Why the cache is left alone for the rest of the run, once it failed.
+        var unreachable: String?
+        var counts = Counts()
+    }
 
     /// What the cache did in this run, for summaries.
     public struct Counts: Sendable, Codable, Equatable {
@@ -53,7 +58,7 @@ public final class RemoteCache: @unchecked Sendable {
         self.settings = settings
     }
 
-    public var summary: Counts { lock.withLock { counts } }
+    public var summary: Counts { state.withLock { $0.counts } }
 
     /// `/cas/<digest>` into a temporary file of the store, verified; nil on a miss or any failure.
     /// The caller admits or removes the file.
@@ -132,9 +137,9 @@ public final class RemoteCache: @unchecked Sendable {
         note("remote cache: " + message)
     }
 
-    private var isReachable: Bool { lock.withLock { unreachable == nil } }
+    private var isReachable: Bool { state.withLock { $0.unreachable == nil } }
 
-    private func count(_ field: WritableKeyPath<Counts, Int>) { lock.withLock { counts[keyPath: field] += 1 } }
+    private func count(_ field: WritableKeyPath<Counts, Int> & Sendable) { state.withLock { $0.counts[keyPath: field] += 1 } }
 
     private func get(_ path: String, sizeCap: Int64, what: String) -> String? {
         guard isReachable else { return nil }
@@ -180,9 +185,9 @@ public final class RemoteCache: @unchecked Sendable {
     /// After a failure that is not a miss the cache is left alone for the rest of the run: one
     /// warning, not one wait per step.
     private func give(up reason: String) {
-        let first = lock.withLock {
-            defer { unreachable = unreachable ?? reason }
-            return unreachable == nil
+        let first = state.withLock { state in
+            defer { state.unreachable = state.unreachable ?? reason }
+            return state.unreachable == nil
         }
         if first { note("remote cache: \(reason); going on without it for this run") }
     }

@@ -1,5 +1,6 @@
 import CSystemCalls
 import Foundation
+import Synchronization
 
 /// A child process that failed: its argv, how it ended, and the tail of what it printed.
 public struct ChildProcessError: KrnativeError {
@@ -182,14 +183,14 @@ extension Spawn {
     /// `termGrace` seconds later.
     static func stopOnCancellation(group: pid_t) -> any DispatchSourceTimer {
         let timer = DispatchSource.makeTimerSource(queue: DispatchQueue.global())
-        nonisolated(unsafe) var terminatedAt: DispatchTime?
+        let terminatedAt = TerminationTime()
         timer.setEventHandler {
             guard Cancellation.requested else { return }
-            if let terminatedAt {
-                if DispatchTime.now() >= terminatedAt + termGrace { kill(-group, SIGKILL) }
+            if let sent = terminatedAt.value {
+                if DispatchTime.now() >= sent + termGrace { kill(-group, SIGKILL) }
             } else {
                 kill(-group, SIGTERM)
-                terminatedAt = .now()
+                terminatedAt.value = .now()
             }
         }
         timer.schedule(deadline: .now() + 0.05, repeating: 0.05)
@@ -198,22 +199,32 @@ extension Spawn {
     }
 }
 
+/// When the cancellation watcher sent SIGTERM, nil until it has; its timer's handler reads and sets it.
+private final class TerminationTime: Sendable {
+    private let uptimeNanoseconds = Atomic<UInt64>(0)
+    var value: DispatchTime? {
+        get {
+            let nanoseconds = uptimeNanoseconds.load(ordering: .relaxed)
+            return nanoseconds == 0 ? nil : DispatchTime(uptimeNanoseconds: nanoseconds)
+        }
+        set { uptimeNanoseconds.store(newValue?.uptimeNanoseconds ?? 0, ordering: .relaxed) }
+    }
+}
+
 /// Keeps the last `limit` bytes appended to it, and counts them all: a child's output tail for
 /// error reports, however much it prints.
-public final class BoundedBuffer: @unchecked Sendable {
-    private let lock = NSLock()
-    private var data = Data()
-    private var count: Int64 = 0
+public final class BoundedBuffer: Sendable {
+    private let kept = Mutex((tail: Data(), total: Int64(0)))
     private let limit: Int
     public init(limit: Int) { self.limit = limit }
     public func append(_ chunk: Data) {
-        lock.withLock {
-            count += Int64(chunk.count)
-            data.append(chunk.suffix(limit))
-            if data.count > limit { data = Data(data.suffix(limit)) }
+        kept.withLock { kept in
+            kept.total += Int64(chunk.count)
+            kept.tail.append(chunk.suffix(limit))
+            if kept.tail.count > limit { kept.tail = Data(kept.tail.suffix(limit)) }
         }
     }
-    public var text: String { lock.withLock { String(decoding: data, as: UTF8.self) } }
+    public var text: String { kept.withLock { String(decoding: $0.tail, as: UTF8.self) } }
     /// Every byte appended, kept or not.
-    public var total: Int64 { lock.withLock { count } }
+    public var total: Int64 { kept.withLock { $0.total } }
 }

@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
     import Glibc
 #endif
@@ -38,9 +40,11 @@ public struct UsageError: KrnativeError {
 }
 
 /// Set by the CLI's SIGINT handler; transfers and sandboxed steps notice it within a fraction of a second.
+/// The flag is a lock-free atomic, so setting it is async-signal-safe; the CLI reads it once before
+/// it installs the handler, so that the handler never runs the static's lazy initialisation.
 public enum Cancellation {
-    nonisolated(unsafe) private static var flag: sig_atomic_t = 0
-    public static var requested: Bool { flag != 0 }
-    public static func request() { flag = 1 }
+    private static let flag = Atomic<Bool>(false)
+    public static var requested: Bool { flag.load(ordering: .relaxed) }
+    public static func request() { flag.store(true, ordering: .relaxed) }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -13,8 +14,12 @@ public enum Reporting {
         public static func < (a: Level, b: Level) -> Bool { a.rawValue < b.rawValue }
     }
 
-    /// Written only while the command line is read, before any other thread exists.
-    nonisolated(unsafe) public static var level = Level.normal
+    /// Set while the command line is read, before any work starts.
+    public static var level: Level {
+        get { Level(rawValue: storedLevel.load(ordering: .relaxed)) ?? .normal }
+        set { storedLevel.store(newValue.rawValue, ordering: .relaxed) }
+    }
+    private static let storedLevel = Atomic<Int>(Level.normal.rawValue)
 
     /// A line about what krnative is doing: a stage, a wait, a retry. Not shown with `-q`.
     @Sendable public static func note(_ line: String) {

@@ -1,6 +1,7 @@
 import CSystemCalls
 import Foundation
 import KrnativeBase
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -183,12 +184,11 @@ extension ChildProcess.Termination {
 }
 
 /// The pid of a running child, for the cancellation watcher.
-final class ChildPid: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: pid_t?
+final class ChildPid: Sendable {
+    private let value = Mutex<pid_t?>(nil)
     var pid: pid_t? {
-        get { lock.withLock { value } }
-        set { lock.withLock { value = newValue } }
+        get { value.withLock { $0 } }
+        set { value.withLock { $0 = newValue } }
     }
 }
 

@@ -7,6 +7,7 @@ import KrnativeBase
 import Lock
 import Sandbox
 import Store
+import Synchronization
 import Toolchain
 import Verify
 
@@ -192,10 +193,10 @@ struct BuildCommand: ParsableCommand {
 }
 
 /// The steps of ttyd a build compiled, took from the step cache, or from the remote cache.
-final class StepCounts: @unchecked Sendable {
-    private let lock = NSLock()
-    private(set) var counts: (compiled: Int, cached: Int, remote: Int)?
-    func record(_ report: TtydBuild.Report) { lock.withLock { counts = report.counts } }
+final class StepCounts: Sendable {
+    private let recorded = Mutex<(compiled: Int, cached: Int, remote: Int)?>(nil)
+    var counts: (compiled: Int, cached: Int, remote: Int)? { recorded.withLock { $0 } }
+    func record(_ report: TtydBuild.Report) { recorded.withLock { $0 = report.counts } }
 }
 
 /// A line of `build --all`'s table.

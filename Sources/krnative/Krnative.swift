@@ -142,6 +142,7 @@ func perform(_ context: String, _ body: () throws -> Void) throws {
 /// block, staging is removed. A second signal kills at once. A parent may have started us with
 /// them blocked; SIGHUP ignored (nohup) stays ignored.
 func installSignalHandlers() {
+    _ = Cancellation.requested  // initialises the flag here, not in the handler
     var unblock = sigset_t()
     sigemptyset(&unblock)
     for number in [SIGINT, SIGTERM, SIGHUP] {
