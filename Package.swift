@@ -17,7 +17,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.11.0"),
     ],
     targets: [
         // C libraries from Debian, one thin module each.
@@ -38,7 +38,9 @@ let package = Package(
         // The pipeline.
         .target(
             name: "KrnativeBase",
-            dependencies: ["CSystemCalls", .product(name: "Crypto", package: "swift-crypto")]),
+            dependencies: [
+                "CSystemCalls", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
+            ]),
         .target(name: "Lock", dependencies: ["KrnativeBase"]),
         .target(name: "Store", dependencies: ["KrnativeBase", "Lock"]),
         .target(name: "Archive", dependencies: ["KrnativeBase", "CArchive", "CLZMA"]),

@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import Synchronization
 
 #if canImport(Glibc)
@@ -8,28 +9,63 @@ import Synchronization
 /// How much krnative tells the person at the terminal, on stderr (stdout carries results): `-q`
 /// leaves errors and results, `-v` adds every command krnative runs (as cargo's `-v` shows rustc's
 /// command lines). Set once, from the command line, before any work starts.
+///
+/// Every line goes through one swift-log `Logger`, whose level is this one: `-q` is `.warning`,
+/// the default `.info`, `-v` `.debug`. The CLI bootstraps `ConsoleLogHandler`, which writes the
+/// lines as they are.
 public enum Reporting {
-    public enum Level: Int, Sendable, Comparable {
+    public enum Level: Sendable {
         case quiet, normal, verbose
-        public static func < (a: Level, b: Level) -> Bool { a.rawValue < b.rawValue }
     }
+
+    /// krnative's logger, at the level the command line set.
+    public static var logger: Logger { current.withLock { $0 } }
+    private static let current = Mutex(Logger(label: "krnative"))
 
     /// Set while the command line is read, before any work starts.
     public static var level: Level {
-        get { Level(rawValue: storedLevel.load(ordering: .relaxed)) ?? .normal }
-        set { storedLevel.store(newValue.rawValue, ordering: .relaxed) }
+        get {
+            switch logger.logLevel {
+            case .trace, .debug: .verbose
+            case .info, .notice: .normal
+            case .warning, .error, .critical: .quiet
+            }
+        }
+        set {
+            current.withLock { logger in
+                logger.logLevel = switch newValue {
+                case .quiet: .warning
+                case .normal: .info
+                case .verbose: .debug
+                }
+            }
+        }
     }
-    private static let storedLevel = Atomic<Int>(Level.normal.rawValue)
 
     /// A line about what krnative is doing: a stage, a wait, a retry. Not shown with `-q`.
-    @Sendable public static func note(_ line: String) {
-        if level >= .normal { Console.error(line + "\n") }
-    }
+    @Sendable public static func note(_ line: String) { logger.info("\(line)") }
 
     /// A line only `-v` shows: the commands run, the URLs tried.
-    @Sendable public static func detail(_ line: String) {
-        if level >= .verbose { Console.error(line + "\n") }
+    @Sendable public static func detail(_ line: String) { logger.debug("\(line)") }
+
+    /// A line about a failure, shown even with `-q`.
+    @Sendable public static func error(_ line: String) { logger.error("\(line)") }
+}
+
+/// Writes each message as it is, and a newline, to stderr: no time stamp, level or metadata, so
+/// that what krnative prints reads the same whichever logger carries it.
+public struct ConsoleLogHandler: LogHandler {
+    public var logLevel: Logger.Level = .info
+    public var metadata: Logger.Metadata = [:]
+
+    public init(label: String) {}
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
     }
+
+    public func log(event: LogEvent) { Console.error("\(event.message)\n") }
 }
 
 /// stdout and stderr through write(2), every byte: a closed pipe or a full disk loses the text,

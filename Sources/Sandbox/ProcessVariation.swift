@@ -12,7 +12,7 @@ import KrnativeBase
 public enum ProcessVariation {
     public static func exec(argv: [String], umask mask: mode_t?, hostname: String?) -> Never {
         func fail(_ what: String) -> Never {
-            Console.error("krnative: variation-exec: \(what): \(String(cString: strerror(errno)))\n")
+            Reporting.error("krnative: variation-exec: \(what): \(String(cString: strerror(errno)))")
             exit(ExitStatus.process)
         }
         if let mask { umask(mask) }

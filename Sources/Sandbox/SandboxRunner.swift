@@ -168,7 +168,7 @@ extension SandboxRunner {
         var cArguments = argv.map { strdup($0) } + [nil]
         krn_exec_with_parent_death_signal(parent, argv[0], &cArguments)
         let reason = errno == ESRCH ? "krnative (pid \(parent)) is gone" : String(cString: strerror(errno))
-        Console.error("krnative: sandbox launch: cannot run \(argv[0]): \(reason)\n")
+        Reporting.error("krnative: sandbox launch: cannot run \(argv[0]): \(reason)")
         exit(ExitStatus.sandbox)
     }
 }

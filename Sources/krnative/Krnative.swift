@@ -3,6 +3,7 @@ import Fetch
 import Foundation
 import KrnativeBase
 import Lock
+import Logging
 import Store
 
 #if canImport(Glibc)
@@ -27,8 +28,9 @@ extension Krnative {
     /// first option instead: `krnative biuld --target …` said "Unknown option '--target'"), and
     /// suggests the nearest command.
     static func main() {
+        LoggingSystem.bootstrap(ConsoleLogHandler.init)
         if let message = unknownCommand(in: Array(CommandLine.arguments.dropFirst())) {
-            Console.error("krnative: \(message)\n")
+            Reporting.error("krnative: \(message)")
             Glibc.exit(ExitStatus.usage)
         }
         main(nil)
@@ -113,7 +115,7 @@ struct OutputOptions: ParsableArguments {
     @Flag(name: .shortAndLong, help: "Also print every command krnative runs and every URL it tries.")
     var verbose = false
 
-    /// Sets how much krnative says (`Reporting.level`) as the command line is read, before any work.
+    /// Sets how much krnative says (`Reporting.level`, its logger's level) as the command line is read, before any work.
     func validate() throws {
         if quiet && verbose { throw ValidationError("--quiet and --verbose contradict each other; give one") }
         Reporting.level = quiet ? .quiet : verbose ? .verbose : .normal
@@ -131,7 +133,7 @@ func perform(_ context: String, _ body: () throws -> Void) throws {
         if let error = error as? ExitCode { throw error }
         let status = (error as? any KrnativeError)?.exitCode ?? 1
         let text = (error as? any KrnativeError)?.description ?? "\(error)"
-        Console.error("krnative: \(context) failed: \(text)\n")
+        Reporting.error("krnative: \(context) failed: \(text)")
         throw ExitCode(status)
     }
     if Cancellation.requested { throw interrupted(context) }
@@ -163,7 +165,7 @@ private func isIgnored(_ number: Int32) -> Bool {
 }
 
 private func interrupted(_ context: String) -> ExitCode {
-    Console.error("krnative: \(context) interrupted by a signal; its children are stopped and partial outputs removed\n")
+    Reporting.error("krnative: \(context) interrupted by a signal; its children are stopped and partial outputs removed")
     return ExitCode(ExitStatus.interrupted)
 }
 

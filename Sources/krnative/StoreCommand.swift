@@ -74,7 +74,7 @@ struct StoreCommand: ParsableCommand {
                     }
                 }
                 if report.corrupted > 0 {
-                    Console.error("krnative: store verify found \(report.corrupted) corrupted items in \(report.root), now in its quarantine/\n")
+                    Reporting.error("krnative: store verify found \(report.corrupted) corrupted items in \(report.root), now in its quarantine/")
                     throw ExitCode(ExitStatus.integrity)
                 }
             }
