@@ -44,8 +44,9 @@ let package = Package(
         .target(name: "Lock", dependencies: ["KrnativeBase"]),
         .target(name: "Store", dependencies: ["KrnativeBase", "Lock"]),
         .target(name: "Archive", dependencies: ["KrnativeBase", "CArchive", "CLZMA"]),
-        .target(name: "Fetch", dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "CCurl", "CCurlShim"]),
-        .target(name: "Bundle", dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch"]),
+        .target(name: "Inputs", dependencies: ["KrnativeBase", "Lock", "Store", "Archive"]),
+        .target(name: "Fetch", dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Inputs", "CCurl", "CCurlShim"]),
+        .target(name: "Bundle", dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Inputs"]),
         .target(name: "Patch", dependencies: ["KrnativeBase"]),
         .target(name: "Sandbox", dependencies: ["KrnativeBase", "CSystemCalls"]),
         .target(name: "Toolchain", dependencies: ["KrnativeBase"]),
@@ -55,17 +56,19 @@ let package = Package(
         .target(
             name: "Build",
             dependencies: [
-                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Patch", "Sandbox", "Toolchain", "Compile", "Layout", "Packaging", "Verify",
+                "KrnativeBase", "Lock", "Store", "Archive", "Inputs", "Fetch", "Patch", "Sandbox", "Toolchain", "Compile", "Layout", "Packaging",
+                "Verify",
             ]),
         .target(
             name: "Compile",
-            dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Patch", "Sandbox", "Toolchain"]),
+            dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Inputs", "Fetch", "Patch", "Sandbox", "Toolchain"]),
 
         // The command line: argument parsing only.
         .executableTarget(
             name: "krnative",
             dependencies: [
-                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile", "Layout", "Packaging", "Verify", "Build",
+                "KrnativeBase", "Lock", "Store", "Archive", "Inputs", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile", "Layout", "Packaging",
+                "Verify", "Build",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -76,7 +79,7 @@ let package = Package(
         .testTarget(
             name: "KrnativeTests",
             dependencies: [
-                "KrnativeBase", "Lock", "Store", "Archive", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile",
+                "KrnativeBase", "Lock", "Store", "Archive", "Inputs", "Fetch", "Bundle", "Patch", "Sandbox", "Toolchain", "Compile",
                 "Layout", "Packaging", "Verify", "Build",
             ],
             exclude: ["Support"]),

@@ -2,6 +2,7 @@ import Archive
 import Compile
 import Fetch
 import Foundation
+import Inputs
 import KrnativeBase
 import Layout
 import Lock

@@ -1,6 +1,6 @@
 import Archive
-import Fetch
 import Foundation
+import Inputs
 import KrnativeBase
 import Lock
 import Store

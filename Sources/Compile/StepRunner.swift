@@ -1,6 +1,7 @@
 import Archive
 import Fetch
 import Foundation
+import Inputs
 import KrnativeBase
 import Lock
 import Patch

@@ -1,4 +1,5 @@
 import Foundation
+import Inputs
 import KrnativeBase
 import Lock
 import Store

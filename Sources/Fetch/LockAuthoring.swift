@@ -1,5 +1,6 @@
 import Archive
 import Foundation
+import Inputs
 import KrnativeBase
 import Lock
 import Store

@@ -3,6 +3,7 @@ import Build
 import Compile
 import Fetch
 import Foundation
+import Inputs
 import KrnativeBase
 import Lock
 import Sandbox

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Bundle
-import Fetch
 import Foundation
+import Inputs
 import KrnativeBase
 import Lock
 import Store

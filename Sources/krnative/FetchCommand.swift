@@ -1,6 +1,7 @@
 import ArgumentParser
 import Fetch
 import Foundation
+import Inputs
 import KrnativeBase
 import Lock
 import Store

@@ -1,5 +1,4 @@
 import ArgumentParser
-import Fetch
 import Foundation
 import KrnativeBase
 import Lock

@@ -2,6 +2,7 @@ import ArgumentParser
 import Build
 import Fetch
 import Foundation
+import Inputs
 import KrnativeBase
 import Lock
 import Sandbox

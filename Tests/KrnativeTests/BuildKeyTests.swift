@@ -1,6 +1,7 @@
 import Build
 import Fetch
 import Foundation
+import Inputs
 import KrnativeBase
 import Lock
 import Store

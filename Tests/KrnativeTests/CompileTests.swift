@@ -1,7 +1,7 @@
 import Archive
 import Compile
-import Fetch
 import Foundation
+import Inputs
 import KrnativeBase
 import Lock
 import Sandbox
