@@ -73,8 +73,8 @@ public struct Fetcher: Sendable {
 
     /// Fetches `inputs`, `options.jobs` at a time; never throws: the report says what failed.
     public func fetch(_ inputs: [LockedInput]) -> FetchReport {
-        let missing = inputs.filter { resolver.located($0) == nil }
-        let sizes = missing.map { options.sizeCap(for: $0) }
+        let located = inputs.map { resolver.located($0) }
+        let sizes = zip(inputs, located).compactMap { input, digest in digest == nil ? options.sizeCap(for: input) : nil }
         progress.plan(count: inputs.count, bytes: sizes.allSatisfy(\.pinned) ? sizes.reduce(0) { $0 + $1.bytes } : nil)
         let results = ResultSlots<FetchReport.Item>(count: inputs.count)
         let next = Counter()
@@ -84,7 +84,7 @@ public struct Fetcher: Sendable {
             group.enter()
             let thread = Thread {
                 while let index = next.take(below: inputs.count) {
-                    results[index] = fetchOne(inputs[index])
+                    results[index] = fetchOne(inputs[index], located: located[index])
                 }
                 group.leave()
             }
@@ -96,18 +96,19 @@ public struct Fetcher: Sendable {
         return FetchReport(items: results.values)
     }
 
+    /// `digest`: the store entry that holds `input`, if one does.
     private func item(_ input: LockedInput, _ status: FetchReport.Item.Status, digest: SHA256Digest? = nil, from: String? = nil, error: (any Error)? = nil) -> FetchReport.Item {
-        let digest = digest ?? resolver.located(input)
-        return FetchReport.Item(
+        FetchReport.Item(
             name: input.name, kind: input.kind, version: input.version, status: status,
             sha256: digest ?? input.sha256, size: digest.flatMap { FileSystem.size(of: resolver.store.path(for: $0)) },
             from: from, error: error.map { "\($0)" })
     }
 
-    func fetchOne(_ input: LockedInput) -> FetchReport.Item {
-        if let digest = resolver.located(input) {
+    /// `located`: the store entry that held `input` when the fetch began.
+    func fetchOne(_ input: LockedInput, located: SHA256Digest?) -> FetchReport.Item {
+        if let digest = located {
             if let cache = options.remoteCache, cache.upload { share(input, digest: digest, with: cache, knownMissing: false) }
-            return item(input, .present)
+            return item(input, .present, digest: digest)
         }
         if options.offline {
             return item(input, .missing, error: FetchError.missingOffline(input: input, lockPath: options.lockPath))
@@ -116,7 +117,7 @@ public struct Fetcher: Sendable {
         do { entryLock = try resolver.store.lock(resolver.key(for: input)) } catch { return item(input, .failed, error: error) }
         defer { entryLock.unlock() }
         // Another process may have admitted it while this one waited for the lock.
-        if resolver.located(input) != nil { return item(input, .present) }
+        if let digest = resolver.located(input) { return item(input, .present, digest: digest) }
         do {
             let (digest, from) = try download(input)
             return item(input, .fetched, digest: digest, from: from)
