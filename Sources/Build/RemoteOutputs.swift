@@ -32,9 +32,8 @@ extension VolumeBuild {
         defer { stagingDirectory.remove() }
         let staging = stagingDirectory.path
         for output in manifest.outputs {
-            guard let file = cache.content(output.sha256, sizeCap: output.size, what: "\(what): \(output.file)") else { return nil }
-            defer { FileSystem.remove(file) }
-            try FileManager.default.copyItem(atPath: file, toPath: staging + "/" + output.file)
+            let file = staging + "/" + output.file
+            guard cache.content(output.sha256, sizeCap: output.size, what: "\(what): \(output.file)", into: file) != nil else { return nil }
         }
         try FileSystem.writeAtomically(document, to: staging + "/" + name(.manifest))
         // The ledger holds the volume's tree, as for a volume built here.

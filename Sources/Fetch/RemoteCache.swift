@@ -26,6 +26,8 @@ public final class RemoteCache: Sendable {
         /// Why the cache is left alone for the rest of the run, once it failed.
         var unreachable: String?
         var counts = Counts()
+        /// The `/cas/` entries this run found holding other bytes: `ensure` replaces them.
+        var wrongContent: Set<SHA256Digest> = []
     }
 
     /// What the cache did in this run, for summaries.
@@ -60,36 +62,41 @@ public final class RemoteCache: Sendable {
 
     public var summary: Counts { state.withLock { $0.counts } }
 
-    /// `/cas/<digest>` into a temporary file of the store, verified; nil on a miss or any failure.
-    /// The caller admits or removes the file.
-    public func content(_ digest: SHA256Digest, sizeCap: Int64, what: String) -> String? {
-        guard let file = get("cas/\(digest.hex)", sizeCap: sizeCap, what: what) else { return nil }
-        let actual = (try? SHA256Digest.of(fileAt: file).digest)
-        guard actual == digest else {
-            let kept = store.quarantine(file, reason: "found-\(actual?.hex ?? "unreadable")")
-            reject("\(base)/cas/\(digest.hex) (\(what)) has other bytes (sha256 \(actual?.hex ?? "unreadable")); kept in \(kept), ignored")
+    /// `/cas/<digest>` into `destination` (else a temporary file of the store), verified by the
+    /// hash taken as the bytes arrived; nil on a miss or any failure. The caller admits or removes
+    /// the file. Wrong bytes are quarantined, where the store's file system allows, else removed.
+    public func content(_ digest: SHA256Digest, sizeCap: Int64, what: String, into destination: String? = nil) -> String? {
+        guard let download = get("cas/\(digest.hex)", sizeCap: sizeCap, what: what, into: destination) else { return nil }
+        guard download.sha256 == digest else {
+            state.withLock { _ = $0.wrongContent.insert(digest) }
+            let kept = store.quarantine(download.file, reason: "found-\(download.sha256.hex)")
+            let fate = FileSystem.exists(kept) ? "kept in \(kept)" : "removed"
+            reject("\(base)/cas/\(digest.hex) (\(what)) has other bytes (sha256 \(download.sha256.hex)); \(fate), ignored")
             return nil
         }
         count(\.hits)
-        return file
+        return download.file
     }
 
     /// `/ac/<key>`: the small document a key produced (at most 1 MiB), or nil.
     public func actionResult(_ key: SHA256Digest, what: String) -> Data? {
-        guard let file = get("ac/\(key.hex)", sizeCap: 1 << 20, what: what) else { return nil }
-        defer { FileSystem.remove(file) }
-        return FileManager.default.contents(atPath: file)
+        guard let download = get("ac/\(key.hex)", sizeCap: 1 << 20, what: what) else { return nil }
+        defer { FileSystem.remove(download.file) }
+        return FileManager.default.contents(atPath: download.file)
     }
 
     /// Puts `file` at `/cas/<digest>` when uploading is allowed; a failure is reported, not thrown.
     public func put(file: String, digest: SHA256Digest, what: String) {
+        state.withLock { _ = $0.wrongContent.remove(digest) }
         put("cas/\(digest.hex)", file: file, what: what)
     }
 
     /// Puts `file` at `/cas/<digest>` unless the cache has it (`HEAD`): what a build used but did
-    /// not download this time still reaches the machines that read the cache.
+    /// not download this time still reaches the machines that read the cache. An entry this run
+    /// found holding other bytes is put over.
     public func ensure(file: String, digest: SHA256Digest, what: String) {
         guard upload, isReachable else { return }
+        if state.withLock({ $0.wrongContent.contains(digest) }) { return put(file: file, digest: digest, what: what) }
         switch CurlUpload.status(of: "\(base)/cas/\(digest.hex)", settings: settings) {
         case .success(200): return
         case .success: put(file: file, digest: digest, what: what)
@@ -141,11 +148,13 @@ public final class RemoteCache: Sendable {
 
     private func count(_ field: WritableKeyPath<Counts, Int> & Sendable) { state.withLock { $0.counts[keyPath: field] += 1 } }
 
-    private func get(_ path: String, sizeCap: Int64, what: String) -> String? {
+    /// The file `path` names in the cache, in `destination` (else a temporary file of the store),
+    /// with the sha256 of its bytes; nil on a miss or any failure.
+    private func get(_ path: String, sizeCap: Int64, what: String, into destination: String? = nil) -> (file: String, sha256: SHA256Digest)? {
         guard isReachable else { return nil }
         let url = "\(base)/\(path)"
-        let temporary = store.temporaryPath("remote")
-        do { try FileSystem.createDirectory(store.root + "/tmp") } catch { return nil }
+        let temporary = destination ?? store.temporaryPath("remote")
+        do { try FileSystem.createDirectory((temporary as NSString).deletingLastPathComponent) } catch { return nil }
         let transfer = CurlTransfer(
             url: url, partialPath: temporary, settings: settings, cap: SizeCap(bytes: sizeCap, pinned: false),
             redirects: RedirectPolicy(mirrors: MirrorConfig(), maximumHops: 0)
@@ -154,7 +163,8 @@ public final class RemoteCache: Sendable {
         switch outcome {
         case .complete:
             Reporting.detail("remote cache: hit \(url) (\(what))")
-            return temporary
+            let (sha256, _) = transfer.result
+            return (temporary, sha256)
         case .permanent(let reason) where reason == "HTTP 404":
             Reporting.detail("remote cache: miss \(url) (\(what))")
             count(\.misses)

@@ -98,6 +98,25 @@ struct RemoteCacheTests {
         #expect(quarantined.count == 1, "\(quarantined)")
     }
 
+    /// Wrong bytes under the right name are replaced by a run that uploads and rejected them: the
+    /// fetch puts what it downloaded instead; `ensure` (a build's outputs) puts the file although
+    /// the cache answers for the name.
+    @Test func wrongBytesAreReplacedByARunThatUploads() throws {
+        #expect(fetch("a", ["--remote-cache", cache.url, "--remote-cache-upload"]).succeeded)
+        let (digest, entry) = (inputs[0].digest, "\(cache.data)/cas/\(inputs[0].digest.hex)")
+        try randomData(300_000).write(to: URL(fileURLWithPath: entry))
+        let result = fetch("b", ["--remote-cache", cache.url, "--remote-cache-upload"])
+        #expect(result.succeeded && result.stderr.contains("has other bytes"), "\(result.stderr)")
+        #expect(FileManager.default.contents(atPath: entry) == inputs[0].data, "the fetch left the wrong bytes")
+
+        try randomData(300_000).write(to: URL(fileURLWithPath: entry))
+        let remote = RemoteCache(url: cache.url, store: try Store(root: work.path + "/c"), upload: true, note: { _ in })
+        #expect(remote.content(digest, sizeCap: 1 << 20, what: "r0") == nil)
+        remote.ensure(file: "\(work.path)/a/sha256/\(digest.hex)", digest: digest, what: "r0")
+        #expect(FileManager.default.contents(atPath: entry) == inputs[0].data, "ensure left the wrong bytes")
+        #expect(remote.summary.uploads == 1)
+    }
+
     @Test func aStoppedCacheCostsOneWarning() throws {
         cache.stop()
         let result = fetch("a", ["--remote-cache", cache.url, "--remote-cache-upload", "--jobs", "1"])
