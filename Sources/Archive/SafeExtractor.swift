@@ -114,7 +114,6 @@ public struct SafeExtractor: Sendable {
         var report = Report()
         var entries = 0
         while let entry = try reader.next() {
-            func reject(_ reason: String) -> ArchiveError { .rejectedEntry(archive: archive, entry: entry.path, reason: reason) }
             entries += 1
             guard entries <= limits.maxEntries else {
                 throw .exceedsLimit(
@@ -122,48 +121,65 @@ public struct SafeExtractor: Sendable {
             }
             guard let normalised = TreeHash.normalise(entry.path, strip: stripComponents) else { continue }
             guard let relative = normalised, !relative.isEmpty else {
-                throw reject("absolute path or '..' would write outside \(destination)")
+                throw .rejectedEntry(archive: archive, entry: entry.path, reason: "absolute path or '..' would write outside \(destination)")
             }
-            var components = relative.split(separator: "/").map(String.init)
-            let name = components.removeLast()
-            let parent = try Self.openDirectory(root, components, create: true, reject: reject)
-            defer { if parent != root { close(parent) } }
-            switch entry.kind {
-            case .directory:
-                if mkdirat(parent, name, 0o755) != 0 && errno != EEXIST { throw reject("cannot create directory: \(Self.errorText())") }
-                let fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                guard fd >= 0 else { throw reject("a non-directory is in the way (a symlink cannot be written through)") }
-                fchmod(fd, mode_t(entry.permissions & 0o777 | 0o700))
-                close(fd)
-                report.directories += 1
-            case .regular:
-                report.bytes = try writeFile(reader, entry, archive: archive, parent: parent, name: name, total: report.bytes, reject: reject)
-                report.files += 1
-            case .symlink:
-                let target = entry.linkTarget ?? ""
-                guard Self.staysInside(target, from: components) else {
-                    throw .refusedLink(archive: archive, entry: entry.path, target: target, reason: "points outside \(destination)")
-                }
-                unlinkat(parent, name, 0)
-                guard symlinkat(target, parent, name) == 0 else { throw reject("cannot create symlink: \(Self.errorText())") }
-                symlinks[relative] = entry.path
-                report.links += 1
-            case .hardlink:
-                try hardLink(entry, archive: archive, root: root, parent: parent, name: name, destination: destination, reject: reject)
-                report.links += 1
-            case .other(let mode):
-                let kind =
-                    switch mode {
-                    case 0o020000: "character device"
-                    case 0o060000: "block device"
-                    case 0o010000: "FIFO"
-                    case 0o140000: "socket"
-                    default: "special file"
-                    }
-                throw reject("\(kind) entries are refused")
-            }
+            try place(entry, at: relative, from: reader, archive: archive, root: root, destination: destination, report: &report, symlinks: &symlinks)
         }
         return report
+    }
+
+    /// Lays down one entry at `relative`, its normalised path in the tree, and counts it in `report`.
+    private func place(
+        _ entry: ArchiveEntry, at relative: String, from reader: ArchiveReader, archive: String, root: Int32, destination: String,
+        report: inout Report, symlinks: inout [String: String]
+    ) throws(ArchiveError) {
+        func reject(_ reason: String) -> ArchiveError { .rejectedEntry(archive: archive, entry: entry.path, reason: reason) }
+        var components = relative.split(separator: "/").map(String.init)
+        let name = components.removeLast()
+        let parent = try Self.openDirectory(root, components, create: true, reject: reject)
+        defer { if parent != root { close(parent) } }
+        switch entry.kind {
+        case .directory:
+            try Self.makeDirectory(name, in: parent, permissions: entry.permissions, reject: reject)
+            report.directories += 1
+        case .regular:
+            report.bytes = try writeFile(reader, entry, archive: archive, parent: parent, name: name, total: report.bytes, reject: reject)
+            report.files += 1
+        case .symlink:
+            let target = entry.linkTarget ?? ""
+            guard Self.staysInside(target, from: components) else {
+                throw .refusedLink(archive: archive, entry: entry.path, target: target, reason: "points outside \(destination)")
+            }
+            unlinkat(parent, name, 0)
+            guard symlinkat(target, parent, name) == 0 else { throw reject("cannot create symlink: \(Self.errorText())") }
+            symlinks[relative] = entry.path
+            report.links += 1
+        case .hardlink:
+            try hardLink(entry, archive: archive, root: root, parent: parent, name: name, destination: destination, reject: reject)
+            report.links += 1
+        case .other(let mode):
+            throw reject("\(Self.specialFileKind(mode)) entries are refused")
+        }
+    }
+
+    /// A directory, or one an earlier entry made, given the entry's permissions (and always the owner's rwx).
+    private static func makeDirectory(_ name: String, in parent: Int32, permissions: UInt32, reject: (String) -> ArchiveError) throws(ArchiveError) {
+        if mkdirat(parent, name, 0o755) != 0 && errno != EEXIST { throw reject("cannot create directory: \(errorText())") }
+        let fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw reject("a non-directory is in the way (a symlink cannot be written through)") }
+        fchmod(fd, mode_t(permissions & 0o777 | 0o700))
+        close(fd)
+    }
+
+    /// What an entry of file type `mode` (tar's `S_IFMT` bits) is, for the message that refuses it.
+    private static func specialFileKind(_ mode: UInt32) -> String {
+        switch mode {
+        case 0o020000: "character device"
+        case 0o060000: "block device"
+        case 0o010000: "FIFO"
+        case 0o140000: "socket"
+        default: "special file"
+        }
     }
 
     /// Writes a regular file block by block at the offsets libarchive gives (a sparse file's holes
