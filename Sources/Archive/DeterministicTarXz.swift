@@ -89,9 +89,36 @@ public struct DeterministicTarXz: Sendable {
         return result.sorted { Array(("./" + $0.relative).utf8).lexicographicallyPrecedes(Array(("./" + $1.relative).utf8)) }
     }
 
+    /// Writes the tar stream of `listing` into `sink`, hashing each regular file as it goes.
     private func write(_ listing: [Listed], from root: String, into sink: XzFileSink, name: String) throws -> [Entry] {
-        guard let archive = archive_write_new() else { throw ArchiveError.cannotWrite(archive: name, reason: "out of memory") }
+        let archive = try Self.openTar(into: sink, name: name)
         defer { archive_write_free(archive) }
+        var entries: [Entry] = []
+        var firstPathOfInode: [String: String] = [:]
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        for item in listing {
+            if Cancellation.requested { throw ArchiveError.interrupted(archive: name) }
+            let entry = archive_entry_new()
+            defer { archive_entry_free(entry) }
+            var record = try describe(item, as: entry, root: root, name: name, firstPathOfInode: &firstPathOfInode)
+            guard archive_write_header(archive, entry) == ARCHIVE_OK else {
+                throw ArchiveError.cannotWrite(archive: name, reason: "\(record.path): \(ArchiveReader.message(archive))")
+            }
+            if record.kind == .file {
+                record.sha256 = try Self.copyContents(of: root + "/" + item.relative, as: record.path, into: archive, buffer: buffer, name: name)
+            }
+            entries.append(record)
+        }
+        guard archive_write_close(archive) == ARCHIVE_OK else {
+            throw ArchiveError.cannotWrite(archive: name, reason: ArchiveReader.message(archive))
+        }
+        return entries
+    }
+
+    /// A GNU tar writer with 10 KiB blocks and no padding after the last, writing into `sink`.
+    private static func openTar(into sink: XzFileSink, name: String) throws -> OpaquePointer {
+        guard let archive = archive_write_new() else { throw ArchiveError.cannotWrite(archive: name, reason: "out of memory") }
         archive_write_set_format_gnutar(archive)
         archive_write_add_filter_none(archive)
         archive_write_set_bytes_per_block(archive, 10240)
@@ -101,79 +128,76 @@ public struct DeterministicTarXz: Sendable {
             let sink = Unmanaged<XzFileSink>.fromOpaque(context!).takeUnretainedValue()
             return sink.write(UnsafeRawBufferPointer(start: buffer, count: length)) ? length : -1
         }, nil)
-        guard opened == ARCHIVE_OK else { throw ArchiveError.cannotWrite(archive: name, reason: ArchiveReader.message(archive)) }
+        guard opened == ARCHIVE_OK else {
+            let reason = ArchiveReader.message(archive)
+            archive_write_free(archive)
+            throw ArchiveError.cannotWrite(archive: name, reason: reason)
+        }
+        return archive
+    }
 
-        var entries: [Entry] = []
-        var firstPathOfInode: [String: String] = [:]
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
-        defer { buffer.deallocate() }
-        for item in listing {
+    /// Fills `entry`'s header for `item` as the format normalises it (owner 0, clamped mtime,
+    /// 0755 or 0644, a later path of a multiply linked file as a hard link to the first), and
+    /// returns its record, without the digest.
+    private func describe(
+        _ item: Listed, as entry: OpaquePointer?, root: String, name: String, firstPathOfInode: inout [String: String]
+    ) throws -> Entry {
+        let path = "./" + item.relative
+        let mode: UInt32 = item.info.st_mode & 0o111 != 0 ? 0o755 : 0o644
+        let inode = "\(item.info.st_dev):\(item.info.st_ino)"
+        archive_entry_set_pathname_utf8(entry, path)
+        archive_entry_set_uid(entry, 0)
+        archive_entry_set_gid(entry, 0)
+        archive_entry_set_mtime(entry, time_t(min(Int64(item.info.st_mtim.tv_sec), sourceDateEpoch)), 0)
+        switch item.info.st_mode & S_IFMT {
+        case S_IFDIR:
+            archive_entry_set_filetype(entry, 0o040000)
+            archive_entry_set_perm(entry, 0o755)
+            return Entry(path: path, kind: .directory, mode: 0o755, size: 0)
+        case S_IFLNK:
+            let target = try FileManager.default.destinationOfSymbolicLink(atPath: root + "/" + item.relative)
+            archive_entry_set_filetype(entry, 0o120000)
+            archive_entry_set_perm(entry, 0o777)
+            archive_entry_set_symlink_utf8(entry, target)
+            return Entry(path: path, kind: .symlink, mode: 0o777, size: 0, target: target)
+        case S_IFREG where item.info.st_nlink > 1 && firstPathOfInode[inode] != nil:
+            let first = firstPathOfInode[inode]!
+            archive_entry_set_filetype(entry, 0o100000)
+            archive_entry_set_perm(entry, mode_t(mode))
+            archive_entry_set_hardlink_utf8(entry, first)
+            archive_entry_set_size(entry, 0)
+            return Entry(path: path, kind: .hardlink, mode: mode, size: 0, target: first)
+        case S_IFREG:
+            if item.info.st_nlink > 1 { firstPathOfInode[inode] = path }
+            archive_entry_set_filetype(entry, 0o100000)
+            archive_entry_set_perm(entry, mode_t(mode))
+            archive_entry_set_size(entry, Int64(item.info.st_size))
+            return Entry(path: path, kind: .file, mode: mode, size: Int64(item.info.st_size))
+        default:
+            throw ArchiveError.rejectedEntry(archive: name, entry: path, reason: "special files have no place in a volume")
+        }
+    }
+
+    /// Copies the file at `file` into the archive as the data of the entry just written; returns its sha256.
+    private static func copyContents(
+        of file: String, as path: String, into archive: OpaquePointer, buffer: UnsafeMutableRawBufferPointer, name: String
+    ) throws -> SHA256Digest {
+        let fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { throw FileSystemError.cannotOpen(path: file, errno: errno) }
+        defer { close(fd) }
+        var hasher = StreamingSHA256()
+        while true {
             if Cancellation.requested { throw ArchiveError.interrupted(archive: name) }
-            let path = "./" + item.relative
-            let type = item.info.st_mode & S_IFMT
-            let executable = item.info.st_mode & 0o111 != 0
-            let entry = archive_entry_new()
-            defer { archive_entry_free(entry) }
-            archive_entry_set_pathname_utf8(entry, path)
-            archive_entry_set_uid(entry, 0)
-            archive_entry_set_gid(entry, 0)
-            archive_entry_set_mtime(entry, time_t(min(Int64(item.info.st_mtim.tv_sec), sourceDateEpoch)), 0)
-            var record: Entry
-            let inode = "\(item.info.st_dev):\(item.info.st_ino)"
-            switch type {
-            case S_IFDIR:
-                archive_entry_set_filetype(entry, 0o040000)
-                archive_entry_set_perm(entry, 0o755)
-                record = Entry(path: path, kind: .directory, mode: 0o755, size: 0)
-            case S_IFLNK:
-                let target = try FileManager.default.destinationOfSymbolicLink(atPath: root + "/" + item.relative)
-                archive_entry_set_filetype(entry, 0o120000)
-                archive_entry_set_perm(entry, 0o777)
-                archive_entry_set_symlink_utf8(entry, target)
-                record = Entry(path: path, kind: .symlink, mode: 0o777, size: 0, target: target)
-            case S_IFREG where item.info.st_nlink > 1 && firstPathOfInode[inode] != nil:
-                let first = firstPathOfInode[inode]!
-                archive_entry_set_filetype(entry, 0o100000)
-                archive_entry_set_perm(entry, executable ? 0o755 : 0o644)
-                archive_entry_set_hardlink_utf8(entry, first)
-                archive_entry_set_size(entry, 0)
-                record = Entry(path: path, kind: .hardlink, mode: executable ? 0o755 : 0o644, size: 0, target: first)
-            case S_IFREG:
-                if item.info.st_nlink > 1 { firstPathOfInode[inode] = path }
-                archive_entry_set_filetype(entry, 0o100000)
-                archive_entry_set_perm(entry, executable ? 0o755 : 0o644)
-                archive_entry_set_size(entry, Int64(item.info.st_size))
-                record = Entry(path: path, kind: .file, mode: executable ? 0o755 : 0o644, size: Int64(item.info.st_size))
-            default:
-                throw ArchiveError.rejectedEntry(archive: name, entry: path, reason: "special files have no place in a volume")
-            }
-            guard archive_write_header(archive, entry) == ARCHIVE_OK else {
+            let count = read(fd, buffer.baseAddress, buffer.count)
+            if count < 0 && errno == EINTR { continue }
+            guard count >= 0 else { throw FileSystemError.cannotRead(path: file, reason: String(cString: strerror(errno))) }
+            if count == 0 { break }
+            guard archive_write_data(archive, buffer.baseAddress, count) == count else {
                 throw ArchiveError.cannotWrite(archive: name, reason: "\(path): \(ArchiveReader.message(archive))")
             }
-            if record.kind == .file {
-                let fd = open(root + "/" + item.relative, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-                guard fd >= 0 else { throw FileSystemError.cannotOpen(path: root + "/" + item.relative, errno: errno) }
-                defer { close(fd) }
-                var hasher = StreamingSHA256()
-                defer { record.sha256 = hasher.finalize() }
-                while true {
-                    if Cancellation.requested { throw ArchiveError.interrupted(archive: name) }
-                    let count = read(fd, buffer.baseAddress, buffer.count)
-                    if count < 0 && errno == EINTR { continue }
-                    guard count >= 0 else { throw FileSystemError.cannotRead(path: root + "/" + item.relative, reason: String(cString: strerror(errno))) }
-                    if count == 0 { break }
-                    guard archive_write_data(archive, buffer.baseAddress, count) == count else {
-                        throw ArchiveError.cannotWrite(archive: name, reason: "\(path): \(ArchiveReader.message(archive))")
-                    }
-                    hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-                }
-            }
-            entries.append(record)
+            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
         }
-        guard archive_write_close(archive) == ARCHIVE_OK else {
-            throw ArchiveError.cannotWrite(archive: name, reason: ArchiveReader.message(archive))
-        }
-        return entries
+        return hasher.finalize()
     }
 }
 
