@@ -40,18 +40,14 @@ public enum Variation: String, CaseIterable, Codable, Sendable {
 /// differs is kept beside the first for inspection.
 public struct ReproducibilityCheck: Sendable {
     public struct Options: Sendable {
-        public var target: Target
+        /// What both builds make, its locations absolute: each run builds from it as a file (`build --request`).
+        public var request: BuildRequest
         public var executable: String
         /// The first build's output directory.
         public var reference: String
         /// Where the runs go, each in a directory of its own.
         public var workDirectory: String
-        /// The `krnative build` options both builds share (lock, config, patches, policy, …), absolute.
-        public var buildArguments: [String]
-        public var lockPath: String
         public var store: String
-        public var toolchain: ToolchainKind
-        public var runtime: RuntimeSource = .pbs
         /// The runs: each a set of variations applied together.
         public var runs: [[Variation]]
         /// Every run gets a fresh store (empty step cache), not just `path` and `user`.
@@ -62,20 +58,16 @@ public struct ReproducibilityCheck: Sendable {
         public var packThreads = ProcessInfo.processInfo.activeProcessorCount
         public var log: @Sendable (String) -> Void = Reporting.note
 
-        public init(
-            target: Target, executable: String, reference: String, workDirectory: String, buildArguments: [String], lockPath: String,
-            store: String, toolchain: ToolchainKind, runs: [[Variation]]
-        ) {
-            self.target = target
+        public init(request: BuildRequest, executable: String, reference: String, workDirectory: String, store: String, runs: [[Variation]]) {
+            self.request = request
             self.executable = executable
             self.reference = reference
             self.workDirectory = workDirectory
-            self.buildArguments = buildArguments
-            self.lockPath = lockPath
             self.store = store
-            self.toolchain = toolchain
             self.runs = runs
         }
+
+        var target: Target { request.target }
     }
 
     public struct Run: Codable, Sendable {
@@ -173,7 +165,7 @@ public struct ReproducibilityCheck: Sendable {
                 }
                 let switchUser = ["setpriv", "--reuid=\(entry.pointee.pw_uid)", "--regid=\(entry.pointee.pw_gid)", "--clear-groups", "--"]
                 // It must reach the lock, the executable and its own run directory.
-                let unreachable = [("-r", options.lockPath), ("-x", options.executable), ("-x", options.workDirectory)].filter {
+                let unreachable = [("-r", options.request.locations.lockPath), ("-x", options.executable), ("-x", options.workDirectory)].filter {
                     !ChildProcess.run(switchUser + ["test", $0.0, $0.1]).succeeded
                 }.map(\.1)
                 guard unreachable.isEmpty else {
@@ -219,13 +211,16 @@ public struct ReproducibilityCheck: Sendable {
             store = directory + "/store"
             try seedStore(at: store)
         }
+        let requestFile = directory + "/request.json"
+        try FileSystem.writeAtomically(try options.request.encoded(), to: requestFile)
         if let owner { try Self.chown(directory, to: owner) }
         defer {
             if let mounted { _ = ChildProcess.run(["fusermount", "-u", mounted]) }
         }
 
-        var argv = wrapper + [options.executable, "build"] + options.buildArguments
-        argv += ["--target", options.target.rawValue, "--store", store, "--out", out, "--offline", "--force"] + extra
+        // The runs are compared with the reference build, which was checked against the ledger.
+        var argv = wrapper + [options.executable, "build", "--request", requestFile, "--ledger", "none"]
+        argv += ["--store", store, "--out", out, "--offline", "--force"] + extra
         if !exec.isEmpty { argv = [options.executable, "variation-exec"] + exec + ["--"] + argv }
         let started = Date()
         let result = ChildProcess.run(argv, environment: environment, directory: directory)
@@ -262,8 +257,9 @@ public struct ReproducibilityCheck: Sendable {
     func seedStore(at root: String) throws {
         let source = InputResolver(store: try Store(root: options.store))
         let store = try Store(root: root)
-        let lock = try Lockfile.load(from: options.lockPath)
-        for input in VolumeBuild.inputs(of: options.target, in: lock, host: .current, toolchain: options.toolchain, runtime: options.runtime) {
+        let request = options.request
+        let lock = try Lockfile.load(from: request.locations.lockPath)
+        for input in VolumeBuild.inputs(of: request.target, in: lock, host: .current, toolchain: request.toolchain, runtime: request.runtime) {
             guard let digest = source.located(input) else {
                 throw UsageError("the check needs \(input.name) in the store \(options.store); run `krnative fetch --target \(options.target.rawValue)` first")
             }
