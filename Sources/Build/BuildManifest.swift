@@ -82,7 +82,7 @@ public struct BuildManifest: Codable, Sendable {
 extension BuildManifest {
     /// The manifest of a build of `request` with the build key of `key` (its named parts); the
     /// fields that say the target, versions, isolation, toolchain and runtime are the request's.
-    init(
+    public init(
         request: BuildRequest.Choices, toolVersion: String, lock: Lockfile, key: [String: String], inputs: [Input], patches: [AppliedPatch],
         outputs: [Output], volume: [VolumeEntry]
     ) {

@@ -87,6 +87,12 @@ public struct BuildRequest: Codable, Sendable, Equatable {
         self.locations = locations
     }
 
+    /// What `manifest` records it was asked to make (`BuildManifest.requestedChoices`), from the
+    /// inputs at `locations`: the request `krnative verify` rebuilds.
+    public init(recordedIn manifest: BuildManifest, locations: Locations, policy: () throws -> AuditPolicy?) rethrows {
+        self.init(choices: try manifest.requestedChoices(policy: policy), locations: locations)
+    }
+
     public subscript<Value>(dynamicMember keyPath: WritableKeyPath<Choices, Value>) -> Value {
         get { choices[keyPath: keyPath] }
         set { choices[keyPath: keyPath] = newValue }

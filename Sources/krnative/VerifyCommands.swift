@@ -103,12 +103,12 @@ struct VerifyCommand: ParsableCommand {
                     "\(manifest) was built from a lock with sha256 \(published.lockSha256); \(inputs.lockPath) has \(lock.digest). "
                         + "Check out the lock it was built from, or pass it with --lock")
             }
-            let choices = try published.requestedChoices { try AuditPolicy.load(from: policy) }
+            let request = try BuildRequest(recordedIn: published, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches)) {
+                try AuditPolicy.load(from: policy)
+            }
             var settings = VolumeBuild.Settings(outputDirectory: out, entryExecutable: currentExecutable)
             settings.toolVersion = KrnativeVersion.current
-            let build = VolumeBuild(
-                request: BuildRequest(choices: choices, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches)), settings: settings,
-                resolver: InputResolver(store: try Store(root: inputs.storePath)))
+            let build = VolumeBuild(request: request, settings: settings, resolver: InputResolver(store: try Store(root: inputs.storePath)))
             _ = try fetchInputs(
                 build.neededInputs(lock), inputs: inputs, network: try NetworkOptions.parse(["--offline"]), json: false, summary: Reporting.note)
             let rebuilt = try build.run(lock: lock)
