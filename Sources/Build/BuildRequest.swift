@@ -34,6 +34,8 @@ public struct BuildRequest: Codable, Sendable, Equatable {
         public var volumeVersion: Int
         /// The policy the volume is audited against (nil: not audited).
         public var auditPolicy: AuditPolicy?
+        /// The xz preset (0–9) the volume is compressed with (nil: `DeterministicTarXz`'s, 6).
+        public var xzPreset: Int?
 
         public init(
             target: Target, toolchain: ToolchainKind, runtime: RuntimeSource = .pbs, isolation: Isolation = .namespaces,

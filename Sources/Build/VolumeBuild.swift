@@ -209,7 +209,8 @@ public struct VolumeBuild: Sendable {
     func pack(_ prefix: String, into staging: String, lock: Lockfile) throws -> [DeterministicTarXz.Entry] {
         settings.log("packing \(name(.volume))")
         let started = Date()
-        let packer = DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch, threads: settings.packThreads)
+        var packer = DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch, threads: settings.packThreads)
+        if let preset = request.xzPreset { packer.preset = UInt32(preset) }
         let packed = try packer.pack(prefix, to: staging + "/" + name(.volume))
         settings.log(
             "packed \(packed.count) entries into \(FileSystem.size(of: staging + "/" + name(.volume)) ?? 0) bytes in "

@@ -53,6 +53,7 @@ struct BuildCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "Parallel compile jobs (make -j). Default: the number of CPUs.") var compileJobs: Int?
     @Option(parsing: .unconditional, help: "xz compression threads; the bytes are the same for any number. Default: the number of CPUs.")
     var packThreads: Int?
+    @Option(help: "The xz preset the volume is compressed with, 0 to 9 (in the build key). Default: 6.") var xzPreset: Int?
     @Flag(help: "Then build again elsewhere with the circumstances varied, offline, and compare every output (exit 1 when they differ).")
     var check = false
     @Option(
@@ -68,6 +69,7 @@ struct BuildCommand: ParsableCommand {
 
     func validate() throws {
         try requirePositive(["--compile-jobs": compileJobs, "--pack-threads": packThreads])
+        if let xzPreset, !(0...9).contains(xzPreset) { throw ValidationError("--xz-preset takes a whole number from 0 to 9 (got \(xzPreset))") }
         if requestFile != nil {
             let given = optionsTheRequestHolds
             guard given.isEmpty else { throw ValidationError("--request FILE holds the target and what decides the bytes: drop \(given.joined(separator: ", "))") }
@@ -85,7 +87,7 @@ struct BuildCommand: ParsableCommand {
         let given: [(String, Bool)] = [
             ("--target", !targets.isEmpty), ("--all", all), ("--lock", inputs.lock != nil), ("--config", configOption != nil),
             ("--patches", patchesOption != nil), ("--policy", policyOption != nil), ("--toolchain", toolchain != nil),
-            ("--runtime", runtime != nil), ("--sandbox", sandbox != nil), ("--audit", audit != nil),
+            ("--runtime", runtime != nil), ("--sandbox", sandbox != nil), ("--audit", audit != nil), ("--xz-preset", xzPreset != nil),
         ]
         return given.filter(\.1).map(\.0)
     }
@@ -125,9 +127,10 @@ struct BuildCommand: ParsableCommand {
 
     /// What the options ask to build of `target`.
     func request(for target: Target) throws -> BuildRequest {
-        let choices = try BuildRequest.Choices(
+        var choices = try BuildRequest.Choices(
             target: target, config: try KrunnerConfig.load(from: config), toolchain: toolchain ?? Toolchain.defaultKind(for: .current),
             runtime: runtime, isolation: try Isolation.chosen(sandbox), auditMode: audit ?? .enforce, auditPolicy: try AuditPolicy.load(from: policy))
+        choices.xzPreset = xzPreset
         return BuildRequest(choices: choices, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches))
     }
 
