@@ -186,7 +186,9 @@ struct BuildCommand: ParsableCommand {
         if let restored = try build.restoreFromRemoteCache(lock: lock) {
             manifest = restored
         } else {
-            _ = try fetchInputs(build.neededInputs(lock), inputs: inputs, network: network, json: false, remoteCache: remoteCache, summary: say)
+            _ = try fetchInputs(
+                build.neededInputs(lock), inputs: inputs, network: network, json: false, remoteCache: remoteCache,
+                lockPath: build.request.locations.lockPath, summary: say)
             manifest = try build.run(lock: lock)
             try build.uploadToRemoteCache(manifest)
         }
