@@ -1,7 +1,8 @@
 import Foundation
 import KrnativeBase
+import Lock
 
-/// The build key: everything that decides a build's outputs, by name (`VolumeBuild.buildKeyParts`),
+/// The build key: everything that decides a build's outputs, by name (`BuildKey.parts`),
 /// hashed. The manifest records the parts beside the key, so that a build whose key differs from the
 /// manifest's can say which part changed ("audit mode report → enforce") instead of rebuilding silently.
 public enum BuildKey {
@@ -10,6 +11,21 @@ public enum BuildKey {
     /// Starts a part's value that stands for contents (a file, a document): such a part is reported
     /// as changed, not as two hashes.
     static let contentsPrefix = "sha256:"
+
+    /// Everything that decides a build's outputs, by name: the request's choices (each field a
+    /// part, `BuildRequest.Choices.keyParts`), the krnative executable, the lock, and each file
+    /// under the patches directory ("patch NAME"). Files are there by their hash, never their path.
+    public static func parts(of request: BuildRequest, lock: Lockfile, executable: String) throws -> [String: String] {
+        var parts = try request.choices.keyParts()
+        parts["krnative executable"] = contents(try SHA256Digest.of(fileAt: executable).digest)
+        parts["lock"] = contents(lock.digest)
+        let patches = request.locations.patchesDirectory
+        let names = (FileManager.default.enumerator(atPath: patches)?.allObjects as? [String] ?? []).sorted()
+        for name in names where !FileSystem.isDirectory(patches + "/" + name) {
+            parts["patch " + name] = contents(try SHA256Digest.of(fileAt: patches + "/" + name).digest)
+        }
+        return parts
+    }
 
     /// The key of `parts`: the format, then the parts as JSON with sorted names, hashed.
     public static func digest(of parts: [String: String]) -> SHA256Digest {

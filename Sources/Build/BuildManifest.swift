@@ -34,6 +34,10 @@ public struct BuildManifest: Codable, Sendable {
         public var size: Int64
         public var sha256: SHA256Digest?
         public var target: String?
+
+        init(_ entry: DeterministicTarXz.Entry) {
+            (path, type, mode, size, sha256, target) = (entry.path, entry.kind, String(entry.mode, radix: 8), entry.size, entry.sha256, entry.target)
+        }
     }
 
     public struct Audit: Codable, Sendable {
@@ -64,11 +68,38 @@ public struct BuildManifest: Codable, Sendable {
     public var audit: Audit?
     /// Where the Python runtime came from (absent in manifests older than the choice: pbs).
     public var runtime: RuntimeSource?
+    /// What the build was asked to make (`krnative verify` rebuilds it). Absent in older
+    /// manifests: `requestedChoices` reads it from the fields above then.
+    public var request: BuildRequest.Choices?
 
     public func encoded() throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         return try encoder.encode(self) + Data("\n".utf8)
+    }
+}
+
+extension BuildManifest {
+    /// The manifest of a build of `request` with the build key of `key` (its named parts); the
+    /// fields that say the target, versions, isolation, toolchain and runtime are the request's.
+    public init(
+        request: BuildRequest.Choices, toolVersion: String, lock: Lockfile, key: [String: String], inputs: [Input], patches: [AppliedPatch],
+        outputs: [Output], volume: [VolumeEntry]
+    ) {
+        self.init(
+            tool: .init(version: toolVersion), target: request.target, lockSha256: lock.digest, sourceDateEpoch: lock.sourceDateEpoch,
+            isolation: request.isolation, packageVersion: request.packageVersion, volumeVersion: request.volumeVersion, inputs: inputs,
+            patches: patches, outputs: outputs, volume: volume, buildKey: BuildKey.digest(of: key), buildKeyParts: key,
+            toolchain: request.toolchain, runtime: request.runtime, request: request)
+    }
+
+    /// What the build was asked to make: as recorded, or, in a manifest older than the record,
+    /// from its fields, with the toolchain this machine defaults to and `policy`'s audit policy.
+    public func requestedChoices(policy: () throws -> AuditPolicy?) rethrows -> BuildRequest.Choices {
+        if let request { return request }
+        return BuildRequest.Choices(
+            target: target, toolchain: toolchain ?? Toolchain.defaultKind(for: .current), runtime: runtime ?? .pbs, isolation: isolation,
+            auditMode: audit?.mode ?? .enforce, packageVersion: packageVersion, volumeVersion: volumeVersion, auditPolicy: try policy())
     }
 }
 

@@ -17,9 +17,9 @@ extension VolumeBuild {
     /// The outputs another machine built with this build key, published as a build would; nil on
     /// a miss or anything wrong (said by the cache).
     public func restoreFromRemoteCache(lock: Lockfile) throws -> BuildManifest? {
-        guard let cache = options.remoteCache else { return nil }
+        guard let cache = settings.remoteCache else { return nil }
         let key = BuildKey.digest(of: try buildKeyParts(lock: lock))
-        let what = "the \(options.target.rawValue) build \(key.hex.prefix(12))"
+        let what = "the \(request.target.rawValue) build \(key.hex.prefix(12))"
         guard let document = cache.actionResult(key, what: what) else { return nil }
         guard let manifest = try? JSONDecoder().decode(BuildManifest.self, from: document), manifest.buildKey == key,
             manifest.outputs.map(\.file) == names(BuildOutput.listedInTheManifest),
@@ -28,7 +28,7 @@ extension VolumeBuild {
             cache.reject("\(cache.base)/ac/\(key.hex) (\(what)) is not the manifest of this build; ignored")
             return nil
         }
-        let stagingDirectory = try StagingDirectory(in: options.outputDirectory)
+        let stagingDirectory = try StagingDirectory(in: settings.outputDirectory)
         defer { stagingDirectory.remove() }
         let staging = stagingDirectory.path
         for output in manifest.outputs {
@@ -38,27 +38,27 @@ extension VolumeBuild {
         try FileSystem.writeAtomically(document, to: staging + "/" + name(.manifest))
         // The ledger holds the volume's tree, as for a volume built here.
         var ledgerEntry: VolumeLedger.Entry?
-        if options.ledger != nil {
+        if settings.ledger != nil {
             let volume = staging + "/volume"
             _ = try SafeExtractor().extract(staging + "/" + name(.volume), into: volume)
-            ledgerEntry = try admitToLedger(volume, volume: try options.config.volumeVersion(for: options.target))
+            ledgerEntry = try admitToLedger(volume, volume: request.volumeVersion)
             FileSystem.remove(volume)
         }
-        try Self.publish(names(BuildOutput.listedInTheManifest), manifest: name(.manifest), from: staging, into: options.outputDirectory)
+        try Self.publish(names(BuildOutput.listedInTheManifest), manifest: name(.manifest), from: staging, into: settings.outputDirectory)
         if let ledgerEntry { try record(ledgerEntry) }
-        options.log("\(options.target.rawValue): the outputs of build \(key.hex.prefix(12)) from the remote cache")
+        settings.log("\(request.target.rawValue): the outputs of build \(key.hex.prefix(12)) from the remote cache")
         return manifest
     }
 
     /// Gives the cache this build's outputs (those it lacks), then its manifest under the build
     /// key: the manifest last, so that no reader finds a manifest whose outputs are not there.
     public func uploadToRemoteCache(_ manifest: BuildManifest) throws {
-        guard let cache = options.remoteCache, cache.upload, let key = manifest.buildKey else { return }
-        let what = "the \(options.target.rawValue) build \(key.hex.prefix(12))"
+        guard let cache = settings.remoteCache, cache.upload, let key = manifest.buildKey else { return }
+        let what = "the \(request.target.rawValue) build \(key.hex.prefix(12))"
         for output in manifest.outputs {
-            cache.ensure(file: options.outputDirectory + "/" + output.file, digest: output.sha256, what: "\(what): \(output.file)")
+            cache.ensure(file: settings.outputDirectory + "/" + output.file, digest: output.sha256, what: "\(what): \(output.file)")
         }
-        guard let document = FileManager.default.contents(atPath: options.outputDirectory + "/" + name(.manifest)) else { return }
+        guard let document = FileManager.default.contents(atPath: settings.outputDirectory + "/" + name(.manifest)) else { return }
         cache.put(actionResult: document, key: key, what: what)
     }
 }

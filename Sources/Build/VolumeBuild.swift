@@ -31,46 +31,37 @@ public enum BuildOutput: CaseIterable, Sendable {
 
 /// `krnative build --target T`: from the lock's inputs in the store to the volume, its side
 /// files, the plugin wheel, the manifest and the SBOM, in the output directory whole or not at all.
+/// What it makes is its `request`; how it runs, its `settings`.
 public struct VolumeBuild: Sendable {
-    public struct Options: Sendable {
-        public var target: Target
-        public var config: KrunnerConfig
+    /// How the build runs, none of which changes its bytes (so none of it is in the build key).
+    public struct Settings: Sendable {
         public var outputDirectory: String
-        public var patchesDirectory: String
+        /// The krnative executable that runs inside the sandbox (in the build key by its hash).
         public var entryExecutable: String
-        public var toolchain: ToolchainKind = .zig
-        public var isolation: Isolation = .namespaces
         public var jobs = ProcessInfo.processInfo.activeProcessorCount
         public var packThreads = ProcessInfo.processInfo.activeProcessorCount
-        public var lockPath = Lockfile.defaultFileName
         public var toolVersion = "0"
-        /// The policy every build's volume is audited against, and whether a violation fails the build.
-        public var auditPolicy: AuditPolicy?
-        public var auditMode: AuditMode = .enforce
         /// The volume ledger the volume's number is checked against (nil: not checked, as in verify).
         public var ledger: VolumeLedgerCheck?
         /// The shared cache ttyd's steps are looked for in (and uploaded to, when it allows).
         public var remoteCache: RemoteCache?
         /// Told what ttyd's build did, step by step (for `build --all`'s table).
         public var onTtydSteps: (@Sendable (TtydBuild.Report) -> Void)?
-        /// Where the Python runtime comes from: the lock's python-build-standalone archive, or built here.
-        public var runtime: RuntimeSource = .pbs
         public var log: @Sendable (String) -> Void = Reporting.note
 
-        public init(target: Target, config: KrunnerConfig, outputDirectory: String, patchesDirectory: String, entryExecutable: String) {
-            self.target = target
-            self.config = config
+        public init(outputDirectory: String, entryExecutable: String) {
             self.outputDirectory = outputDirectory
-            self.patchesDirectory = patchesDirectory
             self.entryExecutable = entryExecutable
         }
     }
 
-    public let options: Options
+    public let request: BuildRequest
+    public let settings: Settings
     public let resolver: InputResolver
 
-    public init(options: Options, resolver: InputResolver) {
-        self.options = options
+    public init(request: BuildRequest, settings: Settings, resolver: InputResolver) {
+        self.request = request
+        self.settings = settings
         self.resolver = resolver
     }
 
@@ -106,16 +97,14 @@ public struct VolumeBuild: Sendable {
 
     /// The file name of `output` for this build's target and package version.
     public func name(_ output: BuildOutput) -> String {
-        let (distro, arch) = (options.target.distro, options.target.arch.rawValue)
+        let (distro, arch) = (request.target.distro, request.target.arch.rawValue)
         switch output {
         case .ttyd: return "ttyd_linux.\(arch).bin"
         case .volume: return "krunner-env.\(distro).\(arch).tar.xz"
         case .volumeVersion: return "krunner-version.\(distro).txt"
         case .pythonVersion: return "krunner-python.\(distro).txt"
         case .versions: return "versions.txt"
-        case .wheel:
-            let version = (try? options.config.packageVersion(for: options.target)) ?? "0"
-            return PluginWheel(target: options.target, version: version, sourceDateEpoch: 0).filename
+        case .wheel: return PluginWheel(target: request.target, version: request.packageVersion, sourceDateEpoch: 0).filename
         case .sbom: return "krnative-sbom.\(distro).\(arch).spdx.json"
         case .manifest: return "krnative-manifest.\(distro).\(arch).json"
         }
@@ -127,43 +116,87 @@ public struct VolumeBuild: Sendable {
     /// The names of `outputs`, in their order.
     func names(_ outputs: [BuildOutput]) -> [String] { outputs.map(name) }
 
+    /// The lock's inputs this build uses (`inputs(of:in:host:toolchain:runtime:)` for its request).
+    public func neededInputs(_ lock: Lockfile) -> [LockedInput] {
+        Self.inputs(of: request.target, in: lock, host: .current, toolchain: request.toolchain, runtime: request.runtime)
+    }
+
+    /// Where the store holds `input`.
+    func path(of input: LockedInput) throws -> String {
+        guard let path = try resolver.path(of: input) else {
+            throw CompileError.missingInput(name: input.name, lockPath: request.locations.lockPath)
+        }
+        return path
+    }
+
+    /// The stages in a staging directory beside the outputs: ttyd, the volume tree, its audit,
+    /// the packed volume and the files beside it, the manifest; then all published at once.
     public func run(lock: Lockfile) throws -> BuildManifest {
-        let target = options.target
-        let (distro, arch) = (target.distro, target.arch.rawValue)
-        let stagingDirectory = try StagingDirectory(in: options.outputDirectory)
+        let stagingDirectory = try StagingDirectory(in: settings.outputDirectory)
         defer { stagingDirectory.remove() }
         let staging = stagingDirectory.path
-        let needed = Self.inputs(of: target, in: lock, host: .current, toolchain: options.toolchain, runtime: options.runtime)
-        func path(of input: LockedInput) throws -> String {
-            guard let path = try resolver.path(of: input) else { throw CompileError.missingInput(name: input.name, lockPath: options.lockPath) }
-            return path
-        }
-
-        // ttyd and its libraries.
-        var ttydOptions = TtydBuild.Options(
-            target: target, patchesDirectory: options.patchesDirectory, outputDirectory: staging, entryExecutable: options.entryExecutable)
-        ttydOptions.toolchain = options.toolchain
-        ttydOptions.isolation = options.isolation
-        ttydOptions.jobs = options.jobs
-        ttydOptions.lockPath = options.lockPath
-        ttydOptions.log = options.log
-        ttydOptions.remoteCache = options.remoteCache
-        let ttyd = try TtydBuild(options: ttydOptions, resolver: resolver).run(lock: lock)
-        let counts = ttyd.counts
-        options.log("ttyd: \(ttyd.steps.count) steps: \(counts.compiled) compiled, \(counts.cached) cached, \(counts.remote) from the remote cache")
-        options.onTtydSteps?(ttyd)
-        FileSystem.remove(staging + "/ttyd_linux.\(arch).json")
-
-        // The volume tree.
-        options.log("laying out the \(target.rawValue) volume")
+        let ttyd = try buildTtyd(lock: lock, into: staging)
         let prefix = staging + "/volume"
-        let layout = VolumeLayout(target: target)
-        let (runtimeArchive, runtimeSize) = try runtimeArchive(lock: lock, staging: staging, needed: needed, path: path)
+        let layout = try layOut(into: prefix, staging: staging, lock: lock)
+        let audit = try audit(prefix)
+        let ledgerEntry = try admitToLedger(prefix, volume: request.volumeVersion)
+        let packed = try pack(prefix, into: staging, lock: lock)
+        try writeSideFiles(layout: layout, licenses: prefix + "/licenses", into: staging, lock: lock)
+        let manifest = try writeManifest(ttyd: ttyd, packed: packed, audit: audit, into: staging, lock: lock)
+        if Cancellation.requested { throw ArchiveError.interrupted(archive: staging) }
+        try Self.publish(names(BuildOutput.listedInTheManifest), manifest: name(.manifest), from: staging, into: settings.outputDirectory)
+        if let ledgerEntry { try record(ledgerEntry) }
+        return manifest
+    }
+
+    /// What the compile stage needs of this build, for ttyd and the runtime alike: the request's
+    /// isolation, lock and patches; the settings' executable, jobs, remote cache and log.
+    func stepSettings() -> StepRunner.Settings {
+        var step = StepRunner.Settings(entryExecutable: settings.entryExecutable, patchesDirectory: request.locations.patchesDirectory)
+        step.isolation = request.isolation
+        step.lockPath = request.locations.lockPath
+        step.remoteCache = settings.remoteCache
+        step.jobs = settings.jobs
+        step.log = settings.log
+        return step
+    }
+
+    /// ttyd and its libraries, into `staging`.
+    func buildTtyd(lock: Lockfile, into staging: String) throws -> TtydBuild.Report {
+        var options = TtydBuild.Options(target: request.target, outputDirectory: staging, settings: stepSettings())
+        options.toolchain = request.toolchain
+        options.jobs = settings.jobs
+        let ttyd = try TtydBuild(options: options, resolver: resolver).run(lock: lock)
+        let counts = ttyd.counts
+        settings.log("ttyd: \(ttyd.steps.count) steps: \(counts.compiled) compiled, \(counts.cached) cached, \(counts.remote) from the remote cache")
+        settings.onTtydSteps?(ttyd)
+        FileSystem.remove(staging + "/ttyd_linux.\(request.target.arch.rawValue).json")
+        return ttyd
+    }
+
+    /// The volume tree in `prefix`: the runtime, the wheels, ttyd, the licenses, the `.pyc`.
+    func layOut(into prefix: String, staging: String, lock: Lockfile) throws -> VolumeLayout {
+        settings.log("laying out the \(request.target.rawValue) volume")
+        let needed = neededInputs(lock)
+        let layout = VolumeLayout(target: request.target)
+        let (runtimeArchive, runtimeSize) = try runtimeArchive(lock: lock, staging: staging, needed: needed)
         try layout.placeRuntime(runtimeArchive, into: prefix, recordedSize: runtimeSize)
-        let installer = WheelInstaller(target: target)
-        let wheels = needed.filter({ $0.kind == .wheel }).sorted(by: { $0.filename < $1.filename })
-        options.log("installing \(wheels.count) wheels into the volume")
-        for wheel in wheels {
+        try installWheels(needed.filter { $0.kind == .wheel }, into: prefix, staging: staging)
+        try layout.placeTtyd(staging + "/" + name(.ttyd), into: prefix)
+        try layout.collectRuntimeLicense(in: prefix)
+        try layout.collectWheelLicenses(in: prefix)
+        for source in needed.filter({ $0.kind == .source }) {
+            try layout.collectLicenses(ofArchive: try path(of: source), component: source.name, into: prefix)
+        }
+        try compileBytecode(layout: layout, prefix: prefix, staging: staging, lock: lock)
+        return layout
+    }
+
+    /// The lock's wheels, in file name order, installed into `prefix`.
+    func installWheels(_ wheels: [LockedInput], into prefix: String, staging: String) throws {
+        let installer = WheelInstaller(target: request.target)
+        settings.log("installing \(wheels.count) wheels into the volume")
+        for wheel in wheels.sorted(by: { $0.filename < $1.filename }) {
             // The installer reads the tags from the file name: give it one.
             let named = staging + "/wheels/" + wheel.filename
             try FileSystem.createDirectory(staging + "/wheels")
@@ -171,68 +204,56 @@ public struct VolumeBuild: Sendable {
             try installer.install(named, into: prefix)
         }
         FileSystem.remove(staging + "/wheels")
-        try layout.placeTtyd(staging + "/" + name(.ttyd), into: prefix)
-        try layout.collectRuntimeLicense(in: prefix)
-        try layout.collectWheelLicenses(in: prefix)
-        for source in needed.filter({ $0.kind == .source }) {
-            try layout.collectLicenses(ofArchive: try path(of: source), component: source.name, into: prefix)
-        }
-        try compileBytecode(layout: layout, prefix: prefix, staging: staging, lock: lock, path: path)
-        let audit = try audit(prefix)
-        let volumeVersion = try options.config.volumeVersion(for: target)
-        let packageVersion = try options.config.packageVersion(for: target)
-        let ledgerEntry = try admitToLedger(prefix, volume: volumeVersion)
+    }
 
-        // Pack, side files, the plugin wheel.
-        options.log("packing \(name(.volume))")
-        let packingStarted = Date()
-        let packed = try DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch, threads: options.packThreads)
-            .pack(prefix, to: staging + "/" + name(.volume))
-        options.log(
+    /// The volume tree packed into `staging`; its entries, in archive order.
+    func pack(_ prefix: String, into staging: String, lock: Lockfile) throws -> [DeterministicTarXz.Entry] {
+        settings.log("packing \(name(.volume))")
+        let started = Date()
+        var packer = DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch, threads: settings.packThreads)
+        if let preset = request.xzPreset { packer.preset = UInt32(preset) }
+        let packed = try packer.pack(prefix, to: staging + "/" + name(.volume))
+        settings.log(
             "packed \(packed.count) entries into \(FileSystem.size(of: staging + "/" + name(.volume)) ?? 0) bytes in "
-                + String(format: "%.0f s", Date().timeIntervalSince(packingStarted)))
-        try FileSystem.writeAtomically(Data("\(volumeVersion)\n".utf8), to: staging + "/" + name(.volumeVersion))
-        try FileSystem.writeAtomically(Data("\(layout.python.major).\(layout.python.minor)\n".utf8), to: staging + "/" + name(.pythonVersion))
-        try FileSystem.writeAtomically(Data("\(distro)\n".utf8), to: staging + "/" + name(.versions))
-        let payload = Dictionary(uniqueKeysWithValues: names(BuildOutput.inWheel).map { ($0, staging + "/" + $0) })
-        options.log("writing the plugin wheel, version \(packageVersion)")
-        _ = try PluginWheel(target: target, version: packageVersion, sourceDateEpoch: lock.sourceDateEpoch)
-            .write(into: staging, payload: payload, licenses: prefix + "/licenses")
+                + String(format: "%.0f s", Date().timeIntervalSince(started)))
+        return packed
+    }
 
-        // The manifest and the SBOM.
-        var outputs: [BuildManifest.Output] = []
-        for file in names(BuildOutput.hashedBeforeTheSBOM) {
+    /// The version files beside the volume, and the plugin wheel that carries them with the volume and ttyd.
+    func writeSideFiles(layout: VolumeLayout, licenses: String, into staging: String, lock: Lockfile) throws {
+        try FileSystem.writeAtomically(Data("\(request.volumeVersion)\n".utf8), to: staging + "/" + name(.volumeVersion))
+        try FileSystem.writeAtomically(Data("\(layout.python.major).\(layout.python.minor)\n".utf8), to: staging + "/" + name(.pythonVersion))
+        try FileSystem.writeAtomically(Data("\(request.target.distro)\n".utf8), to: staging + "/" + name(.versions))
+        let payload = Dictionary(uniqueKeysWithValues: names(BuildOutput.inWheel).map { ($0, staging + "/" + $0) })
+        settings.log("writing the plugin wheel, version \(request.packageVersion)")
+        _ = try PluginWheel(target: request.target, version: request.packageVersion, sourceDateEpoch: lock.sourceDateEpoch)
+            .write(into: staging, payload: payload, licenses: licenses)
+    }
+
+    /// The manifest (the request, the key, the inputs, the outputs and the volume's entries) and
+    /// the SBOM made from it, written into `staging`.
+    func writeManifest(
+        ttyd: TtydBuild.Report, packed: [DeterministicTarXz.Entry], audit: VolumeAudit.Report?, into staging: String, lock: Lockfile
+    ) throws -> BuildManifest {
+        let outputs = try names(BuildOutput.hashedBeforeTheSBOM).map { file in
             let (digest, size) = try SHA256Digest.of(fileAt: staging + "/" + file)
-            outputs.append(.init(file: file, sha256: digest, size: size))
+            return BuildManifest.Output(file: file, sha256: digest, size: size)
         }
-        var volume: [BuildManifest.VolumeEntry] = []
-        for entry in packed {
-            volume.append(.init(path: entry.path, type: entry.kind, mode: String(entry.mode, radix: 8), size: entry.size, sha256: entry.sha256, target: entry.target))
-        }
-        let inputs = Self.inputs(of: target, in: lock, host: .current, toolchain: options.toolchain).compactMap { input in
+        let inputs = neededInputs(lock).compactMap { input in
             resolver.located(input).map {
                 BuildManifest.Input(name: input.name, kind: input.kind, version: input.version, sha256: $0, treeSha256: input.treeSha256, license: input.license)
             }
         }
-        var manifest = BuildManifest(
-            tool: .init(version: options.toolVersion), target: target, lockSha256: lock.digest, sourceDateEpoch: lock.sourceDateEpoch,
-            isolation: options.isolation, packageVersion: packageVersion, volumeVersion: volumeVersion,
-            inputs: inputs, patches: ttyd.patches, outputs: outputs, volume: volume)
         let keyParts = try buildKeyParts(lock: lock)
-        manifest.buildKeyParts = keyParts
-        manifest.buildKey = BuildKey.digest(of: keyParts)
-        manifest.toolchain = options.toolchain
-        manifest.runtime = options.runtime
-        manifest.audit = audit.map { .init(policy: $0.policy, mode: options.auditMode, elfFiles: $0.elfFiles, violations: $0.violations) }
+        var manifest = BuildManifest(
+            request: request.choices, toolVersion: settings.toolVersion, lock: lock, key: keyParts, inputs: inputs, patches: ttyd.patches,
+            outputs: outputs, volume: packed.map(BuildManifest.VolumeEntry.init))
+        manifest.audit = audit.map { .init(policy: $0.policy, mode: request.auditMode, elfFiles: $0.elfFiles, violations: $0.violations) }
         let sbomName = name(.sbom)
         try FileSystem.writeAtomically(try SBOM.document(for: manifest, name: sbomName), to: staging + "/" + sbomName)
         let (sbomDigest, sbomSize) = try SHA256Digest.of(fileAt: staging + "/" + sbomName)
         manifest.outputs.append(.init(file: sbomName, sha256: sbomDigest, size: sbomSize))
         try FileSystem.writeAtomically(try manifest.encoded(), to: staging + "/" + name(.manifest))
-
-        if Cancellation.requested { throw ArchiveError.interrupted(archive: staging) }
-        try Self.publish(names(BuildOutput.listedInTheManifest), manifest: name(.manifest), from: staging, into: options.outputDirectory)
-        if let ledgerEntry { try record(ledgerEntry) }
         return manifest
     }
 
@@ -275,37 +296,17 @@ public struct VolumeBuild: Sendable {
         var outputs: [Output]
     }
 
-    /// Everything that decides the outputs, by name (`BuildKey`): the krnative executable, the
-    /// lock, the target, toolchain, isolation and audit mode, the target's package and volume
-    /// versions, the audit policy, and each file under the patches directory ("patch NAME").
-    /// Files and documents are there by their hash.
+    /// Everything that decides the outputs, by name (`BuildKey.parts`): the request's choices,
+    /// the krnative executable, the lock and the patches, the files by their hash.
     public func buildKeyParts(lock: Lockfile) throws -> [String: String] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = .sortedKeys
-        var parts = [
-            "krnative executable": BuildKey.contents(try SHA256Digest.of(fileAt: options.entryExecutable).digest),
-            "lock": BuildKey.contents(lock.digest),
-            "target": options.target.rawValue,
-            "toolchain": options.toolchain.rawValue,
-            "isolation": options.isolation.rawValue,
-            "audit mode": options.auditMode.rawValue,
-            "runtime": options.runtime.rawValue,
-            "package version": try options.config.packageVersion(for: options.target),
-            "volume version": String(try options.config.volumeVersion(for: options.target)),
-            "audit policy": try options.auditPolicy.map { BuildKey.contents(SHA256Digest.of(try encoder.encode($0))) } ?? "none",
-        ]
-        let patches = (FileManager.default.enumerator(atPath: options.patchesDirectory)?.allObjects as? [String] ?? []).sorted()
-        for name in patches where !FileSystem.isDirectory(options.patchesDirectory + "/" + name) {
-            parts["patch " + name] = BuildKey.contents(try SHA256Digest.of(fileAt: options.patchesDirectory + "/" + name).digest)
-        }
-        return parts
+        try BuildKey.parts(of: request, lock: lock, executable: settings.entryExecutable)
     }
 
     /// Whether the output directory already holds what this build would make: a manifest with
     /// this build's key, and every output it lists present with that size and hash. When not,
     /// the verdict says why, naming what the user changed or what is missing.
     public func upToDate(lock: Lockfile) throws -> UpToDateVerdict {
-        let directory = options.outputDirectory
+        let directory = settings.outputDirectory
         let manifestPath = directory + "/" + name(.manifest)
         guard let data = FileManager.default.contents(atPath: manifestPath) else { return .noManifest(in: directory) }
         guard let manifest = try? JSONDecoder().decode(BuildManifest.self, from: data) else {
@@ -343,45 +344,45 @@ public struct VolumeBuild: Sendable {
     /// The finished volume tree against the target's policy: a violation fails the build (or, in
     /// report mode, is printed and recorded in the manifest).
     func audit(_ prefix: String) throws -> VolumeAudit.Report? {
-        guard let policy = options.auditPolicy else { return nil }
-        options.log("auditing the volume against sysroots/audit-policy.json")
-        let report = try VolumeAudit(target: options.target, policy: policy).audit(try Listing.ofDirectory(prefix))
+        guard let policy = request.auditPolicy else { return nil }
+        settings.log("auditing the volume against sysroots/audit-policy.json")
+        let report = try VolumeAudit(target: request.target, policy: policy).audit(try Listing.ofDirectory(prefix))
         if !report.passed {
-            let failure = AuditFailed(location: "the \(options.target.rawValue) volume", report: report)
-            guard options.auditMode == .report else { throw failure }
-            options.log("audit (report only, --audit report): " + failure.description)
+            let failure = AuditFailed(location: "the \(request.target.rawValue) volume", report: report)
+            guard request.auditMode == .report else { throw failure }
+            settings.log("audit (report only, --audit report): " + failure.description)
         }
         return report
     }
 
     /// `.pyc` for the volume, by the target's own runtime where it runs here, else by the host's
     /// glibc runtime of the same Python version (the same magic number), mounted beside it.
-    func compileBytecode(layout: VolumeLayout, prefix: String, staging: String, lock: Lockfile, path: (LockedInput) throws -> String) throws {
-        guard options.isolation == .namespaces else {
-            options.log("SKIPPED .pyc: without the sandbox the volume is not at \(layout.mountPoint) to be compiled there")
+    func compileBytecode(layout: VolumeLayout, prefix: String, staging: String, lock: Lockfile) throws {
+        guard request.isolation == .namespaces else {
+            settings.log("SKIPPED .pyc: without the sandbox the volume is not at \(layout.mountPoint) to be compiled there")
             return
         }
-        let runner = SandboxRunner(entryExecutable: options.entryExecutable, isolation: options.isolation)
-        guard let bytecode = Self.bytecodeTarget(for: options.target, host: .current) else { return }
-        if options.runtime == .source, bytecode != options.target {
+        let runner = SandboxRunner(entryExecutable: settings.entryExecutable, isolation: request.isolation)
+        guard let bytecode = Self.bytecodeTarget(for: request.target, host: .current) else { return }
+        if request.runtime == .source, bytecode != request.target {
             // The build Python the runtime was cross-compiled with: the same CPython, for this machine.
-            options.log("compiling .pyc with the build Python of the runtime from source")
+            settings.log("compiling .pyc with the build Python of the runtime from source")
             try layout.compileBytecode(
                 in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
                 extraMounts: [.readOnly(staging + "/runtime/build-python", at: "/opt/host-python")], sourceDateEpoch: lock.sourceDateEpoch)
             return
         }
-        if bytecode == options.target {
+        if bytecode == request.target {
             try layout.compileBytecode(in: prefix, runner: runner, sourceDateEpoch: lock.sourceDateEpoch)
             return
         }
         guard let runtime = lock.inputs(for: [bytecode], host: .current).first(where: { $0.kind == .runtime }) else {
-            throw CompileError.missingInput(name: "the \(bytecode.rawValue) runtime (it compiles the .pyc)", lockPath: options.lockPath)
+            throw CompileError.missingInput(name: "the \(bytecode.rawValue) runtime (it compiles the .pyc)", lockPath: request.locations.lockPath)
         }
         let hostPython = staging + "/host-python"
-        try VolumeLayout(target: bytecode).placeRuntime(try path(runtime), into: hostPython, recordedSize: runtime.size)
+        try VolumeLayout(target: bytecode).placeRuntime(try path(of: runtime), into: hostPython, recordedSize: runtime.size)
         defer { FileSystem.remove(hostPython) }
-        options.log("compiling .pyc with \(runtime.name), which runs on this host")
+        settings.log("compiling .pyc with \(runtime.name), which runs on this host")
         try layout.compileBytecode(
             in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
             extraMounts: [.readOnly(hostPython, at: "/opt/host-python")], sourceDateEpoch: lock.sourceDateEpoch)
@@ -435,26 +436,17 @@ extension VolumeBuild {
     /// The runtime archive of the target and the size it may unpack from: the lock's, or (with
     /// `runtime: source`) one built here into `staging/runtime`, beside the build Python that
     /// compiles the `.pyc`.
-    func runtimeArchive(
-        lock: Lockfile, staging: String, needed: [LockedInput], path: (LockedInput) throws -> String
-    ) throws -> (path: String, size: Int64?) {
-        guard options.runtime == .source else {
+    func runtimeArchive(lock: Lockfile, staging: String, needed: [LockedInput]) throws -> (path: String, size: Int64?) {
+        guard request.runtime == .source else {
             guard let runtime = needed.first(where: { $0.kind == .runtime }) else {
-                throw CompileError.missingInput(name: "the runtime of \(options.target.rawValue)", lockPath: options.lockPath)
+                throw CompileError.missingInput(name: "the runtime of \(request.target.rawValue)", lockPath: request.locations.lockPath)
             }
-            return (try path(runtime), runtime.size)
+            return (try path(of: runtime), runtime.size)
         }
-        var runtimeOptions = RuntimeBuild.Options(
-            target: options.target, patchesDirectory: options.patchesDirectory, outputDirectory: staging + "/runtime",
-            entryExecutable: options.entryExecutable)
-        runtimeOptions.jobs = options.jobs
-        runtimeOptions.buildPythonDirectory = staging + "/runtime/build-python"
-        runtimeOptions.settings.isolation = options.isolation
-        runtimeOptions.settings.lockPath = options.lockPath
-        runtimeOptions.settings.remoteCache = options.remoteCache
-        runtimeOptions.settings.jobs = options.jobs
-        runtimeOptions.settings.log = options.log
-        let report = try RuntimeBuild(options: runtimeOptions, resolver: resolver).run(lock: lock)
+        var options = RuntimeBuild.Options(target: request.target, outputDirectory: staging + "/runtime", settings: stepSettings())
+        options.jobs = settings.jobs
+        options.buildPythonDirectory = staging + "/runtime/build-python"
+        let report = try RuntimeBuild(options: options, resolver: resolver).run(lock: lock)
         guard let archive = report.archive else { throw CompileError.noOutput(path: staging + "/runtime") }
         let file = staging + "/runtime/" + archive
         return (file, try SHA256Digest.of(fileAt: file).size)

@@ -141,25 +141,25 @@ public enum VolumeLedgerError: KrnativeError {
 }
 
 extension VolumeBuild {
-    /// The laid-out volume against the ledger (nothing without `options.ledger`): returns the
+    /// The laid-out volume against the ledger (nothing without `settings.ledger`): returns the
     /// entry to record once the outputs are in place.
     func admitToLedger(_ prefix: String, volume: Int) throws -> VolumeLedger.Entry? {
-        guard let check = options.ledger else { return nil }
+        guard let check = settings.ledger else { return nil }
         let ledger = try VolumeLedger.load(from: check.path)
         let tree = try TreeHash.ofDirectory(at: prefix)
-        options.log("volume \(options.target.distro) v\(volume) (\(options.target.arch.rawValue)): tree sha256 \(tree.hex)")
-        return try ledger.admit(target: options.target, volume: volume, tree: tree, record: check.record, path: check.path)
+        settings.log("volume \(request.target.distro) v\(volume) (\(request.target.arch.rawValue)): tree sha256 \(tree.hex)")
+        return try ledger.admit(target: request.target, volume: volume, tree: tree, record: check.record, path: check.path)
     }
 
     /// Adds `entry` to the ledger, read again so that an entry another build recorded meanwhile is kept.
     func record(_ entry: VolumeLedger.Entry) throws {
-        guard let check = options.ledger else { return }
+        guard let check = settings.ledger else { return }
         var ledger = try VolumeLedger.load(from: check.path)
         guard let digest = SHA256Digest(hex: entry.treeSha256),
-            try ledger.admit(target: options.target, volume: entry.volume, tree: digest, record: true, path: check.path) != nil
+            try ledger.admit(target: request.target, volume: entry.volume, tree: digest, record: true, path: check.path) != nil
         else { return }
         ledger.volumes.append(entry)
         try ledger.write(to: check.path)
-        options.log("recorded volume \(entry.distro) v\(entry.volume) (\(entry.arch)) in \(check.path)")
+        settings.log("recorded volume \(entry.distro) v\(entry.volume) (\(entry.arch)) in \(check.path)")
     }
 }

@@ -31,10 +31,16 @@ public struct RuntimeBuild: Sendable {
         public var buildPythonDirectory: String?
         public var settings: StepRunner.Settings
 
-        public init(target: Target, patchesDirectory: String, outputDirectory: String, entryExecutable: String) {
+        public init(target: Target, outputDirectory: String, settings: StepRunner.Settings) {
             self.target = target
             self.outputDirectory = outputDirectory
-            self.settings = StepRunner.Settings(entryExecutable: entryExecutable, patchesDirectory: patchesDirectory)
+            self.settings = settings
+        }
+
+        public init(target: Target, patchesDirectory: String, outputDirectory: String, entryExecutable: String) {
+            self.init(
+                target: target, outputDirectory: outputDirectory,
+                settings: StepRunner.Settings(entryExecutable: entryExecutable, patchesDirectory: patchesDirectory))
         }
     }
 

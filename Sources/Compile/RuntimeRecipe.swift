@@ -177,7 +177,8 @@ public struct RuntimeRecipe: Recipe {
             "LIBUUID_CFLAGS": "-I\(deps)/include/uuid", "LIBUUID_LIBS": "\(lib) -luuid",
             "CURSES_CFLAGS": "-I\(deps)/include/ncursesw", "CURSES_LIBS": "\(lib) -lncursesw",
             "PANEL_CFLAGS": "-I\(deps)/include/ncursesw", "PANEL_LIBS": "\(lib) -lpanelw -lncursesw",
-            "READLINE_CFLAGS": "-I\(deps)/include", "READLINE_LIBS": "\(lib) -lreadline -lncursesw",
+            // configure reads readline from LIBREADLINE_* (pkg-config's names); READLINE_* it sets itself.
+            "LIBREADLINE_CFLAGS": "-I\(deps)/include", "LIBREADLINE_LIBS": "\(lib) -lreadline -lncursesw",
         ]
         var environment = self.environment.merging(modules) { $1 }
         environment["CFLAGS"]! += " " + Self.dateTimeFlag

@@ -46,32 +46,25 @@ public struct TtydBuild: Sendable {
         public var target: Target
         public var toolchain: ToolchainKind = .zig
         public var host: HostPlatform = .current
-        public var isolation: Isolation = .namespaces
         public var jobs = ProcessInfo.processInfo.activeProcessorCount
-        public var patchesDirectory: String
         public var outputDirectory: String
-        /// The krnative executable that runs inside the sandbox.
-        public var entryExecutable: String
         /// Where to build; a fresh temporary directory when nil (removed afterwards unless `keepWork`).
         public var workDirectory: String?
         public var keepWork = false
-        /// Compile every step even when the step cache has its result (the result is cached again).
-        public var rebuild = false
-        /// Unpack and patch every source into the work directory, and compile nothing.
-        public var prepareOnly = false
-        /// Build only up to and including this component (tests of the libraries without ttyd's source).
-        public var stopAfter: String?
-        public var lockPath = Lockfile.defaultFileName
-        /// Where step results not in the local step cache are looked for, and (when it allows
-        /// uploads) where compiled ones go.
-        public var remoteCache: RemoteCache?
-        public var log: @Sendable (String) -> Void = Reporting.note
+        /// How the steps run: the sandbox, the patches, the lock, the caches, the log; whether to
+        /// compile every step again, only prepare, or stop early.
+        public var settings: StepRunner.Settings
+
+        public init(target: Target, outputDirectory: String, settings: StepRunner.Settings) {
+            self.target = target
+            self.outputDirectory = outputDirectory
+            self.settings = settings
+        }
 
         public init(target: Target, patchesDirectory: String, outputDirectory: String, entryExecutable: String) {
-            self.target = target
-            self.patchesDirectory = patchesDirectory
-            self.outputDirectory = outputDirectory
-            self.entryExecutable = entryExecutable
+            self.init(
+                target: target, outputDirectory: outputDirectory,
+                settings: StepRunner.Settings(entryExecutable: entryExecutable, patchesDirectory: patchesDirectory))
         }
     }
 
@@ -107,18 +100,7 @@ public struct TtydBuild: Sendable {
 
     var store: Store { resolver.store }
 
-    var stepRunner: StepRunner {
-        var settings = StepRunner.Settings(entryExecutable: options.entryExecutable, patchesDirectory: options.patchesDirectory)
-        settings.isolation = options.isolation
-        settings.rebuild = options.rebuild
-        settings.prepareOnly = options.prepareOnly
-        settings.stopAfter = options.stopAfter
-        settings.lockPath = options.lockPath
-        settings.remoteCache = options.remoteCache
-        settings.jobs = options.jobs
-        settings.log = options.log
-        return StepRunner(settings: settings, resolver: resolver)
-    }
+    var stepRunner: StepRunner { StepRunner(settings: options.settings, resolver: resolver) }
 
     func recipe(lock: Lockfile, layout: BuildLayout) -> TtydRecipe {
         let versions = Dictionary(uniqueKeysWithValues: TtydRecipe.components.compactMap { name in lock[name].map { (name, $0.version) } })
@@ -136,7 +118,7 @@ public struct TtydBuild: Sendable {
             let space = try runner.prepare(toolchain, work: work)
             let outcome = try runner.run(recipe(lock: lock, layout: space.layout), lock: lock, in: space)
             var report = Report(
-                triple: triple, toolchain: toolchain.identity, isolation: options.isolation, sourceDateEpoch: lock.sourceDateEpoch,
+                triple: triple, toolchain: toolchain.identity, isolation: options.settings.isolation, sourceDateEpoch: lock.sourceDateEpoch,
                 sources: outcome.sources, patches: outcome.patches, steps: outcome.steps)
             if outcome.stoppedEarly { return report }
             report.output = try publish(space.stage + "/bin/ttyd", report: report)

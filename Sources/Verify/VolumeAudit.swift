@@ -24,8 +24,8 @@ extension SysrootDescription {
 
 /// `sysroots/audit-policy.json`: per libc, the loaders, the libraries a volume may expect on the
 /// system, and the symbol versions it may ask of them, per architecture.
-public struct AuditPolicy: Codable, Sendable, SysrootDescription {
-    public struct Policy: Codable, Sendable {
+public struct AuditPolicy: Codable, Sendable, Equatable, SysrootDescription {
+    public struct Policy: Codable, Sendable, Equatable {
         public var name: String
         public var loaders: [String: String]
         public var libraries: [String]

@@ -45,12 +45,17 @@ struct BuildCommand: ParsableCommand {
     @Option(help: "namespaces, or none to build without isolation (recorded in the manifest). Default: namespaces; env KRNATIVE_SANDBOX.")
     var sandbox: Isolation?
     @Option(help: "enforce: a volume that breaks its target's policy fails the build; report: print and record it in the manifest. Default: enforce.")
-    var audit: AuditMode = .enforce
+    var audit: AuditMode?
     @Option(name: .customLong("policy"), help: "The audit policy. Default: the project's sysroots/audit-policy.json.") var policyOption: String?
+    @Option(
+        name: .customLong("request"),
+        help: "A build request file, as --check writes for its runs: the target, lock, patches and everything that decides the bytes, instead of those options.")
+    var requestFile: String?
     @Flag(help: "Build even when the output directory already holds this build's outputs.") var force = false
     @Option(parsing: .unconditional, help: "Parallel compile jobs (make -j). Default: the number of CPUs.") var compileJobs: Int?
     @Option(parsing: .unconditional, help: "xz compression threads; the bytes are the same for any number. Default: the number of CPUs.")
     var packThreads: Int?
+    @Option(help: "The xz preset the volume is compressed with, 0 to 9 (in the build key). Default: 6.") var xzPreset: Int?
     @Flag(help: "Then build again elsewhere with the circumstances varied, offline, and compare every output (exit 1 when they differ).")
     var check = false
     @Option(
@@ -66,11 +71,27 @@ struct BuildCommand: ParsableCommand {
 
     func validate() throws {
         try requirePositive(["--compile-jobs": compileJobs, "--pack-threads": packThreads])
+        if let xzPreset, !(0...9).contains(xzPreset) { throw ValidationError("--xz-preset takes a whole number from 0 to 9 (got \(xzPreset))") }
+        if requestFile != nil {
+            let given = optionsTheRequestHolds
+            guard given.isEmpty else { throw ValidationError("--request FILE holds the target and what decides the bytes: drop \(given.joined(separator: ", "))") }
+            return
+        }
         guard all || !targets.isEmpty else { throw ValidationError("name a --target (repeatable), or --all") }
         if all && !targets.isEmpty {
             throw ValidationError("--all and --target \(targets.map(\.rawValue).joined(separator: ", ")) contradict each other: give one or the other")
         }
         if check && chosenTargets.count != 1 { throw ValidationError("--check compares the builds of one target: give one --target") }
+    }
+
+    /// The options given that a request file holds instead.
+    var optionsTheRequestHolds: [String] {
+        let given: [(String, Bool)] = [
+            ("--target", !targets.isEmpty), ("--all", all), ("--lock", inputs.lock != nil), ("--config", configOption != nil),
+            ("--patches", patchesOption != nil), ("--policy", policyOption != nil), ("--toolchain", toolchain != nil),
+            ("--runtime", runtime != nil), ("--sandbox", sandbox != nil), ("--audit", audit != nil), ("--xz-preset", xzPreset != nil),
+        ]
+        return given.filter(\.1).map(\.0)
     }
 
     /// The targets asked for, each once, in the order given.
@@ -80,18 +101,20 @@ struct BuildCommand: ParsableCommand {
 
     func run() throws {
         try perform("build") {
-            let lock = try Lockfile.load(from: inputs.lockPath)
+            let request = try requestFile.map(BuildRequest.load)
+            let lock = try Lockfile.load(from: request?.locations.lockPath ?? inputs.lockPath)
             let store = try Store(root: inputs.storePath)
             let remoteCache = try network.remoteCache(store: store)
+            if let request { return try build(request, lock: lock, store: store, remoteCache: remoteCache) }
             guard chosenTargets.count > 1 else {
-                return try build(chosenTargets[0], lock: lock, store: store, remoteCache: remoteCache)
+                return try build(try self.request(for: chosenTargets[0]), lock: lock, store: store, remoteCache: remoteCache)
             }
             var rows: [TargetRow] = []
             for target in chosenTargets {
                 let started = Date()
                 let steps = StepCounts()
                 do {
-                    try build(target, lock: lock, store: store, remoteCache: remoteCache, steps: steps)
+                    try build(try self.request(for: target), lock: lock, store: store, remoteCache: remoteCache, steps: steps)
                     rows.append(TargetRow(target: target, started: started, steps: steps, outputs: out))
                 } catch {
                     if Cancellation.requested { throw error }
@@ -104,89 +127,94 @@ struct BuildCommand: ParsableCommand {
         }
     }
 
-    /// One target: the no-op check, fetching, the build, and with --check the variations. With
+    /// What the options ask to build of `target`.
+    func request(for target: Target) throws -> BuildRequest {
+        var choices = try BuildRequest.Choices(
+            target: target, config: try KrunnerConfig.load(from: config), toolchain: toolchain ?? Toolchain.defaultKind(for: .current),
+            runtime: runtime, isolation: try Isolation.chosen(sandbox), auditMode: audit ?? .enforce, auditPolicy: try AuditPolicy.load(from: policy))
+        choices.xzPreset = xzPreset
+        return BuildRequest(choices: choices, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches))
+    }
+
+    /// How the options ask to run a build (none of it changes the bytes).
+    func settings(remoteCache: RemoteCache?, steps: StepCounts?) throws -> VolumeBuild.Settings {
+        var settings = VolumeBuild.Settings(outputDirectory: out, entryExecutable: currentExecutable)
+        settings.toolVersion = KrnativeVersion.current
+        settings.ledger = try ledgerCheck()
+        if let compileJobs { settings.jobs = max(1, compileJobs) }
+        if let packThreads { settings.packThreads = max(1, packThreads) }
+        settings.remoteCache = remoteCache
+        if let steps { settings.onTtydSteps = steps.record }
+        return settings
+    }
+
+    /// One request: the no-op check, else the build, and with --check the variations. With
     /// `steps`, one of several: its JSON goes into the table, not out on its own.
-    func build(_ target: Target, lock: Lockfile, store: Store, remoteCache: RemoteCache?, steps: StepCounts? = nil) throws {
-        let started = Date()
-        let toolchain = toolchain ?? Toolchain.defaultKind(for: .current)
-        let krunner = try KrunnerConfig.load(from: config)
-        var options = VolumeBuild.Options(
-            target: target, config: krunner, outputDirectory: out, patchesDirectory: patches, entryExecutable: currentExecutable)
-        options.toolchain = toolchain
-        options.runtime = runtime ?? krunner.runtime ?? .pbs
-        options.isolation = try Isolation.chosen(sandbox)
-        options.lockPath = inputs.lockPath
-        options.toolVersion = KrnativeVersion.current
-        options.auditPolicy = try AuditPolicy.load(from: policy)
-        options.auditMode = audit
-        options.ledger = try ledgerCheck()
-        if let compileJobs { options.jobs = max(1, compileJobs) }
-        if let packThreads { options.packThreads = max(1, packThreads) }
-        options.remoteCache = remoteCache
-        if let steps { options.onTtydSteps = steps.record }
-        let build = VolumeBuild(options: options, resolver: InputResolver(store: store))
+    func build(_ request: BuildRequest, lock: Lockfile, store: Store, remoteCache: RemoteCache?, steps: StepCounts? = nil) throws {
+        let build = VolumeBuild(request: request, settings: try settings(remoteCache: remoteCache, steps: steps), resolver: InputResolver(store: store))
         let runs = try checkRuns()
-        // With --json, stdout holds the one JSON document; the lines for people go to stderr.
-        let say: (String) -> Void = { line in
-            if output.json { Console.error(line + "\n") } else { print(line) }
-        }
         let manifest: BuildManifest
         let verdict = force ? nil : try build.upToDate(lock: lock)
         let rebuildReasons = verdict?.reasons ?? ["forced (--force)"]
         if case .upToDate(let existing) = verdict {
             manifest = existing
             for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
-            say("\(target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
+            say("\(request.target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
         } else {
-            if case .noManifest = verdict {
-                options.log("building \(target.rawValue) into \(out)")
-            } else {
-                options.log("rebuilding \(target.rawValue): " + rebuildReasons.joined(separator: "; "))
-            }
-            // An output directory that cannot take the outputs fails now, not after the build.
-            _ = try StagingDirectory(in: out)
-            if let check = options.ledger {
-                try VolumeLedger.load(from: check.path).preflight(
-                    target: target, volume: try options.config.volumeVersion(for: target), record: check.record, path: check.path)
-            }
-            if let restored = try build.restoreFromRemoteCache(lock: lock) {
-                manifest = restored
-            } else {
-                _ = try fetchInputs(
-                    VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain, runtime: options.runtime),
-                    inputs: inputs, network: network,
-                    json: false, remoteCache: remoteCache, summary: say)
-                manifest = try build.run(lock: lock)
-                try build.uploadToRemoteCache(manifest)
-            }
-            if let remoteCache {
-                let counts = remoteCache.summary
-                options.log(
-                    "remote cache \(remoteCache.base): \(counts.hits) hits, \(counts.misses) misses, \(counts.rejected) rejected, "
-                        + "\(counts.uploads) uploads")
-            }
-            for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
-            say("built \(target.rawValue) in \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
+            manifest = try make(build, lock: lock, remoteCache: remoteCache, verdict: verdict, reasons: rebuildReasons)
         }
         guard let runs else {
             return output.json && steps == nil ? printJSON(BuildReport(manifest: manifest, rebuildReasons: rebuildReasons)) : ()
         }
+        try check(request, runs: runs, settings: build.settings)
+    }
+
+    /// With --json, stdout holds the one JSON document; the lines for people go to stderr.
+    func say(_ line: String) {
+        if output.json { Console.error(line + "\n") } else { print(line) }
+    }
+
+    /// The build that has something to do: from the remote cache, else fetched and built here.
+    func make(_ build: VolumeBuild, lock: Lockfile, remoteCache: RemoteCache?, verdict: UpToDateVerdict?, reasons: [String]) throws -> BuildManifest {
+        let started = Date()
+        let (target, log) = (build.request.target, build.settings.log)
+        if case .noManifest = verdict { log("building \(target.rawValue) into \(out)") } else { log("rebuilding \(target.rawValue): " + reasons.joined(separator: "; ")) }
+        // An output directory that cannot take the outputs fails now, not after the build.
+        _ = try StagingDirectory(in: out)
+        if let check = build.settings.ledger {
+            try VolumeLedger.load(from: check.path).preflight(target: target, volume: build.request.volumeVersion, record: check.record, path: check.path)
+        }
+        var manifest: BuildManifest
+        if let restored = try build.restoreFromRemoteCache(lock: lock) {
+            manifest = restored
+        } else {
+            _ = try fetchInputs(
+                build.neededInputs(lock), inputs: inputs, network: network, json: false, remoteCache: remoteCache,
+                lockPath: build.request.locations.lockPath, summary: say)
+            manifest = try build.run(lock: lock)
+            try build.uploadToRemoteCache(manifest)
+        }
+        if let remoteCache {
+            let counts = remoteCache.summary
+            log("remote cache \(remoteCache.base): \(counts.hits) hits, \(counts.misses) misses, \(counts.rejected) rejected, \(counts.uploads) uploads")
+        }
+        for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
+        say("built \(target.rawValue) in \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
+        return manifest
+    }
+
+    /// --check: the runs, each building `request` from a file with its variations, against this build's outputs.
+    func check(_ request: BuildRequest, runs: [[Variation]], settings: VolumeBuild.Settings) throws {
+        var request = request
+        request.locations = request.locations.absolute
         var checkOptions = ReproducibilityCheck.Options(
-            target: target, executable: currentExecutable, reference: absolute(out), workDirectory: absolute(out) + ".check",
-            buildArguments: [
-                "--lock", absolute(inputs.lockPath), "--config", absolute(config), "--patches", absolute(patches),
-                "--policy", absolute(policy), "--audit", audit.rawValue, "--toolchain", toolchain.rawValue,
-                "--sandbox", options.isolation.rawValue, "--runtime", options.runtime.rawValue,
-                // The runs are compared with the reference build, which was checked against the ledger.
-                "--ledger", "none",
-            ],
-            lockPath: absolute(inputs.lockPath), store: absolute(inputs.storePath), toolchain: toolchain, runs: runs)
+            request: request, executable: currentExecutable, reference: absolute(out), workDirectory: absolute(out) + ".check",
+            store: absolute(inputs.storePath), runs: runs)
         checkOptions.freshSteps = freshSteps
-        checkOptions.runtime = options.runtime
         checkOptions.keep = keep
         checkOptions.user = checkUser
-        checkOptions.compileJobs = options.jobs
-        checkOptions.packThreads = options.packThreads
+        checkOptions.compileJobs = settings.jobs
+        checkOptions.packThreads = settings.packThreads
         let report = try ReproducibilityCheck(options: checkOptions).run()
         if output.json { printJSON(report) } else { print(ReproducibilityCheck.text(report), terminator: "") }
         if !report.reproducible { throw ExitCode(1) }

@@ -41,13 +41,13 @@ struct BuildTtydCommand: ParsableCommand {
             var options = TtydBuild.Options(
                 target: target, patchesDirectory: patches, outputDirectory: out, entryExecutable: currentExecutable)
             options.toolchain = toolchain ?? Toolchain.defaultKind(for: .current)
-            options.isolation = try Isolation.chosen(sandbox)
+            options.settings.isolation = try Isolation.chosen(sandbox)
             if let jobs { options.jobs = max(1, jobs) }
             options.workDirectory = workdir
-            options.rebuild = rebuild
-            options.prepareOnly = prepareOnly
+            options.settings.rebuild = rebuild
+            options.settings.prepareOnly = prepareOnly
             if prepareOnly && workdir == nil { throw UsageError("--prepare-only needs --workdir DIR") }
-            options.lockPath = inputs.lockPath
+            options.settings.lockPath = inputs.lockPath
             let started = Date()
             let build = TtydBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath)))
             if printScript { return print(try build.plainScript(lock: lock, epoch: lock.sourceDateEpoch), terminator: "") }

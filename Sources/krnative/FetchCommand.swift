@@ -132,15 +132,15 @@ func fetchInputs(targets: [Target], host: HostPlatform, inputs: InputOptions, ne
     return try fetchInputs(lock.inputs(for: targets, host: host), inputs: inputs, network: network, json: json)
 }
 
-/// Fetches `wanted` and reports; throws when anything is missing.
+/// Fetches `wanted` and reports; throws when anything is missing (naming `lockPath`, by default the options' lock).
 func fetchInputs(
     _ wanted: [LockedInput], inputs: InputOptions, network: NetworkOptions, json: Bool, remoteCache: RemoteCache? = nil,
-    summary: (String) -> Void = { print($0) }
+    lockPath: String? = nil, summary: (String) -> Void = { print($0) }
 ) throws -> FetchReport {
     let store = try Store(root: inputs.storePath)
     let resolver = InputResolver(store: store)
     let cache = try remoteCache ?? network.remoteCache(store: store)
-    let fetcher = Fetcher(resolver: resolver, options: try network.fetchOptions(lockPath: inputs.lockPath, remoteCache: cache))
+    let fetcher = Fetcher(resolver: resolver, options: try network.fetchOptions(lockPath: lockPath ?? inputs.lockPath, remoteCache: cache))
     let report = fetcher.fetch(wanted)
     if json {
         printJSON(report)

@@ -74,8 +74,9 @@ struct VerifyCommand: ParsableCommand {
         abstract: "Rebuild offline what a manifest describes and compare every output and volume entry with it.",
         discussion: helpText(
             """
-            The manifest may come from another machine: the rebuild uses its target, versions, toolchain \
-            and isolation, and this machine's lock, which must be the one the manifest names (by sha256). \
+            The manifest may come from another machine: the rebuild makes the request it records (target, \
+            versions, toolchain, isolation, audit policy, …) from this machine's lock, which must be the one \
+            the manifest names (by sha256), and patches. \
             Exit status 0 when every output hashes the same, 1 when not; the rebuild is kept then.
             """,
             examples: "krnative verify --manifest ci/krnative-manifest.static-gnu.x86_64.json"))
@@ -83,7 +84,10 @@ struct VerifyCommand: ParsableCommand {
     @Option(help: "The published krnative-manifest.{distro}.{arch}.json.") var manifest: String
     @Option(name: .customLong("out"), help: "Where the rebuild goes. Default: the project's verify.out/.") var outOption: String?
     @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
-    @Option(name: .customLong("policy"), help: "The audit policy. Default: the project's sysroots/audit-policy.json.") var policyOption: String?
+    @Option(
+        name: .customLong("policy"),
+        help: "The audit policy, for a manifest older than its recorded request. Default: the project's sysroots/audit-policy.json.")
+    var policyOption: String?
     var out: String { inputs.project.file(outOption, default: "verify.out") }
     var patches: String { inputs.project.file(patchesOption, default: "patches") }
     var policy: String { inputs.project.file(policyOption, default: AuditPolicy.defaultPath) }
@@ -100,23 +104,14 @@ struct VerifyCommand: ParsableCommand {
                     "\(manifest) was built from a lock with sha256 \(published.lockSha256); \(inputs.lockPath) has \(lock.digest). "
                         + "Check out the lock it was built from, or pass it with --lock")
             }
-            let target = published.target
-            let toolchain = published.toolchain ?? Toolchain.defaultKind(for: .current)
-            let config = KrunnerConfig(packageVersion: published.packageVersion, volumeVersions: [target.distro: published.volumeVersion])
-            var options = VolumeBuild.Options(
-                target: target, config: config, outputDirectory: out, patchesDirectory: patches, entryExecutable: currentExecutable)
-            options.toolchain = toolchain
-            options.isolation = published.isolation
-            options.runtime = published.runtime ?? .pbs
-            options.lockPath = inputs.lockPath
-            options.toolVersion = KrnativeVersion.current
-            options.auditPolicy = try AuditPolicy.load(from: policy)
-            options.auditMode = published.audit?.mode ?? .enforce
+            let request = try BuildRequest(recordedIn: published, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches)) {
+                try AuditPolicy.load(from: policy)
+            }
+            var settings = VolumeBuild.Settings(outputDirectory: out, entryExecutable: currentExecutable)
+            settings.toolVersion = KrnativeVersion.current
+            let build = VolumeBuild(request: request, settings: settings, resolver: InputResolver(store: try Store(root: inputs.storePath)))
             _ = try fetchInputs(
-                VolumeBuild.inputs(of: target, in: lock, host: .current, toolchain: toolchain, runtime: options.runtime), inputs: inputs,
-                network: try NetworkOptions.parse(["--offline"]), json: false,
-                summary: Reporting.note)
-            let build = VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: inputs.storePath)))
+                build.neededInputs(lock), inputs: inputs, network: try NetworkOptions.parse(["--offline"]), json: false, summary: Reporting.note)
             let rebuilt = try build.run(lock: lock)
             identical = show(ManifestComparison.compare(published, at: manifest, with: rebuilt, at: out), json: output.json)
             if identical && !keep {

@@ -22,14 +22,17 @@ struct BuildKeyTests {
         try? FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
     }
 
-    /// A build of manylinux-x86_64 in report mode, as `change` varies it.
-    func build(_ change: (inout VolumeBuild.Options) -> Void = { _ in }) throws -> VolumeBuild {
-        var options = VolumeBuild.Options(
-            target: .manylinuxX86_64, config: KrunnerConfig(packageVersion: "4.1.0", volumeVersions: ["static-gnu": 15]),
-            outputDirectory: out, patchesDirectory: directory.path + "/patches", entryExecutable: directory.path + "/krnative")
-        options.auditMode = .report
-        change(&options)
-        return VolumeBuild(options: options, resolver: InputResolver(store: try Store(root: directory.path + "/store")))
+    /// A build of manylinux-x86_64 in report mode, as `change` varies its request and `setUp` its settings.
+    func build(
+        _ change: (inout BuildRequest) -> Void = { _ in }, settings setUp: (inout VolumeBuild.Settings) -> Void = { _ in }
+    ) throws -> VolumeBuild {
+        var request = BuildRequest(
+            choices: .init(target: .manylinuxX86_64, toolchain: .zig, auditMode: .report, packageVersion: "4.1.0", volumeVersion: 15),
+            locations: .init(patchesDirectory: directory.path + "/patches"))
+        change(&request)
+        var settings = VolumeBuild.Settings(outputDirectory: out, entryExecutable: directory.path + "/krnative")
+        setUp(&settings)
+        return VolumeBuild(request: request, settings: settings, resolver: InputResolver(store: try Store(root: directory.path + "/store")))
     }
 
     /// Stand-ins for `build`'s outputs in `out`, and a manifest listing them under `build`'s key:
@@ -76,7 +79,7 @@ struct BuildKeyTests {
         let enforcing = try build { $0.auditMode = .enforce }.upToDate(lock: lock)
         #expect(enforcing.reasons == ["the build key differs: audit mode report → enforce"])
         let bumped = try build {
-            $0.config.volumeVersions["static-gnu"] = 16
+            $0.volumeVersion = 16
             $0.toolchain = .muslCross
         }.upToDate(lock: lock)
         #expect(bumped.reasons == ["the build key differs: toolchain zig → musl-cross, volume version 15 → 16"])
@@ -149,24 +152,24 @@ struct BuildKeyTests {
         func cached(_ store: String, upload: Bool = false) throws -> RemoteCache {
             RemoteCache(url: server.url, store: try Store(root: directory.path + "/" + store), upload: upload, note: { _ in })
         }
-        let a = try build { $0.remoteCache = try? cached("store-a", upload: true) }
+        let a = try build(settings: { $0.remoteCache = try? cached("store-a", upload: true) })
         try publish(a)
         guard case .upToDate(let manifest) = try a.upToDate(lock: lock) else { throw UsageError("the stand-in build is not whole") }
         try a.uploadToRemoteCache(manifest)
         func machineB(_ label: String) throws -> (VolumeBuild, BuildManifest?) {
             let out = directory.path + "/" + label
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            let b = try build {
+            let b = try build(settings: {
                 $0.outputDirectory = out
                 $0.remoteCache = try? cached(label + "-store")
-            }
+            })
             return (b, try b.restoreFromRemoteCache(lock: lock))
         }
         let (b, restored) = try machineB("b")
         #expect(restored?.buildKey == manifest.buildKey)
         guard case .upToDate = try b.upToDate(lock: lock) else { throw UsageError("B is not up to date after the restore") }
         for output in manifest.outputs {
-            #expect(FileManager.default.contents(atPath: b.options.outputDirectory + "/" + output.file) == FileManager.default.contents(atPath: out + "/" + output.file))
+            #expect(FileManager.default.contents(atPath: b.settings.outputDirectory + "/" + output.file) == FileManager.default.contents(atPath: out + "/" + output.file))
         }
 
         let changed = server.data + "/cas/" + manifest.outputs[0].sha256.hex
@@ -174,7 +177,7 @@ struct BuildKeyTests {
         try Data("other bytes".utf8).write(to: URL(fileURLWithPath: changed))
         let (c, refused) = try machineB("c")
         #expect(refused == nil)
-        #expect(!FileManager.default.fileExists(atPath: c.options.outputDirectory + "/" + c.name(.manifest)))
+        #expect(!FileManager.default.fileExists(atPath: c.settings.outputDirectory + "/" + c.name(.manifest)))
         try original.write(to: URL(fileURLWithPath: changed))
 
         let record = server.data + "/ac/" + (manifest.buildKey?.hex ?? "")
@@ -183,6 +186,6 @@ struct BuildKeyTests {
         try JSONSerialization.data(withJSONObject: other).write(to: URL(fileURLWithPath: record))
         let (d, foreign) = try machineB("d")
         #expect(foreign == nil)
-        #expect(!FileManager.default.fileExists(atPath: d.options.outputDirectory + "/" + d.name(.manifest)))
+        #expect(!FileManager.default.fileExists(atPath: d.settings.outputDirectory + "/" + d.name(.manifest)))
     }
 }

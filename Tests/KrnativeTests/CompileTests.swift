@@ -50,8 +50,8 @@ struct CompileTests {
         var options = TtydBuild.Options(
             target: target, patchesDirectory: patches, outputDirectory: work + "/out", entryExecutable: Package.binary)
         options.workDirectory = work + "/build"
-        options.rebuild = rebuild
-        options.log = { print("[\(target.ttydTriple)] \($0)") }
+        options.settings.rebuild = rebuild
+        options.settings.log = { print("[\(target.ttydTriple)] \($0)") }
         return try TtydBuild(options: options, resolver: InputResolver(store: try Store(root: Self.store.path))).run(lock: lock)
     }
 

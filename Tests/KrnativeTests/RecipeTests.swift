@@ -130,7 +130,7 @@ struct RuntimeRecipeTests {
             #expect(configure.contains(option), "\(option)")
         }
         #expect(cpython.environment["LDFLAGS"]?.contains("-Wl,-rpath,\\$$ORIGIN/../lib") == true)
-        #expect(cpython.environment["READLINE_LIBS"] == "-L/build/stage/deps/lib -lreadline -lncursesw")
+        #expect(cpython.environment["LIBREADLINE_LIBS"] == "-L/build/stage/deps/lib -lreadline -lncursesw")
         #expect(cpython.commands.last == ["make", "-j2", "install", "DESTDIR=/build/stage/runtime"])
         #expect(cpython.commands.first == ["sed", "-i", "s/-Wl,-h\\$/-Wl,-soname,$/g", "Makefile.pre.in"], "Zig's linker takes no -h")
         #expect(step("cpython", of: .manylinuxX86_64).environment["LIBSQLITE3_LIBS"]?.hasSuffix("-lpthread -ldl -lm") == true, "glibc 2.17 keeps them apart")

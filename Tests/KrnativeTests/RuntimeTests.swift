@@ -1,11 +1,10 @@
 import Archive
+import Build
 import Compile
 import Foundation
 import Inputs
 import KrnativeBase
 import Layout
-import Lock
-import Store
 import Testing
 
 /// The runtime from source: CPython 3.13 and its libraries compiled with Zig from Debian's
@@ -16,71 +15,67 @@ import Testing
         if: Machine.canCompileRuntime,
         "needs KRNATIVE_TEST_SOURCES with Debian's CPython 3.13, OpenSSL, SQLite, libffi, xz, bzip2, ncurses, readline, util-linux and zlib tarballs (scripts/debian-sources) and user namespaces"))
 struct RuntimeTests {
-    static let importLine =
-        "import ssl, sqlite3, ctypes, lzma, bz2, zlib, decimal, uuid, curses; ssl.create_default_context(); "
-        + "print(ssl.OPENSSL_VERSION, sqlite3.sqlite_version, ssl.get_default_verify_paths().openssl_cafile)"
-
-    /// A lock with the runtime's sources from Debian and the repository's Zig.
-    static func makeLock(in work: TemporaryDirectory) throws -> Lockfile {
-        let repository = try Lockfile.load(from: Package.root + "/krnative.lock.json")
-        var lock = Lockfile(sourceDateEpoch: repository.sourceDateEpoch, inputs: repository.inputs.filter { $0.name.hasPrefix("zig-") })
-        let resolver = InputResolver(store: try Store(root: CompileTests.store.path))
-        for (component, tarball) in Machine.runtimeSources {
-            let input = LockedInput(
-                name: component, kind: .source, version: tarball.version, filename: (tarball.file as NSString).lastPathComponent,
-                treeSha256: try TreeHash.ofArchive(at: tarball.file), urls: ["https://deb.invalid/\(component)"])
-            _ = try resolver.importFile(tarball.file, for: input)
-            lock.upsert(input)
-        }
-        let path = work.path + "/runtime.lock.json"
-        try lock.write(to: path)
-        let fetched = krnative(["fetch", "--lock", path, "--store", CompileTests.store.path, "--all", "--host", "x86_64-linux"])
-        try #require(fetched.succeeded, "the Zig wheel must come through pip: \(fetched.stderr)")
-        return lock
-    }
-
-    @Test func musllinuxX86_64BuildsAndImportsEveryModule() throws {
+    /// `krnative build --runtime source --target musllinux-x86_64` from the stand-in lock (the
+    /// runtime's and ttyd's sources from Debian, the real wheels and Zig through pip): the audit
+    /// enforced, the runtime laid out as python-build-standalone's, smoke-tested on Debian with musl,
+    /// and built again from another output directory, every step from the cache, to the same bytes.
+    @Test func musllinuxX86_64VolumeFromSource() throws {
         let work = TemporaryDirectory("krnative-runtime")
-        let lock = try Self.makeLock(in: work)
-        var options = RuntimeBuild.Options(
-            target: .musllinuxX86_64, patchesDirectory: Package.root + "/patches", outputDirectory: work.path + "/out", entryExecutable: Package.binary)
-        options.workDirectory = work.path + "/build"
-        options.settings.log = { print("[runtime musllinux-x86_64] \($0)") }
-        let started = Date()
-        let report = try RuntimeBuild(options: options, resolver: InputResolver(store: try Store(root: CompileTests.store.path))).run(lock: lock)
-        print("[runtime] built in \(Int(Date().timeIntervalSince(started))) s: \(report.steps.map { "\($0.component) \(Int($0.seconds)) s\($0.cached ? " (cached)" : "")" }.joined(separator: ", "))")
-        let archive = work.path + "/out/" + (try #require(report.archive))
-        print("[runtime] \(report.archive!) sha256 \(report.sha256!)")
+        let store = CompileTests.store.path
+        var environment = ProcessInfo.processInfo.environment
+        environment["KRNATIVE"] = Package.binary
+        environment["KRNATIVE_STORE"] = store
+        let standin = ChildProcess.run([Package.root + "/scripts/standin-lock", work.path + "/standin"], environment: environment, directory: Package.root)
+        try #require(standin.succeeded, "standin-lock: \(standin.stderr)")
+        let lock = standin.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
 
-        // Laid out as python-build-standalone's archive: the layout stage takes it as it is.
+        let out = work.path + "/out"
+        let started = Date()
+        let built = build(lock: lock, store: store, out: out)
+        try #require(built.succeeded, "krnative build --runtime source failed: \(built.stderr.suffix(4000))")
+        print("[runtime] musllinux-x86_64 volume from source, cold: \(Int(Date().timeIntervalSince(started))) s")
+        let manifest = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: out + "/krnative-manifest.static-musl.x86_64.json")))
+        #expect(manifest.runtime == .source)
+        #expect(manifest.audit?.mode == .enforce && manifest.audit?.violations.isEmpty == true)
+        for component in RuntimeRecipe.components {
+            #expect(manifest.inputs.contains { $0.name == component }, "\(component) is not in the manifest's inputs")
+        }
+        let tarball = out + "/krunner-env.static-musl.x86_64.tar.xz"
         let volume = work.path + "/volume"
-        try VolumeLayout(target: .musllinuxX86_64).placeRuntime(archive, into: volume)
+        _ = try SafeExtractor().extract(tarball, into: volume)
+
+        // Laid out as python-build-standalone's archive is: CPython's own files in lib/.
         for path in ["bin/python3", "lib/libpython3.13.so.1.0", "lib/libpython3.so", "lib/python3.13/os.py", "include/python3.13/Python.h"] {
             #expect(FileManager.default.fileExists(atPath: volume + "/" + path), "\(path)")
         }
-        let ownFiles = try FileManager.default.contentsOfDirectory(atPath: volume + "/lib").filter { !$0.hasPrefix("libpython3") && $0 != "python3.13" && $0 != "pkgconfig" }
-        #expect(ownFiles.isEmpty, "python/lib holds CPython's own files only: \(ownFiles)")
-        withKnownIssue("the readline module is not built yet (configure does not take the static readline)") {
-            #expect(FileManager.default.fileExists(atPath: volume + "/lib/python3.13/lib-dynload/readline.cpython-313.so"))
+        let ownFiles = try FileManager.default.contentsOfDirectory(atPath: volume + "/lib").filter {
+            !$0.hasPrefix("libpython3") && $0 != "python3.13" && $0 != "pkgconfig"
         }
+        #expect(ownFiles.isEmpty, "lib/ holds CPython's own files only: \(ownFiles)")
+        #expect(FileManager.default.fileExists(atPath: volume + "/lib/python3.13/lib-dynload/readline.cpython-313-x86_64-linux-musl.so"))
         let elf = try #require(ELFFile(path: volume + "/bin/python3.13"))
         #expect(elf.interpreter == "/lib/ld-musl-x86_64.so.1")
 
-        var description = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Package.root + "/sysroots/smoke.json"))) as! [String: Any]
-        description["checks"] = [["bin/python3", "-c", Self.importLine]]
-        let smokeJSON = work.path + "/smoke.json"
-        try JSONSerialization.data(withJSONObject: description).write(to: URL(fileURLWithPath: smokeJSON))
-        let smoke = krnative(["smoke", "--target", "musllinux-x86_64", "--volume", volume, "--sysroot", smokeJSON, "--store", CompileTests.store.path + "/smoke"])
-        print("[runtime] import line: \(smoke.stdout)")
+        // On Debian with musl: the runtime's modules and the krunner's (sysroots/smoke.json's checks).
+        let smoke = krnative(["smoke", "--target", "musllinux-x86_64", "--volume", tarball, "--sysroot", Package.root + "/sysroots/smoke.json", "--store", store + "/smoke"])
+        print("[runtime] smoke: \(smoke.stdout)")
         #expect(smoke.succeeded, "\(smoke.stderr.suffix(3000))")
-        #expect(smoke.stdout.contains("OpenSSL 3.5"))
-        #expect(smoke.stdout.contains("/etc/ssl/cert.pem"), "OPENSSLDIR is /etc/ssl")
+        #expect(smoke.stdout.contains("imports ok") && smoke.stdout.contains("OpenSSL 3.5") && smoke.stdout.contains("ttyd version"))
 
-        // Nothing changed: every step comes from the cache.
-        options.workDirectory = work.path + "/again"
-        options.outputDirectory = work.path + "/out-again"
-        let again = try RuntimeBuild(options: options, resolver: InputResolver(store: try Store(root: CompileTests.store.path))).run(lock: lock)
-        #expect(again.steps.allSatisfy { $0.cached })
-        #expect(again.sha256 == report.sha256, "the same archive from the step cache and another work directory")
+        // Again elsewhere, forced: nothing compiled, the same outputs.
+        let again = build(lock: lock, store: store, out: work.path + "/again", ["--force"])
+        try #require(again.succeeded, "\(again.stderr.suffix(3000))")
+        #expect(again.stderr.contains("cpython 3.13.15: cached"), "the runtime's steps come from the step cache")
+        let second = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: work.path + "/again/krnative-manifest.static-musl.x86_64.json")))
+        #expect(second.outputs.map(\.sha256) == manifest.outputs.map(\.sha256), "the same outputs from another output directory")
+    }
+
+    func build(lock: String, store: String, out: String, _ extra: [String] = []) -> ChildProcess.Result {
+        krnative(
+            [
+                "build", "--lock", lock, "--store", store, "--target", "musllinux-x86_64", "--runtime", "source", "--out", out,
+                "--config", Package.root + "/krunner.json", "--patches", Package.root + "/patches",
+                "--policy", Package.root + "/sysroots/audit-policy.json", "--ledger", "none",
+            ] + extra)
     }
 }

@@ -22,6 +22,11 @@ struct UsageTests {
         Case(arguments: ["fetch", "--target", "manylinux-x86_64", "--all", "--offline"], message: "--all and --target manylinux-x86_64 contradict each other"),
         Case(arguments: ["fetch", "--jobs", "-1", "--all", "--offline"], message: "--jobs takes a whole number from 1 (got -1)"),
         Case(arguments: ["build", "--target", "manylinux-x86_64", "--compile-jobs", "0"], message: "--compile-jobs takes a whole number from 1 (got 0)"),
+        Case(
+            arguments: ["build", "--request", "request.json", "--target", "manylinux-x86_64", "--toolchain", "zig"],
+            message: "--request FILE holds the target and what decides the bytes: drop --target, --toolchain"),
+        Case(arguments: ["build", "--target", "manylinux-x86_64", "--xz-preset", "12"], message: "--xz-preset takes a whole number from 0 to 9 (got 12)"),
+        Case(arguments: ["build", "--request", "/nonexistent/request.json"], message: "cannot read the build request /nonexistent/request.json"),
         Case(arguments: ["fetch", "--all"], environment: ["KRNATIVE_OFFLINE": "maybe"], message: "KRNATIVE_OFFLINE=maybe is neither on nor off"),
         Case(arguments: ["sandbox", "run", "--", "true"], environment: ["KRNATIVE_SANDBOX": "chroot"], message: "KRNATIVE_SANDBOX=chroot is not one of namespaces, none"),
         Case(arguments: ["sandbox", "run", "true"], message: "Unexpected argument 'true'"),

@@ -1,0 +1,146 @@
+import Compile
+import Foundation
+import KrnativeBase
+import Lock
+import Sandbox
+import Toolchain
+import Verify
+
+/// What a build is asked to make: everything that decides its bytes (`Choices`), and where its
+/// inputs are (`Locations`). The choices are the build key's named parts, the manifest's record of
+/// the build, what a `--check` run builds from (`build --request FILE`) and what `verify` rebuilds;
+/// a field added to them reaches all four with no other code.
+///
+/// How the build runs without changing its bytes (jobs, threads, the output directory, the caches,
+/// the log) is `VolumeBuild.Settings`, not here.
+@dynamicMemberLookup
+public struct BuildRequest: Codable, Sendable, Equatable {
+    /// Everything that decides the outputs' bytes, besides the lock, the patches and the krnative
+    /// executable (which the key takes by content). Each field is a part of the build key, named
+    /// by its words ("volumeVersion": "volume version"); a field that is a document (the audit
+    /// policy) is there by its hash. A field added later is optional, nil meaning what builds did
+    /// before it: older manifests and request files still decode, and keys stay as they were.
+    public struct Choices: Codable, Sendable, Equatable {
+        public var target: Target
+        public var toolchain: ToolchainKind
+        /// Where the Python runtime comes from.
+        public var runtime: RuntimeSource
+        public var isolation: Isolation
+        /// Whether a violation of the audit policy fails the build or is recorded.
+        public var auditMode: AuditMode
+        /// The plugin wheel's version for the target's distro.
+        public var packageVersion: String
+        /// The volume's number for the target's distro (`krunner-version.{distro}.txt`).
+        public var volumeVersion: Int
+        /// The policy the volume is audited against (nil: not audited).
+        public var auditPolicy: AuditPolicy?
+        /// The xz preset (0–9) the volume is compressed with (nil: `DeterministicTarXz`'s, 6).
+        public var xzPreset: Int?
+
+        public init(
+            target: Target, toolchain: ToolchainKind, runtime: RuntimeSource = .pbs, isolation: Isolation = .namespaces,
+            auditMode: AuditMode = .enforce, packageVersion: String, volumeVersion: Int, auditPolicy: AuditPolicy? = nil
+        ) {
+            self.target = target
+            self.toolchain = toolchain
+            self.runtime = runtime
+            self.isolation = isolation
+            self.auditMode = auditMode
+            self.packageVersion = packageVersion
+            self.volumeVersion = volumeVersion
+            self.auditPolicy = auditPolicy
+        }
+
+        /// The versions of `target` from `config`, the runtime it names unless `runtime` is given.
+        public init(
+            target: Target, config: KrunnerConfig, toolchain: ToolchainKind, runtime: RuntimeSource? = nil, isolation: Isolation = .namespaces,
+            auditMode: AuditMode = .enforce, auditPolicy: AuditPolicy? = nil
+        ) throws(UsageError) {
+            self.init(
+                target: target, toolchain: toolchain, runtime: runtime ?? config.runtime ?? .pbs, isolation: isolation, auditMode: auditMode,
+                packageVersion: try config.packageVersion(for: target), volumeVersion: try config.volumeVersion(for: target),
+                auditPolicy: auditPolicy)
+        }
+    }
+
+    /// Where the inputs are. Paths never enter the key (the `path` variation shows the outputs do
+    /// not depend on them); the files enter it by their contents.
+    public struct Locations: Codable, Sendable, Equatable {
+        public var lockPath: String
+        public var patchesDirectory: String
+
+        public init(lockPath: String = Lockfile.defaultFileName, patchesDirectory: String) {
+            self.lockPath = lockPath
+            self.patchesDirectory = patchesDirectory
+        }
+
+        /// The same locations, absolute against the current directory (for a child elsewhere).
+        public var absolute: Locations {
+            func absolute(_ path: String) -> String { path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path }
+            return Locations(lockPath: absolute(lockPath), patchesDirectory: absolute(patchesDirectory))
+        }
+    }
+
+    public var choices: Choices
+    public var locations: Locations
+
+    public init(choices: Choices, locations: Locations) {
+        self.choices = choices
+        self.locations = locations
+    }
+
+    /// What `manifest` records it was asked to make (`BuildManifest.requestedChoices`), from the
+    /// inputs at `locations`: the request `krnative verify` rebuilds.
+    public init(recordedIn manifest: BuildManifest, locations: Locations, policy: () throws -> AuditPolicy?) rethrows {
+        self.init(choices: try manifest.requestedChoices(policy: policy), locations: locations)
+    }
+
+    public subscript<Value>(dynamicMember keyPath: WritableKeyPath<Choices, Value>) -> Value {
+        get { choices[keyPath: keyPath] }
+        set { choices[keyPath: keyPath] = newValue }
+    }
+
+    /// The request as a file: what `ReproducibilityCheck` writes and `build --request` reads.
+    public func encoded() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return try encoder.encode(self) + Data("\n".utf8)
+    }
+
+    public static func load(from path: String) throws(UsageError) -> BuildRequest {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw UsageError("cannot read the build request \(path); it is the file `krnative build --check` writes for its runs")
+        }
+        do { return try JSONDecoder().decode(BuildRequest.self, from: data) } catch {
+            throw UsageError("\(path) is not a build request this krnative can read: \(error)")
+        }
+    }
+}
+
+extension BuildRequest.Choices {
+    /// The choices as the build key's named parts: each field by its words, a text or number as
+    /// itself, a document by the hash of its JSON (sorted keys), an absent optional not at all.
+    public func keyParts() throws -> [String: String] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        guard let fields = try JSONSerialization.jsonObject(with: encoder.encode(self)) as? [String: Any] else { return [:] }
+        var parts: [String: String] = [:]
+        for (name, value) in fields {
+            let json = try JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .fragmentsAllowed])
+            parts[Self.words(name)] =
+                switch value {
+                case let text as String: text
+                case is [String: Any], is [Any]: BuildKey.contents(SHA256Digest.of(json))
+                default: String(decoding: json, as: UTF8.self)
+                }
+        }
+        return parts
+    }
+
+    /// A field's name as words: "auditPolicy" is "audit policy".
+    static func words(_ name: String) -> String {
+        name.reduce(into: "") { words, character in
+            if character.isUppercase { words += " " + character.lowercased() } else { words.append(character) }
+        }
+    }
+}
