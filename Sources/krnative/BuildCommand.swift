@@ -118,7 +118,7 @@ struct BuildCommand: ParsableCommand {
                     rows.append(TargetRow(target: target, started: started, steps: steps, outputs: out))
                 } catch {
                     if Cancellation.requested { throw error }
-                    Console.error("krnative: build of \(target.rawValue) failed: \(error.text)\n")
+                    Reporting.error("krnative: build of \(target.rawValue) failed: \(error.text)")
                     rows.append(TargetRow(target: target, started: started, steps: steps, error: error))
                 }
             }
@@ -171,7 +171,7 @@ struct BuildCommand: ParsableCommand {
 
     /// With --json, stdout holds the one JSON document; the lines for people go to stderr.
     func say(_ line: String) {
-        if output.json { Console.error(line + "\n") } else { print(line) }
+        if output.json { Reporting.note(line) } else { print(line) }
     }
 
     /// The build that has something to do: from the remote cache, else fetched and built here.
