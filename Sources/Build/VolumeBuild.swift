@@ -165,7 +165,6 @@ public struct VolumeBuild: Sendable {
     func buildTtyd(lock: Lockfile, into staging: String) throws -> TtydBuild.Report {
         var options = TtydBuild.Options(target: request.target, outputDirectory: staging, settings: stepSettings())
         options.toolchain = request.toolchain
-        options.jobs = settings.jobs
         let ttyd = try TtydBuild(options: options, resolver: resolver).run(lock: lock)
         let counts = ttyd.counts
         settings.log("ttyd: \(ttyd.steps.count) steps: \(counts.compiled) compiled, \(counts.cached) cached, \(counts.remote) from the remote cache")
@@ -444,7 +443,6 @@ extension VolumeBuild {
             return (try path(of: runtime), runtime.size)
         }
         var options = RuntimeBuild.Options(target: request.target, outputDirectory: staging + "/runtime", settings: stepSettings())
-        options.jobs = settings.jobs
         options.buildPythonDirectory = staging + "/runtime/build-python"
         let report = try RuntimeBuild(options: options, resolver: resolver).run(lock: lock)
         guard let archive = report.archive else { throw CompileError.noOutput(path: staging + "/runtime") }

@@ -22,11 +22,7 @@ public enum RuntimeSource: String, Sendable, Codable, CaseIterable {
 public struct RuntimeBuild: Sendable {
     public struct Options: Sendable {
         public var target: Target
-        public var host: HostPlatform = .current
-        public var jobs = ProcessInfo.processInfo.activeProcessorCount
         public var outputDirectory: String
-        public var workDirectory: String?
-        public var keepWork = false
         /// Where to copy the build Python (a CPython of the same version for this machine), if anywhere.
         public var buildPythonDirectory: String?
         public var settings: StepRunner.Settings
@@ -35,12 +31,6 @@ public struct RuntimeBuild: Sendable {
             self.target = target
             self.outputDirectory = outputDirectory
             self.settings = settings
-        }
-
-        public init(target: Target, patchesDirectory: String, outputDirectory: String, entryExecutable: String) {
-            self.init(
-                target: target, outputDirectory: outputDirectory,
-                settings: StepRunner.Settings(entryExecutable: entryExecutable, patchesDirectory: patchesDirectory))
         }
     }
 
@@ -73,10 +63,10 @@ public struct RuntimeBuild: Sendable {
     public func run(lock: Lockfile) throws -> Report {
         let triple = RuntimeRecipe.zigTriple(for: options.target)
         let runner = StepRunner(settings: options.settings, resolver: resolver)
-        let toolchain = try runner.unpackToolchain(.zig, host: options.host, lock: lock, triple: triple)
-        return try runner.withWorkDirectory(options.workDirectory, name: "runtime-\(triple)", keep: options.keepWork) { work in
-            let space = try runner.prepare(toolchain, work: work, buildTriple: "\(options.host.arch.rawValue)-linux-gnu")
-            let recipe = RuntimeRecipe(layout: space.layout, target: options.target, buildArch: options.host.arch, jobs: options.jobs)
+        let toolchain = try runner.unpackToolchain(.zig, host: options.settings.host, lock: lock, triple: triple)
+        return try runner.withWorkDirectory(options.settings.workDirectory, name: "runtime-\(triple)", keep: options.settings.keepWork) { work in
+            let space = try runner.prepare(toolchain, work: work, buildTriple: "\(options.settings.host.arch.rawValue)-linux-gnu")
+            let recipe = RuntimeRecipe(layout: space.layout, target: options.target, buildArch: options.settings.host.arch, jobs: options.settings.jobs)
             let outcome = try runner.run(recipe, lock: lock, in: space)
             var report = Report(
                 target: options.target, triple: triple, toolchain: toolchain.identity, sourceDateEpoch: lock.sourceDateEpoch,
@@ -110,6 +100,6 @@ public struct RuntimeBuild: Sendable {
         FileSystem.remove(python + "/share/man")
         try FileSystem.createDirectory(python + "/lib/python3.13/site-packages")
         try FileSystem.createDirectory(options.outputDirectory)
-        try DeterministicTarXz(sourceDateEpoch: epoch, threads: options.jobs).pack(directory, to: archive)
+        try DeterministicTarXz(sourceDateEpoch: epoch, threads: options.settings.jobs).pack(directory, to: archive)
     }
 }

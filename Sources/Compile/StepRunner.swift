@@ -35,8 +35,13 @@ public struct StepRunner: Sendable {
         /// Where step results not in the local step cache are looked for, and (when it allows
         /// uploads) where compiled ones go.
         public var remoteCache: RemoteCache?
-        /// Threads for packing step results uploaded to the remote cache.
+        /// Parallel jobs for the steps' `make`, and threads for packing step results.
         public var jobs = ProcessInfo.processInfo.activeProcessorCount
+        /// The machine that builds: which toolchain archive runs here, and the build triple.
+        public var host: HostPlatform = .current
+        /// Where to build; a fresh temporary directory when nil (removed afterwards unless `keepWork`).
+        public var workDirectory: String?
+        public var keepWork = false
         public var log: @Sendable (String) -> Void = Reporting.note
 
         public init(entryExecutable: String, patchesDirectory: String) {

@@ -45,12 +45,7 @@ public struct TtydBuild: Sendable {
     public struct Options: Sendable {
         public var target: Target
         public var toolchain: ToolchainKind = .zig
-        public var host: HostPlatform = .current
-        public var jobs = ProcessInfo.processInfo.activeProcessorCount
         public var outputDirectory: String
-        /// Where to build; a fresh temporary directory when nil (removed afterwards unless `keepWork`).
-        public var workDirectory: String?
-        public var keepWork = false
         /// How the steps run: the sandbox, the patches, the lock, the caches, the log; whether to
         /// compile every step again, only prepare, or stop early.
         public var settings: StepRunner.Settings
@@ -59,12 +54,6 @@ public struct TtydBuild: Sendable {
             self.target = target
             self.outputDirectory = outputDirectory
             self.settings = settings
-        }
-
-        public init(target: Target, patchesDirectory: String, outputDirectory: String, entryExecutable: String) {
-            self.init(
-                target: target, outputDirectory: outputDirectory,
-                settings: StepRunner.Settings(entryExecutable: entryExecutable, patchesDirectory: patchesDirectory))
         }
     }
 
@@ -104,17 +93,17 @@ public struct TtydBuild: Sendable {
 
     func recipe(lock: Lockfile, layout: BuildLayout) -> TtydRecipe {
         let versions = Dictionary(uniqueKeysWithValues: TtydRecipe.components.compactMap { name in lock[name].map { (name, $0.version) } })
-        return TtydRecipe(layout: layout, triple: options.target.ttydTriple, jobs: options.jobs, versions: versions)
+        return TtydRecipe(layout: layout, triple: options.target.ttydTriple, jobs: options.settings.jobs, versions: versions)
     }
 
     public func run(lock: Lockfile) throws -> Report {
         let triple = options.target.ttydTriple
-        guard Toolchain.runs(options.toolchain, on: options.host) else {
-            throw CompileError.toolchainCannotRun(options.toolchain, host: options.host)
+        guard Toolchain.runs(options.toolchain, on: options.settings.host) else {
+            throw CompileError.toolchainCannotRun(options.toolchain, host: options.settings.host)
         }
         let runner = stepRunner
-        let toolchain = try runner.unpackToolchain(options.toolchain, host: options.host, lock: lock, triple: triple)
-        return try runner.withWorkDirectory(options.workDirectory, name: "ttyd-\(triple)", keep: options.keepWork) { work in
+        let toolchain = try runner.unpackToolchain(options.toolchain, host: options.settings.host, lock: lock, triple: triple)
+        return try runner.withWorkDirectory(options.settings.workDirectory, name: "ttyd-\(triple)", keep: options.settings.keepWork) { work in
             let space = try runner.prepare(toolchain, work: work)
             let outcome = try runner.run(recipe(lock: lock, layout: space.layout), lock: lock, in: space)
             var report = Report(
@@ -149,9 +138,9 @@ public struct TtydBuild: Sendable {
     /// `build-ttyd --sandbox none --workdir W` left with patched sources, wrappers and the CMake
     /// toolchain file: the baseline the benchmark runs against the step itself.
     public func plainScript(lock: Lockfile, epoch: Int64) throws -> String {
-        guard let work = options.workDirectory else { throw UsageError("--print-script needs --workdir, the directory a --sandbox none build prepared") }
+        guard let work = options.settings.workDirectory else { throw UsageError("--print-script needs --workdir, the directory a --sandbox none build prepared") }
         let triple = options.target.ttydTriple
-        let toolchain = try stepRunner.unpackToolchain(options.toolchain, host: options.host, lock: lock, triple: triple)
+        let toolchain = try stepRunner.unpackToolchain(options.toolchain, host: options.settings.host, lock: lock, triple: triple)
         let layout = BuildLayout(build: work, toolchain: toolchain.hostRoot, zigCache: store.item(.zigCache, "\(toolchain.version)-\(triple)"))
         return StepRunner.plainScript(
             recipe(lock: lock, layout: layout), layout: layout,

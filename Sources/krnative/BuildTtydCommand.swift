@@ -39,11 +39,12 @@ struct BuildTtydCommand: ParsableCommand {
         try perform("build-ttyd") {
             let lock = try Lockfile.load(from: inputs.lockPath)
             var options = TtydBuild.Options(
-                target: target, patchesDirectory: patches, outputDirectory: out, entryExecutable: currentExecutable)
+                target: target, outputDirectory: out,
+                settings: StepRunner.Settings(entryExecutable: currentExecutable, patchesDirectory: patches))
             options.toolchain = toolchain ?? Toolchain.defaultKind(for: .current)
             options.settings.isolation = try Isolation.chosen(sandbox)
-            if let jobs { options.jobs = max(1, jobs) }
-            options.workDirectory = workdir
+            if let jobs { options.settings.jobs = max(1, jobs) }
+            options.settings.workDirectory = workdir
             options.settings.rebuild = rebuild
             options.settings.prepareOnly = prepareOnly
             if prepareOnly && workdir == nil { throw UsageError("--prepare-only needs --workdir DIR") }

@@ -48,8 +48,8 @@ struct CompileTests {
 
     func build(_ target: Target, lock: Lockfile, work: String, patches: String = Package.root + "/patches", rebuild: Bool = true) throws -> TtydBuild.Report {
         var options = TtydBuild.Options(
-            target: target, patchesDirectory: patches, outputDirectory: work + "/out", entryExecutable: Package.binary)
-        options.workDirectory = work + "/build"
+            target: target, outputDirectory: work + "/out", settings: StepRunner.Settings(entryExecutable: Package.binary, patchesDirectory: patches))
+        options.settings.workDirectory = work + "/build"
         options.settings.rebuild = rebuild
         options.settings.log = { print("[\(target.ttydTriple)] \($0)") }
         return try TtydBuild(options: options, resolver: InputResolver(store: try Store(root: Self.store.path))).run(lock: lock)
