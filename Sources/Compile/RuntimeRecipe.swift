@@ -1,5 +1,6 @@
 import Foundation
 import KrnativeBase
+import Patch
 
 /// CPython 3.13 and the libraries python-build-standalone links into it, from source, as a value:
 /// first a Python for the build machine (the cross build runs it), then zlib, bzip2, xz, libffi,
@@ -145,8 +146,25 @@ public struct RuntimeRecipe: Recipe {
         ]
     }
 
-    /// `-Wl,-h$(INSTSONAME)` → `-Wl,-soname,$(INSTSONAME)`: the spelling Zig's linker takes.
-    static let sonameEdit = ["sed", "-i", "s/-Wl,-h\\$/-Wl,-soname,$/g", "Makefile.pre.in"]
+    /// CPython's sources as Zig needs them: shared libraries named with `-Wl,-soname` (Zig's
+    /// linker has no `-h`); `libpython3.so`, linked from no object at all, with `-nostdlib` (Zig
+    /// then names glibc's `libc.so.6` whatever the target, and rejects a glibc version in the
+    /// triple); on musl, the platform triplet (`x86_64-linux-musl`, in every extension module's
+    /// name) found although `<stdarg.h>` is clang's, not musl's, whose `__DEFINED_va_list` CPython
+    /// looks for — without it the suffix is `.cpython-313.so` and musllinux wheels' modules do not load.
+    var cpythonEdits: [PatchEdit] {
+        var edits = [
+            PatchEdit(
+                file: "Makefile.pre.in", find: "\t$(BLDSHARED) $(NO_AS_NEEDED) -o $@ -Wl,-h$@ $^\n",
+                replace: "\t$(BLDSHARED) -nostdlib $(NO_AS_NEEDED) -o $@ -Wl,-soname,$@ $^\n"),
+            PatchEdit(file: "Makefile.pre.in", find: "-Wl,-h$(INSTSONAME)", replace: "-Wl,-soname,$(INSTSONAME)"),
+        ]
+        if target.libc == .musl {
+            edits.append(
+                PatchEdit(file: "Misc/platform_triplet.c", find: "#  ifdef __DEFINED_va_list\n", replace: "#  if 1  /* musl: Linux, and not glibc, uClibc or dietlibc */\n"))
+        }
+        return edits
+    }
 
     /// Zig makes `__DATE__` an error; CPython's build info uses it, and clang takes it from SOURCE_DATE_EPOCH.
     static let dateTimeFlag = "-Wno-date-time"
@@ -191,7 +209,8 @@ public struct RuntimeRecipe: Recipe {
                 "--disable-test-modules", "--with-readline=readline", "--without-system-expat", "--without-system-libmpdec",
             ] + Self.configSite
         return BuildStep(
-            component: "cpython", commands: [Self.sonameEdit, configure, make(), make("install", "DESTDIR=\(installRoot)")], environment: environment,
-            adaptation: "the shared libraries' soname given as -Wl,-soname (Zig's linker has no -h); extension modules are shared objects in lib-dynload (python-build-standalone links them into libpython); their C libraries are linked in statically all the same")
+            component: "cpython", commands: [configure, make(), make("install", "DESTDIR=\(installRoot)")], environment: environment,
+            adaptation: "the Makefile and platform triplet edited for Zig (cpythonEdits); extension modules are shared objects in lib-dynload (python-build-standalone links them into libpython); their C libraries are linked in statically all the same",
+            edits: cpythonEdits)
     }
 }

@@ -175,7 +175,9 @@ public struct StepRunner: Sendable {
             guard let input = lock[step.component], input.kind == .source, let tree = input.treeSha256,
                 let archive = try resolver.path(of: input)
             else { throw CompileError.missingInput(name: step.component, lockPath: settings.lockPath) }
-            let patches = try SourcePatch.series(for: step.component, in: settings.patchesDirectory).filter { $0.applies(to: input.version) }
+            let patches =
+                try SourcePatch.series(for: step.component, in: settings.patchesDirectory).filter { $0.applies(to: input.version) }
+                + (step.edits.map { [SourcePatch.recipeEdits($0, step: step.name)] } ?? [])
             let key = Self.cacheKey(previous: previousKey, step: step, tree: tree, patches: patches)
             let source = Source(name: input.name, version: input.version, treeSha256: tree, fileSha256: resolver.located(input)!)
             if !outcome.sources.contains(source) { outcome.sources.append(source) }

@@ -1,5 +1,6 @@
 import Foundation
 import KrnativeBase
+import Patch
 import Toolchain
 
 /// Where things are during a build, as the steps see them. Inside the sandbox these are fixed
@@ -34,6 +35,9 @@ public struct BuildStep: Sendable, Codable, Equatable {
     public var adaptation: String?
     /// The directory under `src/` it builds in, when not the component's name (a source built twice).
     public var directory: String? = nil
+    /// Edits of the source the recipe makes before the commands run (after `patches/`), each
+    /// checked as a structured patch's edit is: the step fails when a `find` is not there `count` times.
+    public var edits: [PatchEdit]? = nil
 
     /// The step's name: its directory under `src/`, its log, its line in the report.
     public var name: String { directory ?? component }

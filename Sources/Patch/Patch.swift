@@ -32,6 +32,13 @@ public struct PatchEdit: Codable, Sendable, Equatable {
     public var find: String
     public var replace: String
     public var count: Int
+
+    public init(file: String, find: String, replace: String, count: Int = 1) {
+        self.file = file
+        self.find = find
+        self.replace = replace
+        self.count = count
+    }
 }
 
 /// A patch file under `patches/<component>/`: structured (`*.json`) or a unified diff (`*.patch`, `*.diff`).
@@ -57,6 +64,14 @@ public struct SourcePatch: Sendable, Equatable {
         var minVersion: String?
         var belowVersion: String?
         var edits: [PatchEdit]
+    }
+
+    /// Edits a recipe carries for one of its steps (`BuildStep.edits`), applied and reported as a
+    /// patch file's are, named `recipe:<step>`; they are in the step's key with its commands.
+    public static func recipeEdits(_ edits: [PatchEdit], step: String) -> SourcePatch {
+        let name = "recipe:" + step
+        let digest = SHA256Digest.of((try? JSONEncoder().encode(edits)) ?? Data())
+        return SourcePatch(path: name, name: name, sha256: digest, description: "the recipe's edits of \(step)", body: .edits(edits))
     }
 
     /// Reads one patch file.

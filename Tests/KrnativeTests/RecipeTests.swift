@@ -1,6 +1,8 @@
+import Archive
 import Compile
 import Foundation
 import KrnativeBase
+import Patch
 import Testing
 import Toolchain
 
@@ -132,8 +134,30 @@ struct RuntimeRecipeTests {
         #expect(cpython.environment["LDFLAGS"]?.contains("-Wl,-rpath,\\$$ORIGIN/../lib") == true)
         #expect(cpython.environment["LIBREADLINE_LIBS"] == "-L/build/stage/deps/lib -lreadline -lncursesw")
         #expect(cpython.commands.last == ["make", "-j2", "install", "DESTDIR=/build/stage/runtime"])
-        #expect(cpython.commands.first == ["sed", "-i", "s/-Wl,-h\\$/-Wl,-soname,$/g", "Makefile.pre.in"], "Zig's linker takes no -h")
+        #expect(cpython.edits?.contains { $0.replace.contains("-Wl,-soname,$(INSTSONAME)") } == true, "Zig's linker takes no -h")
+        #expect(cpython.edits?.contains { $0.file == "Misc/platform_triplet.c" } == true, "musl's triplet without musl's <stdarg.h>")
+        #expect(step("cpython", of: .manylinuxX86_64).edits?.contains { $0.file == "Misc/platform_triplet.c" } == false, "glibc is found by __GLIBC__")
         #expect(step("cpython", of: .manylinuxX86_64).environment["LIBSQLITE3_LIBS"]?.hasSuffix("-lpthread -ldl -lm") == true, "glibc 2.17 keeps them apart")
+    }
+
+    /// The recipe's edits of CPython apply to the pinned source as they must (each `find` found
+    /// exactly `count` times), for both kinds of libc.
+    @Test(.enabled(if: Machine.runtimeSources["cpython"] != nil, "needs Debian's CPython 3.13 tarball (scripts/debian-sources)"))
+    func cpythonEditsApplyToThePinnedSource() throws {
+        let source = TemporaryDirectory("krnative-cpython-edits")
+        _ = try SafeExtractor(stripComponents: 1).extract(Machine.runtimeSources["cpython"]!.file, into: source.path)
+        for target in [Target.musllinuxAarch64, .manylinuxX86_64] {
+            let edits = try #require(step("cpython", of: target).edits)
+            let copy = TemporaryDirectory("krnative-cpython-edits")
+            for file in Set(edits.map(\.file)) {
+                try FileManager.default.createDirectory(atPath: copy.path + "/" + (file as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try FileManager.default.copyItem(atPath: source.path + "/" + file, toPath: copy.path + "/" + file)
+            }
+            let applied = try PatchApplier().apply([SourcePatch.recipeEdits(edits, step: "cpython")], to: copy.path, version: "3.13.15")
+            #expect(applied.count == 1)
+            let makefile = try String(contentsOfFile: copy.path + "/Makefile.pre.in", encoding: .utf8)
+            #expect(!makefile.contains("-Wl,-h$") && makefile.contains("$(BLDSHARED) -nostdlib"))
+        }
     }
 
     @Test func theTtydStepsKeepTheirCacheKeys() throws {
@@ -142,7 +166,7 @@ struct RuntimeRecipeTests {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let json = String(decoding: try encoder.encode(ttyd.steps[0]), as: UTF8.self)
-        #expect(!json.contains("directory"))
+        #expect(!json.contains("directory") && !json.contains("edits"))
         #expect(ttyd.seed == "krnative ttyd recipe v1")
         let tree = SHA256Digest.of(Data("tree".utf8))
         let base = StepRunner.cacheKey(previous: tree, step: ttyd.steps[0], tree: tree, patches: [])
