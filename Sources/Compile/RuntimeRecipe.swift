@@ -147,16 +147,16 @@ public struct RuntimeRecipe: Recipe {
     }
 
     /// CPython's sources as Zig needs them: shared libraries named with `-Wl,-soname` (Zig's
-    /// linker has no `-h`); `libpython3.so`, linked from no object at all, with `-nostdlib` (Zig
-    /// then names glibc's `libc.so.6` whatever the target, and rejects a glibc version in the
-    /// triple); on musl, the platform triplet (`x86_64-linux-musl`, in every extension module's
+    /// linker has no `-h`); `libpython3.so` linked with an empty C file (from no object at all,
+    /// `zig cc` hands the link to the host's `ld`, which names glibc's `libc.so.6` whatever the
+    /// target, and knows no other architecture); on musl, the platform triplet (`x86_64-linux-musl`, in every extension module's
     /// name) found although `<stdarg.h>` is clang's, not musl's, whose `__DEFINED_va_list` CPython
     /// looks for — without it the suffix is `.cpython-313.so` and musllinux wheels' modules do not load.
     var cpythonEdits: [PatchEdit] {
         var edits = [
             PatchEdit(
                 file: "Makefile.pre.in", find: "\t$(BLDSHARED) $(NO_AS_NEEDED) -o $@ -Wl,-h$@ $^\n",
-                replace: "\t$(BLDSHARED) -nostdlib $(NO_AS_NEEDED) -o $@ -Wl,-soname,$@ $^\n"),
+                replace: "\t: > Modules/libpython3-stub.c\n\t$(BLDSHARED) $(NO_AS_NEEDED) -o $@ -Wl,-soname,$@ Modules/libpython3-stub.c $^\n"),
             PatchEdit(file: "Makefile.pre.in", find: "-Wl,-h$(INSTSONAME)", replace: "-Wl,-soname,$(INSTSONAME)"),
         ]
         if target.libc == .musl {
@@ -200,6 +200,8 @@ public struct RuntimeRecipe: Recipe {
         ]
         var environment = self.environment.merging(modules) { $1 }
         environment["CFLAGS"]! += " " + Self.dateTimeFlag
+        // configure's default adds -g: python-build-standalone's stripped archive has no debug information.
+        environment["OPT"] = "-DNDEBUG -Wall"
         // `\$$ORIGIN`: make turns `$$` into `$`, the shell's backslash keeps `$ORIGIN` for the linker.
         environment["LDFLAGS"] = "\(lib) -Wl,-rpath,\\$$ORIGIN/../lib"
         let configure =

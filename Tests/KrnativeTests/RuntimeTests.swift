@@ -15,6 +15,7 @@ import Testing
         if: Machine.canCompileRuntime,
         "needs KRNATIVE_TEST_SOURCES with Debian's CPython 3.13, OpenSSL, SQLite, libffi, xz, bzip2, ncurses, readline, util-linux and zlib tarballs (scripts/debian-sources) and user namespaces"))
 struct RuntimeTests {
+    static let distro = Target.musllinuxX86_64.distro
     /// `krnative build --runtime source --target musllinux-x86_64` from the stand-in lock (the
     /// runtime's and ttyd's sources from Debian, the real wheels and Zig through pip): the audit
     /// enforced, the runtime laid out as python-build-standalone's, smoke-tested on Debian with musl,
@@ -34,13 +35,13 @@ struct RuntimeTests {
         let built = build(lock: lock, store: store, out: out)
         try #require(built.succeeded, "krnative build --runtime source failed: \(built.stderr.suffix(4000))")
         print("[runtime] musllinux-x86_64 volume from source, cold: \(Int(Date().timeIntervalSince(started))) s")
-        let manifest = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: out + "/krnative-manifest.static-musl.x86_64.json")))
+        let manifest = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: out + "/krnative-manifest.\(Self.distro).x86_64.json")))
         #expect(manifest.runtime == .source)
         #expect(manifest.audit?.mode == .enforce && manifest.audit?.violations.isEmpty == true)
         for component in RuntimeRecipe.components {
             #expect(manifest.inputs.contains { $0.name == component }, "\(component) is not in the manifest's inputs")
         }
-        let tarball = out + "/krunner-env.static-musl.x86_64.tar.xz"
+        let tarball = out + "/krunner-env.\(Self.distro).x86_64.tar.xz"
         let volume = work.path + "/volume"
         _ = try SafeExtractor().extract(tarball, into: volume)
 
@@ -66,7 +67,7 @@ struct RuntimeTests {
         let again = build(lock: lock, store: store, out: work.path + "/again", ["--force"])
         try #require(again.succeeded, "\(again.stderr.suffix(3000))")
         #expect(again.stderr.contains("cpython 3.13.15: cached"), "the runtime's steps come from the step cache")
-        let second = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: work.path + "/again/krnative-manifest.static-musl.x86_64.json")))
+        let second = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: work.path + "/again/krnative-manifest.\(Self.distro).x86_64.json")))
         #expect(second.outputs.map(\.sha256) == manifest.outputs.map(\.sha256), "the same outputs from another output directory")
     }
 
