@@ -166,6 +166,19 @@ public struct RuntimeRecipe: Recipe {
         return edits
     }
 
+    /// python-build-standalone's `install_only_stripped`: every ELF file of the installed tree
+    /// without its debug information (Zig compiles with DWARF unless told otherwise, and the static
+    /// libraries bring theirs), by the toolchain's objcopy, which knows every target; each file
+    /// is rewritten in place, keeping its mode.
+    var stripDebugInformation: [String] {
+        let objcopy = layout.wrappers + "/objcopy"
+        return [
+            "sh", "-c",
+            "cd \(installRoot)/install && find . -type f \\( -name '*.so' -o -name '*.so.*' -o -name python3.13 \\) | LC_ALL=C sort | "
+                + "while read -r f; do \(objcopy) --strip-debug \"$f\" \"$f.stripped\" && cat \"$f.stripped\" > \"$f\" && rm \"$f.stripped\" || exit 1; done",
+        ]
+    }
+
     /// Zig makes `__DATE__` an error; CPython's build info uses it, and clang takes it from SOURCE_DATE_EPOCH.
     static let dateTimeFlag = "-Wno-date-time"
 
@@ -200,8 +213,6 @@ public struct RuntimeRecipe: Recipe {
         ]
         var environment = self.environment.merging(modules) { $1 }
         environment["CFLAGS"]! += " " + Self.dateTimeFlag
-        // configure's default adds -g: python-build-standalone's stripped archive has no debug information.
-        environment["OPT"] = "-DNDEBUG -Wall"
         // `\$$ORIGIN`: make turns `$$` into `$`, the shell's backslash keeps `$ORIGIN` for the linker.
         environment["LDFLAGS"] = "\(lib) -Wl,-rpath,\\$$ORIGIN/../lib"
         let configure =
@@ -211,7 +222,8 @@ public struct RuntimeRecipe: Recipe {
                 "--disable-test-modules", "--with-readline=readline", "--without-system-expat", "--without-system-libmpdec",
             ] + Self.configSite
         return BuildStep(
-            component: "cpython", commands: [configure, make(), make("install", "DESTDIR=\(installRoot)")], environment: environment,
+            component: "cpython", commands: [configure, make(), make("install", "DESTDIR=\(installRoot)"), stripDebugInformation],
+            environment: environment,
             adaptation: "the Makefile and platform triplet edited for Zig (cpythonEdits); extension modules are shared objects in lib-dynload (python-build-standalone links them into libpython); their C libraries are linked in statically all the same",
             edits: cpythonEdits)
     }

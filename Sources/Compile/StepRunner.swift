@@ -123,7 +123,7 @@ public struct StepRunner: Sendable {
             throw CompileError.missingInput(name: name, lockPath: settings.lockPath)
         }
         let root = store.item(.toolchains, digest.hex)
-        if !FileSystem.exists(root) {
+        if store.intactItem(.toolchains, digest.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) == nil {
             let entryLock = try store.lock("toolchain-\(digest.hex)")
             defer { entryLock.unlock() }
             if !FileSystem.exists(root) {
@@ -184,8 +184,9 @@ public struct StepRunner: Sendable {
             let started = Date()
             let cached = store.item(.steps, key.hex)
             let mayReuse = !settings.rebuild && !settings.prepareOnly
-            let fromRemote = mayReuse && !FileSystem.exists(cached) && remoteSteps?.restore(key, component: step.name) == true
-            let wasCached = mayReuse && FileSystem.exists(cached)
+            let intact = mayReuse && store.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) != nil
+            let fromRemote = mayReuse && !intact && remoteSteps?.restore(key, component: step.name) == true
+            let wasCached = intact || fromRemote
             if wasCached {
                 FileSystem.remove(space.stage)
                 try FileManager.default.copyItem(atPath: cached, toPath: space.stage)

@@ -70,7 +70,9 @@ public struct SourcePatch: Sendable, Equatable {
     /// patch file's are, named `recipe:<step>`; they are in the step's key with its commands.
     public static func recipeEdits(_ edits: [PatchEdit], step: String) -> SourcePatch {
         let name = "recipe:" + step
-        let digest = SHA256Digest.of((try? JSONEncoder().encode(edits)) ?? Data())
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys  // the same bytes in every process: the digest is in the step's key
+        let digest = SHA256Digest.of((try? encoder.encode(edits)) ?? Data())
         return SourcePatch(path: name, name: name, sha256: digest, description: "the recipe's edits of \(step)", body: .edits(edits))
     }
 

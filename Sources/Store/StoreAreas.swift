@@ -67,6 +67,28 @@ extension Store {
         try FileSystem.writeAtomically(Data((digest.hex + "\n").utf8), to: treeHashRecord(area, name), mode: 0o444)
     }
 
+    /// `area/name` when it is there and still hashes to the tree hash recorded when it was
+    /// completed (and marked used for gc); nil when it is not there. An item that no longer
+    /// matches, or has no record, is moved to quarantine with `log` told, and nil returned: the
+    /// caller makes it again rather than building on contents nobody vouches for.
+    public func intactItem(
+        _ area: Area, _ name: String, treeHash: (String) throws(FileSystemError) -> SHA256Digest, log: (String) -> Void = Reporting.note
+    ) -> String? {
+        let path = item(area, name)
+        guard FileSystem.exists(path) else { return nil }
+        let recorded = recordedTreeHash(area, name)
+        let actual = try? treeHash(path)
+        if let recorded, recorded == actual {
+            markUsed(area, name)
+            return path
+        }
+        let why = recorded == nil ? "has no tree-hash record" : "no longer hashes to its recorded tree \(recorded!.hex.prefix(12))"
+        let kept = quarantine(path, reason: "\(area.rawValue)-changed")
+        unlink(treeHashRecord(area, name))
+        log("\(area.rawValue)/\(name.prefix(12)) \(why): moved to \(kept); it is made again")
+        return nil
+    }
+
     /// Names of the items of an area: everything in its directory but tree-hash records, which
     /// belong to the item they stand beside.
     public func itemNames(_ area: Area) -> [String] {

@@ -63,10 +63,14 @@ public struct Toolchain: Sendable, Codable, Equatable {
                 "c++": script("\(zig) c++ -target \(triple)"),
                 "ar": script("\(zig) ar"),
                 "ranlib": script("\(zig) ranlib"),
+                "objcopy": script("\(zig) objcopy"),
             ]
         case .muslCross:
             let bin = "\(root)/bin/\(triple)"
-            return ["cc": script("\(bin)-gcc"), "c++": script("\(bin)-g++"), "ar": script("\(bin)-ar"), "ranlib": script("\(bin)-ranlib")]
+            return [
+                "cc": script("\(bin)-gcc"), "c++": script("\(bin)-g++"), "ar": script("\(bin)-ar"), "ranlib": script("\(bin)-ranlib"),
+                "objcopy": script("\(bin)-objcopy"),
+            ]
         }
     }
 

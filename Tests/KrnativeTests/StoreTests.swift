@@ -252,6 +252,29 @@ struct StoreTests {
         #expect(report2.corrupted == 0 && report2.warnings == 2)
     }
 
+    /// A step or toolchain is used only while it hashes to the tree recorded when it was made:
+    /// a changed one, or one without a record, goes to quarantine and the caller makes it again.
+    @Test func derivedItemsAreCheckedWhenUsed() throws {
+        let work = TemporaryDirectory()
+        let store = try Store(root: work.path + "/store")
+        try completeItem(in: store, .steps, "good", files: ["lib/libz.a": randomData(200)])
+        try completeItem(in: store, .steps, "changed", files: ["bin/ttyd": randomData(300)])
+        try Data("tampered".utf8).write(to: URL(fileURLWithPath: store.item(.steps, "changed") + "/bin/ttyd"))
+        try completeItem(in: store, .toolchains, "unrecorded", files: ["bin/cc": randomData(100)])
+        unlink(store.treeHashRecord(.toolchains, "unrecorded"))
+        var lines: [String] = []
+        let use = { (area: Store.Area, name: String) in store.intactItem(area, name, treeHash: TreeHash.ofDirectory(at:)) { lines.append($0) } }
+
+        #expect(use(.steps, "good") == store.item(.steps, "good"))
+        #expect(use(.steps, "changed") == nil)
+        #expect(use(.toolchains, "unrecorded") == nil)
+        #expect(use(.steps, "absent") == nil)
+        #expect(!FileManager.default.fileExists(atPath: store.item(.steps, "changed")))
+        #expect(!FileManager.default.fileExists(atPath: store.treeHashRecord(.steps, "changed")))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: store.directory(.quarantine)).count == 2)
+        #expect(lines.count == 2 && lines[0].contains("no longer hashes to its recorded tree") && lines[1].contains("has no tree-hash record"), "\(lines)")
+    }
+
     @Test func defaultRootFollowsEnvironment() {
         #expect(Store.defaultRoot(environment: ["KRNATIVE_STORE": "/s", "HOME": "/h"]) == "/s")
         #expect(Store.defaultRoot(environment: ["XDG_CACHE_HOME": "/c", "HOME": "/h"]) == "/c/krnative/store")
