@@ -168,14 +168,12 @@ public struct RuntimeRecipe: Recipe {
 
     /// python-build-standalone's `install_only_stripped`: every ELF file of the installed tree
     /// without its debug information (Zig compiles with DWARF unless told otherwise, and the static
-    /// libraries bring theirs), by the toolchain's objcopy, which knows every target; each file
-    /// is rewritten in place, keeping its mode.
+    /// libraries bring theirs), by the toolchain's `strip-debug` wrapper, which knows every target
+    /// and keeps each file's mode; find fails when it does.
     var stripDebugInformation: [String] {
-        let objcopy = layout.wrappers + "/objcopy"
-        return [
-            "sh", "-c",
-            "cd \(installRoot)/install && find . -type f \\( -name '*.so' -o -name '*.so.*' -o -name python3.13 \\) | LC_ALL=C sort | "
-                + "while read -r f; do \(objcopy) --strip-debug \"$f\" \"$f.stripped\" && cat \"$f.stripped\" > \"$f\" && rm \"$f.stripped\" || exit 1; done",
+        [
+            "find", installRoot + "/install", "-type", "f", "(", "-name", "*.so", "-o", "-name", "*.so.*", "-o", "-name", "python3.13", ")",
+            "-exec", layout.wrappers + "/strip-debug", "{}", "+",
         ]
     }
 

@@ -63,13 +63,15 @@ public struct Toolchain: Sendable, Codable, Equatable {
                 "c++": script("\(zig) c++ -target \(triple)"),
                 "ar": script("\(zig) ar"),
                 "ranlib": script("\(zig) ranlib"),
-                "objcopy": script("\(zig) objcopy"),
+                // Every file named, in place, keeping its mode: zig objcopy takes one input and one output.
+                "strip-debug":
+                    "#!/bin/sh\nfor f; do \(zig) objcopy --strip-debug \"$f\" \"$f.stripped\" && mv \"$f.stripped\" \"$f\" || exit 1; done\n",
             ]
         case .muslCross:
             let bin = "\(root)/bin/\(triple)"
             return [
                 "cc": script("\(bin)-gcc"), "c++": script("\(bin)-g++"), "ar": script("\(bin)-ar"), "ranlib": script("\(bin)-ranlib"),
-                "objcopy": script("\(bin)-objcopy"),
+                "strip-debug": script("\(bin)-strip --strip-debug"),
             ]
         }
     }
