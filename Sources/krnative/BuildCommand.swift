@@ -60,7 +60,7 @@ struct BuildCommand: ParsableCommand {
     var check = false
     @Option(
         help: ArgumentHelp(
-            "With --check: one run per listed variation, or all, instead of one run with the cheap ones together.",
+            "With --check: one run per listed variation (a+b: one run with both), or all, instead of one run with the cheap ones together.",
             discussion: "Variations: \(Variation.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "list"))
     var variations: String?
     @Flag(help: "With --check: every run starts from an empty step cache (compiles ttyd again).") var freshSteps = false
@@ -297,7 +297,8 @@ extension BuildCommand {
     }
 
     /// The check's runs: nil without --check; one run with the cheap variations together; or one
-    /// run per variation listed.
+    /// run per item listed, an item one variation or several joined by `+` (`path+user`: one cold
+    /// build with both, where two would each compile everything).
     func checkRuns() throws -> [[Variation]]? {
         guard check else {
             if variations != nil || freshSteps || keep { throw UsageError("--variations, --fresh-steps and --keep go with --check") }
@@ -305,11 +306,13 @@ extension BuildCommand {
         }
         guard let variations else { return [Variation.together] }
         if variations == "all" { return Variation.allCases.map { [$0] } }
-        return try variations.split(separator: ",").map { name in
-            guard let variation = Variation(rawValue: String(name)) else {
-                throw UsageError("unknown variation '\(name)'; the variations are \(Variation.allCases.map(\.rawValue).joined(separator: ", ")), or all")
+        return try variations.split(separator: ",").map { item in
+            try item.split(separator: "+").map { name in
+                guard let variation = Variation(rawValue: String(name)) else {
+                    throw UsageError("unknown variation '\(name)'; the variations are \(Variation.allCases.map(\.rawValue).joined(separator: ", ")), or all; join several with + for one run")
+                }
+                return variation
             }
-            return [variation]
         }
     }
 }
