@@ -163,9 +163,8 @@ public struct VolumeBuild: Sendable {
 
     /// ttyd and its libraries, into `staging`.
     func buildTtyd(lock: Lockfile, into staging: String) throws -> TtydBuild.Report {
-        var options = TtydBuild.Options(target: request.target, outputDirectory: staging, settings: stepSettings())
-        options.toolchain = request.toolchain
-        let ttyd = try TtydBuild(options: options, resolver: resolver).run(lock: lock)
+        let options = TtydBuild.Options(target: request.target, outputDirectory: staging, settings: stepSettings())
+        let ttyd = try TtydBuild(options: options, toolchain: request.toolchain, resolver: resolver).run(lock: lock)
         let counts = ttyd.counts
         settings.log("ttyd: \(ttyd.steps.count) steps: \(counts.compiled) compiled, \(counts.cached) cached, \(counts.remote) from the remote cache")
         settings.onTtydSteps?(ttyd)
@@ -442,9 +441,8 @@ extension VolumeBuild {
             }
             return (try path(of: runtime), runtime.size)
         }
-        var options = RuntimeBuild.Options(target: request.target, outputDirectory: staging + "/runtime", settings: stepSettings())
-        options.buildPythonDirectory = staging + "/runtime/build-python"
-        let report = try RuntimeBuild(options: options, resolver: resolver).run(lock: lock)
+        let options = RuntimeBuild.Options(target: request.target, outputDirectory: staging + "/runtime", settings: stepSettings())
+        let report = try RuntimeBuild(options: options, buildPythonDirectory: staging + "/runtime/build-python", resolver: resolver).run(lock: lock)
         guard let archive = report.archive else { throw CompileError.noOutput(path: staging + "/runtime") }
         let file = staging + "/runtime/" + archive
         return (file, try SHA256Digest.of(fileAt: file).size)

@@ -19,23 +19,11 @@ public enum RuntimeSource: String, Sendable, Codable, CaseIterable {
 /// Builds a target's CPython from the lock's sources with `RuntimeRecipe`, and packs it as
 /// python-build-standalone's `install_only_stripped` archive (`python/…`), so the volume's
 /// layout stage takes it as it takes a downloaded one.
-public struct RuntimeBuild: Sendable {
-    public struct Options: Sendable {
-        public var target: Target
-        public var outputDirectory: String
-        /// Where to copy the build Python (a CPython of the same version for this machine), if anywhere.
-        public var buildPythonDirectory: String?
-        public var settings: StepRunner.Settings
-
-        public init(target: Target, outputDirectory: String, settings: StepRunner.Settings) {
-            self.target = target
-            self.outputDirectory = outputDirectory
-            self.settings = settings
-        }
-    }
+public struct RuntimeBuild: RecipeBuild {
+    public typealias Options = RecipeBuildOptions
 
     /// What the build used and made: written beside the archive as `<archive>.json`.
-    public struct Report: Sendable, Codable {
+    public struct Report: RecipeBuildReport, Codable {
         public var target: Target
         public var triple: String
         public var toolchain: String
@@ -45,46 +33,53 @@ public struct RuntimeBuild: Sendable {
         public var steps: [StepRunner.Step]
         public var archive: String?
         public var sha256: SHA256Digest?
+
+        public var produced: (file: String, sha256: SHA256Digest)? { archive.flatMap { name in sha256.map { (name, $0) } } }
     }
 
+    public static let name = "runtime"
+    public static let product = "CPython and its libraries"
     public let options: Options
+    /// Where to copy the build Python (a CPython of the same version for this machine), if anywhere.
+    public let buildPythonDirectory: String?
     public let resolver: InputResolver
 
-    public init(options: Options, resolver: InputResolver) {
+    public init(options: Options, buildPythonDirectory: String? = nil, resolver: InputResolver) {
         self.options = options
+        self.buildPythonDirectory = buildPythonDirectory
         self.resolver = resolver
     }
+
+    public var toolchainKind: ToolchainKind { .zig }
+    public var triple: String { RuntimeRecipe.zigTriple(for: options.target) }
+    public var buildTriple: String? { "\(options.settings.host.arch.rawValue)-linux-gnu" }
 
     /// The archive's file name: python-build-standalone's pattern, with `krnative` as the build.
     public static func archiveName(for target: Target, version: String) -> String {
         "cpython-\(version)-\(RuntimeRecipe.zigTriple(for: target))-krnative-install_only_stripped.tar.xz"
     }
 
+    public func recipe(lock: Lockfile, layout: BuildLayout) -> RuntimeRecipe {
+        RuntimeRecipe(layout: layout, target: options.target, buildArch: options.settings.host.arch, jobs: options.settings.jobs)
+    }
+
     public func run(lock: Lockfile) throws -> Report {
-        let triple = RuntimeRecipe.zigTriple(for: options.target)
-        let runner = StepRunner(settings: options.settings, resolver: resolver)
-        let toolchain = try runner.unpackToolchain(.zig, host: options.settings.host, lock: lock, triple: triple)
-        return try runner.withWorkDirectory(options.settings.workDirectory, name: "runtime-\(triple)", keep: options.settings.keepWork) { work in
-            let space = try runner.prepare(toolchain, work: work, buildTriple: "\(options.settings.host.arch.rawValue)-linux-gnu")
-            let recipe = RuntimeRecipe(layout: space.layout, target: options.target, buildArch: options.settings.host.arch, jobs: options.settings.jobs)
-            let outcome = try runner.run(recipe, lock: lock, in: space)
+        try runSteps(lock: lock) { space, outcome in
             var report = Report(
-                target: options.target, triple: triple, toolchain: toolchain.identity, sourceDateEpoch: lock.sourceDateEpoch,
+                target: options.target, triple: triple, toolchain: space.toolchain.identity, sourceDateEpoch: lock.sourceDateEpoch,
                 sources: outcome.sources, patches: outcome.patches, steps: outcome.steps)
             if outcome.stoppedEarly { return report }
-            if let destination = options.buildPythonDirectory {
+            if let destination = buildPythonDirectory {
                 FileSystem.remove(destination)
                 try FileSystem.createDirectory((destination as NSString).deletingLastPathComponent)
                 try FileManager.default.copyItem(atPath: space.stage + "/build-python", toPath: destination)
             }
             let version = lock["cpython"]?.version ?? "3.13"
             let name = Self.archiveName(for: options.target, version: version)
-            try pack(space.stage + "/runtime/install", into: work + "/pack", as: options.outputDirectory + "/" + name, epoch: lock.sourceDateEpoch)
+            try pack(space.stage + "/runtime/install", into: space.work + "/pack", as: options.outputDirectory + "/" + name, epoch: lock.sourceDateEpoch)
             report.archive = name
             report.sha256 = try SHA256Digest.of(fileAt: options.outputDirectory + "/" + name).0
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            try FileSystem.writeAtomically(try encoder.encode(report), to: options.outputDirectory + "/" + name + ".json")
+            try writeReport(report, to: options.outputDirectory + "/" + name + ".json")
             return report
         }
     }

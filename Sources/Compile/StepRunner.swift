@@ -252,14 +252,16 @@ public struct StepRunner: Sendable {
             : []
         let logPath = space.work + "/logs/\(step.name).log"
         try FileSystem.createDirectory(space.work + "/logs")
-        FileManager.default.createFile(atPath: logPath, contents: nil)
-        let log = FileHandle(forWritingAtPath: logPath)
-        defer { try? log?.close() }
+        // Without its log a failed step could not be looked into: no log, no step.
+        guard FileManager.default.createFile(atPath: logPath, contents: nil), let log = FileHandle(forWritingAtPath: logPath) else {
+            throw FileSystemError.cannotOpen(path: logPath, errno: errno)
+        }
+        defer { try? log.close() }
         for argv in step.commands {
             let spec = SandboxSpec(
                 argv: argv, environment: environment, mounts: mounts, workingDirectory: layout.source(step.name),
                 home: layout.build, sourceDateEpoch: epoch)
-            try runner.run(spec) { try? log?.write(contentsOf: $0) }
+            try runner.run(spec) { try? log.write(contentsOf: $0) }
         }
     }
 

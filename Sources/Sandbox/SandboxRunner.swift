@@ -103,8 +103,11 @@ public struct SandboxRunner: Sendable {
         }
         let scratch = TemporaryScratch()
         let specPath = scratch.path + "/spec.json", statusPath = scratch.path + "/status.json"
-        FileManager.default.createFile(atPath: specPath, contents: try? JSONEncoder().encode(spec))
-        FileManager.default.createFile(atPath: statusPath, contents: nil)
+        // The entry reads the spec and writes its status into the file that is there (an empty
+        // status means it never ran): without either, the step's failure would be misread.
+        guard let specData = try? JSONEncoder().encode(spec), FileManager.default.createFile(atPath: specPath, contents: specData),
+            FileManager.default.createFile(atPath: statusPath, contents: nil)
+        else { throw .setupFailed(argv: spec.argv, reason: "cannot write the step's spec and status files in \(scratch.path)") }
         // krnative → `krnative sandbox launch` (dies with krnative, passes on only 0, 1 and 2) →
         // unshare (--kill-child: the entry dies with it) → the entry, PID 1 (its death ends the
         // PID namespace): whatever kills krnative, nothing of the sandbox is left running.

@@ -117,9 +117,7 @@ struct LockCommand: ParsableCommand {
 
         func run() throws {
             try perform("tree-hash") {
-                var isDirectory: ObjCBool = false
-                FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
-                let digest = isDirectory.boolValue ? try TreeHash.ofDirectory(at: path) : try TreeHash.ofArchive(at: path, strip: strip)
+                let digest = FileSystem.isDirectory(path) ? try TreeHash.ofDirectory(at: path) : try TreeHash.ofArchive(at: path, strip: strip)
                 if output.json { return printJSON(["path": path, "treeSha256": digest.hex]) }
                 print("\(digest)  \(path)")
             }

@@ -27,12 +27,12 @@ struct CompileTests {
         return (template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }, ())
     }()
 
-    /// A lock with Debian's sources (the versions differ from ttyd 1.7.7's) and the repository's Zig.
-    static func makeLock(in work: TemporaryDirectory) throws -> (Lockfile, String) {
+    /// A lock with Debian's sources (ttyd's unless told; the versions differ from ttyd 1.7.7's) and the repository's Zig.
+    static func makeLock(in work: TemporaryDirectory, sources: [String: (file: String, version: String)] = Machine.testSources) throws -> (Lockfile, String) {
         let repository = try Lockfile.load(from: Package.root + "/krnative.lock.json")
         var lock = Lockfile(sourceDateEpoch: repository.sourceDateEpoch, inputs: repository.inputs.filter { $0.name.hasPrefix("zig-") })
         let resolver = InputResolver(store: try Store(root: store.path))
-        for (component, tarball) in Machine.testSources {
+        for (component, tarball) in sources {
             let input = LockedInput(
                 name: component, kind: .source, version: tarball.version, filename: (tarball.file as NSString).lastPathComponent,
                 treeSha256: try TreeHash.ofArchive(at: tarball.file), urls: ["https://deb.invalid/\(component)"])
@@ -47,11 +47,11 @@ struct CompileTests {
     }
 
     func build(_ target: Target, lock: Lockfile, work: String, patches: String = Package.root + "/patches", rebuild: Bool = true) throws -> TtydBuild.Report {
-        var options = TtydBuild.Options(
-            target: target, outputDirectory: work + "/out", settings: StepRunner.Settings(entryExecutable: Package.binary, patchesDirectory: patches))
-        options.settings.workDirectory = work + "/build"
-        options.settings.rebuild = rebuild
-        options.settings.log = { print("[\(target.ttydTriple)] \($0)") }
+        var settings = StepRunner.Settings(entryExecutable: Package.binary, patchesDirectory: patches)
+        settings.workDirectory = work + "/build"
+        settings.rebuild = rebuild
+        settings.log = { print("[\(target.ttydTriple)] \($0)") }
+        let options = TtydBuild.Options(target: target, outputDirectory: work + "/out", settings: settings)
         return try TtydBuild(options: options, resolver: InputResolver(store: try Store(root: Self.store.path))).run(lock: lock)
     }
 

@@ -77,3 +77,12 @@ extension Machine {
     /// All ten sources of the runtime recipe, and the sandbox.
     static var canCompileRuntime: Bool { runtimeSources.count == 10 && userNamespaces }
 }
+
+extension Trait where Self == ConditionTrait {
+    static var needsCompileRuntime: Self {
+        .enabled(
+            if: Machine.canCompileRuntime,
+            "needs KRNATIVE_TEST_SOURCES with Debian's CPython 3.13, OpenSSL, SQLite, libffi, xz, bzip2, ncurses, readline, util-linux and zlib tarballs (scripts/debian-sources) and user namespaces"
+        )
+    }
+}

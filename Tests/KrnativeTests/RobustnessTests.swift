@@ -69,6 +69,7 @@ struct RobustnessTests {
             ("build --config", { ["build", "--target", target, "--lock", lock, "--store", store, "--offline", "--config", $0, "--out", self.work.path + "/out"] }, []),
             ("build --out", { ["build", "--target", target, "--lock", lock, "--store", store, "--offline", "--config", config, "--out", $0] }, [.missing, .directory]),
             ("build-ttyd --lock", { ["build-ttyd", "--target", target, "--lock", $0, "--store", store, "--out", self.work.path + "/out"] }, []),
+            ("build-runtime --lock", { ["build-runtime", "--target", target, "--lock", $0, "--store", store, "--out", self.work.path + "/out"] }, []),
             ("verify --manifest", { ["verify", "--manifest", $0, "--lock", lock, "--store", store, "--out", self.work.path + "/v"] }, []),
             // An empty file is an empty archive to libarchive (and to tar).
             ("diff A", { ["diff", $0, someDirectory] }, [.directory, .empty]),

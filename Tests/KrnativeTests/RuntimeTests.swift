@@ -9,11 +9,7 @@ import Testing
 
 /// The runtime from source: CPython 3.13 and its libraries compiled with Zig from Debian's
 /// upstream tarballs, for musllinux-x86_64, then run on a minimal Debian with musl (`krnative smoke`).
-@Suite(
-    "Runtime from source", .tags(.compile, .namespaces, .pypi), .serialized,
-    .enabled(
-        if: Machine.canCompileRuntime,
-        "needs KRNATIVE_TEST_SOURCES with Debian's CPython 3.13, OpenSSL, SQLite, libffi, xz, bzip2, ncurses, readline, util-linux and zlib tarballs (scripts/debian-sources) and user namespaces"))
+@Suite("Runtime from source", .tags(.compile, .namespaces, .pypi), .serialized, .needsCompileRuntime)
 struct RuntimeTests {
     static let distro = Target.musllinuxX86_64.distro
     /// `krnative build --runtime source --target musllinux-x86_64` from the stand-in lock (the
@@ -78,5 +74,54 @@ struct RuntimeTests {
                 "--config", Package.root + "/krunner.json", "--patches", Package.root + "/patches",
                 "--policy", Package.root + "/sysroots/audit-policy.json", "--ledger", "none",
             ] + extra)
+    }
+}
+
+/// `krnative build-runtime` without compiling: `--sandbox none --prepare-only` leaves every step's
+/// source unpacked and patched (the recipe's CPython edits too, in the target CPython's directory
+/// only), and `--print-script` prints the steps' commands over them, as the benchmark runs them.
+@Suite("build-runtime prepares and prints", .tags(.process, .pypi), .needsCompileRuntime)
+struct BuildRuntimeCommandTests {
+    @Test func preparesTheSourcesAndPrintsEachStepsCommands() throws {
+        let work = TemporaryDirectory("krnative-build-runtime")
+        let (_, lock) = try CompileTests.makeLock(in: work, sources: Machine.runtimeSources)
+        let prepared = work.path + "/prepared"
+        let common = ["build-runtime", "--lock", lock, "--store", CompileTests.store.path, "--target", "musllinux-x86_64", "--sandbox", "none", "--workdir", prepared]
+        let prepare = krnative(common + ["--prepare-only"])
+        try #require(prepare.succeeded, "\(prepare.stderr.suffix(3000))")
+        #expect(prepare.stdout.contains("prepared \(RuntimeRecipe.components.count) sources in \(prepared)"), "\(prepare.stdout)")
+        let steps = ["cpython-build"] + RuntimeRecipe.components.dropFirst() + ["cpython"]
+        let sources = try FileManager.default.contentsOfDirectory(atPath: prepared + "/src")
+        #expect(Set(sources) == Set(steps), "one directory a step: \(sources.sorted())")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: prepared + "/stage").isEmpty, "nothing compiled")
+        // The recipe's edits are the target CPython's: the build Python's source stays as it came.
+        let makefile = "/Makefile.pre.in", edited = "-Wl,-soname,$(INSTSONAME)"
+        #expect(try String(contentsOfFile: prepared + "/src/cpython" + makefile, encoding: .utf8).contains(edited))
+        #expect(try !String(contentsOfFile: prepared + "/src/cpython-build" + makefile, encoding: .utf8).contains(edited))
+        #expect(try String(contentsOfFile: prepared + "/src/cpython/Misc/platform_triplet.c", encoding: .utf8).contains("musl: Linux"))
+
+        let printed = krnative(common + ["--print-script"])
+        try #require(printed.succeeded, "\(printed.stderr.suffix(3000))")
+        let script = printed.stdout
+        #expect(script.hasPrefix("#!/usr/bin/env bash\n") && script.contains("set -euo pipefail"))
+        // The script's sections, one a step, in the recipe's order: each starts with `cd` into its source.
+        var sections: [(step: String, commands: [String])] = []
+        for line in script.split(separator: "\n").map(String.init) {
+            if line.hasPrefix("cd ") {
+                sections.append((String(line.dropFirst(3)).replacingOccurrences(of: prepared + "/src/", with: ""), []))
+            } else if !sections.isEmpty {
+                sections[sections.count - 1].commands.append(line)
+            }
+        }
+        #expect(sections.map(\.step) == steps)
+        for (step, commands) in sections {
+            // bzip2 has no configure: its Makefile takes everything on the command line.
+            let configure = step == "bzip2" ? " make " : step == "openssl" ? " perl ./Configure " : " ./configure "
+            #expect(commands.first?.contains(configure) == true, "\(step) starts with its configure: \(commands.first ?? "")")
+        }
+        let target = try #require(sections.last?.commands.first)
+        #expect(target.contains("--host=x86_64-pc-linux-musl") && target.contains("--with-build-python=\(prepared)/stage/build-python/bin/python3.13"))
+        let syntax = ChildProcess.run(["bash", "-n", "-c", script])
+        #expect(syntax.succeeded, "\(syntax.stderr)")
     }
 }

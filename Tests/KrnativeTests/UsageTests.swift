@@ -33,6 +33,13 @@ struct UsageTests {
         Case(arguments: ["fetch", "--all"], environment: ["KRNATIVE_OFFLINE": "maybe"], message: "KRNATIVE_OFFLINE=maybe is neither on nor off"),
         Case(arguments: ["sandbox", "run", "--", "true"], environment: ["KRNATIVE_SANDBOX": "chroot"], message: "KRNATIVE_SANDBOX=chroot is not one of namespaces, none"),
         Case(arguments: ["sandbox", "run", "true"], message: "Unexpected argument 'true'"),
+        Case(
+            arguments: ["build-runtime", "--target", "musllinux-x86_64", "--print-script"],
+            message: "--print-script needs --workdir DIR, the directory a --sandbox none --prepare-only run prepared"),
+        Case(arguments: ["build-ttyd", "--target", "musllinux-x86_64", "--prepare-only"], message: "--prepare-only needs --workdir DIR"),
+        Case(
+            arguments: ["build-runtime", "--target", "musllinux-x86_64", "--workdir", "w", "--prepare-only", "--print-script"],
+            message: "--prepare-only and --print-script contradict each other"),
     ]
 
     @Test(arguments: cases)

@@ -1,0 +1,99 @@
+import Foundation
+import Inputs
+import KrnativeBase
+import Lock
+import Store
+import Toolchain
+
+/// What a build of one target from a recipe is asked (ttyd's, the runtime's): the target, where
+/// its output goes, how its steps run.
+public struct RecipeBuildOptions: Sendable {
+    public var target: Target
+    public var outputDirectory: String
+    /// How the steps run: the sandbox, the patches, the lock, the caches, the log; whether to
+    /// compile every step again, only prepare, or stop early.
+    public var settings: StepRunner.Settings
+
+    public init(target: Target, outputDirectory: String, settings: StepRunner.Settings) {
+        self.target = target
+        self.outputDirectory = outputDirectory
+        self.settings = settings
+    }
+}
+
+/// A build of one target from a recipe, `TtydBuild` or `RuntimeBuild`: the toolchain, the work
+/// directory, the steps, and the recipe's commands as a plain script.
+public protocol RecipeBuild: Sendable {
+    associatedtype Steps: Recipe
+    associatedtype Report: RecipeBuildReport
+    /// Names the work directory (`<name>-<triple>`); `krnative build-<name>` runs the build.
+    static var name: String { get }
+    /// What the build makes, for the plain script's title.
+    static var product: String { get }
+    var options: RecipeBuildOptions { get }
+    var resolver: InputResolver { get }
+    var toolchainKind: ToolchainKind { get }
+    /// The toolchain's target triple.
+    var triple: String { get }
+    /// The build machine's triple, when the recipe also compiles for it (`build-cc`, …).
+    var buildTriple: String? { get }
+    func recipe(lock: Lockfile, layout: BuildLayout) -> Steps
+    /// Builds (or, with `prepareOnly`, prepares) and leaves the output and its report in the output directory.
+    func run(lock: Lockfile) throws -> Report
+}
+
+/// What a recipe build's report tells whoever ran it.
+public protocol RecipeBuildReport: Sendable, Encodable {
+    var sources: [StepRunner.Source] { get }
+    /// The file the build left in the output directory, and its hash; nil when it stopped early.
+    var produced: (file: String, sha256: SHA256Digest)? { get }
+}
+
+extension RecipeBuild {
+    public var buildTriple: String? { nil }
+
+    var store: Store { resolver.store }
+
+    var stepRunner: StepRunner { StepRunner(settings: options.settings, resolver: resolver) }
+
+    /// The toolchain, unpacked into the store, when it runs on this machine.
+    func toolchain(lock: Lockfile) throws -> Toolchain {
+        let host = options.settings.host
+        guard Toolchain.runs(toolchainKind, on: host) else { throw CompileError.toolchainCannotRun(toolchainKind, host: host) }
+        return try stepRunner.unpackToolchain(toolchainKind, host: host, lock: lock, triple: triple)
+    }
+
+    /// Runs the recipe's steps in the work directory; `finish` makes the result from the
+    /// workspace and what the steps did (also when they stopped early, which `outcome` tells).
+    func runSteps<Result>(lock: Lockfile, _ finish: (StepRunner.Workspace, StepRunner.Outcome) throws -> Result) throws -> Result {
+        let runner = stepRunner
+        let toolchain = try toolchain(lock: lock)
+        let settings = options.settings
+        return try runner.withWorkDirectory(settings.workDirectory, name: "\(Self.name)-\(triple)", keep: settings.keepWork) { work in
+            let space = try runner.prepare(toolchain, work: work, buildTriple: buildTriple)
+            return try finish(space, try runner.run(recipe(lock: lock, layout: space.layout), lock: lock, in: space))
+        }
+    }
+
+    /// The recipe's commands as a plain bash script for a work directory that a
+    /// `build-<name> --sandbox none --prepare-only --workdir W` left with patched sources and the
+    /// wrappers: the baseline the benchmark runs against the steps themselves.
+    public func plainScript(lock: Lockfile, epoch: Int64) throws -> String {
+        guard let work = options.settings.workDirectory else {
+            throw UsageError("--print-script needs --workdir, the directory a --sandbox none --prepare-only build prepared")
+        }
+        let toolchain = try toolchain(lock: lock)
+        let layout = BuildLayout(build: work, toolchain: toolchain.hostRoot, zigCache: store.item(.zigCache, "\(toolchain.version)-\(triple)"))
+        return StepRunner.plainScript(
+            recipe(lock: lock, layout: layout), layout: layout,
+            title: "\(Self.product) for \(triple), the recipe's commands without krnative (written by krnative build-\(Self.name) --print-script)",
+            epoch: epoch)
+    }
+
+    /// Writes a report as sorted, indented JSON, whole or not at all.
+    func writeReport(_ report: some Encodable, to path: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        try FileSystem.writeAtomically(try encoder.encode(report), to: path)
+    }
+}

@@ -1,0 +1,102 @@
+import ArgumentParser
+import Compile
+import Foundation
+import Inputs
+import KrnativeBase
+import Lock
+import Sandbox
+import Store
+import Toolchain
+
+extension ToolchainKind: ExpressibleByArgument {}
+
+/// The options of the commands that build one target from a recipe's steps (build-ttyd,
+/// build-runtime), and what they do with them.
+struct RecipeBuildArguments: ParsableArguments {
+    @OptionGroup var inputs: InputOptions
+    @Option(name: .customLong("out"), help: "Where the output and its report go. Default: the project's out/.") var outOption: String?
+    @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
+    @Option(help: "namespaces, or none to build without isolation. Default: namespaces; env KRNATIVE_SANDBOX.") var sandbox: Isolation?
+    @Option(parsing: .unconditional, help: "Parallel compile jobs. Default: the number of CPUs.") var jobs: Int?
+    @Option(help: "Build in this directory instead of a temporary one (kept).") var workdir: String?
+    @Flag(help: "Compile every step even when the step cache holds its result.") var rebuild = false
+    @Flag(help: "Print the report as JSON on stdout.") var json = false
+    @Flag(help: "Unpack and patch the sources into --workdir, and compile nothing.") var prepareOnly = false
+    @Flag(help: "Build nothing: print the recipe's commands as a plain bash script for --workdir (prepared by --sandbox none --prepare-only).")
+    var printScript = false
+
+    var out: String { inputs.project.file(outOption, default: "out") }
+    var patches: String { inputs.project.file(patchesOption, default: "patches") }
+
+    func validate() throws {
+        try requirePositive(["--jobs": jobs])
+        if prepareOnly && printScript { throw ValidationError("--prepare-only and --print-script contradict each other: prepare first, then print the script") }
+        if prepareOnly && workdir == nil { throw ValidationError("--prepare-only needs --workdir DIR, where the sources are left") }
+        if printScript && workdir == nil {
+            throw ValidationError("--print-script needs --workdir DIR, the directory a --sandbox none --prepare-only run prepared")
+        }
+    }
+
+    /// What these options ask of a build of `target`.
+    func options(for target: Target) throws -> RecipeBuildOptions {
+        var settings = StepRunner.Settings(entryExecutable: currentExecutable, patchesDirectory: patches)
+        settings.isolation = try Isolation.chosen(sandbox)
+        if let jobs { settings.jobs = jobs }
+        settings.workDirectory = workdir
+        settings.rebuild = rebuild
+        settings.prepareOnly = prepareOnly
+        settings.lockPath = inputs.lockPath
+        return RecipeBuildOptions(target: target, outputDirectory: out, settings: settings)
+    }
+
+    /// Builds, prepares or prints the script, as the options say, with the build `make` returns.
+    func run<Build: RecipeBuild>(target: Target, _ make: (RecipeBuildOptions, InputResolver) -> Build) throws {
+        try perform("build-\(Build.name)") {
+            let lock = try Lockfile.load(from: inputs.lockPath)
+            let started = Date()
+            let build = make(try options(for: target), InputResolver(store: try Store(root: inputs.storePath)))
+            if printScript { return print(try build.plainScript(lock: lock, epoch: lock.sourceDateEpoch), terminator: "") }
+            let report = try build.run(lock: lock)
+            if prepareOnly { return print("prepared \(report.sources.count) sources in \(workdir ?? "")") }
+            if json { return printJSON(report) }
+            if let produced = report.produced {
+                let size = FileSystem.size(of: out + "/" + produced.file).map { "\($0) bytes, " } ?? ""
+                print("\(out)/\(produced.file): \(size)sha256 \(produced.sha256), \(String(format: "%.0f", Date().timeIntervalSince(started))) s")
+            }
+        }
+    }
+}
+
+struct BuildTtydCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build-ttyd",
+        abstract: "Cross-compile the static ttyd of a target from the lock's sources (leaves ttyd_linux.<arch>.bin).",
+        discussion: helpText(examples: "krnative build-ttyd --target musllinux-aarch64 --out /tmp/ttyd"))
+
+    @Option(help: "The target whose ttyd to build.") var target: Target
+    @Option(help: "zig or musl-cross (x86_64 hosts only). Default: zig.") var toolchain: ToolchainKind?
+    @OptionGroup var build: RecipeBuildArguments
+
+    func run() throws {
+        try build.run(target: target) { TtydBuild(options: $0, toolchain: toolchain ?? Toolchain.defaultKind(for: .current), resolver: $1) }
+    }
+}
+
+struct BuildRuntimeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build-runtime",
+        abstract: "Compile a target's CPython and its libraries from the lock's sources with Zig "
+            + "(leaves cpython-<version>-<triple>-krnative-install_only_stripped.tar.xz and its .json report).",
+        discussion: helpText(
+            "The runtime that `krnative build --runtime source` lays out, built alone. With --sandbox none --prepare-only --workdir W "
+                + "it unpacks and patches the sources (the recipe's edits too); --print-script then prints the steps' commands as a plain "
+                + "bash script for W.",
+            examples: "krnative build-runtime --target musllinux-x86_64 --out /tmp/runtime"))
+
+    @Option(help: "The target whose runtime to build.") var target: Target
+    @OptionGroup var build: RecipeBuildArguments
+
+    func run() throws {
+        try build.run(target: target) { RuntimeBuild(options: $0, resolver: $1) }
+    }
+}
