@@ -154,10 +154,11 @@ public struct SmokeTest: Sendable {
     }
 
     /// The root file system, made once and kept in the store under a key of its command (suite
-    /// and mirrors) and the contents of the sources files it names.
+    /// and mirrors), the contents of the sources files it names and how its CA certificates are
+    /// configured.
     public func rootFilesystem() throws -> String {
         let probe = try rootFilesystemCommand(into: "-")
-        var parts = probe
+        var parts = probe + [Self.caCertificatesConfiguration]
         for file in probe where file.hasPrefix("/") { parts.append((try? SHA256Digest.of(fileAt: file).digest.hex) ?? "") }
         let key = SHA256Digest.of(Data(parts.joined(separator: "\n").utf8))
         let root = store.root + "/sysroots/\(target.rawValue)-\(key.hex.prefix(16))"
@@ -174,9 +175,50 @@ public struct SmokeTest: Sendable {
         try makeWithRetries(argv, into: temporary)
         // Mount points that must exist in a read-only root.
         try FileSystem.createDirectory(temporary + description.mountPoint)
+        try configureCACertificates(in: temporary)
         if isForeign { _ = FileManager.default.createFile(atPath: temporary + Self.emulatorInside, contents: nil) }
         try FileSystem.rename(temporary, to: root)
         return root
+    }
+
+    /// Part of a root's key: a change to `configureCACertificates` makes the roots again.
+    static let caCertificatesConfiguration = "ca-certificates: links, openssl rehash, bundle (1)"
+
+    /// What ca-certificates' postinst (update-ca-certificates) does, for a root whose maintainer
+    /// scripts did not run (mmdebstrap's extract variant, another architecture): every
+    /// certificate of /usr/share/ca-certificates linked into /etc/ssl/certs as NAME.pem, the
+    /// links to them named by subject hash (`openssl rehash`, here: the certificates are data,
+    /// the same on every architecture), and the bundle ca-certificates.crt. The links are
+    /// relative (Debian's are absolute) so that they resolve both in the root and from here.
+    /// A root whose postinst made the bundle is left as it is.
+    func configureCACertificates(in root: String) throws {
+        let certificates = root + "/usr/share/ca-certificates", directory = root + "/etc/ssl/certs"
+        guard FileSystem.isDirectory(certificates), !FileSystem.exists(directory + "/ca-certificates.crt") else { return }
+        let files = (FileManager.default.enumerator(atPath: certificates)?.compactMap { $0 as? String } ?? [])
+            .filter { $0.hasSuffix(".crt") }.sorted()
+        guard !files.isEmpty else { return }
+        let openssl = ChildProcess.resolve("openssl")
+        guard openssl.hasPrefix("/") else {
+            throw UsageError("openssl is not installed; it names the CA certificates of the \(target.rawValue) smoke root by subject hash: apt-get install openssl")
+        }
+        try FileSystem.createDirectory(directory)
+        var bundle = Data()
+        for file in files {
+            // update-ca-certificates' names: spaces and commas to _, parentheses to =.
+            let name = String((file as NSString).lastPathComponent.dropLast(".crt".count))
+                .map { $0 == " " || $0 == "," ? "_" : $0 == "(" || $0 == ")" ? "=" : $0 }
+            let link = directory + "/" + String(name) + ".pem"
+            FileSystem.remove(link)
+            guard symlink("../../../usr/share/ca-certificates/" + file, link) == 0 else {
+                throw FileSystemError.cannotWrite(path: link, errno: errno)
+            }
+            let contents = try Data(contentsOf: URL(fileURLWithPath: certificates + "/" + file))
+            bundle += contents
+            if contents.last != UInt8(ascii: "\n") { bundle.append(UInt8(ascii: "\n")) }
+        }
+        try ChildProcess.check([openssl, "rehash", directory])
+        try FileSystem.writeAtomically(bundle, to: directory + "/ca-certificates.crt")
+        log("smoke: \(files.count) CA certificates linked in /etc/ssl/certs of the \(target.rawValue) root (its maintainer scripts do not run)")
     }
 
     /// "Debian 11.11 (bullseye)": the root's /etc/debian_version (base-files), else its os-release.

@@ -133,8 +133,9 @@ struct SmokeCommand: ParsableCommand {
             The root file system is described in sysroots/smoke.json (the Debian release per libc), \
             made once with mmdebstrap from the Debian archive of this machine's apt sources and kept in \
             the store. The volume is mounted read-only at /opt/backend.ai, as the agent mounts it; its \
-            Python imports what the kernel runner needs and its ttyd prints its version. The output \
-            names the Debian release it ran on. Exit status 0 when every check passes, 78 when not.
+            Python imports what the kernel runner needs and finds the root's CA certificates through \
+            ssl's default context, and its ttyd prints its version. The output names the Debian release \
+            it ran on. Exit status 0 when every check passes, 78 when not.
             """,
             examples: "krnative smoke --target manylinux-x86_64", "krnative smoke --target musllinux-aarch64 --volume out/krunner-env.alpine.aarch64.tar.xz"))
     @OptionGroup var inputs: InputOptions

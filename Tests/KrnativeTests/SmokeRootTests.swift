@@ -110,6 +110,7 @@ struct SmokeRootTests {
         let command = try test.rootFilesystemCommand(into: "/root")
         if HostPlatform.current.arch == .x86_64 {
             #expect(command.prefix(3) == ["mmdebstrap", "--variant=minbase", "--architectures=amd64"])
+            #expect(command.contains("--include=ca-certificates"))
         }
         #expect(Array(command.suffix(4)) == ["bullseye", "/root"] + (try test.aptSources.mirrors(for: "bullseye")))
         test.target = .musllinuxAarch64
