@@ -27,10 +27,6 @@ public struct AptSources: Sendable, Equatable {
     public struct File: Sendable, Equatable {
         public var path: String
         public var entries: [Entry]
-        public init(path: String, entries: [Entry]) {
-            self.path = path
-            self.entries = entries
-        }
     }
 
     public var files: [File]
