@@ -11,7 +11,10 @@ import Store
 /// `sysroots/smoke.json`: the minimal system a volume is tried on, and what is run there.
 public struct SmokeDescription: Codable, Sendable, SysrootDescription {
     public var formatVersion: Int
-    public var suite: String
+    /// The Debian release (suite) per libc.
+    public var suites: [String: String]?
+    /// The release of every libc, in a description older than `suites`.
+    public var suite: String?
     public var variant: String
     /// Debian's name for each architecture.
     public var architectures: [String: String]
@@ -28,6 +31,8 @@ public struct SmokeDescription: Codable, Sendable, SysrootDescription {
     public static func load(from path: String) throws -> SmokeDescription {
         try loadDescription(from: path, what: "the smoke description", option: "--sysroot")
     }
+
+    public func suite(for libc: Target.Libc) -> String? { suites?[libc.rawValue] ?? suite }
 }
 
 /// `krnative smoke` of a volume that is not there.
@@ -49,7 +54,7 @@ public struct SmokeFailed: KrnativeError {
     }
     public var description: String {
         "\(volume) fails on the minimal system:\n"
-            + failures.map { "  \($0.argv.joined(separator: " ")): \($0.termination)\n    " + $0.output.replacingOccurrences(of: "\n", with: "\n    ") }
+            + failures.map { "  \(SmokeTest.shown($0.argv)): \($0.termination)\n    " + $0.output.replacingOccurrences(of: "\n", with: "\n    ") }
             .joined(separator: "\n")
     }
     public var exitCode: Int32 { ExitStatus.process }
@@ -71,15 +76,28 @@ public struct SmokeTest: Sendable {
         public var target: Target
         public var volume: String
         public var rootFilesystem: String
+        /// The Debian release of the root file system: "Debian 11.11 (bullseye)".
+        public var release: String?
         public var emulator: String?
         public var checks: [Check]
         public var passed: Bool { checks.allSatisfy(\.passed) }
+    }
+
+    /// argv as a line to read: an argument of several lines (a program) as its first line and
+    /// its length; --json and sysroots/smoke.json have it whole.
+    public static func shown(_ argv: [String]) -> String {
+        argv.map { argument in
+            let lines = argument.split(separator: "\n", omittingEmptySubsequences: false)
+            return lines.count > 1 ? "\(lines[0]) … (\(lines.count) lines)" : argument
+        }.joined(separator: " ")
     }
 
     public var target: Target
     public var description: SmokeDescription
     public var store: Store
     public var runner: SandboxRunner
+    /// Where the root file systems' packages come from: this machine's apt sources.
+    public var aptSources = AptSources.host()
     public var log: @Sendable (String) -> Void = Reporting.note
 
     public init(target: Target, description: SmokeDescription, store: Store, runner: SandboxRunner) {
@@ -92,23 +110,16 @@ public struct SmokeTest: Sendable {
     var isForeign: Bool { target.arch != HostPlatform.current.arch }
     static let emulatorInside = "/opt/krnative-qemu"
 
-    /// The host's apt sources of binary packages, which mmdebstrap copies into the root file system.
-    static func aptSources() -> [String] {
-        var files = ["/etc/apt/sources.list"]
-        let directory = "/etc/apt/sources.list.d"
-        for name in ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted()
-        where name.hasSuffix(".sources") || name.hasSuffix(".list") {
-            files.append(directory + "/" + name)
+    /// The Debian release the target's root file system is made of.
+    public func suite() throws -> String {
+        guard let suite = description.suite(for: target.libc) else {
+            throw UsageError("\(SmokeDescription.defaultPath) names no Debian suite for \(target.libc.rawValue) (suites)")
         }
-        return files.filter { file in
-            let text = (try? String(contentsOfFile: file, encoding: .utf8)) ?? ""
-            return text.split(separator: "\n").contains { line in
-                line.hasPrefix("deb ") || (line.hasPrefix("Types:") && line.split(separator: " ").contains("deb"))
-            }
-        }
+        return suite
     }
 
-    /// The mmdebstrap command for the target, the key it is cached under, and where.
+    /// The mmdebstrap command for the target: the suite, then the mirrors (Debian's archive
+    /// among this machine's apt sources, `AptSources.mirrors(for:)`).
     public func rootFilesystemCommand(into directory: String) throws -> [String] {
         guard let debianArch = description.architectures[target.arch.rawValue] else {
             throw UsageError("\(SmokeDescription.defaultPath) names no Debian architecture for \(target.arch.rawValue)")
@@ -121,9 +132,8 @@ public struct SmokeTest: Sendable {
             "--mode=\(geteuid() == 0 ? "root" : "unshare")",
         ]
         if !packages.isEmpty { argv.append("--include=" + packages.joined(separator: ",")) }
-        let sources = Self.aptSources()
-        guard !sources.isEmpty else { throw UsageError("no apt sources in /etc/apt: mmdebstrap needs them to make the smoke root file system") }
-        return argv + [description.suite, directory] + sources
+        let suite = try suite()
+        return argv + [suite, directory] + (try aptSources.mirrors(for: suite))
     }
 
     /// Runs mmdebstrap, again after a pause when it fails: it downloads from the apt sources, whose
@@ -143,12 +153,13 @@ public struct SmokeTest: Sendable {
         }
     }
 
-    /// The root file system, made once and kept in the store under a key of its command and the
-    /// apt sources' contents.
+    /// The root file system, made once and kept in the store under a key of its command (suite
+    /// and mirrors), the contents of the sources files it names and how its CA certificates are
+    /// configured.
     public func rootFilesystem() throws -> String {
         let probe = try rootFilesystemCommand(into: "-")
-        var parts = probe
-        for file in Self.aptSources() { parts.append((try? SHA256Digest.of(fileAt: file).digest.hex) ?? "") }
+        var parts = probe + [Self.caCertificatesConfiguration]
+        for file in probe where file.hasPrefix("/") { parts.append((try? SHA256Digest.of(fileAt: file).digest.hex) ?? "") }
         let key = SHA256Digest.of(Data(parts.joined(separator: "\n").utf8))
         let root = store.root + "/sysroots/\(target.rawValue)-\(key.hex.prefix(16))"
         if FileSystem.exists(root) { return root }
@@ -160,13 +171,71 @@ public struct SmokeTest: Sendable {
         FileSystem.remove(temporary)
         defer { FileSystem.remove(temporary) }
         let argv = try rootFilesystemCommand(into: temporary)
-        log("making the \(target.rawValue) smoke root file system: \(argv.joined(separator: " "))")
+        log("making the \(target.rawValue) smoke root file system: \(argv.map(ChildProcess.quote).joined(separator: " "))")
         try makeWithRetries(argv, into: temporary)
         // Mount points that must exist in a read-only root.
         try FileSystem.createDirectory(temporary + description.mountPoint)
+        try configureCACertificates(in: temporary)
         if isForeign { _ = FileManager.default.createFile(atPath: temporary + Self.emulatorInside, contents: nil) }
         try FileSystem.rename(temporary, to: root)
         return root
+    }
+
+    /// Part of a root's key: a change to `configureCACertificates` makes the roots again.
+    static let caCertificatesConfiguration = "ca-certificates: links, openssl rehash, bundle (1)"
+
+    /// What ca-certificates' postinst (update-ca-certificates) does, for a root whose maintainer
+    /// scripts did not run (mmdebstrap's extract variant, another architecture): every
+    /// certificate of /usr/share/ca-certificates linked into /etc/ssl/certs as NAME.pem, the
+    /// links to them named by subject hash (`openssl rehash`, here: the certificates are data,
+    /// the same on every architecture), and the bundle ca-certificates.crt. The links are
+    /// relative (Debian's are absolute) so that they resolve both in the root and from here.
+    /// A root whose postinst made the bundle is left as it is.
+    func configureCACertificates(in root: String) throws {
+        let certificates = root + "/usr/share/ca-certificates", directory = root + "/etc/ssl/certs"
+        guard FileSystem.isDirectory(certificates), !FileSystem.exists(directory + "/ca-certificates.crt") else { return }
+        let files = (FileManager.default.enumerator(atPath: certificates)?.compactMap { $0 as? String } ?? [])
+            .filter { $0.hasSuffix(".crt") }.sorted()
+        guard !files.isEmpty else { return }
+        let openssl = ChildProcess.resolve("openssl")
+        guard openssl.hasPrefix("/") else {
+            throw UsageError("openssl is not installed; it names the CA certificates of the \(target.rawValue) smoke root by subject hash: apt-get install openssl")
+        }
+        try FileSystem.createDirectory(directory)
+        var bundle = Data()
+        for file in files {
+            // update-ca-certificates' names: spaces and commas to _, parentheses to =.
+            let name = String((file as NSString).lastPathComponent.dropLast(".crt".count))
+                .map { $0 == " " || $0 == "," ? "_" : $0 == "(" || $0 == ")" ? "=" : $0 }
+            let link = directory + "/" + String(name) + ".pem"
+            FileSystem.remove(link)
+            guard symlink("../../../usr/share/ca-certificates/" + file, link) == 0 else {
+                throw FileSystemError.cannotWrite(path: link, errno: errno)
+            }
+            let contents = try Data(contentsOf: URL(fileURLWithPath: certificates + "/" + file))
+            bundle += contents
+            if contents.last != UInt8(ascii: "\n") { bundle.append(UInt8(ascii: "\n")) }
+        }
+        try ChildProcess.check([openssl, "rehash", directory])
+        try FileSystem.writeAtomically(bundle, to: directory + "/ca-certificates.crt")
+        log("smoke: \(files.count) CA certificates linked in /etc/ssl/certs of the \(target.rawValue) root (its maintainer scripts do not run)")
+    }
+
+    /// "Debian 11.11 (bullseye)": the root's /etc/debian_version (base-files), else its os-release.
+    public static func release(of root: String, suite: String) -> String {
+        if let version = try? String(contentsOfFile: root + "/etc/debian_version", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines),
+            !version.isEmpty
+        {
+            return "Debian \(version) (\(suite))"
+        }
+        for file in ["/etc/os-release", "/usr/lib/os-release"] {
+            if let text = try? String(contentsOfFile: root + file, encoding: .utf8),
+                let name = AptSources.osReleaseField("PRETTY_NAME", in: text)
+            {
+                return name
+            }
+        }
+        return "Debian \(suite)"
     }
 
     /// Unpacks `volume` (a directory is used as it is) and runs every check in the root file system.
@@ -202,7 +271,7 @@ public struct SmokeTest: Sendable {
             var argv = [description.mountPoint + "/" + check[0]] + check.dropFirst()
             if emulator != nil { argv = [Self.emulatorInside, "-L", "/"] + argv }
             // What is running; the result is the caller's to print, once.
-            log("smoke: check \(number + 1) of \(description.checks.count): \(argv.joined(separator: " "))")
+            log("smoke: check \(number + 1) of \(description.checks.count): \(Self.shown(argv))")
             let spec = SandboxSpec(
                 argv: argv, environment: ["PYTHONDONTWRITEBYTECODE": "1"], mounts: mounts, rootDirectory: rootfs, workingDirectory: "/tmp",
                 hostname: "krnative-smoke")
@@ -210,6 +279,8 @@ public struct SmokeTest: Sendable {
             let passed = result.termination == .exited(0)
             checks.append(Check(argv: argv, termination: "\(result.termination)", passed: passed, output: result.outputTail))
         }
-        return Report(target: target, volume: volume, rootFilesystem: rootfs, emulator: emulator, checks: checks)
+        return Report(
+            target: target, volume: volume, rootFilesystem: rootfs, release: Self.release(of: rootfs, suite: try suite()), emulator: emulator,
+            checks: checks)
     }
 }

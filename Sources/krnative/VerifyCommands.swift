@@ -130,10 +130,12 @@ struct SmokeCommand: ParsableCommand {
         abstract: "Run the volume on a minimal Debian root file system of its target, in the sandbox (qemu for another arch).",
         discussion: helpText(
             """
-            The root file system is described in sysroots/smoke.json, made once with mmdebstrap from \
-            this machine's apt sources and kept in the store. The volume is mounted read-only at \
-            /opt/backend.ai, as the agent mounts it; its Python imports what the kernel runner needs \
-            and its ttyd prints its version. Exit status 0 when every check passes, 78 when not.
+            The root file system is described in sysroots/smoke.json (the Debian release per libc), \
+            made once with mmdebstrap from the Debian archive of this machine's apt sources and kept in \
+            the store. The volume is mounted read-only at /opt/backend.ai, as the agent mounts it; its \
+            Python imports what the kernel runner needs and finds the root's CA certificates through \
+            ssl's default context, and its ttyd prints its version. The output names the Debian release \
+            it ran on. Exit status 0 when every check passes, 78 when not.
             """,
             examples: "krnative smoke --target manylinux-x86_64", "krnative smoke --target musllinux-aarch64 --volume out/krunner-env.alpine.aarch64.tar.xz"))
     @OptionGroup var inputs: InputOptions
@@ -154,8 +156,8 @@ struct SmokeCommand: ParsableCommand {
             let failures = report.checks.filter { !$0.passed }
             guard failures.isEmpty else { throw SmokeFailed(volume: volume, failures: failures) }
             if !output.json {
-                for check in report.checks { print("ok  \(check.argv.joined(separator: " "))\n    \(check.output.trimmingCharacters(in: .whitespacesAndNewlines))") }
-                print("\(volume) runs on \(report.rootFilesystem)")
+                for check in report.checks { print("ok  \(SmokeTest.shown(check.argv))\n    \(check.output.trimmingCharacters(in: .whitespacesAndNewlines))") }
+                print("\(volume) runs on \(report.release ?? "Debian"): \(report.rootFilesystem)")
             }
         }
     }

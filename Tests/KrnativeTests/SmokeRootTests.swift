@@ -1,0 +1,137 @@
+import Foundation
+import KrnativeBase
+import Sandbox
+import Store
+import Testing
+import Verify
+
+/// What `krnative smoke` makes its root file systems of, without making one: the Debian release
+/// per libc, the mirrors mmdebstrap gets from this machine's apt sources, the release a root names.
+@Suite("Smoke root file systems")
+struct SmokeRootTests {
+    static let archive = "http://archive.example/debian", security = "http://archive.example/debian-security"
+
+    /// An /etc of a bookworm machine: Debian's archive (deb822, with deb-src beside it), a
+    /// third party's repository, a one-line list mixing Debian's backports with a third party's.
+    func bookwormEtc(_ work: TemporaryDirectory) -> String {
+        _ = work.file("etc/os-release", "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_CODENAME=bookworm\nID=debian\n")
+        _ = work.file(
+            "etc/apt/sources.list.d/debian.sources",
+            """
+            Types: deb
+            # a comment
+            URIs: \(Self.archive)
+            Suites: bookworm bookworm-updates
+            Components: main
+            Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+            Types: deb
+            URIs: \(Self.security)
+            Suites: bookworm-security
+            Components: main
+            Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+            Types: deb-src
+            URIs: \(Self.archive)
+            Suites: bookworm trixie
+            Components: main
+            Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+            """)
+        _ = work.file(
+            "etc/apt/sources.list.d/nodesource.sources",
+            "Types: deb\nURIs: http://vendor.example/node\nSuites: nodistro\nComponents: main\nSigned-By: /usr/share/keyrings/nodesource.gpg\n")
+        _ = work.file(
+            "etc/apt/sources.list.d/mixed.list",
+            """
+            # Debian's backports (not the release) and an old-style third party that names bookworm
+            deb \(Self.archive) bookworm-backports main
+            deb [arch=amd64 signed-by=/etc/apt/keyrings/vendor.gpg] http://vendor.example/apt bookworm stable
+            deb-src \(Self.archive) bookworm main
+
+            """)
+        _ = work.file("etc/apt/sources.list.d/sdk.list.disabled", "deb http://vendor.example/sdk cloud-sdk main\n")
+        return work.path + "/etc"
+    }
+
+    @Test func readsDebiansArchiveAndLeavesThirdPartiesOut() throws {
+        let work = TemporaryDirectory()
+        let sources = AptSources.host(etc: bookwormEtc(work))
+        #expect(sources.release == "bookworm")
+        #expect(sources.files.map { ($0.path as NSString).lastPathComponent } == ["debian.sources", "mixed.list", "nodesource.sources"])
+        let debian = try #require(sources.files.first { $0.path.hasSuffix("debian.sources") })
+        #expect(debian.entries.count == 3)
+        #expect(debian.entries[0] == AptSources.Entry(
+            types: ["deb"], uris: [Self.archive], suites: ["bookworm", "bookworm-updates"], components: ["main"],
+            signedBy: "/usr/share/keyrings/debian-archive-keyring.gpg"))
+        #expect(debian.entries.allSatisfy(sources.isDebianArchive))
+        let mixed = try #require(sources.files.first { $0.path.hasSuffix("mixed.list") })
+        #expect(mixed.entries.map(sources.isDebianArchive) == [false, false, true])
+        #expect(mixed.entries[1].signedBy == "/etc/apt/keyrings/vendor.gpg" && mixed.entries[1].suites == ["bookworm"])
+        #expect(!sources.files.contains { $0.path.hasSuffix("nodesource.sources") && $0.entries.contains(where: sources.isDebianArchive) })
+
+        // The host's own release: the all-Debian file as it is; the mixed file's Debian entry as a line.
+        #expect(try sources.mirrors(for: "bookworm") == [work.path + "/etc/apt/sources.list.d/debian.sources"])
+        // Another release: lines of the Debian entries with its suites, its release and -updates
+        // pockets only (not -security, not backports); no third party.
+        #expect(
+            try sources.mirrors(for: "bullseye") == [
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \(Self.archive) bullseye main",
+                "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] \(Self.archive) bullseye-updates main",
+            ])
+    }
+
+    @Test func aMixedFileGivesLinesAndNoDebianArchiveIsAnError() throws {
+        let work = TemporaryDirectory()
+        _ = work.file("etc/os-release", "VERSION_CODENAME=\"bookworm\"\n")
+        _ = work.file(
+            "etc/apt/sources.list",
+            "deb \(Self.archive) bookworm main contrib\ndeb [signed-by=/k/vendor.gpg] http://vendor.example/apt nodistro main\n")
+        let sources = AptSources.host(etc: work.path + "/etc")
+        #expect(try sources.mirrors(for: "bookworm") == ["deb \(Self.archive) bookworm main contrib"])
+        #expect(try sources.mirrors(for: "bullseye") == ["deb \(Self.archive) bullseye main contrib"])
+
+        let thirdPartyOnly = AptSources(files: [AptSources.parse(path: "/x.list", text: "deb [signed-by=/k/vendor.gpg] http://vendor.example/apt nodistro main\n")], release: "bookworm")
+        #expect(throws: UsageError.self) { try thirdPartyOnly.mirrors(for: "bullseye") }
+        let noRelease = AptSources(files: sources.files, release: nil)
+        #expect(throws: UsageError.self) { try noRelease.mirrors(for: "bullseye") }
+    }
+
+    /// sysroots/smoke.json: glibc volumes on bullseye, musl volumes on bookworm; mmdebstrap is
+    /// given the suite and the mirror lines (the root's key is made of this command).
+    @Test func theSuiteIsPerLibc() throws {
+        let work = TemporaryDirectory()
+        let description = try SmokeDescription.load(from: Package.root + "/sysroots/smoke.json")
+        #expect(description.suite(for: .gnu) == "bullseye" && description.suite(for: .musl) == "bookworm")
+        var test = SmokeTest(
+            target: .manylinuxX86_64, description: description, store: try Store(root: work.path + "/store"),
+            runner: SandboxRunner(entryExecutable: Package.binary))
+        test.aptSources = AptSources.host(etc: bookwormEtc(work))
+        let command = try test.rootFilesystemCommand(into: "/root")
+        if HostPlatform.current.arch == .x86_64 {
+            #expect(command.prefix(3) == ["mmdebstrap", "--variant=minbase", "--architectures=amd64"])
+            #expect(command.contains("--include=ca-certificates"))
+        }
+        #expect(Array(command.suffix(4)) == ["bullseye", "/root"] + (try test.aptSources.mirrors(for: "bullseye")))
+        test.target = .musllinuxAarch64
+        #expect(Array(try test.rootFilesystemCommand(into: "/root").suffix(3)) == ["bookworm", "/root", work.path + "/etc/apt/sources.list.d/debian.sources"])
+
+        // A description older than "suites": one suite for every libc.
+        var old = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Package.root + "/sysroots/smoke.json"))) as! [String: Any]
+        old["suites"] = nil
+        old["suite"] = "bookworm"
+        let path = work.file("old.json", try JSONSerialization.data(withJSONObject: old))
+        let loaded = try SmokeDescription.load(from: path)
+        #expect(loaded.suite(for: .gnu) == "bookworm" && loaded.suite(for: .musl) == "bookworm")
+    }
+
+    /// The report names the release: base-files' /etc/debian_version, else os-release.
+    @Test func theReleaseIsNamed() {
+        let work = TemporaryDirectory()
+        _ = work.file("a/etc/debian_version", "11.11\n")
+        #expect(SmokeTest.release(of: work.path + "/a", suite: "bullseye") == "Debian 11.11 (bullseye)")
+        _ = work.file("b/usr/lib/os-release", "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n")
+        #expect(SmokeTest.release(of: work.path + "/b", suite: "bookworm") == "Debian GNU/Linux 12 (bookworm)")
+        #expect(SmokeTest.release(of: work.path + "/c", suite: "bookworm") == "Debian bookworm")
+    }
+}
