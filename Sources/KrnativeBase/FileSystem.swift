@@ -114,6 +114,23 @@ public enum FileSystem {
         return Int64(info.f_bavail) * Int64(info.f_frsize)
     }
 
+    /// The file type (`S_IFMT` bits) of `relative` below `root` when every directory on the way
+    /// is a real one and `relative` itself no symbolic link; nil otherwise. For trees whose links
+    /// point wherever their makers chose (a root file system from a mirror).
+    public static func kind(of relative: String, beneath root: String) -> mode_t? {
+        let names = relative.split(separator: "/").filter { $0 != "." }
+        guard !names.isEmpty, !names.contains("..") else { return nil }
+        var path = root, info = stat()
+        for (index, name) in names.enumerated() {
+            path += "/" + name
+            guard lstat(path, &info) == 0 else { return nil }
+            let kind = info.st_mode & S_IFMT
+            if index == names.count - 1 { return kind == S_IFLNK ? nil : kind }
+            guard kind == S_IFDIR else { return nil }
+        }
+        return nil
+    }
+
     /// Why a file cannot be read, in words for people ("no such file", "it is a directory", …),
     /// rather than Foundation's error domain texts.
     public static func whyUnreadable(_ path: String) -> String {

@@ -112,6 +112,12 @@ public enum SandboxEntry {
         return (parent, last)
     }
 
+    /// Makes the mount point `inside` under `root` ahead of time, for a root that will be mounted
+    /// read-only, as `mountPoint` does: through the root's real directories only.
+    public static func makeMountPoint(_ inside: String, under root: String, directory: Bool) throws {
+        _ = try mountPoint(inside, under: root, directory: directory)
+    }
+
     /// Binds `source` (a host path, links followed: krnative or its caller named it) at `inside`.
     static func bind(_ source: String, at inside: String, under root: String, writable: Bool, followLink: Bool = true) throws {
         let origin = OpenPath(open(source, krn_o_path | O_CLOEXEC | (followLink ? 0 : O_NOFOLLOW)))

@@ -142,10 +142,13 @@ public struct AptSources: Sendable, Equatable {
     /// architecture of it (bullseye-security's arm64 packages are partly missing from some).
     func lines(_ entry: Entry, for suite: String) -> [String] {
         // An inline key (several lines) cannot go on one line; apt's trusted keys verify then.
-        let signedBy = entry.signedBy.flatMap { $0.contains("\n") ? nil : "[signed-by=\($0.split(whereSeparator: \.isWhitespace).joined(separator: ","))] " } ?? ""
-        return entry.uris.flatMap { uri in
-            entry.suites.compactMap { pocket(of: $0) }.filter { suite == release || $0 != "-security" }.map { suite + $0 }.map { "deb \(signedBy)\(uri) \($0) \(entry.components.joined(separator: " "))" }
+        var options = ""
+        if let keys = entry.signedBy, !keys.contains("\n") {
+            options = "[signed-by=\(keys.split(whereSeparator: \.isWhitespace).joined(separator: ","))] "
         }
+        let pockets = entry.suites.compactMap(pocket(of:)).filter { suite == release || $0 != "-security" }
+        let components = entry.components.joined(separator: " ")
+        return entry.uris.flatMap { uri in pockets.map { "deb \(options)\(uri) \(suite + $0) \(components)" } }
     }
 
     /// mmdebstrap's mirror arguments for a root of `suite`, from Debian's archive only: for the

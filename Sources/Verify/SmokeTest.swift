@@ -107,8 +107,8 @@ public struct SmokeTest: Sendable {
         self.runner = runner
     }
 
-    var isForeign: Bool { target.arch != HostPlatform.current.arch }
-    static let emulatorInside = "/opt/krnative-qemu"
+    public var isForeign: Bool { target.arch != HostPlatform.current.arch }
+    public static let emulatorInside = "/opt/krnative-qemu"
 
     /// The Debian release the target's root file system is made of.
     public func suite() throws -> String {
@@ -173,12 +173,19 @@ public struct SmokeTest: Sendable {
         let argv = try rootFilesystemCommand(into: temporary)
         log("making the \(target.rawValue) smoke root file system: \(argv.map(ChildProcess.quote).joined(separator: " "))")
         try makeWithRetries(argv, into: temporary)
-        // Mount points that must exist in a read-only root.
-        try FileSystem.createDirectory(temporary + description.mountPoint)
-        try configureCACertificates(in: temporary)
-        if isForeign { _ = FileManager.default.createFile(atPath: temporary + Self.emulatorInside, contents: nil) }
+        try finish(root: temporary)
         try FileSystem.rename(temporary, to: root)
         return root
+    }
+
+    /// What a root needs after mmdebstrap: the mount points a read-only root must already have
+    /// (the volume's, and the emulator's in a foreign root) and its CA certificates. The root's
+    /// files came from a mirror: every write goes through real directories of the root only,
+    /// never through one of its symbolic links, which point wherever the packages chose.
+    public func finish(root: String) throws {
+        try SandboxEntry.makeMountPoint(description.mountPoint, under: root, directory: true)
+        if isForeign { try SandboxEntry.makeMountPoint(Self.emulatorInside, under: root, directory: false) }
+        try configureCACertificates(in: root)
     }
 
     /// Part of a root's key: a change to `configureCACertificates` makes the roots again.
@@ -191,9 +198,13 @@ public struct SmokeTest: Sendable {
     /// the same on every architecture), and the bundle ca-certificates.crt. The links are
     /// relative (Debian's are absolute) so that they resolve both in the root and from here.
     /// A root whose postinst made the bundle is left as it is.
+    /// Like every write of `finish(root:)`, it follows none of the root's symbolic links: a
+    /// certificate that is one is refused, not read.
     func configureCACertificates(in root: String) throws {
         let certificates = root + "/usr/share/ca-certificates", directory = root + "/etc/ssl/certs"
-        guard FileSystem.isDirectory(certificates), !FileSystem.exists(directory + "/ca-certificates.crt") else { return }
+        guard FileSystem.kind(of: "usr/share/ca-certificates", beneath: root) == S_IFDIR,
+            !FileSystem.exists(directory + "/ca-certificates.crt")
+        else { return }
         let files = (FileManager.default.enumerator(atPath: certificates)?.compactMap { $0 as? String } ?? [])
             .filter { $0.hasSuffix(".crt") }.sorted()
         guard !files.isEmpty else { return }
@@ -201,7 +212,12 @@ public struct SmokeTest: Sendable {
         guard openssl.hasPrefix("/") else {
             throw UsageError("openssl is not installed; it names the CA certificates of the \(target.rawValue) smoke root by subject hash: apt-get install openssl")
         }
-        try FileSystem.createDirectory(directory)
+        for file in files where FileSystem.kind(of: "usr/share/ca-certificates/" + file, beneath: root) != S_IFREG {
+            throw UsageError(
+                "the \(target.rawValue) smoke root's /usr/share/ca-certificates/\(file) is not a regular file reached through real directories "
+                    + "(a symbolic link?); krnative does not follow a root's links: remove \(root) and run the smoke test again")
+        }
+        try SandboxEntry.makeMountPoint("/etc/ssl/certs", under: root, directory: true)
         var bundle = Data()
         for file in files {
             // update-ca-certificates' names: spaces and commas to _, parentheses to =.

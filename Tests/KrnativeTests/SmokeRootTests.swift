@@ -125,6 +125,55 @@ struct SmokeRootTests {
         #expect(loaded.suite(for: .gnu) == "bookworm" && loaded.suite(for: .musl) == "bookworm")
     }
 
+    /// After mmdebstrap: the mount points and the CA certificates (linked, hashed, bundled) are
+    /// written through the root's real directories only. Its links come from a mirror's packages:
+    /// one that leads out of the root is refused, and nothing is written or read where it points.
+    @Test func finishingARootFollowsNoneOfItsLinks() throws {
+        let work = TemporaryDirectory()
+        let test = SmokeTest(
+            target: .musllinuxAarch64, description: try SmokeDescription.load(from: Package.root + "/sysroots/smoke.json"),
+            store: try Store(root: work.path + "/store"), runner: SandboxRunner(entryExecutable: Package.binary))
+        let outside = work.path + "/outside", secret = work.file("secret.crt", "host file\n")
+        try FileSystem.createDirectory(outside)
+        /// A root holding one real CA certificate, named as Debian's are.
+        func root(_ name: String) throws -> String {
+            let root = work.path + "/" + name, certificates = root + "/usr/share/ca-certificates/mozilla"
+            try FileSystem.createDirectory(certificates)
+            try ChildProcess.check([
+                "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                "-subj", "/CN=krnative test root", "-keyout", work.path + "/\(name).key", "-out", certificates + "/Test_Root_(1).crt",
+            ])
+            return root
+        }
+
+        let good = try root("good")
+        try test.finish(root: good)
+        #expect(FileSystem.kind(of: "opt/backend.ai", beneath: good) == S_IFDIR)
+        if test.isForeign { #expect(FileSystem.kind(of: SmokeTest.emulatorInside, beneath: good) == S_IFREG) }
+        let certs = good + "/etc/ssl/certs"
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: certs + "/Test_Root_=1=.pem")
+            == "../../../usr/share/ca-certificates/mozilla/Test_Root_(1).crt")
+        let names = try FileManager.default.contentsOfDirectory(atPath: certs)
+        #expect(names.contains { $0.range(of: #"^[0-9a-f]{8}\.0$"#, options: .regularExpression) != nil }, "no subject-hash link: \(names)")
+        #expect(FileManager.default.contents(atPath: certs + "/ca-certificates.crt")
+            == FileManager.default.contents(atPath: good + "/usr/share/ca-certificates/mozilla/Test_Root_(1).crt"))
+
+        // /etc/ssl, /opt: links out of the root. A certificate: a link to a host file.
+        let linkedEtc = try root("linked-etc")
+        try FileSystem.createDirectory(linkedEtc + "/etc")
+        #expect(symlink(outside, linkedEtc + "/etc/ssl") == 0)
+        let linkedOpt = try root("linked-opt")
+        #expect(symlink(outside, linkedOpt + "/opt") == 0)
+        let linkedCertificate = try root("linked-certificate")
+        #expect(symlink(secret, linkedCertificate + "/usr/share/ca-certificates/mozilla/Host.crt") == 0)
+        for hostile in [linkedEtc, linkedOpt, linkedCertificate] {
+            let error = #expect(throws: (any Error).self) { try test.finish(root: hostile) }
+            #expect("\(error.map { "\($0)" } ?? "")".contains(hostile == linkedCertificate ? "Host.crt" : "symbolic link"))
+            #expect(try FileManager.default.contentsOfDirectory(atPath: outside).isEmpty)
+        }
+        #expect(!FileSystem.exists(linkedCertificate + "/etc/ssl/certs/ca-certificates.crt"))
+    }
+
     /// The report names the release: base-files' /etc/debian_version, else os-release.
     @Test func theReleaseIsNamed() {
         let work = TemporaryDirectory()
