@@ -137,7 +137,7 @@ struct SmokeCommand: ParsableCommand {
             ssl's default context, and its ttyd prints its version. The output names the Debian release \
             it ran on. Exit status 0 when every check passes, 78 when not.
             """,
-            examples: "krnative smoke --target manylinux-x86_64", "krnative smoke --target musllinux-aarch64 --volume out/krunner-env.alpine.aarch64.tar.xz"))
+            examples: "krnative smoke --target manylinux-x86_64", "krnative smoke --target musllinux-aarch64 --volume out/krunner-env.musllinux_1_2.aarch64.tar.xz"))
     @OptionGroup var inputs: InputOptions
     @Option(help: "The volume's target.") var target: Target
     @Option(help: "The volume: a directory or tar.xz. Default: the project's out/krunner-env.{distro}.{arch}.tar.xz.") var volume: String?
