@@ -215,7 +215,7 @@ public struct SmokeTest: Sendable {
         for file in files where FileSystem.kind(of: "usr/share/ca-certificates/" + file, beneath: root) != S_IFREG {
             throw UsageError(
                 "the \(target.rawValue) smoke root's /usr/share/ca-certificates/\(file) is not a regular file reached through real directories "
-                    + "(a symbolic link?); krnative does not follow a root's links: remove \(root) and run the smoke test again")
+                    + "(a symbolic link?), as the Debian packages made it; krnative follows no link of a root it makes: check the apt sources the mmdebstrap command above names")
         }
         try SandboxEntry.makeMountPoint("/etc/ssl/certs", under: root, directory: true)
         var bundle = Data()
