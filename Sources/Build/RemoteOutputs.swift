@@ -21,10 +21,10 @@ extension VolumeBuild {
     /// a miss or anything wrong (said by the cache).
     public func restoreFromRemoteCache(lock: Lockfile) throws -> BuildManifest? {
         guard let cache = settings.remoteCache else { return nil }
-        let key = BuildKey.digest(of: try buildKeyParts(lock: lock))
+        let parts = try buildKeyParts(lock: lock)
+        let key = BuildKey.digest(of: parts)
         let what = "the \(request.target.rawValue) build \(key.hex.prefix(12))"
         guard let document = cache.actionResult(key, what: what) else { return nil }
-        let parts = try buildKeyParts(lock: lock)
         guard let manifest = try? JSONDecoder().decode(BuildManifest.self, from: document), manifest.buildKey == key,
             manifest.buildKeyParts == nil || manifest.buildKeyParts == parts, manifest.request == nil || manifest.request == request.choices,
             manifest.outputs.map(\.file) == names(BuildOutput.listedInTheManifest),

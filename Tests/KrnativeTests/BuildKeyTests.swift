@@ -64,11 +64,12 @@ struct BuildKeyTests {
         _ = directory.file("out/" + build.outputNames.last!, try JSONSerialization.data(withJSONObject: manifest))
     }
 
-    /// A volume of a few entries (a file, an executable, a link, directories) packed into `out`; its manifest listing.
+    /// A volume of a few entries (a file, an executable, a symbolic and a hard link, directories) packed into `out`; its manifest listing.
     func packVolume(_ build: VolumeBuild, at path: String? = nil, extra: Bool = false) throws -> [[String: Any]] {
         let tree = TemporaryDirectory("krnative-build-key-volume")
         chmod(tree.file("bin/python3", "#!/bin/sh\necho real\n"), 0o755)
         _ = tree.file("lib/python3.13/os.py", "import sys\n")
+        link(tree.path + "/lib/python3.13/os.py", tree.path + "/lib/python3.13/os-again.py")
         if extra { chmod(tree.file("bin/backdoor", "#!/bin/sh\n"), 0o755) }
         try FileManager.default.createSymbolicLink(atPath: tree.path + "/bin/python", withDestinationPath: "python3")
         let entries = try DeterministicTarXz(sourceDateEpoch: 0, threads: 1).pack(tree.path, to: path ?? out + "/" + build.name(.volume))
