@@ -189,6 +189,49 @@ struct RemoteCacheSignatureTests {
         #expect(!FileSystem.exists(trustingNone.store.item(.steps, key.hex)))
     }
 
+    /// Through the binary, with no key options: the first upload makes this machine's key (0600,
+    /// its .pub beside it, the line printed), and this machine then trusts what it uploaded; another
+    /// machine with no trust file uses no /ac/ entry, says once how to trust a key, and fetches
+    /// from the lock's URL instead.
+    @Test(.timeLimit(.minutes(2))) func theFirstUploadMakesAKeyThatThisMachineTrusts() throws {
+        let server = try FaultServer()
+        let tree = TemporaryDirectory()
+        _ = tree.file("lib-1.0/src/a.c", "int a;\n")
+        try ChildProcess.check(["tar", "-czf", "lib.tar.gz", "lib-1.0"], directory: tree.path)
+        server.serve("lib.tar.gz", try Data(contentsOf: URL(fileURLWithPath: tree.path + "/lib.tar.gz")))
+        let source = LockedInput(
+            name: "lib", kind: .source, version: "1.0", filename: "lib-1.0.tar.gz",
+            treeSha256: try TreeHash.ofDirectory(at: tree.path + "/lib-1.0"), urls: [server.url("files/lib.tar.gz")])
+        let lock = work.path + "/source.lock.json"
+        try Lockfile(sourceDateEpoch: 1_700_000_000, inputs: [source]).write(to: lock)
+        func fetch(_ store: String, machine: String, _ extra: [String]) -> ChildProcess.Result {
+            krnative(
+                ["fetch", "--lock", lock, "--store", work.path + "/" + store, "--all", "--remote-cache", cache.url] + extra,
+                environment: ["XDG_CACHE_HOME": work.path + "/" + machine, "KRNATIVE_REMOTE_CACHE_KEY": "", "KRNATIVE_REMOTE_CACHE_TRUST": ""])
+        }
+        let upload = fetch("a", machine: "machine-a", ["--remote-cache-upload"])
+        #expect(upload.succeeded, "\(upload.stderr)")
+        let key = work.path + "/machine-a/krnative/remote-cache-key"
+        var status = stat()
+        #expect(lstat(key, &status) == 0 && status.st_mode & 0o777 == 0o600)
+        let publicLine = try String(contentsOfFile: key + ".pub", encoding: .utf8).trimmingCharacters(in: .newlines)
+        #expect(upload.stderr.contains("made this machine's signing key \(key)") && upload.stderr.contains(publicLine), "\(upload.stderr)")
+        #expect(!FileSystem.exists(work.path + "/a/remote-cache-key"), "the key went into the store")
+
+        let blocked = work.file("blocked.conf", "block \(server.url(""))\n")
+        let same = fetch("b", machine: "machine-a", ["--mirrors", blocked])
+        #expect(same.succeeded && same.stderr.contains("fetched lib 1.0 from the remote cache"), "\(same.stderr)")
+
+        let stranger = fetch("c", machine: "machine-c", [])
+        #expect(stranger.succeeded, "\(stranger.stderr)")
+        #expect(stranger.stderr.components(separatedBy: "no key is trusted").count == 2, "\(stranger.stderr)")
+        #expect(stranger.stderr.contains("--remote-cache-trust FILE") && !stranger.stderr.contains("from the remote cache"), "\(stranger.stderr)")
+        #expect(!FileSystem.exists(work.path + "/machine-c/krnative/remote-cache-key"), "a reader made a key")
+
+        let trusting = fetch("d", machine: "machine-c", ["--mirrors", blocked, "--remote-cache-trust", key + ".pub"])
+        #expect(trusting.succeeded && trusting.stderr.contains("fetched lib 1.0 from the remote cache"), "\(trusting.stderr)")
+    }
+
     /// The key files as a user expects: the private key 0600 and refused when others may read
     /// it, the public key one line in `.pub` that a trust file takes as it is.
     @Test(.timeLimit(.minutes(1))) func theKeyFilesAreOneLineEachAndPrivate() throws {
