@@ -66,8 +66,8 @@ extension VolumeBuild {
     }
 
     /// What in the outputs staged in `staging` disagrees with `manifest` (their hashes were checked
-    /// as they arrived): the volume's entries against the manifest's listing, the wheel's payload
-    /// against the outputs, the version files against the request. Nil when they agree.
+    /// as they arrived): the volume's entries against the manifest's listing, its ttyd and the
+    /// wheel's payload against the outputs, the version files against the request. Nil when they agree.
     func disagreement(of manifest: BuildManifest, in staging: String) throws -> String? {
         struct Entry: Equatable, CustomStringConvertible {
             var kind: String, mode: String?, size: Int64?, sha256: SHA256Digest?, target: String?
@@ -104,6 +104,10 @@ extension VolumeBuild {
             return said.joined(separator: "; ")
         }
         let hashes = Dictionary(uniqueKeysWithValues: manifest.outputs.map { ($0.file, $0.sha256) })
+        // The volume carries ttyd as built (VolumeLayout.placeTtyd copies it).
+        guard found["bin/ttyd"]?.sha256 == hashes[name(.ttyd)] else {
+            return "the volume's bin/ttyd (sha256 \(found["bin/ttyd"]?.sha256?.hex ?? "-")) is not the \(name(.ttyd)) beside it"
+        }
         let wheel = try Listing.ofArchive(staging + "/" + name(.wheel))
         for carried in names(BuildOutput.inWheel) {
             let members = wheel.files.filter { $0.key.hasSuffix("/" + carried) }

@@ -68,6 +68,7 @@ struct BuildKeyTests {
     func packVolume(_ build: VolumeBuild, at path: String? = nil, extra: Bool = false) throws -> [[String: Any]] {
         let tree = TemporaryDirectory("krnative-build-key-volume")
         chmod(tree.file("bin/python3", "#!/bin/sh\necho real\n"), 0o755)
+        chmod(tree.file("bin/ttyd", "stand-in for \(build.name(.ttyd))"), 0o755)
         _ = tree.file("lib/python3.13/os.py", "import sys\n")
         link(tree.path + "/lib/python3.13/os.py", tree.path + "/lib/python3.13/os-again.py")
         if extra { chmod(tree.file("bin/backdoor", "#!/bin/sh\n"), 0o755) }

@@ -309,6 +309,9 @@ extension BuildKeyTests {
         try forge(a.name(.wheel), try Data(contentsOf: URL(fileURLWithPath: otherWheelDirectory.path + "/" + (otherWheel as NSString).lastPathComponent)))
         try machineB("c", says: "is not the \(a.name(.volume)) beside it")
 
+        try forge(a.name(.ttyd), Data("another ttyd".utf8))
+        try machineB("e", says: "the volume's bin/ttyd")
+
         // The honest entry, signed by the trusted key, is used.
         try server.signer.sign(try Data(contentsOf: URL(fileURLWithPath: out + "/" + a.name(.manifest))), key: key)
             .write(to: URL(fileURLWithPath: server.data + "/ac/" + key.hex))
