@@ -45,7 +45,9 @@ let package = Package(
         .target(name: "Store", dependencies: ["KrnativeBase", "Lock"]),
         .target(name: "Archive", dependencies: ["KrnativeBase", "CArchive", "CLZMA"]),
         .target(name: "Inputs", dependencies: ["KrnativeBase", "Lock", "Store", "Archive"]),
-        .target(name: "Fetch", dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Inputs", "CCurl", "CCurlShim"]),
+        .target(
+            name: "Fetch",
+            dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Inputs", "CCurl", "CCurlShim", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Bundle", dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Inputs"]),
         .target(name: "Patch", dependencies: ["KrnativeBase"]),
         .target(name: "Sandbox", dependencies: ["KrnativeBase", "CSystemCalls"]),

@@ -117,6 +117,53 @@ public struct BuildRequest: Codable, Sendable, Equatable {
     }
 }
 
+/// How this machine lets a build run: the sandbox and the audit mode, from its own command line
+/// and environment. A manifest or a request file may come from elsewhere; what it records of these
+/// is its history, never an instruction (`BuildRequest.underLocalPolicy`).
+public struct LocalPolicy: Sendable, Equatable {
+    public var isolation: Isolation
+    /// Whether `isolation` was asked for here (an option or `KRNATIVE_SANDBOX`), not the default.
+    public var isolationAskedFor: Bool
+    /// The audit mode asked for here; nil: enforce.
+    public var auditMode: AuditMode?
+
+    public init(isolation: Isolation, isolationAskedFor: Bool, auditMode: AuditMode?) {
+        self.isolation = isolation
+        self.isolationAskedFor = isolationAskedFor
+        self.auditMode = auditMode
+    }
+}
+
+extension BuildRequest {
+    /// This request with `policy`'s isolation and audit mode in place of the recorded ones, for a
+    /// request read from `source` (a manifest, a request file) whose choices sit at `field` in it
+    /// ("request", "choices"; "" for the top level). A recorded `none` is refused unless this
+    /// machine asked for an isolation itself: running a file's steps unsandboxed is this machine's
+    /// call. Both stay parts of the build key, so a rebuild under another policy says so
+    /// ("isolation none → namespaces") while its outputs are compared as they are.
+    public func underLocalPolicy(
+        _ policy: LocalPolicy, source: String, field: String, log: @Sendable (String) -> Void = Reporting.note
+    ) throws(UsageError) -> BuildRequest {
+        let prefix = field.isEmpty ? "" : field + "."
+        if choices.isolation == .none && !policy.isolationAskedFor {
+            throw UsageError(
+                "\(source) records \"\(prefix)isolation\": \"none\" (built without the sandbox); krnative takes the sandbox from this "
+                    + "machine's command line, never from a file. Rebuild it in the sandbox with --sandbox namespaces, or, to run its "
+                    + "steps on this machine without isolation, say so with --sandbox none (or KRNATIVE_SANDBOX=none)")
+        }
+        var request = self
+        request.choices.isolation = policy.isolation
+        request.choices.auditMode = policy.auditMode ?? .enforce
+        if choices.auditMode != request.auditMode && policy.auditMode == nil {
+            log("\(source) records \"\(prefix)auditMode\": \"\(choices.auditMode.rawValue)\"; the audit is enforced here (give --audit report to record violations instead)")
+        }
+        if choices.isolation != request.isolation {
+            log("\(source) records \"\(prefix)isolation\": \"\(choices.isolation.rawValue)\"; building with --sandbox \(request.isolation.rawValue) as this machine asks")
+        }
+        return request
+    }
+}
+
 extension BuildRequest.Choices {
     /// The choices as the build key's named parts: each field by its words, a text or number as
     /// itself, a document by the hash of its JSON (sorted keys), an absent optional not at all.

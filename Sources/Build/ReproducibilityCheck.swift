@@ -102,7 +102,8 @@ public struct ReproducibilityCheck: Sendable {
         let plan = RunPlan(variations, in: circumstances(for: variations), directory: directory, freshSteps: options.freshSteps)
         options.log("check: building \(options.target.rawValue) again with \(plan.name): " + variations.map(\.summary).joined(separator: "; "))
         let store = try setUp(plan, in: directory)
-        let argv = plan.argv(executable: options.executable, requestFile: directory + "/request.json", store: store, out: directory + "/out")
+        let policy = ["--sandbox", options.request.isolation.rawValue, "--audit", options.request.auditMode.rawValue]
+        let argv = plan.argv(executable: options.executable, requestFile: directory + "/request.json", store: store, out: directory + "/out", policy: policy)
         let started = Date()
         let result = ChildProcess.run(argv, environment: plan.environment, directory: directory)
         let seconds = Date().timeIntervalSince(started)

@@ -203,9 +203,10 @@ public struct RunPlan: Sendable, Equatable {
 
     /// The build of the run: `executable build --request requestFile` into `out` with `store`,
     /// offline and forced, under the wrapper and, when something needs it, `variation-exec`.
-    public func argv(executable: String, requestFile: String, store: String, out: String) -> [String] {
+    /// `policy` is the check's own `--sandbox` and `--audit`: the child never takes them from the file.
+    public func argv(executable: String, requestFile: String, store: String, out: String, policy: [String] = []) -> [String] {
         // The runs are compared with the reference build, which was checked against the ledger.
-        var argv = wrapper + [executable, "build", "--request", requestFile, "--ledger", "none"]
+        var argv = wrapper + [executable, "build", "--request", requestFile, "--ledger", "none"] + policy
         argv += ["--store", store, "--out", out, "--offline", "--force"] + buildFlags
         return execFlags.isEmpty ? argv : [executable, "variation-exec"] + execFlags + ["--"] + argv
     }

@@ -5,9 +5,10 @@ import KrnativeBase
 import Store
 
 /// Step results through a remote cache: `/ac/<step key>` holds a `Record` naming a deterministic
-/// tar.xz of the step's install tree in `/cas/`. What the record says is the cache's word (the
-/// cache is trusted for what it maps, as Bazel's is); the archive is hashed against the record and
-/// unpacked by the safe extractor, so a wrong or hostile entry is refused, never half-used.
+/// tar.xz of the step's install tree in `/cas/`. The record counts only when a trusted key signed
+/// it for this step key (`RemoteCache.actionResult`; else a miss, reported); the archive is hashed
+/// against the record and unpacked by the safe extractor, so a wrong or hostile entry is refused,
+/// never half-used, and `steps/` holds nothing from it.
 public struct RemoteSteps: Sendable {
     /// What `/ac/<step key>` holds.
     public struct Record: Codable, Sendable {

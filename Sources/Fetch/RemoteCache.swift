@@ -11,12 +11,15 @@ import Synchronization
 /// (bazel-remote; nginx with WebDAV `PUT`; an S3 gateway): `/cas/<sha256>` holds content by its
 /// hash, `/ac/<key>` what a key produced. Never required: a miss, an unreachable, slow or wrong
 /// cache costs a line on stderr and a local build, never a failed or a different one. Content is
-/// hashed before use; an entry that does not match is discarded and reported. Writes only with
-/// `upload` (`--remote-cache-upload`), and what is written is trusted by every reader: give
-/// write access to the machines that build, as with Bazel's cache.
+/// hashed before use; an entry that does not match is discarded and reported. An `/ac/` entry
+/// (what a key produced) is used only when signed for its key by a key in `trust`
+/// (`CacheTrust`); an unsigned or wrongly signed one is a miss, reported. Writes only with a
+/// `signer` (`--remote-cache-upload`), which signs every `/ac/` entry it puts.
 public final class RemoteCache: Sendable {
     public let base: String
-    public let upload: Bool
+    public let signer: CacheSigner?
+    public let trust: CacheTrust
+    public var upload: Bool { signer != nil }
     let settings: TransferSettings
     let store: Store
     let note: @Sendable (String) -> Void
@@ -28,6 +31,8 @@ public final class RemoteCache: Sendable {
         var counts = Counts()
         /// The `/cas/` entries this run found holding other bytes: `ensure` replaces them.
         var wrongContent: Set<SHA256Digest> = []
+        /// Whether the line saying that no key is trusted was printed.
+        var saidNoTrust = false
     }
 
     /// What the cache did in this run, for summaries.
@@ -39,13 +44,15 @@ public final class RemoteCache: Sendable {
     }
 
     /// `url` with or without a trailing slash. The token (`KRNATIVE_REMOTE_CACHE_TOKEN`) goes
-    /// out as `Authorization: Bearer`; without one, ~/.netrc is read for the host.
+    /// out as `Authorization: Bearer`; without one, ~/.netrc is read for the host. With a
+    /// `signer`, what the run made goes up, its `/ac/` entries signed.
     public init(
-        url: String, store: Store, upload: Bool, environment: [String: String] = ProcessInfo.processInfo.environment,
+        url: String, store: Store, signer: CacheSigner? = nil, trust: CacheTrust, environment: [String: String] = ProcessInfo.processInfo.environment,
         note: @escaping @Sendable (String) -> Void = Reporting.note
     ) {
         base = url.hasSuffix("/") ? String(url.dropLast()) : url
-        self.upload = upload
+        self.signer = signer
+        self.trust = trust
         self.store = store
         self.note = note
         var settings = TransferSettings(environment: environment)
@@ -78,11 +85,57 @@ public final class RemoteCache: Sendable {
         return download.file
     }
 
-    /// `/ac/<key>`: the small document a key produced (at most 1 MiB), or nil.
+    /// `/ac/<key>`: the small record a key produced (at most 1 MiB), or nil: a miss, or an entry
+    /// that a trusted key did not sign for `key` (reported, one line).
     public func actionResult(_ key: SHA256Digest, what: String) -> Data? {
+        guard !trust.keys.isEmpty else {
+            count(\.misses)
+            let first = state.withLock { state in
+                defer { state.saidNoTrust = true }
+                return !state.saidNoTrust
+            }
+            if first {
+                note(
+                    "remote cache: no key is trusted (\(trust.source)), so no /ac/ entry is used (inputs by sha256 still are): "
+                        + "put the uploading machine's .pub line into a file and pass it with --remote-cache-trust FILE (env KRNATIVE_REMOTE_CACHE_TRUST)")
+            }
+            return nil
+        }
         guard let download = get("ac/\(key.hex)", sizeCap: 1 << 20, what: what) else { return nil }
         defer { FileSystem.remove(download.file) }
-        return FileManager.default.contents(atPath: download.file)
+        guard let document = FileManager.default.contents(atPath: download.file) else { return nil }
+        switch CacheSignature.open(document, key: key, trust: trust) {
+        case .success(let record): return record
+        case .failure(let refusal):
+            reject("\(base)/ac/\(key.hex) (\(what)) \(refusal.reason); taken as a miss")
+            return nil
+        }
+    }
+
+    /// Whether `url` may be a remote cache: https, or http to this machine (127.0.0.0/8, ::1,
+    /// localhost) unless `allowHTTP`; anything else is a usage error naming the URL and the option.
+    public static func checkScheme(_ url: String, allowHTTP: Bool) throws(UsageError) {
+        if url.hasPrefix("https://") { return }
+        guard url.hasPrefix("http://") else {
+            throw UsageError("the remote cache \(url) is not an http:// or https:// URL (from --remote-cache, KRNATIVE_REMOTE_CACHE or the mirror config)")
+        }
+        if allowHTTP || isLoopback(URLComponents(string: url)?.host) { return }
+        throw UsageError(
+            "the remote cache \(url) is plain http:// to another machine: anyone on the way can read the token and change the answers; "
+                + "use https://, or pass --remote-cache-allow-http (env KRNATIVE_REMOTE_CACHE_ALLOW_HTTP=1) to accept it")
+    }
+
+    /// Whether `host` names this machine: localhost, 127.0.0.0/8 or ::1, as written (no lookup).
+    static func isLoopback(_ host: String?) -> Bool {
+        guard var host = host?.lowercased() else { return false }
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        if host == "localhost" || host == "localhost." { return true }
+        var v4 = in_addr(), v6 = in6_addr()
+        if inet_pton(AF_INET, host, &v4) == 1 { return UInt32(bigEndian: v4.s_addr) >> 24 == 127 }
+        if inet_pton(AF_INET6, host, &v6) == 1 {
+            return withUnsafeBytes(of: &v6) { bytes in bytes.prefix(15).allSatisfy { $0 == 0 } && bytes[15] == 1 }
+        }
+        return false
     }
 
     /// Puts `file` at `/cas/<digest>` when uploading is allowed; a failure is reported, not thrown.
@@ -126,12 +179,12 @@ public final class RemoteCache: Sendable {
         }
     }
 
-    /// Puts `document` at `/ac/<key>` when uploading is allowed.
-    public func put(actionResult document: Data, key: SHA256Digest, what: String) {
-        guard upload, isReachable else { return }
+    /// Puts `record` at `/ac/<key>`, signed for `key`, when uploading is allowed.
+    public func put(actionResult record: Data, key: SHA256Digest, what: String) {
+        guard let signer, isReachable else { return }
         let temporary = store.temporaryPath("remote-ac")
         defer { FileSystem.remove(temporary) }
-        do { try FileSystem.writeAtomically(document, to: temporary) } catch {
+        do { try FileSystem.writeAtomically(try signer.sign(record, key: key), to: temporary) } catch {
             note("remote cache: cannot stage \(what) for upload: \(error)")
             return
         }

@@ -99,6 +99,9 @@ public enum ChildProcess {
 public enum Spawn {
     /// How long a cancelled child's group has between SIGTERM and SIGKILL.
     static let termGrace = 0.3
+    /// Secrets krnative reads from its environment and no child gets, whatever environment it is
+    /// given: the remote cache's token is for the cache, not for pip, a check's run or a step.
+    public static let withheld: Set<String> = ["KRNATIVE_REMOTE_CACHE_TOKEN"]
 
     /// Runs `argv`, feeding each output pipe's chunks to `streams[i]`: one stream gets stdout and
     /// stderr together, two get them apart. `onStart` gets the child's pid (to kill it on cancellation).
@@ -140,7 +143,7 @@ public enum Spawn {
 
         let program = ChildProcess.resolve(argv[0], environment: environment)
         Reporting.detail("+ " + argv.map(ChildProcess.quote).joined(separator: " ") + (directory.map { "  (in \($0))" } ?? ""))
-        let variables = (environment ?? ProcessInfo.processInfo.environment).map { "\($0.key)=\($0.value)" }
+        let variables = (environment ?? ProcessInfo.processInfo.environment).filter { !withheld.contains($0.key) }.map { "\($0.key)=\($0.value)" }
         var cArguments = argv.map { strdup($0) } + [nil]
         var cEnvironment = variables.map { strdup($0) } + [nil]
         defer { (cArguments + cEnvironment).forEach { free($0) } }

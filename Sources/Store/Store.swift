@@ -60,9 +60,16 @@ public struct Store: Sendable {
     /// `--store`, else `KRNATIVE_STORE`, else `$XDG_CACHE_HOME/krnative/store`, else `~/.cache/krnative/store`.
     public static func defaultRoot(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
         if let explicit = environment["KRNATIVE_STORE"], !explicit.isEmpty { return explicit }
-        if let cache = environment["XDG_CACHE_HOME"], cache.hasPrefix("/") { return cache + "/krnative/store" }
+        return cacheDirectory(environment: environment) + "/store"
+    }
+
+    /// krnative's own directory of this user's cache, `$XDG_CACHE_HOME/krnative`, else
+    /// `~/.cache/krnative`: the default store is in it, and what is this machine's and not content
+    /// (the remote cache's signing key).
+    public static func cacheDirectory(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let cache = environment["XDG_CACHE_HOME"], cache.hasPrefix("/") { return cache + "/krnative" }
         let home = environment["HOME"] ?? NSHomeDirectory()
-        return home + "/.cache/krnative/store"
+        return home + "/.cache/krnative"
     }
 
     public func path(for digest: SHA256Digest) -> String { "\(root)/sha256/\(digest.hex)" }

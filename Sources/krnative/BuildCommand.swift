@@ -23,7 +23,7 @@ struct BuildCommand: ParsableCommand {
             the SBOM into the output directory, whole or not at all.
             """,
             examples: "krnative build --target manylinux-x86_64", "krnative build --target musllinux-aarch64 --offline --out /tmp/out", "krnative build --target manylinux-x86_64 --check --variations all",
-            "krnative build --all --remote-cache http://cache.internal:8080 --remote-cache-upload"))
+            "krnative build --all --remote-cache https://cache.internal:8080 --remote-cache-upload"))
 
     @OptionGroup var inputs: InputOptions
     @Option(name: .customLong("target"), help: "A target to build (repeatable).") var targets: [Target] = []
@@ -42,9 +42,13 @@ struct BuildCommand: ParsableCommand {
             "pbs: python-build-standalone's archive from the lock; source: CPython compiled here from the lock's sources. Default: krunner.json's runtime, else pbs."
     )
     var runtime: RuntimeSource?
-    @Option(help: "namespaces, or none to build without isolation (recorded in the manifest). Default: namespaces; env KRNATIVE_SANDBOX.")
+    @Option(
+        help: "namespaces, or none to build without isolation (recorded in the manifest; with --request, instead of the file's). Default: namespaces; env KRNATIVE_SANDBOX."
+    )
     var sandbox: Isolation?
-    @Option(help: "enforce: a volume that breaks its target's policy fails the build; report: print and record it in the manifest. Default: enforce.")
+    @Option(
+        help: "enforce: a volume that breaks its target's policy fails the build; report: print and record it in the manifest (with --request, instead of the file's). Default: enforce."
+    )
     var audit: AuditMode?
     @Option(name: .customLong("policy"), help: "The audit policy. Default: the project's sysroots/audit-policy.json.") var policyOption: String?
     @Option(
@@ -89,7 +93,7 @@ struct BuildCommand: ParsableCommand {
         let given: [(String, Bool)] = [
             ("--target", !targets.isEmpty), ("--all", all), ("--lock", inputs.lock != nil), ("--config", configOption != nil),
             ("--patches", patchesOption != nil), ("--policy", policyOption != nil), ("--toolchain", toolchain != nil),
-            ("--runtime", runtime != nil), ("--sandbox", sandbox != nil), ("--audit", audit != nil), ("--xz-preset", xzPreset != nil),
+            ("--runtime", runtime != nil), ("--xz-preset", xzPreset != nil),
         ]
         return given.filter(\.1).map(\.0)
     }
@@ -101,7 +105,10 @@ struct BuildCommand: ParsableCommand {
 
     func run() throws {
         try perform("build") {
-            let request = try requestFile.map(BuildRequest.load)
+            // A request file records its choices; the sandbox and the audit mode are this command line's.
+            let request = try requestFile.map {
+                try BuildRequest.load(from: $0).underLocalPolicy(try LocalPolicy.chosen(sandbox: sandbox, audit: audit), source: $0, field: "choices")
+            }
             let lock = try Lockfile.load(from: request?.locations.lockPath ?? inputs.lockPath)
             let store = try Store(root: inputs.storePath)
             let remoteCache = try network.remoteCache(store: store)

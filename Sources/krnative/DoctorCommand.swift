@@ -103,7 +103,10 @@ struct DoctorCommand: ParsableCommand {
     private func remoteCacheCheck(store: String) throws -> Check? {
         let environment = ProcessInfo.processInfo.environment
         guard let url = remoteCache ?? environment["KRNATIVE_REMOTE_CACHE"].flatMap({ $0.isEmpty ? nil : $0 }) else { return nil }
-        let cache = RemoteCache(url: url, store: try Store(root: store), upload: false)
+        do { try RemoteCache.checkScheme(url, allowHTTP: EnvironmentSetting.flag("KRNATIVE_REMOTE_CACHE_ALLOW_HTTP") == true) } catch {
+            return Check(name: "remote cache", status: .warn, detail: error.description + "; not asked", fix: "use https://")
+        }
+        let cache = RemoteCache(url: url, store: try Store(root: store), trust: CacheTrust(source: "doctor"))
         guard let problem = cache.probe() else { return Check(name: "remote cache", status: .ok, detail: "\(cache.base) answers") }
         return Check(
             name: "remote cache", status: .warn, detail: problem + "; builds go on without it",

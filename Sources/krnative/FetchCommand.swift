@@ -35,8 +35,23 @@ struct NetworkOptions: ParsableArguments {
             valueName: "url"))
     var remoteCache: String?
 
-    @Flag(help: "Also write what this run fetched and built to the remote cache. Default: off; env KRNATIVE_REMOTE_CACHE_UPLOAD.")
+    @Flag(help: "Also write what this run fetched and built to the remote cache, its /ac/ entries signed. Default: off; env KRNATIVE_REMOTE_CACHE_UPLOAD.")
     var remoteCacheUpload = false
+
+    @Option(
+        help: ArgumentHelp(
+            "The private key that signs what this machine uploads (made, mode 0600, with FILE.pub beside it, on the first upload when the default is absent). Default: $XDG_CACHE_HOME/krnative/remote-cache-key, else ~/.cache/krnative/remote-cache-key; env KRNATIVE_REMOTE_CACHE_KEY.",
+            valueName: "file"))
+    var remoteCacheKey: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "The public keys (.pub lines) whose signed /ac/ entries this machine uses; others are misses. Default: this machine's own key's .pub, if there is one; env KRNATIVE_REMOTE_CACHE_TRUST.",
+            valueName: "file"))
+    var remoteCacheTrust: String?
+
+    @Flag(help: "Accept a plain http:// remote cache on another machine (http:// to this machine is always accepted). Default: off; env KRNATIVE_REMOTE_CACHE_ALLOW_HTTP.")
+    var remoteCacheAllowHttp = false
 
     func validate() throws {
         try requirePositive(["--jobs": jobs, "--retries": retries, "--stall-timeout": stallTimeout])
@@ -49,11 +64,37 @@ struct NetworkOptions: ParsableArguments {
         guard try !(offline || EnvironmentSetting.flag("KRNATIVE_OFFLINE") == true) else { return nil }
         let configured = try remoteCache ?? environment["KRNATIVE_REMOTE_CACHE"].flatMap { $0.isEmpty ? nil : $0 } ?? mirrorConfig()?.remoteCache
         guard let url = configured else { return nil }
-        guard url.hasPrefix("http://") || url.hasPrefix("https://") else {
-            throw UsageError("the remote cache \(url) is not an http:// or https:// URL (from --remote-cache, KRNATIVE_REMOTE_CACHE or the mirror config)")
-        }
+        try RemoteCache.checkScheme(url, allowHTTP: remoteCacheAllowHttp || EnvironmentSetting.flag("KRNATIVE_REMOTE_CACHE_ALLOW_HTTP") == true)
         let upload = try remoteCacheUpload || EnvironmentSetting.flag("KRNATIVE_REMOTE_CACHE_UPLOAD") == true
-        return RemoteCache(url: url, store: store, upload: upload)
+        let explicitKey = remoteCacheKey ?? environment["KRNATIVE_REMOTE_CACHE_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+        let keyPath = explicitKey ?? Store.cacheDirectory() + "/remote-cache-key"
+        var signer: CacheSigner?
+        if upload {
+            if explicitKey != nil {
+                signer = try CacheSigner.load(from: keyPath)
+            } else {
+                let (made, created) = try CacheSigner.loadOrCreate(at: keyPath)
+                if created {
+                    Reporting.note(
+                        "remote cache: made this machine's signing key \(keyPath); readers trust what it uploads by listing its public key "
+                            + "(\(keyPath).pub) in their --remote-cache-trust file:\n  \(made.publicKeyLine)")
+                }
+                signer = made
+            }
+        }
+        return RemoteCache(url: url, store: store, signer: signer, trust: try trust(ownKey: keyPath))
+    }
+
+    /// The keys this machine trusts: --remote-cache-trust / KRNATIVE_REMOTE_CACHE_TRUST, else its own key's `.pub`.
+    func trust(ownKey: String) throws -> CacheTrust {
+        let environment = ProcessInfo.processInfo.environment
+        if let file = remoteCacheTrust ?? environment["KRNATIVE_REMOTE_CACHE_TRUST"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            return try CacheTrust.load(from: file)
+        }
+        guard FileSystem.exists(ownKey + ".pub") else {
+            return CacheTrust(source: "no --remote-cache-trust, no KRNATIVE_REMOTE_CACHE_TRUST, no \(ownKey).pub")
+        }
+        return try CacheTrust.load(from: ownKey + ".pub")
     }
 
     func mirrorConfig() throws -> MirrorConfig? {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Build
 import Foundation
 import KrnativeBase
 import Sandbox
@@ -12,6 +13,14 @@ extension Isolation: ExpressibleByArgument {
     /// `--sandbox`, else `KRNATIVE_SANDBOX`, else namespaces.
     static func chosen(_ flag: Isolation?) throws -> Isolation {
         try flag ?? EnvironmentSetting.choice("KRNATIVE_SANDBOX", as: Isolation.self) ?? .namespaces
+    }
+}
+
+extension LocalPolicy {
+    /// This command line's `--sandbox` (else `KRNATIVE_SANDBOX`, else namespaces) and `--audit`.
+    static func chosen(sandbox: Isolation?, audit: AuditMode?) throws -> LocalPolicy {
+        let environment = try EnvironmentSetting.choice("KRNATIVE_SANDBOX", as: Isolation.self)
+        return LocalPolicy(isolation: sandbox ?? environment ?? .namespaces, isolationAskedFor: sandbox != nil || environment != nil, auditMode: audit)
     }
 }
 

@@ -75,8 +75,10 @@ struct VerifyCommand: ParsableCommand {
         discussion: helpText(
             """
             The manifest may come from another machine: the rebuild makes the request it records (target, \
-            versions, toolchain, isolation, audit policy, …) from this machine's lock, which must be the one \
-            the manifest names (by sha256), and patches. \
+            versions, toolchain, audit policy, …) from this machine's lock, which must be the one \
+            the manifest names (by sha256), and patches. How it runs is this machine's: the sandbox and \
+            the audit mode come from --sandbox and --audit, never from the manifest (a manifest built \
+            without the sandbox is refused unless --sandbox is given). \
             Exit status 0 when every output hashes the same, 1 when not; the rebuild is kept then.
             """,
             examples: "krnative verify --manifest ci/krnative-manifest.static-gnu.x86_64.json"))
@@ -92,6 +94,10 @@ struct VerifyCommand: ParsableCommand {
     var patches: String { inputs.project.file(patchesOption, default: "patches") }
     var policy: String { inputs.project.file(policyOption, default: AuditPolicy.defaultPath) }
     @Flag(help: "Keep the rebuild even when it matches.") var keep = false
+    @Option(help: "namespaces, or none to rebuild without isolation; never taken from the manifest. Default: namespaces; env KRNATIVE_SANDBOX.")
+    var sandbox: Isolation?
+    @Option(help: "enforce: a volume that breaks its target's policy fails the rebuild; report: print it. Never taken from the manifest. Default: enforce.")
+    var audit: AuditMode?
     @OptionGroup var output: OutputOptions
 
     func run() throws {
@@ -106,7 +112,7 @@ struct VerifyCommand: ParsableCommand {
             }
             let request = try BuildRequest(recordedIn: published, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches)) {
                 try AuditPolicy.load(from: policy)
-            }
+            }.underLocalPolicy(try LocalPolicy.chosen(sandbox: sandbox, audit: audit), source: manifest, field: published.request == nil ? "" : "request")
             var settings = VolumeBuild.Settings(outputDirectory: out, entryExecutable: currentExecutable)
             settings.toolVersion = KrnativeVersion.current
             let build = VolumeBuild(request: request, settings: settings, resolver: InputResolver(store: try Store(root: inputs.storePath)))

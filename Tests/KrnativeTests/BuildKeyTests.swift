@@ -1,9 +1,11 @@
+import Archive
 import Build
 import Fetch
 import Foundation
 import Inputs
 import KrnativeBase
 import Lock
+import Packaging
 import Store
 import Testing
 
@@ -35,23 +37,49 @@ struct BuildKeyTests {
         return VolumeBuild(request: request, settings: settings, resolver: InputResolver(store: try Store(root: directory.path + "/store")))
     }
 
-    /// Stand-ins for `build`'s outputs in `out`, and a manifest listing them under `build`'s key:
-    /// with its parts, or (`recordParts` false) as a manifest of an older krnative, with another key.
+    /// Stand-ins for `build`'s outputs in `out` (a small real volume, the wheel carrying it, the
+    /// version files a build writes), and a manifest listing them under `build`'s key: with its
+    /// parts, or (`recordParts` false) as a manifest of an older krnative, with another key.
     func publish(_ build: VolumeBuild, recordParts: Bool = true) throws {
+        let packed = try packVolume(build)
+        let carried = [BuildOutput.ttyd, .volume, .volumeVersion, .pythonVersion, .versions].map(build.name)
+        let texts = [build.name(.volumeVersion): "15\n", build.name(.pythonVersion): "3.13\n", build.name(.versions): "static-gnu\n"]
+        for name in carried where name != build.name(.volume) { _ = directory.file("out/" + name, texts[name] ?? "stand-in for \(name)") }
+        _ = try PluginWheel(target: .manylinuxX86_64, version: "4.1.0", sourceDateEpoch: 0)
+            .write(into: out, payload: Dictionary(uniqueKeysWithValues: carried.map { ($0, out + "/" + $0) }))
+        _ = directory.file("out/" + build.name(.sbom), "stand-in for the SBOM")
         var outputs: [[String: Any]] = []
         for name in build.outputNames.dropLast() {
-            let (digest, size) = try SHA256Digest.of(fileAt: directory.file("out/" + name, "stand-in for \(name)"))
+            let (digest, size) = try SHA256Digest.of(fileAt: out + "/" + name)
             outputs.append(["file": name, "sha256": digest.hex, "size": size])
         }
         let parts = try build.buildKeyParts(lock: lock)
         var manifest: [String: Any] = [
             "tool": ["name": "krnative", "version": "0"], "target": "manylinux-x86_64", "lockSha256": lock.digest.hex,
             "sourceDateEpoch": 0, "isolation": "namespaces", "packageVersion": "4.1.0", "volumeVersion": 15,
-            "inputs": [], "patches": [], "outputs": outputs, "volume": [],
+            "inputs": [], "patches": [], "outputs": outputs, "volume": packed,
             "buildKey": (recordParts ? BuildKey.digest(of: parts) : SHA256Digest.of(Data("krnative build key v1".utf8))).hex,
         ]
         if recordParts { manifest["buildKeyParts"] = parts }
         _ = directory.file("out/" + build.outputNames.last!, try JSONSerialization.data(withJSONObject: manifest))
+    }
+
+    /// A volume of a few entries (a file, an executable, a symbolic and a hard link, directories) packed into `out`; its manifest listing.
+    func packVolume(_ build: VolumeBuild, at path: String? = nil, extra: Bool = false) throws -> [[String: Any]] {
+        let tree = TemporaryDirectory("krnative-build-key-volume")
+        chmod(tree.file("bin/python3", "#!/bin/sh\necho real\n"), 0o755)
+        chmod(tree.file("bin/ttyd", "stand-in for \(build.name(.ttyd))"), 0o755)
+        _ = tree.file("lib/python3.13/os.py", "import sys\n")
+        link(tree.path + "/lib/python3.13/os.py", tree.path + "/lib/python3.13/os-again.py")
+        if extra { chmod(tree.file("bin/backdoor", "#!/bin/sh\n"), 0o755) }
+        try FileManager.default.createSymbolicLink(atPath: tree.path + "/bin/python", withDestinationPath: "python3")
+        let entries = try DeterministicTarXz(sourceDateEpoch: 0, threads: 1).pack(tree.path, to: path ?? out + "/" + build.name(.volume))
+        return entries.map { entry in
+            var listed: [String: Any] = ["path": entry.path, "type": entry.kind.rawValue, "mode": String(entry.mode, radix: 8), "size": entry.size]
+            if let sha256 = entry.sha256 { listed["sha256"] = sha256.hex }
+            if let target = entry.target { listed["target"] = target }
+            return listed
+        }
     }
 
     @Test func theSameBuildIsUpToDate() throws {
@@ -150,7 +178,8 @@ struct BuildKeyTests {
     @Test(.enabled(if: Machine.hasExecutable(WebDAVCache.nginx))) func aWholeBuildComesFromTheCacheOrNotAtAll() throws {
         let server = try WebDAVCache()
         func cached(_ store: String, upload: Bool = false) throws -> RemoteCache {
-            RemoteCache(url: server.url, store: try Store(root: directory.path + "/" + store), upload: upload, note: { _ in })
+            RemoteCache(
+                url: server.url, store: try Store(root: directory.path + "/" + store), signer: upload ? server.signer : nil, trust: server.trust, note: { _ in })
         }
         let a = try build(settings: { $0.remoteCache = try? cached("store-a", upload: true) })
         try publish(a)
@@ -180,10 +209,11 @@ struct BuildKeyTests {
         #expect(!FileManager.default.fileExists(atPath: c.settings.outputDirectory + "/" + c.name(.manifest)))
         try original.write(to: URL(fileURLWithPath: changed))
 
-        let record = server.data + "/ac/" + (manifest.buildKey?.hex ?? "")
-        var other = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: record))) as! [String: Any]
+        // A manifest of another key, signed by the trusted key for this one.
+        let key = try #require(manifest.buildKey)
+        var other = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/" + a.name(.manifest)))) as! [String: Any]
         other["buildKey"] = String(repeating: "0", count: 64)
-        try JSONSerialization.data(withJSONObject: other).write(to: URL(fileURLWithPath: record))
+        try server.signer.sign(try JSONSerialization.data(withJSONObject: other), key: key).write(to: URL(fileURLWithPath: server.data + "/ac/" + key.hex))
         let (d, foreign) = try machineB("d")
         #expect(foreign == nil)
         #expect(!FileManager.default.fileExists(atPath: d.settings.outputDirectory + "/" + d.name(.manifest)))

@@ -35,7 +35,7 @@ struct RemoteCacheTests {
     }
 
     func fetch(_ store: String, _ extra: [String]) -> ChildProcess.Result {
-        krnative(["fetch", "--lock", lock, "--store", work.path + "/" + store, "--all", "--retry-delay", "0"] + extra)
+        krnative(["fetch", "--lock", lock, "--store", work.path + "/" + store, "--all", "--retry-delay", "0"] + cache.keyOptions + extra)
     }
 
     func storeHasEveryInput(_ store: String) -> Bool {
@@ -74,7 +74,7 @@ struct RemoteCacheTests {
         let sourceLock = work.path + "/source.lock.json"
         try Lockfile(sourceDateEpoch: 1_700_000_000, inputs: [source]).write(to: sourceLock)
         func fetch(_ store: String, _ extra: [String]) -> ChildProcess.Result {
-            krnative(["fetch", "--lock", sourceLock, "--store", work.path + "/" + store, "--all"] + extra)
+            krnative(["fetch", "--lock", sourceLock, "--store", work.path + "/" + store, "--all"] + cache.keyOptions + extra)
         }
         #expect(fetch("a", ["--remote-cache", cache.url, "--remote-cache-upload"]).succeeded)
         let blocked = work.file("blocked.conf", "block \(server.url(""))\n")
@@ -110,7 +110,7 @@ struct RemoteCacheTests {
         #expect(FileManager.default.contents(atPath: entry) == inputs[0].data, "the fetch left the wrong bytes")
 
         try randomData(300_000).write(to: URL(fileURLWithPath: entry))
-        let remote = RemoteCache(url: cache.url, store: try Store(root: work.path + "/c"), upload: true, note: { _ in })
+        let remote = RemoteCache(url: cache.url, store: try Store(root: work.path + "/c"), signer: cache.signer, trust: cache.trust, note: { _ in })
         #expect(remote.content(digest, sizeCap: 1 << 20, what: "r0") == nil)
         remote.ensure(file: "\(work.path)/a/sha256/\(digest.hex)", digest: digest, what: "r0")
         #expect(FileManager.default.contents(atPath: entry) == inputs[0].data, "ensure left the wrong bytes")
@@ -149,7 +149,10 @@ struct RemoteCacheTests {
         let said = Collected()
         func steps(_ name: String, upload: Bool = false) throws -> RemoteSteps {
             let store = try Store(root: work.path + "/" + name)
-            return RemoteSteps(cache: RemoteCache(url: cache.url, store: store, upload: upload, note: { said.append(Data(($0 + "\n").utf8)) }), store: store)
+            return RemoteSteps(
+                cache: RemoteCache(
+                    url: cache.url, store: store, signer: upload ? cache.signer : nil, trust: cache.trust, note: { said.append(Data(($0 + "\n").utf8)) }),
+                store: store)
         }
         try steps("a", upload: true).upload(tree.path, key: key, component: "zlib", epoch: 1_700_000_000, threads: 1)
         let b = try steps("b")
@@ -174,7 +177,8 @@ struct RemoteCacheTests {
                 try blob.write(to: URL(fileURLWithPath: cache.data + "/cas/" + digest.hex))
                 document = Data(#"{"format":"krnative step v1","sha256":"\#(digest.hex)","size":\#(blob.count)}"#.utf8)
             }
-            try document.write(to: URL(fileURLWithPath: record))
+            // Signed by the trusted key: what is checked here is the record itself.
+            try cache.signer.sign(document, key: key).write(to: URL(fileURLWithPath: record))
             let reader = try steps("hostile-\(index)")
             let before = said.text.count
             #expect(!reader.restore(key, component: "zlib"), "\(reason)")

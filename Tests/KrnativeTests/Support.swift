@@ -1,3 +1,4 @@
+import Fetch
 import Foundation
 import KrnativeBase
 import Lock
@@ -155,6 +156,15 @@ final class WebDAVCache: @unchecked Sendable {
 
     var url: String { "http://127.0.0.1:\(port)" }
     var data: String { directory.path + "/data" }
+    /// The signing key of the machines that upload (made beside the server), and what trusts it.
+    var keyFile: String { directory.path + "/machine-key" }
+    var signer: CacheSigner { try! CacheSigner.loadOrCreate(at: keyFile).signer }
+    var trust: CacheTrust { _ = signer; return try! CacheTrust.load(from: keyFile + ".pub") }
+    /// The options that sign uploads with that key and trust it.
+    var keyOptions: [String] {
+        _ = signer
+        return ["--remote-cache-key", keyFile, "--remote-cache-trust", keyFile + ".pub"]
+    }
     var accessLog: [String] {
         ((try? String(contentsOfFile: directory.path + "/access.log", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
     }
