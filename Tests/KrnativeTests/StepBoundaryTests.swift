@@ -236,12 +236,19 @@ final class ShellRecipeInputs {
                 size: zig.size, urls: ["https://example.invalid/zig.whl"], host: .current))
     }
 
-    /// Makes `name-version.tar.gz` (or a top-less archive) of `files` (path → text; scripts are
-    /// executable), puts it in the store and returns its hashes.
-    func archive(_ name: String, version: String = "1.0", files: [String: String], top: String? = "") throws -> (path: String, sha256: SHA256Digest, size: Int64, tree: SHA256Digest) {
+    /// Makes `name-version.tar.gz` (or one with another top directory, or none) of `files` (path
+    /// → text; scripts are executable) and `copies` (path → a host file copied with its mode),
+    /// puts it in the store and returns its hashes.
+    func archive(
+        _ name: String, version: String = "1.0", files: [String: String], copies: [String: String] = [:], top: String? = ""
+    ) throws -> (path: String, sha256: SHA256Digest, size: Int64, tree: SHA256Digest) {
         let directory = work.path + "/sources/\(name)"
         let topName = top.map { $0.isEmpty ? "\(name)-\(version)" : $0 }
         let root = directory + (topName.map { "/" + $0 } ?? "")
+        for (path, original) in copies {
+            try FileSystem.createDirectory(((root + "/" + path) as NSString).deletingLastPathComponent)
+            try FileManager.default.copyItem(atPath: original, toPath: root + "/" + path)
+        }
         for (path, text) in files {
             let full = root + "/" + path
             try FileSystem.createDirectory((full as NSString).deletingLastPathComponent)
@@ -284,7 +291,9 @@ final class ShellRecipeInputs {
             // libuv from 1.45 builds with the plain CMake commands (no uv_a target).
             try addSource(
                 name, version: name == "libuv" ? "1.50.0" : "1.0",
-                files: ["CMakeLists.txt": Self.cmakeProject, "evil.sh": evil[name] ?? (name == "ttyd" ? honestTtyd : ":\n")])
+                files: [
+                    "CMakeLists.txt": Self.cmakeProject, "evil.sh": evil[name] ?? (name == "ttyd" ? honestTtyd : ":\n"), "LICENSE": "\(name)'s licence\n",
+                ])
         }
     }
 
@@ -375,6 +384,42 @@ struct StepBoundaryTests {
         #expect(again.termination == .exited(ExitStatus.archive), "\(again.stderr)")
         #expect(again.stderr.contains("the ttyd step (its cached result) left \(cached)/bin/ttyd as a symbolic link to '\(victim.path)'"), "\(again.stderr)")
         #expect(!FileSystem.exists(honest.work.path + "/again/ttyd_linux.\(target.arch.rawValue).bin"))
+        victim.expectUntouched()
+    }
+
+    /// Item 2, end to end: a runtime whose `site-packages` holds a `.pth` (as a malicious wheel
+    /// would bring): the `.pyc` step runs the volume's Python, which plants `licenses/zz-leak`, a
+    /// link to a host file. Before: the plugin wheel carried the host file in `dist-info/licenses/`
+    /// and the build exited 0. Now: the volume is checked after the step and the build stops,
+    /// naming the step and the link; no wheel, the host file untouched. The runtime is this
+    /// machine's own Python under the target's name, made a venv of the host's stdlib (`pyvenv.cfg`).
+    @Test(.timeLimit(.minutes(5)), .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs the host's /usr/bin/python3"))
+    func pycStepPlantingALicenceLinkToAHostFileIsRefused() throws {
+        let work = TemporaryDirectory("krnative-boundary")
+        let victim = Victim(work, "etc/shadow")
+        let inputs = try ShellRecipeInputs(work)
+        try inputs.addTtydSources()
+        let python = try ChildProcess.check(["/usr/bin/python3", "-c", "import os, sys; print(os.path.realpath(sys.executable), sys.version_info[1])"])
+            .stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        let leak = "/opt/backend.ai/licenses/zz-leak"
+        let runtime = try inputs.archive(
+            "cpython-\(target.rawValue)", version: "3.13.0",
+            files: [
+                "pyvenv.cfg": "home = /usr/bin\n", "lib/python3.13/os.py": "# the layout's landmark\n",
+                "lib/python3.\(python[1])/site-packages/zz.pth": "import os; os.path.lexists('\(leak)') or os.symlink('\(victim.path)', '\(leak)')\n",
+            ],
+            copies: ["bin/python3.13": python[0]], top: "python")
+        inputs.add(
+            LockedInput(
+                name: "cpython-\(target.rawValue)", kind: .runtime, version: "3.13.0", filename: "cpython-3.13.0-install_only_stripped.tar.gz",
+                sha256: runtime.sha256, size: runtime.size, urls: ["https://example.invalid/cpython.tar.gz"], targets: [target]))
+        try inputs.writeLock()
+        let out = work.path + "/out"
+        let result = build(inputs, out: out)
+        #expect(result.termination == .exited(ExitStatus.archive), "\(result.stderr)")
+        #expect(result.stderr.contains("compiling the volume's .pyc failed: the .pyc step left "), "\(result.stderr)")
+        #expect(result.stderr.contains("/volume/licenses/zz-leak as a symbolic link to '\(victim.path)', which points outside "), "\(result.stderr)")
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []).allSatisfy { !$0.hasSuffix(".whl") && !$0.hasSuffix(".tar.xz") })
         victim.expectUntouched()
     }
 
