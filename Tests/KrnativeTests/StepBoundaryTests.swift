@@ -447,6 +447,29 @@ struct StepBoundaryTests {
         #expect(!FileSystem.exists(work.path + "/out/ttyd_linux.\(target.arch.rawValue).bin"))
     }
 
+    /// A work directory kept with `--workdir` holds what its steps left: a step made
+    /// `/build/wrappers` a link to a host directory. Before: the next build in that directory
+    /// wrote its compiler wrappers (and `src/`, `logs/`) through the link. Now: the first build
+    /// stops after the step, and the next refuses the work directory before writing into it.
+    @Test(.timeLimit(.minutes(5))) func aKeptWorkDirectoryIsNotWrittenThroughALinkAStepLeft() throws {
+        let work = TemporaryDirectory("krnative-boundary")
+        let victim = Victim(work, "host-directory/keep", mode: 0o644)
+        let hostDirectory = work.path + "/host-directory"
+        let inputs = try ShellRecipeInputs(work)
+        try inputs.addTtydSources(evil: ["zlib": "rm -rf /build/wrappers && ln -s '\(hostDirectory)' /build/wrappers\n"])
+        try inputs.writeLock()
+        let workDirectory = work.path + "/kept"
+        let first = buildTtyd(inputs, out: work.path + "/out", ["--workdir", workDirectory])
+        #expect(first.termination == .exited(ExitStatus.archive), "\(first.stderr)")
+        #expect(first.stderr.contains("the zlib step replaced /build/wrappers ("), "\(first.stderr)")
+        let second = buildTtyd(inputs, out: work.path + "/out", ["--workdir", workDirectory])
+        #expect(second.termination == .exited(ExitStatus.archive), "\(second.stderr)")
+        #expect(
+            second.stderr.contains("a step of an earlier build in this work directory replaced /build/wrappers ("), "\(second.stderr)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: hostDirectory) == ["keep"])
+        victim.expectUntouched()
+    }
+
     /// Item 4: a step makes `/build/stage` a link to a host directory holding an `id_rsa`, in a
     /// build that uploads its steps to a remote cache. Before: the step cache entry became a link
     /// to the directory and its contents were packed and uploaded. Now: the build stops after the
