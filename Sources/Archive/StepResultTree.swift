@@ -258,20 +258,22 @@ public struct StepResultTree: Sendable {
         _ name: String, in directory: Int32, shownAs shown: String, to destination: Int32, as copyName: String, shownAs copyShown: String,
         mode: mode_t
     ) throws(StepResultError) {
-        let source = try openRegular(name, in: directory, shownAs: shown)
+        let (source, size) = try openRegular(name, in: directory, shownAs: shown)
         defer { close(source) }
         let copy = openat(destination, copyName, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard copy >= 0 else { throw .cannotCopy(path: copyShown, reason: errorText()) }
         defer { close(copy) }
-        var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        // Sized to the file (at most 1 MiB) and not zeroed: a stage has thousands of small files.
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(min(max(size, 1), 1 << 20)), alignment: 16)
+        defer { buffer.deallocate() }
         while true {
-            let count = buffer.withUnsafeMutableBytes { Glibc.read(source, $0.baseAddress, $0.count) }
+            let count = Glibc.read(source, buffer.baseAddress, buffer.count)
             if count < 0 && errno == EINTR { continue }
             guard count >= 0 else { throw .cannotCopy(path: shown, reason: errorText()) }
             if count == 0 { break }
             var done = 0
             while done < count {
-                let written = buffer.withUnsafeBytes { write(copy, $0.baseAddress! + done, count - done) }
+                let written = write(copy, buffer.baseAddress! + done, count - done)
                 if written < 0 && errno == EINTR { continue }
                 guard written > 0 else { throw .cannotCopy(path: copyShown, reason: errorText()) }
                 done += written
@@ -282,12 +284,13 @@ public struct StepResultTree: Sendable {
 
     /// The contents of a regular file, opened without following a link.
     private static func read(_ name: String, in directory: Int32, shownAs shown: String) throws(StepResultError) -> Data {
-        let source = try openRegular(name, in: directory, shownAs: shown)
+        let source = try openRegular(name, in: directory, shownAs: shown).fd
         let handle = FileHandle(fileDescriptor: source, closeOnDealloc: true)
         do { return try handle.readToEnd() ?? Data() } catch { throw .cannotCopy(path: shown, reason: error.localizedDescription) }
     }
 
-    private static func openRegular(_ name: String, in directory: Int32, shownAs shown: String) throws(StepResultError) -> Int32 {
+    /// A regular file opened without following a link, and its size.
+    private static func openRegular(_ name: String, in directory: Int32, shownAs shown: String) throws(StepResultError) -> (fd: Int32, size: Int64) {
         // O_NONBLOCK: a FIFO put in the file's place would otherwise block the open.
         let fd = openat(directory, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { throw .cannotCopy(path: shown, reason: errorText()) }
@@ -296,7 +299,7 @@ public struct StepResultTree: Sendable {
             close(fd)
             throw .cannotCopy(path: shown, reason: "it is no longer a regular file")
         }
-        return fd
+        return (fd, Int64(info.st_size))
     }
 
     /// A copied directory gets its source's mode and times once its entries are in, as Foundation's copy gives it.
