@@ -300,13 +300,13 @@ public struct StepRunner: Sendable {
 
     /// The directories krnative makes in the work directory for the steps: a step may fill them,
     /// never replace them.
-    public static let hostDirectories = ["src", "logs", "stage", "wrappers"]
+    static let hostDirectories = ["src", "logs", "stage", "wrappers"]
 
     /// Refuses the work directory when one of `hostDirectories` is no longer a real directory (a
     /// symbolic link, a file, gone), naming `step` and the path; before the first step of a
     /// build (`step` nil) those not made yet may be absent. The sandbox is a PID namespace, so
     /// nothing of a step outlives it: what this sees stays so until krnative runs the next step.
-    public static func checkWorkDirectory(_ work: String, layout: BuildLayout, after step: String?) throws(StepResultError) {
+    static func checkWorkDirectory(_ work: String, layout: BuildLayout, after step: String?) throws(StepResultError) {
         for name in hostDirectories {
             let path = work + "/" + name
             if step == nil && !FileSystem.exists(path) { continue }

@@ -100,7 +100,7 @@ public struct PluginWheel: Sendable {
     /// and a link or special file in it is refused.
     static func licenseFiles(in directory: String?) throws -> [(String, Data)] {
         guard let directory, FileSystem.exists(directory) else { return [] }
-        return try StepResultTree(root: directory, madeBy: "the volume build (the .pyc step had it writable)").regularFiles().map {
+        return try StepResultTree(root: directory, madeBy: "the .pyc step (it had the volume writable)").regularFiles().map {
             ("volume/" + $0.path, $0.data)
         }
     }
