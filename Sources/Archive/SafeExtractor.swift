@@ -171,8 +171,9 @@ public struct SafeExtractor: Sendable {
         close(fd)
     }
 
-    /// What an entry of file type `mode` (tar's `S_IFMT` bits) is, for the message that refuses it.
-    private static func specialFileKind(_ mode: UInt32) -> String {
+    /// What an entry of file type `mode` (tar's `S_IFMT` bits, the same as `stat`'s) is, for the
+    /// message that refuses it.
+    static func specialFileKind(_ mode: UInt32) -> String {
         switch mode {
         case 0o020000: "character device"
         case 0o060000: "block device"
@@ -248,10 +249,11 @@ public struct SafeExtractor: Sendable {
         }
     }
 
-    /// Opens (creating) each directory below `root` without following symlinks.
-    private static func openDirectory(
-        _ root: Int32, _ components: [String], create: Bool, reject: (String) -> ArchiveError
-    ) throws(ArchiveError) -> Int32 {
+    /// Opens (creating) each directory below `root` without following symlinks; the caller
+    /// closes what it returns unless it is `root`.
+    static func openDirectory<Failure: Error>(
+        _ root: Int32, _ components: [String], create: Bool, reject: (String) -> Failure
+    ) throws(Failure) -> Int32 {
         var current = root
         for component in components {
             if create { mkdirat(current, component, 0o755) }

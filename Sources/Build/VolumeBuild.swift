@@ -367,7 +367,7 @@ public struct VolumeBuild: Sendable {
             settings.log("compiling .pyc with the build Python of the runtime from source")
             try layout.compileBytecode(
                 in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
-                extraMounts: [.readOnly(staging + "/runtime/build-python", at: "/opt/host-python")], sourceDateEpoch: lock.sourceDateEpoch)
+                extraMounts: [.readOnly(staging + "/runtime/build-python", at: "/opt/host-python", followLink: false)], sourceDateEpoch: lock.sourceDateEpoch)
             return
         }
         if bytecode == request.target {
@@ -383,7 +383,7 @@ public struct VolumeBuild: Sendable {
         settings.log("compiling .pyc with \(runtime.name), which runs on this host")
         try layout.compileBytecode(
             in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
-            extraMounts: [.readOnly(hostPython, at: "/opt/host-python")], sourceDateEpoch: lock.sourceDateEpoch)
+            extraMounts: [.readOnly(hostPython, at: "/opt/host-python", followLink: false)], sourceDateEpoch: lock.sourceDateEpoch)
     }
 }
 

@@ -72,11 +72,13 @@ public struct RuntimeBuild: RecipeBuild {
             if let destination = buildPythonDirectory {
                 FileSystem.remove(destination)
                 try FileSystem.createDirectory((destination as NSString).deletingLastPathComponent)
-                try FileManager.default.copyItem(atPath: space.stage + "/build-python", toPath: destination)
+                try StepResultTree("stage/build-python", in: space.work, madeBy: "the cpython-build step").copy(to: destination)
             }
             let version = lock["cpython"]?.version ?? "3.13"
             let name = Self.archiveName(for: options.target, version: version)
-            try pack(space.stage + "/runtime/install", into: space.work + "/pack", as: options.outputDirectory + "/" + name, epoch: lock.sourceDateEpoch)
+            try pack(
+                StepResultTree("stage/runtime/install", in: space.work, madeBy: "the cpython step"), into: space.work + "/pack",
+                as: options.outputDirectory + "/" + name, epoch: lock.sourceDateEpoch)
             report.archive = name
             report.sha256 = try SHA256Digest.of(fileAt: options.outputDirectory + "/" + name).0
             try writeReport(report, to: options.outputDirectory + "/" + name + ".json")
@@ -85,13 +87,16 @@ public struct RuntimeBuild: RecipeBuild {
     }
 
     /// `make install`'s tree as `python/…`, without what python-build-standalone's stripped
-    /// archive leaves out (manual pages), packed deterministically.
-    func pack(_ installed: String, into directory: String, as archive: String, epoch: Int64) throws {
+    /// archive leaves out (manual pages), packed deterministically. The tree is copied as
+    /// untrusted input first; only krnative's copy is changed.
+    func pack(_ installed: StepResultTree, into directory: String, as archive: String, epoch: Int64) throws {
         let python = directory + "/python"
-        guard FileSystem.exists(installed + "/bin/python3.13") else { throw CompileError.noOutput(path: installed + "/bin/python3.13") }
         FileSystem.remove(directory)
         try FileSystem.createDirectory(directory)
-        try FileManager.default.copyItem(atPath: installed, toPath: python)
+        try installed.copy(to: python)
+        guard FileSystem.kind(of: "bin/python3.13", beneath: python) == S_IFREG else {
+            throw CompileError.noOutput(path: installed.path + "/bin/python3.13")
+        }
         FileSystem.remove(python + "/share/man")
         try FileSystem.createDirectory(python + "/lib/python3.13/site-packages")
         try FileSystem.createDirectory(options.outputDirectory)

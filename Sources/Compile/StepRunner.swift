@@ -149,6 +149,8 @@ public struct StepRunner: Sendable {
             ? BuildLayout.sandboxed : BuildLayout(build: work, toolchain: toolchain.hostRoot, zigCache: zigCache)
         var inLayout = toolchain
         inLayout.hostRoot = layout.toolchain
+        // A work directory kept from an earlier build (`--workdir`) holds what its steps left.
+        try Self.checkWorkDirectory(work, layout: layout, after: nil)
         try FileSystem.createDirectory(work + "/wrappers")
         var wrappers = inLayout.wrappers(root: layout.toolchain)
         if let buildTriple {
@@ -189,7 +191,7 @@ public struct StepRunner: Sendable {
             let wasCached = intact || fromRemote
             if wasCached {
                 FileSystem.remove(space.stage)
-                try FileManager.default.copyItem(atPath: cached, toPath: space.stage)
+                try StepResultTree(key.hex, in: store.directory(.steps), madeBy: "the \(step.name) step (its cached result)").copy(to: space.stage)
                 outcome.patches += patches.map(\.summary)
                 settings.log("\(step.name) \(input.version): \(fromRemote ? "from the remote cache" : "cached") (\(key.hex.prefix(12)))")
                 // A result made before uploads were asked for reaches the cache too.
@@ -210,7 +212,8 @@ public struct StepRunner: Sendable {
                 outcome.patches += try PatchApplier().apply(patches, to: directory, version: input.version)
                 if !settings.prepareOnly {
                     try runCommands(step, in: space, runner: runner, epoch: lock.sourceDateEpoch)
-                    try snapshot(space.stage, as: key)
+                    try Self.checkWorkDirectory(space.work, layout: space.layout, after: step.name)
+                    try snapshot(StepResultTree("stage", in: space.work, madeBy: "the \(step.name) step"), as: key)
                     remoteSteps?.upload(cached, key: key, component: step.name, epoch: lock.sourceDateEpoch, threads: settings.jobs)
                 }
             }
@@ -250,12 +253,8 @@ public struct StepRunner: Sendable {
                 .writable(space.zigCache, at: layout.zigCache),
             ]
             : []
-        let logPath = space.work + "/logs/\(step.name).log"
-        try FileSystem.createDirectory(space.work + "/logs")
         // Without its log a failed step could not be looked into: no log, no step.
-        guard FileManager.default.createFile(atPath: logPath, contents: nil), let log = FileHandle(forWritingAtPath: logPath) else {
-            throw FileSystemError.cannotOpen(path: logPath, errno: errno)
-        }
+        let log = try Self.openLog(of: step.name, in: space.work)
         defer { try? log.close() }
         for argv in step.commands {
             let spec = SandboxSpec(
@@ -290,12 +289,45 @@ public struct StepRunner: Sendable {
     }
 
     /// Keeps the stage as the cached result of step `key`, whole or not at all, with its tree hash
-    /// beside it for `store verify`.
-    func snapshot(_ stage: String, as key: SHA256Digest) throws {
+    /// beside it for `store verify`; what the step left is copied as untrusted input.
+    func snapshot(_ stage: StepResultTree, as key: SHA256Digest) throws {
         try FileSystem.createDirectory(store.directory(.steps))
         let temp = store.item(.steps, key.hex) + ".tmp-\(getpid())"
         FileSystem.remove(temp)
-        try FileManager.default.copyItem(atPath: stage, toPath: temp)
+        try stage.copy(to: temp)
         try store.complete(.steps, key.hex, from: temp, treeHash: TreeHash.ofDirectory(at:))
+    }
+
+    /// The directories krnative makes in the work directory for the steps: a step may fill them,
+    /// never replace them.
+    static let hostDirectories = ["src", "logs", "stage", "wrappers"]
+
+    /// Refuses the work directory when one of `hostDirectories` is no longer a real directory (a
+    /// symbolic link, a file, gone), naming `step` and the path; before the first step of a
+    /// build (`step` nil) those not made yet may be absent. The sandbox is a PID namespace, so
+    /// nothing of a step outlives it: what this sees stays so until krnative runs the next step.
+    static func checkWorkDirectory(_ work: String, layout: BuildLayout, after step: String?) throws(StepResultError) {
+        for name in hostDirectories {
+            let path = work + "/" + name
+            if step == nil && !FileSystem.exists(path) { continue }
+            guard FileSystem.kind(of: name, beneath: work) != S_IFDIR else { continue }
+            throw .replacedDirectory(
+                maker: step.map { "the \($0) step" } ?? "a step of an earlier build in this work directory", path: path,
+                inside: layout.build + "/" + name, found: StepResultTree.describe(path))
+        }
+    }
+
+    /// The step's log, `logs/<step>.log`, created new without following a link: whatever stands
+    /// at its name is removed first, and `logs/` is opened as a real directory.
+    static func openLog(of step: String, in work: String) throws -> FileHandle {
+        try FileSystem.createDirectory(work + "/logs")
+        let logs = open(work + "/logs", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard logs >= 0 else { throw FileSystemError.cannotOpen(path: work + "/logs", errno: errno) }
+        defer { close(logs) }
+        let name = step + ".log"
+        unlinkat(logs, name, 0)
+        let fd = openat(logs, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw FileSystemError.cannotOpen(path: work + "/logs/" + name, errno: errno) }
+        return FileHandle(fileDescriptor: fd, closeOnDealloc: true)
     }
 }

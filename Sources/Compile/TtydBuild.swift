@@ -93,20 +93,19 @@ public struct TtydBuild: RecipeBuild {
                 triple: triple, toolchain: space.toolchain.identity, isolation: options.settings.isolation, sourceDateEpoch: lock.sourceDateEpoch,
                 sources: outcome.sources, patches: outcome.patches, steps: outcome.steps)
             if outcome.stoppedEarly { return report }
-            report.output = try publish(space.stage + "/bin/ttyd", report: report)
+            report.output = try publish(StepResultTree("stage", in: space.work, madeBy: "the ttyd step"), report: report)
             return report
         }
     }
 
-    /// Copies the binary to the output directory, whole or not at all, with the report beside it.
-    func publish(_ binary: String, report: Report) throws -> Report.Output {
-        guard FileSystem.exists(binary) else { throw CompileError.noOutput(path: binary) }
+    /// Copies the binary (`bin/ttyd` of the stage: a regular file reached through real
+    /// directories) to the output directory, whole or not at all, with the report beside it.
+    func publish(_ stage: StepResultTree, report: Report) throws -> Report.Output {
         try FileSystem.createDirectory(options.outputDirectory)
         let name = "ttyd_linux.\(options.target.arch.rawValue).bin"
         let temp = options.outputDirectory + "/.\(name).partial"
         FileSystem.remove(temp)
-        try FileManager.default.copyItem(atPath: binary, toPath: temp)
-        chmod(temp, 0o755)
+        try stage.copyFile("bin/ttyd", to: temp, mode: 0o755)
         let (digest, size) = try SHA256Digest.of(fileAt: temp)
         try FileSystem.rename(temp, to: options.outputDirectory + "/" + name)
         var report = report

@@ -72,12 +72,11 @@ public struct VolumeLayout: Sendable {
         }
     }
 
-    /// `bin/ttyd` (0755) and the empty directories the agent bind-mounts into.
+    /// `bin/ttyd` (0755) and the empty directories the agent bind-mounts into. The binary must be
+    /// a regular file (no link is followed to it); only the volume's copy is given its mode.
     public func placeTtyd(_ binary: String, into prefix: String) throws {
-        let destination = prefix + "/bin/ttyd"
-        FileSystem.remove(destination)
-        try FileManager.default.copyItem(atPath: binary, toPath: destination)
-        chmod(destination, 0o755)
+        try StepResultTree(root: (binary as NSString).deletingLastPathComponent, madeBy: "the ttyd build")
+            .copyFile((binary as NSString).lastPathComponent, to: prefix + "/bin/ttyd", mode: 0o755)
         for directory in ["kernel", "helpers"] {
             try FileSystem.createDirectory("\(prefix)/\(sitePackages)/ai/backend/\(directory)")
         }
@@ -152,8 +151,11 @@ public struct VolumeLayout: Sendable {
             argv: [python, "-m", "compileall", "-q", "-j", "1", "--invalidation-mode", "unchecked-hash", "\(mountPoint)/\(sitePackages)"],
             // No .pyc for the stdlib modules compileall itself imports: those would carry this build's times.
             environment: ["PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1"],
-            mounts: [.writable(prefix, at: mountPoint)] + extraMounts, workingDirectory: "/tmp", home: "/tmp",
+            mounts: [.writable(prefix, at: mountPoint, followLink: false)] + extraMounts, workingDirectory: "/tmp", home: "/tmp",
             sourceDateEpoch: sourceDateEpoch)
         do { try runner.run(spec) } catch { throw LayoutError.bytecode(cause: error) }
+        // The step had the volume writable (a wheel's `.pth` runs in it): nothing reads the
+        // volume again before it is known to hold no link out and no special file.
+        do { try StepResultTree(root: prefix, madeBy: "the .pyc step").check() } catch { throw LayoutError.bytecode(cause: error) }
     }
 }

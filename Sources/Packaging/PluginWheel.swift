@@ -95,13 +95,13 @@ public struct PluginWheel: Sendable {
         return path
     }
 
-    /// Every regular file under `directory` as (`volume/<relative path>`, contents), sorted.
+    /// Every regular file under `directory` as (`volume/<relative path>`, contents), sorted. The
+    /// volume's `licenses/` had the `.pyc` step's hands on it: nothing is read through a link,
+    /// and a link or special file in it is refused.
     static func licenseFiles(in directory: String?) throws -> [(String, Data)] {
-        guard let directory, let names = FileManager.default.enumerator(atPath: directory)?.allObjects as? [String] else { return [] }
-        return try names.sorted().compactMap { name in
-            let path = directory + "/" + name
-            guard !FileSystem.isDirectory(path) else { return nil }
-            return ("volume/" + name, try Data(contentsOf: URL(fileURLWithPath: path)))
+        guard let directory, FileSystem.exists(directory) else { return [] }
+        return try StepResultTree(root: directory, madeBy: "the .pyc step (it had the volume writable)").regularFiles().map {
+            ("volume/" + $0.path, $0.data)
         }
     }
 

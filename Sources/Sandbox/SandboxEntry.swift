@@ -118,7 +118,8 @@ public enum SandboxEntry {
         _ = try mountPoint(inside, under: root, directory: directory)
     }
 
-    /// Binds `source` (a host path, links followed: krnative or its caller named it) at `inside`.
+    /// Binds `source` (a host path krnative or its caller named) at `inside`; a link at `source`
+    /// itself is followed only with `followLink`.
     static func bind(_ source: String, at inside: String, under root: String, writable: Bool, followLink: Bool = true) throws {
         let origin = OpenPath(open(source, krn_o_path | O_CLOEXEC | (followLink ? 0 : O_NOFOLLOW)))
         try check(origin.fd >= 0 ? 0 : -1, "cannot see \(source)")
@@ -166,7 +167,7 @@ public enum SandboxEntry {
         _ = try mountPoint("/tmp", under: root, directory: true)
         try check(mount("tmpfs", root + "/tmp", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777"), "cannot mount /tmp")
         for entry in spec.mounts {
-            try bind(entry.source, at: entry.target, under: root, writable: entry.writable)
+            try bind(entry.source, at: entry.target, under: root, writable: entry.writable, followLink: entry.followLink)
         }
         try bringUpLoopback()
         try check(sethostname(spec.hostname, spec.hostname.utf8.count), "cannot set the host name")

@@ -8,16 +8,20 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
         public var source: String
         public var target: String
         public var writable: Bool
-        public init(source: String, target: String, writable: Bool) {
+        /// Whether `source` may itself be a symbolic link (false for a path a step could have
+        /// made: the bind then refuses a link there).
+        public var followLink: Bool
+        public init(source: String, target: String, writable: Bool, followLink: Bool = true) {
             self.source = source
             self.target = target
             self.writable = writable
+            self.followLink = followLink
         }
-        public static func readOnly(_ source: String, at target: String? = nil) -> Mount {
-            Mount(source: source, target: target ?? source, writable: false)
+        public static func readOnly(_ source: String, at target: String? = nil, followLink: Bool = true) -> Mount {
+            Mount(source: source, target: target ?? source, writable: false, followLink: followLink)
         }
-        public static func writable(_ source: String, at target: String? = nil) -> Mount {
-            Mount(source: source, target: target ?? source, writable: true)
+        public static func writable(_ source: String, at target: String? = nil, followLink: Bool = true) -> Mount {
+            Mount(source: source, target: target ?? source, writable: true, followLink: followLink)
         }
     }
 
