@@ -246,20 +246,34 @@ public final class FileLock: @unchecked Sendable {
         self.path = path
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .cannotOpen(path: path, errno: errno) }
-        var mode = LOCK_EX | LOCK_NB
-        while flock(fd, mode) != 0 {
-            if errno == EINTR { continue }
-            if errno == EWOULDBLOCK && mode != LOCK_EX {
-                waiting("waiting for \(path): another krnative process\(holder.map { " (pid \($0))" } ?? "") holds its lock")
-                mode = LOCK_EX
-                continue
-            }
-            let code = errno
+        let code = Self.lockExclusively(fd) { [self] in
+            waiting("waiting for \(path): another krnative process\(holder.map { " (pid \($0))" } ?? "") holds its lock")
+        }
+        guard code == 0 else {
             close(fd)
             throw .cannotOpen(path: path, errno: code)
         }
         let pid = Array("\(getpid())\n".utf8)
         if ftruncate(fd, 0) == 0 { _ = pwrite(fd, pid, pid.count, 0) }
+    }
+
+    /// Takes the exclusive `flock` on `fd`, telling `waiting` once when another holds it; 0, or the
+    /// errno that stopped it (`EINTR` when a signal cancels the run). It polls rather than blocks:
+    /// the thread that waits is seldom the one a signal interrupts, and a cancelled run must not
+    /// wait for another's lock before it notices.
+    static func lockExclusively(_ fd: Int32, waiting: () -> Void) -> Int32 {
+        var told = false
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let code = errno
+            guard code == EWOULDBLOCK || code == EINTR else { return code }
+            if Cancellation.requested { return EINTR }
+            if code == EWOULDBLOCK && !told {
+                waiting()
+                told = true
+            }
+            usleep(50_000)
+        }
+        return 0
     }
 
     /// The pid the lock's holder wrote into the file, if it is there.

@@ -185,6 +185,40 @@ struct UntrustedInputTests {
         #expect(fileType(fifo) == S_IFIFO)
     }
 
+    /// One SIGTERM ends a run that waits: here for a store lock another process holds (the wait
+    /// is on a worker thread, which a signal does not interrupt; before, the first SIGTERM was lost).
+    @Test(.timeLimit(.minutes(2)))
+    func oneSIGTERMEndsARunThatWaits() throws {
+        let digest = SHA256Digest.of(Data("w".utf8))
+        let lock = work.path + "/krnative.lock.json"
+        try Lockfile(sourceDateEpoch: 0, inputs: [wheelInput("w", sha256: digest, urls: ["http://127.0.0.1:9/w.whl"])]).write(to: lock)
+        _ = try Store(root: store)
+        let held = try FileLock(path: "\(store)/locks/\(digest.hex).lock")
+        defer { held.unlock() }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Package.binary)
+        process.arguments = ["fetch", "--lock", lock, "--store", store, "--all"]
+        let errors = Pipe()
+        process.standardError = errors
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        usleep(1_500_000)
+        kill(process.processIdentifier, SIGTERM)
+        var waited = 0
+        while process.isRunning && waited < 100 {
+            usleep(100_000)
+            waited += 1
+        }
+        let ignored = process.isRunning
+        if ignored { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        let stderr = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(!ignored, "one SIGTERM did not end the run in 10 s")
+        #expect(process.terminationStatus == 130, "\(stderr)")
+        #expect(stderr.contains("holds its lock"), "\(stderr)")
+        #expect(stderr.contains("fetch interrupted by a signal"), "\(stderr)")
+    }
+
     // MARK: Bundles (item 12)
 
     @Test(.timeLimit(.minutes(3)))
