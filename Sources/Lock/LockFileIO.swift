@@ -71,7 +71,7 @@ extension Lockfile {
         try checkKeys(top, allowed: ["version", "sourceDateEpoch", "inputs"], at: "", file: file)
         for (index, entry) in ((top["inputs"] as? [Any]) ?? []).enumerated() {
             guard let entry = entry as? [String: Any] else { continue }
-            let key = "inputs[\(index)]" + ((entry["name"] as? String).map { " (\($0))" } ?? "")
+            let key = "inputs[\(index)]" + ((entry["name"] as? String).map { " (\(escaped($0)))" } ?? "")
             if let weak = weakHashKeys.first(where: { entry[$0] != nil }), entry["sha256"] == nil {
                 throw .invalid(
                     file: file, key: "\(key).\(weak)",
@@ -164,14 +164,16 @@ extension Lockfile {
         return nil
     }
 
-    /// `text` in quotes with every scalar outside printable ASCII as `\u{XXXX}`: a name that holds a
-    /// NUL, a newline or a bidi override is shown as it is stored, not as a terminal would render it.
-    static func quoted(_ text: String) -> String {
-        let escaped = text.unicodeScalars.map { scalar in
+    /// `text` in quotes, escaped.
+    static func quoted(_ text: String) -> String { "\"" + escaped(text) + "\"" }
+
+    /// `text` with every scalar outside printable ASCII (and the quote and backslash) as `\u{XXXX}`: a name that holds
+    /// a NUL, a newline or a bidi override is shown as it is stored, not as a terminal would render it.
+    static func escaped(_ text: String) -> String {
+        text.unicodeScalars.map { scalar in
             (0x20..<0x7f).contains(scalar.value) && scalar != "\"" && scalar != "\\"
                 ? String(scalar) : "\\u{" + String(format: "%04X", scalar.value) + "}"
-        }
-        return "\"" + escaped.joined() + "\""
+        }.joined()
     }
 
     /// Control characters (NUL included) and the bidirectional overrides that make text read other than it is stored.
@@ -208,7 +210,7 @@ extension Lockfile {
             case .index(let index):
                 text += "[\(index)]"
                 node = (node as? [Any]).flatMap { index < $0.count ? $0[index] : nil }
-                if let name = (node as? [String: Any])?["name"] as? String { text += " (\(name))" }
+                if let name = (node as? [String: Any])?["name"] as? String { text += " (\(escaped(name)))" }
             case .key(let key):
                 text += (text.isEmpty ? "" : ".") + key
                 node = (node as? [String: Any])?[key]
