@@ -97,7 +97,7 @@ extension Lockfile {
             throw .invalid(
                 file: file, key: "sourceDateEpoch",
                 problem: "\(sourceDateEpoch) is outside \(Self.sourceDateEpochRange.lowerBound)...\(Self.sourceDateEpochRange.upperBound) "
-                    + "(1970-01-01 to 2107-12-31 UTC, the last second a zip can date); tar, zip and the manifest must all be able to write it")
+                    + "(1970-01-01 to 2106-02-07 UTC); tar, zip and the manifest must all be able to write it")
         }
         var seen = Set<String>()
         for (index, input) in inputs.enumerated() {
@@ -140,9 +140,10 @@ extension Lockfile {
         }
     }
 
-    /// Seconds since 1970 a lock may give as `sourceDateEpoch`: from 1970 (zip clamps to 1980, as
-    /// libarchive does) to the end of 2107, the last year a zip's DOS date holds.
-    public static let sourceDateEpochRange: ClosedRange<Int64> = 0...4_354_819_199
+    /// Seconds since 1970 a lock may give as `sourceDateEpoch`: what every output can record. A zip's
+    /// DOS dates run from 1980 (earlier is clamped to it, as libarchive does) to 2107, and its "UT"
+    /// extra field holds the epoch in 32 bits, which ends the range at 2106-02-07T06:28:15Z.
+    public static let sourceDateEpochRange: ClosedRange<Int64> = 0...4_294_967_295
 
     /// Sizes a lock may record: up to 64 GiB, beyond any input krnative needs.
     public static let sizeRange: ClosedRange<Int64> = 0...(64 << 30)
