@@ -308,6 +308,33 @@ struct BlockRuleTests {
         #expect(blocked.requests().map(\.path) == ["/files/r.whl"])
     }
 
+    /// This machine's name, when it resolves to 127.0.0.1 (as /etc/hosts often says): a spelling of the
+    /// blocked server that only the address libcurl connected to gives away.
+    static let loopbackHostname: String? = {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return nil }
+        let name = String(cString: buffer)
+        let addresses = ChildProcess.run(["getent", "ahostsv4", name]).stdout.split(separator: "\n").map { $0.prefix { $0 != " " } }
+        return !addresses.isEmpty && addresses.allSatisfy { $0 == "127.0.0.1" } ? name : nil
+    }()
+
+    @Test(
+        .enabled(if: loopbackHostname != nil, "this machine's name does not resolve to 127.0.0.1 alone"),
+        .timeLimit(.minutes(2)))
+    func aNameThatResolvesToABlockedAddressIsRefusedOnceConnected() throws {
+        let name = try #require(Self.loopbackHostname)
+        let digest = blocked.serve("r.whl", randomData(50_000))
+        let rule = "http://127.0.0.1:\(blocked.port)/"
+        let mirrors = work.file("mirrors.conf", "block \(rule)\n")
+        let target = "http://\(name):\(blocked.port)/files/r.whl"
+        let result = try fetch(redirect(to: target), digest: digest, mirrors: mirrors, store: work.path + "/store")
+        #expect(result.termination == .exited(75), "\(result.stderr)")
+        #expect(
+            result.stderr.contains("\(target) led to a connection to 127.0.0.1 port \(blocked.port), which the mirror config blocks (rule `block \(rule)`)"),
+            "\(result.stderr)")
+        #expect(blocked.requests().isEmpty, "the blocked server got a request")
+    }
+
     @Test func rulesCompareWhereARequestGoesNotHowItIsSpelled() throws {
         let config = try MirrorConfig.parse("block http://127.0.0.1:8080/files/\n", file: "m")
         let rule = "http://127.0.0.1:8080/files/"
