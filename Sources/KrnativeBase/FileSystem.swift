@@ -153,11 +153,6 @@ public enum FileSystem {
         return data
     }
 
-    /// Refuses `path` unless it is a regular file (or a link to one), without reading it.
-    public static func requireRegularFile(_ path: String) throws(FileSystemError) {
-        close(try openRegularFile(path))
-    }
-
     /// "FIFO (named pipe)", "character device", …: the file type in `mode`, in words.
     public static func kindName(_ mode: mode_t) -> String {
         switch mode & S_IFMT {
@@ -242,6 +237,7 @@ public final class FileLock: @unchecked Sendable {
     /// Blocks until the exclusive lock on `path` (created if absent) is held. When another process
     /// holds it, `waiting` is told first (as cargo says "Blocking waiting for file lock"): a wait
     /// of minutes is not silence. The holder writes its pid into the file, so the notice names it.
+    /// A signal that cancels the run ends the wait (`cannotOpen` with `EINTR`).
     public init(path: String, waiting: (String) -> Void = Reporting.note) throws(FileSystemError) {
         self.path = path
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
