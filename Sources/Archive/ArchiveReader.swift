@@ -56,21 +56,32 @@ public struct ArchiveEntry: Sendable {
 /// Streams the entries of any archive libarchive reads (tar in any compression, zip, …).
 public final class ArchiveReader {
     private let handle: OpaquePointer
+    private let fd: Int32
     public let archivePath: String
 
+    /// Opens the archive at `path`, which must be a regular file: a FIFO or device is refused before any read.
     public init(path: String) throws(ArchiveError) {
         archivePath = path
-        guard let handle = archive_read_new() else { throw .cannotOpen(archive: path, reason: "out of memory") }
+        let fd: Int32
+        do { fd = try FileSystem.openRegularFile(path) } catch { throw .cannotOpen(archive: path, reason: error.description) }
+        guard let handle = archive_read_new() else {
+            close(fd)
+            throw .cannotOpen(archive: path, reason: "out of memory")
+        }
+        self.fd = fd
         self.handle = handle
         archive_read_support_filter_all(handle)
         archive_read_support_format_all(handle)
-        // On failure deinit frees the handle (it runs: every stored property is set).
-        guard archive_read_open_filename(handle, path, 1 << 16) == ARCHIVE_OK else {
+        // On failure deinit frees the handle and closes the file (it runs: every stored property is set).
+        guard archive_read_open_fd(handle, fd, 1 << 16) == ARCHIVE_OK else {
             throw .cannotOpen(archive: path, reason: Self.message(handle))
         }
     }
 
-    deinit { archive_read_free(handle) }
+    deinit {
+        archive_read_free(handle)
+        close(fd)
+    }
 
     static func message(_ handle: OpaquePointer) -> String {
         archive_error_string(handle).map { String(cString: $0) } ?? "unknown libarchive error"

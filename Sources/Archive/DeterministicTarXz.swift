@@ -41,6 +41,7 @@ public struct DeterministicTarXz: Sendable {
     /// returns the entries in archive order.
     @discardableResult
     public func pack(_ directory: String, to output: String) throws(ArchiveError) -> [Entry] {
+        do { try FileSystem.requireReplaceable(output) } catch { throw .cannotWrite(archive: output, reason: error.description) }
         let temp = output + ".partial"
         FileSystem.remove(temp)
         let sink: XzFileSink

@@ -108,10 +108,10 @@ public struct BuildRequest: Codable, Sendable, Equatable {
     }
 
     public static func load(from path: String) throws(UsageError) -> BuildRequest {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw UsageError("cannot read the build request \(path); it is the file `krnative build --check` writes for its runs")
+        guard let data = try? FileSystem.readRegularFile(path) else {
+            throw UsageError("cannot read the build request \(path) (\(FileSystem.whyUnreadable(path))); it is the file `krnative build --check` writes for its runs")
         }
-        do { return try JSONDecoder().decode(BuildRequest.self, from: data) } catch {
+        do { return try DuplicateJSONKey.decode(BuildRequest.self, from: data) } catch {
             throw UsageError("\(path) is not a build request this krnative can read: \(error)")
         }
     }

@@ -28,10 +28,10 @@ public struct KrunnerConfig: Codable, Sendable, Equatable {
     }
 
     public static func load(from path: String) throws(UsageError) -> KrunnerConfig {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw UsageError("cannot read \(path); it names packageVersions and volumeVersions (see the README), or pass --config FILE")
+        guard let data = try? FileSystem.readRegularFile(path) else {
+            throw UsageError("cannot read \(path) (\(FileSystem.whyUnreadable(path))); it names packageVersions and volumeVersions (see the README), or pass --config FILE")
         }
-        do { return try JSONDecoder().decode(KrunnerConfig.self, from: data) } catch {
+        do { return try DuplicateJSONKey.decode(KrunnerConfig.self, from: data) } catch {
             throw UsageError("\(path) is not a valid krunner config: \(error)")
         }
     }

@@ -6,10 +6,10 @@ import Verify
 /// hashes both record: every output file, and for a volume that differs, every entry in it.
 public enum ManifestComparison {
     public static func load(_ path: String) throws -> BuildManifest {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw UsageError("cannot read the manifest \(path); give the krnative-manifest.{distro}.{arch}.json a build wrote")
+        guard let data = try? FileSystem.readRegularFile(path) else {
+            throw UsageError("cannot read the manifest \(path) (\(FileSystem.whyUnreadable(path))); give the krnative-manifest.{distro}.{arch}.json a build wrote")
         }
-        do { return try JSONDecoder().decode(BuildManifest.self, from: data) } catch {
+        do { return try DuplicateJSONKey.decode(BuildManifest.self, from: data) } catch {
             throw UsageError("\(path) is not a krnative manifest: \(error)")
         }
     }

@@ -25,7 +25,7 @@ extension VolumeBuild {
         let key = BuildKey.digest(of: parts)
         let what = "the \(request.target.rawValue) build \(key.hex.prefix(12))"
         guard let document = cache.actionResult(key, what: what) else { return nil }
-        guard let manifest = try? JSONDecoder().decode(BuildManifest.self, from: document), manifest.buildKey == key,
+        guard let manifest = try? DuplicateJSONKey.decode(BuildManifest.self, from: document), manifest.buildKey == key,
             manifest.buildKeyParts == nil || manifest.buildKeyParts == parts, manifest.request == nil || manifest.request == request.choices,
             manifest.outputs.map(\.file) == names(BuildOutput.listedInTheManifest),
             manifest.outputs.allSatisfy({ $0.size >= 0 && $0.size <= Self.largestRemoteOutput })

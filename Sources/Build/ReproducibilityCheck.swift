@@ -87,7 +87,7 @@ public struct ReproducibilityCheck: Sendable {
     static func outputs(in directory: String) throws -> [String: SHA256Digest] {
         guard let name = try? FileManager.default.contentsOfDirectory(atPath: directory).first(where: { $0.hasPrefix("krnative-manifest.") }),
             let data = FileManager.default.contents(atPath: directory + "/" + name),
-            let manifest = try? JSONDecoder().decode(BuildManifest.self, from: data)
+            let manifest = try? DuplicateJSONKey.decode(BuildManifest.self, from: data)
         else { throw UsageError("\(directory) holds no krnative manifest: build there first") }
         return Dictionary(uniqueKeysWithValues: manifest.outputs.map { ($0.file, $0.sha256) })
     }

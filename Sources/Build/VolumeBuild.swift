@@ -277,7 +277,7 @@ public struct VolumeBuild: Sendable {
             step += 1
             afterStep(step)
         }
-        let previous = FileManager.default.contents(atPath: replaced).flatMap { try? JSONDecoder().decode(OutputList.self, from: $0) }
+        let previous = FileManager.default.contents(atPath: replaced).flatMap { try? DuplicateJSONKey.decode(OutputList.self, from: $0) }
         for stale in Set(previous?.outputs.map(\.file) ?? []).subtracting(outputs + [manifest])
         where !stale.contains("/") && !stale.hasPrefix(".") {
             FileSystem.remove(directory + "/" + stale)
@@ -307,7 +307,7 @@ public struct VolumeBuild: Sendable {
         let directory = settings.outputDirectory
         let manifestPath = directory + "/" + name(.manifest)
         guard let data = FileManager.default.contents(atPath: manifestPath) else { return .noManifest(in: directory) }
-        guard let manifest = try? JSONDecoder().decode(BuildManifest.self, from: data) else {
+        guard let manifest = try? DuplicateJSONKey.decode(BuildManifest.self, from: data) else {
             return .outOfDate(["\(manifestPath) is not a manifest this krnative can read"])
         }
         let parts = try buildKeyParts(lock: lock)

@@ -41,9 +41,9 @@ public struct VolumeLedger: Codable, Sendable, Equatable {
     }
 
     public static func load(from path: String) throws(VolumeLedgerError) -> VolumeLedger {
-        guard let data = FileManager.default.contents(atPath: path) else { throw .unreadable(path: path, reason: "cannot read it") }
+        guard let data = try? FileSystem.readRegularFile(path) else { throw .unreadable(path: path, reason: FileSystem.whyUnreadable(path)) }
         let ledger: VolumeLedger
-        do { ledger = try JSONDecoder().decode(VolumeLedger.self, from: data) } catch { throw .unreadable(path: path, reason: "\(error)") }
+        do { ledger = try DuplicateJSONKey.decode(VolumeLedger.self, from: data) } catch { throw .unreadable(path: path, reason: "\(error)") }
         guard ledger.format == 1 else { throw .unreadable(path: path, reason: "format \(ledger.format); this krnative reads format 1") }
         return ledger
     }

@@ -65,6 +65,7 @@ public enum AirGapBundle {
     public static func export(
         to file: String, lock: Lockfile, lockPath: String, targets: [Target], host: HostPlatform, resolver: InputResolver
     ) throws -> BundleManifest {
+        try FileSystem.requireReplaceable(file)
         var inputs = lock.inputs(for: targets, host: host)
         let missing = inputs.filter { resolver.located($0) == nil }.map(\.name)
         guard missing.isEmpty else { throw BundleError.missingInputs(names: missing, lockPath: lockPath) }
@@ -79,6 +80,7 @@ public enum AirGapBundle {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let temp = file + ".partial"
+        FileSystem.remove(temp)
         do {
             let writer = try TarWriter(path: temp, mtime: lock.sourceDateEpoch)
             try writer.add(BundleManifest.fileName, data: try encoder.encode(manifest))
@@ -118,6 +120,7 @@ public enum AirGapBundle {
         var seen = Set<String>()
         while let entry = try reader.next() {
             let inputs = try expectedInputs(of: entry, file: file, pending: &pending, seen: &seen)
+            try checkSize(of: entry, file: file, for: inputs, against: lock)
             try staged.stage(entry, from: reader, file: file, for: inputs)
         }
         guard pending.isEmpty else {
@@ -133,11 +136,10 @@ public enum AirGapBundle {
             throw BundleError.notABundle(file: file, reason: "its first entry is not \(BundleManifest.fileName)")
         }
         let data = try readSmall(reader, entry: first, file: file)
-        if let duplicate = DuplicateJSONKey.first(in: data) {
-            throw BundleError.badEntry(file: file, entry: first.path, reason: duplicate.description)
-        }
         let manifest: BundleManifest
-        do { manifest = try JSONDecoder().decode(BundleManifest.self, from: data) } catch {
+        do { manifest = try DuplicateJSONKey.decode(BundleManifest.self, from: data) } catch let duplicate as DuplicateJSONKey {
+            throw BundleError.badEntry(file: file, entry: first.path, reason: duplicate.description)
+        } catch {
             throw BundleError.notABundle(file: file, reason: "\(BundleManifest.fileName) cannot be read: \(error)")
         }
         guard manifest.formatVersion == 1 else {
@@ -210,6 +212,28 @@ public enum AirGapBundle {
             throw BundleError.badEntry(file: file, entry: entry.path, reason: "it has \(entry.size) bytes, the manifest records \(size)")
         }
         return inputs
+    }
+
+    /// The most bytes a member may hold when the lock records no exact size: the fetch cap for such inputs.
+    static let unpinnedSizeLimit: Int64 = 1 << 30
+
+    /// The member's header size against the local lock (the manifest's sizes are the bundle's own word):
+    /// the size the lock pins, at most twice a source's recorded size (its archive may be re-compressed),
+    /// else `unpinnedSizeLimit`. Checked before a byte is written; reading stops at the header size.
+    private static func checkSize(of entry: ArchiveEntry, file: String, for inputs: [LockedInput], against lock: Lockfile) throws {
+        for input in inputs {
+            let recorded = lock[input.name]?.size
+            if let recorded, input.kind != .source, entry.size != recorded {
+                throw BundleError.badEntry(
+                    file: file, entry: entry.path, reason: "it has \(entry.size) bytes, the local lock pins \(recorded) for \(input.name)")
+            }
+            let limit = recorded.map { 2 * $0 } ?? unpinnedSizeLimit
+            guard (0...limit).contains(entry.size) else {
+                throw BundleError.badEntry(
+                    file: file, entry: entry.path,
+                    reason: "it has \(entry.size) bytes, more than the \(limit) the local lock allows for \(input.name)")
+            }
+        }
     }
 
     /// The bytes of a small member (manifest, lock): at most 64 MiB.

@@ -24,6 +24,9 @@ CURLcode krn_curl_setopt_xferinfo_function(CURL *handle, krn_curl_xferinfo_fn fn
 CURLcode krn_curl_setopt_read_function(CURL *handle, krn_curl_read_fn fn) {
     return curl_easy_setopt(handle, CURLOPT_READFUNCTION, fn);
 }
+CURLcode krn_curl_setopt_prereq_function(CURL *handle, krn_curl_prereq_fn fn) {
+    return curl_easy_setopt(handle, CURLOPT_PREREQFUNCTION, fn);
+}
 CURLcode krn_curl_getinfo_long(CURL *handle, CURLINFO info, long *value) {
     return curl_easy_getinfo(handle, info, value);
 }

@@ -40,7 +40,7 @@ public struct RemoteSteps: Sendable {
     public func restore(_ key: SHA256Digest, component: String) -> Bool {
         let what = "the \(component) step \(key.hex.prefix(12))"
         guard let document = cache.actionResult(key, what: what) else { return false }
-        guard let record = try? JSONDecoder().decode(Record.self, from: document), record.format == Record.currentFormat else {
+        guard let record = try? DuplicateJSONKey.decode(Record.self, from: document), record.format == Record.currentFormat else {
             cache.reject("\(cache.base)/ac/\(key.hex) (\(what)) is not a krnative step record; ignored")
             return false
         }

@@ -103,6 +103,10 @@ final class CurlTransfer {
     private var oversizeSeen: Int64?
     /// The Content-Length of the response being read (libcurl does not keep it when it refuses it).
     private var declaredLength: Int64?
+    /// The URL of the request about to go out (the first, or a redirect's target).
+    private var requestURL = ""
+    /// Why the connection of the last request was dropped before it was sent: a block rule covers where it led.
+    private var blockedConnection: String?
 
     init(
         url: String, partialPath: String, settings: TransferSettings, cap: SizeCap, redirects: RedirectPolicy,
@@ -143,6 +147,7 @@ final class CurlTransfer {
         var current = url
         var hops: [String] = []
         while true {
+            requestURL = current
             krn_curl_setopt_string(handle, CURLOPT_URL, current)
             let code = curl_easy_perform(handle)
             var status = 0
@@ -186,11 +191,27 @@ final class CurlTransfer {
             transfer.header(String(decoding: UnsafeRawBufferPointer(start: data, count: size * count), as: UTF8.self))
             return size * count
         }
+        // The last word on block rules: where libcurl connected, whatever the URL spelled.
+        krn_curl_setopt_pointer(handle, CURLOPT_PREREQDATA, context)
+        krn_curl_setopt_prereq_function(handle) { context, address, _, port, _ in
+            let transfer = Unmanaged<CurlTransfer>.fromOpaque(context!).takeUnretainedValue()
+            return transfer.admitsRequest(to: address.map { String(cString: $0) } ?? "", port: Int(port))
+                ? CURL_PREREQFUNC_OK : CURL_PREREQFUNC_ABORT
+        }
         krn_curl_setopt_long(handle, CURLOPT_NOPROGRESS, 0)
         krn_curl_setopt_pointer(handle, CURLOPT_XFERINFODATA, context)
         krn_curl_setopt_xferinfo_function(handle) { context, _, _, _, _ in
             Cancellation.requested ? 1 : 0
         }
+    }
+
+    /// Whether the request for `requestURL` may go to `address` port `port`, where libcurl has just connected.
+    private func admitsRequest(to address: String, port: Int) -> Bool {
+        guard let rule = redirects.mirrors.blockingPrefix(for: requestURL, connectedTo: address, port: port) else { return true }
+        blockedConnection =
+            "\(requestURL) led to a connection to \(address) port \(port), which the mirror config blocks (rule `block \(rule)`); "
+            + "no request was sent there"
+        return false
     }
 
     private func redirectTarget(_ handle: UnsafeMutableRawPointer) -> String? {
@@ -250,6 +271,7 @@ final class CurlTransfer {
     private func classify(_ code: CURLcode, status: Int) -> TransferOutcome {
         let message = String(cString: curl_easy_strerror(code))
         if let oversizeSeen { return .oversized(seen: oversizeSeen) }
+        if let blockedConnection { return .permanent(blockedConnection) }
         switch code {
         case CURLE_OK where (300..<400).contains(status):
             return .permanent("HTTP \(status) without a Location to follow")

@@ -160,7 +160,7 @@ enum CacheSignature {
 
     /// The record of `document` fetched for `key` when a key in `trust` signed it for `key`; else why not.
     static func open(_ document: Data, key: KrnativeBase.SHA256Digest, trust: CacheTrust) -> Result<Data, Refusal> {
-        guard let envelope = try? JSONDecoder().decode(Envelope.self, from: document), envelope.format == Envelope.currentFormat else {
+        guard let envelope = try? DuplicateJSONKey.decode(Envelope.self, from: document), envelope.format == Envelope.currentFormat else {
             return .failure(Refusal("is not signed (not a \"\(Envelope.currentFormat)\" document)"))
         }
         guard trust.trusts(envelope.publicKey) else {

@@ -58,9 +58,7 @@ public struct SHA256Digest: Hashable, Sendable, Comparable, CustomStringConverti
 
     /// The digest and size of a file, read in chunks.
     public static func of(fileAt path: String) throws(FileSystemError) -> (digest: SHA256Digest, size: Int64) {
-        guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw .cannotOpen(path: path, errno: errno)
-        }
+        let handle = FileHandle(fileDescriptor: try FileSystem.openRegularFile(path), closeOnDealloc: true)
         defer { try? handle.close() }
         var hasher = StreamingSHA256()
         var size: Int64 = 0

@@ -13,6 +13,10 @@ public enum FileSystemError: KrnativeError {
     case cannotWrite(path: String, errno: Int32)
     case cannotRename(from: String, to: String, errno: Int32)
     case cannotCreateDirectory(path: String, reason: String)
+    /// A file to read that is a FIFO, device, socket or directory: reading it could block or never end.
+    case notARegularFile(path: String, kind: String)
+    /// An output path held by something krnative does not replace (a device, FIFO, socket, directory).
+    case refusedDestination(path: String, kind: String)
 
     public var description: String {
         switch self {
@@ -26,9 +30,20 @@ public enum FileSystemError: KrnativeError {
             "cannot move \(from) to \(to): \(String(cString: strerror(code)))"
         case .cannotCreateDirectory(let path, let reason):
             "cannot create directory \(path): \(reason)"
+        case .notARegularFile(let path, let kind):
+            "cannot read \(path): it is a \(kind), not a regular file; krnative reads only regular files "
+                + "(a FIFO or device could block or never end), so it was not opened for reading: name the file itself"
+        case .refusedDestination(let path, let kind):
+            "will not write \(path): it is a \(kind), and krnative replaces only regular files (and directories it made); "
+                + "nothing was changed there: choose another output path"
         }
     }
-    public var exitCode: Int32 { ExitStatus.store }
+    public var exitCode: Int32 {
+        switch self {
+        case .notARegularFile, .refusedDestination: ExitStatus.usage
+        default: ExitStatus.store
+        }
+    }
 }
 
 /// Small, careful file operations: every output appears whole or not at all.
@@ -51,7 +66,11 @@ public enum FileSystem {
     }
 
     /// Renames within one file system and flushes the directory, so the rename survives a crash.
+    /// `to` may be absent, a regular file or a symbolic link (replaced, not followed), or a
+    /// directory when `from` is one; anything else (a device, FIFO, socket) is refused, not replaced.
     public static func rename(_ from: String, to: String) throws(FileSystemError) {
+        var source = stat()
+        try requireReplaceable(to, byDirectory: lstat(from, &source) == 0 && (source.st_mode & S_IFMT) == S_IFDIR)
         guard Glibc.rename(from, to) == 0 else { throw .cannotRename(from: from, to: to, errno: errno) }
         let directory = (to as NSString).deletingLastPathComponent
         try? fsync(path: directory.isEmpty ? "." : directory)
@@ -86,6 +105,65 @@ public enum FileSystem {
         do { try rename(temp, to: path) } catch {
             unlink(temp)
             throw error
+        }
+    }
+
+    /// Refuses an output path that holds something krnative must not replace: anything but a regular
+    /// file or symbolic link, or a directory when a directory takes its place. Commands call it before
+    /// they start, so a long pack does not end in a refusal; `rename` calls it again.
+    public static func requireReplaceable(_ path: String, byDirectory: Bool = false) throws(FileSystemError) {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG, S_IFLNK: return
+        case S_IFDIR where byDirectory: return
+        default: throw .refusedDestination(path: path, kind: kindName(info.st_mode))
+        }
+    }
+
+    /// Opens `path` for reading when it is a regular file (a symbolic link to one included) and
+    /// returns the descriptor; a FIFO, device, socket or directory is refused at once, never read.
+    /// The open does not wait for a FIFO's writer (`O_NONBLOCK`, cleared once the file is known regular).
+    public static func openRegularFile(_ path: String) throws(FileSystemError) -> Int32 {
+        let fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)
+        var info = stat()
+        guard fd >= 0 else {
+            let code = errno
+            if code == ENXIO, stat(path, &info) == 0 { throw .notARegularFile(path: path, kind: kindName(info.st_mode)) }
+            throw .cannotOpen(path: path, errno: code)
+        }
+        guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
+            close(fd)
+            throw .notARegularFile(path: path, kind: kindName(info.st_mode))
+        }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        return fd
+    }
+
+    /// The bytes of the regular file `path` (a config, a lock, a manifest): a FIFO, device or
+    /// directory is refused without a read, and a file beyond `limit` bytes is refused too.
+    public static func readRegularFile(_ path: String, limit: Int = 256 << 20) throws(FileSystemError) -> Data {
+        let handle = FileHandle(fileDescriptor: try openRegularFile(path), closeOnDealloc: true)
+        defer { try? handle.close() }
+        let data: Data
+        do { data = try handle.read(upToCount: limit + 1) ?? Data() } catch {
+            throw .cannotRead(path: path, reason: error.localizedDescription)
+        }
+        guard data.count <= limit else { throw .cannotRead(path: path, reason: "it is larger than \(limit) bytes") }
+        return data
+    }
+
+    /// "FIFO (named pipe)", "character device", …: the file type in `mode`, in words.
+    public static func kindName(_ mode: mode_t) -> String {
+        switch mode & S_IFMT {
+        case S_IFREG: "regular file"
+        case S_IFDIR: "directory"
+        case S_IFLNK: "symbolic link"
+        case S_IFCHR: "character device"
+        case S_IFBLK: "block device"
+        case S_IFIFO: "FIFO (named pipe)"
+        case S_IFSOCK: "socket"
+        default: "special file"
         }
     }
 
@@ -137,6 +215,7 @@ public enum FileSystem {
         var info = stat()
         guard stat(path, &info) == 0 else { return errno == ENOENT ? "no such file" : String(cString: strerror(errno)) }
         if (info.st_mode & S_IFMT) == S_IFDIR { return "it is a directory, not a file" }
+        if (info.st_mode & S_IFMT) != S_IFREG { return "it is a \(kindName(info.st_mode)), not a regular file, so it was not read" }
         if access(path, R_OK) != 0 { return "permission denied" }
         return "not readable"
     }
@@ -158,24 +237,39 @@ public final class FileLock: @unchecked Sendable {
     /// Blocks until the exclusive lock on `path` (created if absent) is held. When another process
     /// holds it, `waiting` is told first (as cargo says "Blocking waiting for file lock"): a wait
     /// of minutes is not silence. The holder writes its pid into the file, so the notice names it.
+    /// A signal that cancels the run ends the wait (`cannotOpen` with `EINTR`).
     public init(path: String, waiting: (String) -> Void = Reporting.note) throws(FileSystemError) {
         self.path = path
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .cannotOpen(path: path, errno: errno) }
-        var mode = LOCK_EX | LOCK_NB
-        while flock(fd, mode) != 0 {
-            if errno == EINTR { continue }
-            if errno == EWOULDBLOCK && mode != LOCK_EX {
-                waiting("waiting for \(path): another krnative process\(holder.map { " (pid \($0))" } ?? "") holds its lock")
-                mode = LOCK_EX
-                continue
-            }
-            let code = errno
+        let code = Self.lockExclusively(fd) { [self] in
+            waiting("waiting for \(path): another krnative process\(holder.map { " (pid \($0))" } ?? "") holds its lock")
+        }
+        guard code == 0 else {
             close(fd)
             throw .cannotOpen(path: path, errno: code)
         }
         let pid = Array("\(getpid())\n".utf8)
         if ftruncate(fd, 0) == 0 { _ = pwrite(fd, pid, pid.count, 0) }
+    }
+
+    /// Takes the exclusive `flock` on `fd`, telling `waiting` once when another holds it; 0, or the
+    /// errno that stopped it (`EINTR` when a signal cancels the run). It polls rather than blocks:
+    /// the thread that waits is seldom the one a signal interrupts, and a cancelled run must not
+    /// wait for another's lock before it notices.
+    static func lockExclusively(_ fd: Int32, waiting: () -> Void) -> Int32 {
+        var told = false
+        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let code = errno
+            guard code == EWOULDBLOCK || code == EINTR else { return code }
+            if Cancellation.requested { return EINTR }
+            if code == EWOULDBLOCK && !told {
+                waiting()
+                told = true
+            }
+            usleep(50_000)
+        }
+        return 0
     }
 
     /// The pid the lock's holder wrote into the file, if it is there.

@@ -66,10 +66,8 @@ public final class StagingDirectory {
         while true {
             let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
             guard fd >= 0 else { throw .cannotOpen(path: lockPath, errno: errno) }
-            var locked = flock(fd, LOCK_EX)
-            while locked != 0 && errno == EINTR { locked = flock(fd, LOCK_EX) }
-            guard locked == 0 else {
-                let code = errno
+            let code = FileLock.lockExclusively(fd) {}
+            guard code == 0 else {
                 close(fd)
                 throw .cannotOpen(path: lockPath, errno: code)
             }

@@ -42,7 +42,7 @@ extension Lockfile {
     /// Reads and validates the lock at `path`.
     public static func load(from path: String) throws(LockError) -> Lockfile {
         let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+        do { data = try FileSystem.readRegularFile(path) } catch {
             throw .unreadable(file: path, reason: FileSystem.whyUnreadable(path))
         }
         return try parse(data, file: path)
@@ -71,7 +71,7 @@ extension Lockfile {
         try checkKeys(top, allowed: ["version", "sourceDateEpoch", "inputs"], at: "", file: file)
         for (index, entry) in ((top["inputs"] as? [Any]) ?? []).enumerated() {
             guard let entry = entry as? [String: Any] else { continue }
-            let key = "inputs[\(index)]" + ((entry["name"] as? String).map { " (\($0))" } ?? "")
+            let key = "inputs[\(index)]" + ((entry["name"] as? String).map { " (\(escaped($0)))" } ?? "")
             if let weak = weakHashKeys.first(where: { entry[$0] != nil }), entry["sha256"] == nil {
                 throw .invalid(
                     file: file, key: "\(key).\(weak)",
@@ -93,8 +93,17 @@ extension Lockfile {
     /// Checks what JSON types alone cannot: unique names, the hash each kind needs, somewhere to
     /// fetch from. `lock add` runs it before writing, so it never writes a lock `load` refuses.
     public func validate(file: String) throws(LockError) {
+        guard Self.sourceDateEpochRange.contains(sourceDateEpoch) else {
+            throw .invalid(
+                file: file, key: "sourceDateEpoch",
+                problem: "\(sourceDateEpoch) is outside \(Self.sourceDateEpochRange.lowerBound)...\(Self.sourceDateEpochRange.upperBound) "
+                    + "(1970-01-01 to 2106-02-07 UTC); tar, zip and the manifest must all be able to write it")
+        }
         var seen = Set<String>()
         for (index, input) in inputs.enumerated() {
+            if let problem = Self.problem(withName: input.name) {
+                throw .invalid(file: file, key: "inputs[\(index)].name", problem: problem)
+            }
             let key = "inputs[\(index)] (\(input.name))"
             guard seen.insert(input.name).inserted else {
                 throw .invalid(file: file, key: key + ".name", problem: "the name '\(input.name)' is used twice; names are unique")
@@ -116,10 +125,62 @@ extension Lockfile {
             if input.urls.isEmpty && input.pip == nil {
                 throw .invalid(file: file, key: key + ".urls", problem: "no URL and no pip query: there is nowhere to fetch it from")
             }
-            if input.filename.contains("/") || input.filename.isEmpty || input.filename.hasPrefix(".") {
-                throw .invalid(file: file, key: key + ".filename", problem: "'\(input.filename)' must be a plain file name")
+            if input.filename.contains("/") || input.filename.isEmpty || input.filename.hasPrefix(".")
+                || input.filename.unicodeScalars.contains(where: Self.isUnsafe)
+            {
+                throw .invalid(
+                    file: file, key: key + ".filename",
+                    problem: "\(Self.quoted(input.filename)) must be a plain file name (no '/', no leading '.', no control or bidi characters)")
+            }
+            if let size = input.size, !Self.sizeRange.contains(size) {
+                throw .invalid(
+                    file: file, key: key + ".size",
+                    problem: "\(size) bytes is outside 0...\(Self.sizeRange.upperBound) (64 GiB); record the file's real size (`krnative lock add` does)")
             }
         }
+    }
+
+    /// Seconds since 1970 a lock may give as `sourceDateEpoch`: what every output can record. A zip's
+    /// DOS dates run from 1980 (earlier is clamped to it, as libarchive does) to 2107, and its "UT"
+    /// extra field holds the epoch in 32 bits, which ends the range at 2106-02-07T06:28:15Z.
+    public static let sourceDateEpochRange: ClosedRange<Int64> = 0...4_294_967_295
+
+    /// Sizes a lock may record: up to 64 GiB, beyond any input krnative needs.
+    public static let sizeRange: ClosedRange<Int64> = 0...(64 << 30)
+
+    /// The characters of an input name, which becomes a directory name (licenses, store records).
+    public static let nameCharacters = "ASCII letters, digits and . _ + -, starting with a letter or digit, at most 128 characters"
+
+    /// Why `name` cannot name an input, or nil when it can.
+    public static func problem(withName name: String) -> String? {
+        let scalars = Array(name.unicodeScalars)
+        let allowed = { (scalar: Unicode.Scalar) in
+            scalar.isASCII && (scalar.properties.isAlphabetic || ("0"..."9").contains(scalar) || "._+-".unicodeScalars.contains(scalar))
+        }
+        guard let first = scalars.first, first.isASCII, first.properties.isAlphabetic || ("0"..."9").contains(first),
+            scalars.count <= 128, scalars.allSatisfy(allowed)
+        else {
+            return "the name \(quoted(name)) is not allowed; a name uses \(nameCharacters)"
+        }
+        return nil
+    }
+
+    /// `text` in quotes, escaped.
+    static func quoted(_ text: String) -> String { "\"" + escaped(text) + "\"" }
+
+    /// `text` with every scalar outside printable ASCII (and the quote and backslash) as `\u{XXXX}`: a name that holds
+    /// a NUL, a newline or a bidi override is shown as it is stored, not as a terminal would render it.
+    static func escaped(_ text: String) -> String {
+        text.unicodeScalars.map { scalar in
+            (0x20..<0x7f).contains(scalar.value) && scalar != "\"" && scalar != "\\"
+                ? String(scalar) : "\\u{" + String(format: "%04X", scalar.value) + "}"
+        }.joined()
+    }
+
+    /// Control characters (NUL included) and the bidirectional overrides that make text read other than it is stored.
+    private static func isUnsafe(_ scalar: Unicode.Scalar) -> Bool {
+        scalar.properties.generalCategory == .control || scalar.properties.generalCategory == .format
+            || scalar.properties.isBidiControl
     }
 
     /// " (line L, column C)" for a parser message that names a character offset.
@@ -150,7 +211,7 @@ extension Lockfile {
             case .index(let index):
                 text += "[\(index)]"
                 node = (node as? [Any]).flatMap { index < $0.count ? $0[index] : nil }
-                if let name = (node as? [String: Any])?["name"] as? String { text += " (\(name))" }
+                if let name = (node as? [String: Any])?["name"] as? String { text += " (\(escaped(name)))" }
             case .key(let key):
                 text += (text.isEmpty ? "" : ".") + key
                 node = (node as? [String: Any])?[key]

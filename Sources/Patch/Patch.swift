@@ -84,7 +84,7 @@ public struct SourcePatch: Sendable, Equatable {
         let digest = SHA256Digest.of(data)
         if path.hasSuffix(".json") {
             let file: StructuredFile
-            do { file = try JSONDecoder().decode(StructuredFile.self, from: data) } catch {
+            do { file = try DuplicateJSONKey.decode(StructuredFile.self, from: data) } catch {
                 throw .unreadable(patch: path, reason: "\(error)")
             }
             guard file.format == 1 else { throw .unreadable(patch: path, reason: "format \(file.format); this krnative reads 1") }

@@ -160,7 +160,7 @@ public struct Store: Sendable {
 
     /// Copies a file, hashing the bytes as they pass; returns digest and size.
     public static func copyHashing(from source: String, to destination: String) throws(FileSystemError) -> (SHA256Digest, Int64) {
-        guard let input = FileHandle(forReadingAtPath: source) else { throw .cannotOpen(path: source, errno: errno) }
+        let input = FileHandle(fileDescriptor: try FileSystem.openRegularFile(source), closeOnDealloc: true)
         defer { try? input.close() }
         guard FileManager.default.createFile(atPath: destination, contents: nil),
             let output = FileHandle(forWritingAtPath: destination)

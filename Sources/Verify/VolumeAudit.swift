@@ -10,11 +10,11 @@ protocol SysrootDescription: Decodable {
 extension SysrootDescription {
     /// Reads and checks it; errors name the file and the option that points elsewhere.
     static func loadDescription(from path: String, what: String, option: String) throws -> Self {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw UsageError("cannot read \(what) \(path); run krnative in the project (the directory holding krnative.lock.json, or below it) or give \(option) FILE")
+        guard let data = try? FileSystem.readRegularFile(path) else {
+            throw UsageError("cannot read \(what) \(path) (\(FileSystem.whyUnreadable(path))); run krnative in the project (the directory holding krnative.lock.json, or below it) or give \(option) FILE")
         }
         let description: Self
-        do { description = try JSONDecoder().decode(Self.self, from: data) } catch {
+        do { description = try DuplicateJSONKey.decode(Self.self, from: data) } catch {
             throw UsageError("\(what) \(path) is not valid: \(error)")
         }
         guard description.formatVersion == 1 else { throw UsageError("\(what) \(path): formatVersion \(description.formatVersion) is not 1") }

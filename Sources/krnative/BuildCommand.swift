@@ -251,7 +251,7 @@ struct TargetRow: Encodable {
         if let directory, error == nil {
             let manifest = "\(directory)/krnative-manifest.\(target.distro).\(target.arch.rawValue).json"
             volumeSha256 = FileManager.default.contents(atPath: manifest)
-                .flatMap { try? JSONDecoder().decode(BuildManifest.self, from: $0) }?
+                .flatMap { try? DuplicateJSONKey.decode(BuildManifest.self, from: $0) }?
                 .outputs.first { $0.file.hasSuffix(".tar.xz") }?.sha256
         }
         if let error {

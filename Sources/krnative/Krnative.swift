@@ -141,17 +141,23 @@ func perform(_ context: String, _ body: () throws -> Void) throws {
 /// Ctrl-C, SIGTERM and SIGHUP cancel: the handler only sets a flag; transfers stop with their
 /// partial files kept, children get SIGTERM then SIGKILL, packing and extraction stop at the next
 /// block, staging is removed. A second signal kills at once. A parent may have started us with
-/// them blocked; SIGHUP ignored (nohup) stays ignored.
+/// them blocked; SIGHUP ignored (nohup) stays ignored. The handlers are installed without
+/// `SA_RESTART` (which `signal` sets): a call blocked in the kernel (an `open` or `read` waiting
+/// for a peer) returns `EINTR` and its caller sees the flag, instead of blocking again until a second signal.
 func installSignalHandlers() {
     _ = Cancellation.requested  // initialises the flag here, not in the handler
     var unblock = sigset_t()
     sigemptyset(&unblock)
     for number in [SIGINT, SIGTERM, SIGHUP] {
         if number == SIGHUP, isIgnored(SIGHUP) { continue }
-        signal(number) { received in
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { received in
             Cancellation.request()
             signal(received, SIG_DFL)
         }
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = 0
+        sigaction(number, &action, nil)
         sigaddset(&unblock, number)
     }
     sigprocmask(SIG_UNBLOCK, &unblock, nil)

@@ -8,6 +8,7 @@ typedef int (*krn_curl_xferinfo_fn)(void *context, curl_off_t dltotal, curl_off_
                                     curl_off_t ultotal, curl_off_t ulnow);
 typedef size_t (*krn_curl_header_fn)(char *data, size_t size, size_t nitems, void *context);
 typedef size_t (*krn_curl_read_fn)(char *buffer, size_t size, size_t nitems, void *context);
+typedef int (*krn_curl_prereq_fn)(void *context, char *primary_ip, char *local_ip, int primary_port, int local_port);
 
 CURLcode krn_curl_setopt_long(CURL *handle, CURLoption option, long value);
 CURLcode krn_curl_setopt_off_t(CURL *handle, CURLoption option, curl_off_t value);
@@ -17,6 +18,8 @@ CURLcode krn_curl_setopt_write_function(CURL *handle, krn_curl_write_fn fn);
 CURLcode krn_curl_setopt_header_function(CURL *handle, krn_curl_header_fn fn);
 CURLcode krn_curl_setopt_xferinfo_function(CURL *handle, krn_curl_xferinfo_fn fn);
 CURLcode krn_curl_setopt_read_function(CURL *handle, krn_curl_read_fn fn);
+/// Called once connected, before each request is sent (libcurl 7.80 or later).
+CURLcode krn_curl_setopt_prereq_function(CURL *handle, krn_curl_prereq_fn fn);
 
 CURLcode krn_curl_getinfo_long(CURL *handle, CURLINFO info, long *value);
 CURLcode krn_curl_getinfo_off_t(CURL *handle, CURLINFO info, curl_off_t *value);

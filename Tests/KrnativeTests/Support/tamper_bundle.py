@@ -9,6 +9,7 @@ usage: tamper_bundle.py IN OUT MODE [FILE]
   replace-lock   FILE takes the last input's place: the lock and the manifest are rewritten to pin
                  it, consistently with each other, and the member is FILE's bytes
   duplicate-key  the manifest's lockSha256 written twice, the first time with the lock of zeros
+  grow-last      FILE's bytes appended to the last store member, whose size the manifest no longer gives
 """
 import hashlib
 import io
@@ -70,6 +71,14 @@ def main():
     elif mode == "duplicate-key":
         text = items[0][1].decode()
         items[0] = (items[0][0], text.replace("{", '{\n  "lockSha256" : "' + "0" * 64 + '",', 1).encode())
+    elif mode == "grow-last":
+        info, data = items[last]
+        items[last] = (info, data + open(sys.argv[4], "rb").read())
+        manifest = json.loads(items[0][1])
+        for entry in manifest["inputs"]:
+            if entry.get("sha256") == info.name[len("sha256/"):]:
+                entry.pop("size", None)
+        items[0] = (items[0][0], json.dumps(manifest, indent=2, sort_keys=True).encode())
     else:
         sys.exit(f"unknown mode {mode}")
     with tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as out:

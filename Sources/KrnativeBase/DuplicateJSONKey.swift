@@ -4,7 +4,7 @@ import Foundation
 ///
 /// JSON readers disagree about such a document: Foundation's keeps the first value, Python's the
 /// last. A lock or manifest that reads differently in two tools is refused, not resolved.
-public struct DuplicateJSONKey: Sendable, Equatable, CustomStringConvertible {
+public struct DuplicateJSONKey: Error, Sendable, Equatable, CustomStringConvertible {
     public enum Component: Sendable, Equatable {
         case key(String)
         case index(Int)
@@ -44,6 +44,15 @@ public struct DuplicateJSONKey: Sendable, Equatable, CustomStringConvertible {
     public static func first(in data: Data) -> DuplicateJSONKey? {
         var scanner = Scanner(bytes: [UInt8](data))
         return scanner.value()
+    }
+
+    /// Decodes `data` as `type`, refusing a document that writes a key twice: every JSON file krnative
+    /// reads (configs, ledgers, manifests, requests, cache records) goes through here, so no two tools
+    /// read one file differently. Throws the decoder's error, or the `DuplicateJSONKey`.
+    public static func decode<T: Decodable>(_ type: T.Type, from data: Data, with decoder: JSONDecoder = JSONDecoder()) throws -> T {
+        let value = try decoder.decode(type, from: data)
+        if let duplicate = first(in: data) { throw duplicate }
+        return value
     }
 }
 
