@@ -161,12 +161,18 @@ public struct SmokeTest: Sendable {
         var parts = probe + [Self.caCertificatesConfiguration]
         for file in probe where file.hasPrefix("/") { parts.append((try? SHA256Digest.of(fileAt: file).digest.hex) ?? "") }
         let key = SHA256Digest.of(Data(parts.joined(separator: "\n").utf8))
-        let root = store.root + "/sysroots/\(target.rawValue)-\(key.hex.prefix(16))"
-        if FileSystem.exists(root) { return root }
+        let name = "\(target.rawValue)-\(key.hex.prefix(16))"
+        let root = store.item(.sysroots, name)
+        let itemLock = try store.lock(.sysroots, name)
+        defer { itemLock.unlock() }
+        if FileSystem.exists(root) {
+            store.markUsed(.sysroots, name)
+            return root
+        }
         guard ChildProcess.resolve("mmdebstrap").hasPrefix("/") else {
             throw UsageError("mmdebstrap is not installed; it makes the smoke test's root file system: apt-get install mmdebstrap")
         }
-        try FileSystem.createDirectory(store.root + "/sysroots")
+        try FileSystem.createDirectory(store.directory(.sysroots))
         let temporary = root + ".partial-\(getpid())"
         FileSystem.remove(temporary)
         defer { FileSystem.remove(temporary) }
@@ -174,7 +180,8 @@ public struct SmokeTest: Sendable {
         log("making the \(target.rawValue) smoke root file system: \(argv.map(ChildProcess.quote).joined(separator: " "))")
         try makeWithRetries(argv, into: temporary)
         try finish(root: temporary)
-        try FileSystem.rename(temporary, to: root)
+        // No tree-hash record: mmdebstrap's root holds device files, which a tree hash refuses.
+        try store.complete(.sysroots, name, from: temporary, treeHash: nil)
         return root
     }
 
