@@ -156,11 +156,14 @@ public struct ReproducibilityCheck: Sendable {
     }
 
     /// The run's outputs against the reference, every output of the target and its manifest entry
-    /// by entry; other targets' outputs in the reference directory are not looked at.
+    /// by entry; other targets' outputs in the reference directory are not looked at. A file
+    /// another target's build replaced since (`versions.txt`, `ttyd_linux.<arch>.bin` are named
+    /// alike) is compared by the hash the two manifests record for it.
     func compare(_ out: String, into run: inout Run) throws {
         run.outputs = try Self.outputs(in: out, of: options.target)
-        let names = Set(run.outputs.keys).union(try Self.outputs(in: options.reference, of: options.target).keys)
-            .union([BuildManifest.fileName(for: options.target)])
+        let recorded = try Self.outputs(in: options.reference, of: options.target)
+        let unreplaced = recorded.filter { (try? SHA256Digest.of(fileAt: options.reference + "/" + $0.key).digest) == $0.value }.keys
+        let names = Set(run.outputs.keys).subtracting(recorded.keys).union(unreplaced).union([BuildManifest.fileName(for: options.target)])
         let report = try DiffReport.compare(options.reference, out, only: names)
         run.identical = report.identical
         run.differences = report.differences

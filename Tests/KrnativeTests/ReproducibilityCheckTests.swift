@@ -15,16 +15,20 @@ struct ReproducibilityCheckTests {
     let work = TemporaryDirectory("krnative-check")
 
     /// A file of `target` standing for its volume (text, not an archive the comparison opens)
-    /// holding `contents`, and its manifest listing it, in `directory`.
+    /// holding `contents`, `versions.txt` (every target's build names it so) holding its distro,
+    /// and its manifest listing both, in `directory`.
     func writeOutputs(of target: Target, _ contents: String, into directory: String) throws {
         try FileSystem.createDirectory(directory)
-        let volume = "krunner-env.\(target.distro).\(target.arch.rawValue).txt"
-        let data = Data(contents.utf8)
-        try data.write(to: URL(fileURLWithPath: directory + "/" + volume))
+        var outputs: [BuildManifest.Output] = []
+        for (file, text) in [("krunner-env.\(target.distro).\(target.arch.rawValue).txt", contents), ("versions.txt", target.distro + "\n")] {
+            let data = Data(text.utf8)
+            try data.write(to: URL(fileURLWithPath: directory + "/" + file))
+            let output = #"{"file":"\#(file)","sha256":"\#(SHA256Digest.of(data).hex)","size":\#(data.count)}"#
+            outputs.append(try JSONDecoder().decode(BuildManifest.Output.self, from: Data(output.utf8)))
+        }
         let choices = BuildRequest.Choices(target: target, toolchain: .zig, packageVersion: "4.1.0", volumeVersion: 15)
         let manifest = BuildManifest(
-            request: choices, toolVersion: "0", lock: Lockfile(sourceDateEpoch: 0), key: [:], inputs: [], patches: [],
-            outputs: [try JSONDecoder().decode(BuildManifest.Output.self, from: Data(#"{"file":"\#(volume)","sha256":"\#(SHA256Digest.of(data).hex)","size":\#(data.count)}"#.utf8))],
+            request: choices, toolVersion: "0", lock: Lockfile(sourceDateEpoch: 0), key: [:], inputs: [], patches: [], outputs: outputs,
             volume: [])
         try manifest.encoded().write(to: URL(fileURLWithPath: directory + "/" + BuildManifest.fileName(for: target)))
     }
@@ -51,7 +55,8 @@ struct ReproducibilityCheckTests {
 
     /// Issue #23: the check compares the target's own outputs, found by its manifest's name.
     /// Before, it took whichever `krnative-manifest.*` the directory listed first and compared
-    /// every target's manifest: an identical run was reported DIFFERENT.
+    /// every target's manifest: an identical run was reported DIFFERENT; so was it when a later
+    /// target's build had replaced `versions.txt`, which every target names alike.
     @Test(.timeLimit(.minutes(1))) func theCheckComparesOnlyItsTargetsOutputs() throws {
         let reference = work.path + "/out"
         try writeOutputs(of: .manylinuxX86_64, "same", into: reference)
@@ -60,7 +65,7 @@ struct ReproducibilityCheckTests {
         }
 
         let identical = try check(against: reference, runWrites: "same")
-        #expect(identical.referenceOutputs.keys.sorted() == ["krunner-env.\(Target.manylinuxX86_64.distro).x86_64.txt"])
+        #expect(identical.referenceOutputs.keys.sorted() == ["krunner-env.\(Target.manylinuxX86_64.distro).x86_64.txt", "versions.txt"])
         #expect(identical.reproducible, "\(identical.runs.map(\.differences))")
 
         let different = try check(against: reference, runWrites: "other")
