@@ -74,7 +74,7 @@ public struct ReproducibilityCheck: Sendable {
 
     public func run() throws -> Report {
         try FileSystem.createDirectory(options.workDirectory)
-        let reference = try Self.outputs(in: options.reference)
+        let reference = try Self.outputs(in: options.reference, of: options.target)
         var runs: [Run] = []
         for variations in options.runs {
             if Cancellation.requested { break }
@@ -83,17 +83,14 @@ public struct ReproducibilityCheck: Sendable {
         return Report(target: options.target, reference: options.reference, referenceOutputs: reference, runs: runs)
     }
 
-    /// The output files of a build and their hashes, from its manifest.
-    static func outputs(in directory: String) throws -> [String: SHA256Digest] {
-        guard let name = try? FileManager.default.contentsOfDirectory(atPath: directory).first(where: { $0.hasPrefix("krnative-manifest.") }),
-            let data = FileManager.default.contents(atPath: directory + "/" + name),
+    /// The output files of `target`'s build in `directory` and their hashes, from its manifest (the
+    /// directory may hold other targets' outputs too).
+    static func outputs(in directory: String, of target: Target) throws -> [String: SHA256Digest] {
+        let name = BuildManifest.fileName(for: target)
+        guard let data = try? FileSystem.readRegularFile(directory + "/" + name),
             let manifest = try? DuplicateJSONKey.decode(BuildManifest.self, from: data)
-        else { throw UsageError("\(directory) holds no krnative manifest: build there first") }
+        else { throw UsageError("\(directory) holds no \(name): build \(target.rawValue) there first") }
         return Dictionary(uniqueKeysWithValues: manifest.outputs.map { ($0.file, $0.sha256) })
-    }
-
-    static func manifestNames(_ directories: String...) throws -> [String] {
-        try directories.flatMap { try FileManager.default.contentsOfDirectory(atPath: $0).filter { $0.hasPrefix("krnative-manifest.") } }
     }
 
     /// One run: its plan, the run directory set up for it, the build, the comparison.
@@ -158,10 +155,15 @@ public struct ReproducibilityCheck: Sendable {
         try FileSystem.rename(out + ".lower", to: out)
     }
 
-    /// The run's outputs against the reference, every output and manifest entry by entry.
+    /// The run's outputs against the reference, every output of the target and its manifest entry
+    /// by entry; other targets' outputs in the reference directory are not looked at. A file
+    /// another target's build replaced since (`versions.txt`, `ttyd_linux.<arch>.bin` are named
+    /// alike) is compared by the hash the two manifests record for it.
     func compare(_ out: String, into run: inout Run) throws {
-        run.outputs = try Self.outputs(in: out)
-        let names = Set(run.outputs.keys).union(try Self.outputs(in: options.reference).keys).union(try Self.manifestNames(options.reference, out))
+        run.outputs = try Self.outputs(in: out, of: options.target)
+        let recorded = try Self.outputs(in: options.reference, of: options.target)
+        let unreplaced = recorded.filter { (try? SHA256Digest.of(fileAt: options.reference + "/" + $0.key).digest) == $0.value }.keys
+        let names = Set(run.outputs.keys).subtracting(recorded.keys).union(unreplaced).union([BuildManifest.fileName(for: options.target)])
         let report = try DiffReport.compare(options.reference, out, only: names)
         run.identical = report.identical
         run.differences = report.differences

@@ -106,7 +106,7 @@ public struct VolumeBuild: Sendable {
         case .versions: return "versions.txt"
         case .wheel: return PluginWheel(target: request.target, version: request.packageVersion, sourceDateEpoch: 0).filename
         case .sbom: return "krnative-sbom.\(distro).\(arch).spdx.json"
-        case .manifest: return "krnative-manifest.\(distro).\(arch).json"
+        case .manifest: return BuildManifest.fileName(for: request.target)
         }
     }
 

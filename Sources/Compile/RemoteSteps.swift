@@ -56,6 +56,8 @@ public struct RemoteSteps: Sendable {
         do {
             _ = try SafeExtractor(limits: .forArchive(recordedSize: record.size)).extract(archive, into: unpacked)
             try FileSystem.createDirectory(store.directory(.steps))
+            let itemLock = try store.lock(.steps, key.hex)
+            defer { itemLock.unlock() }
             try store.complete(.steps, key.hex, from: unpacked, treeHash: TreeHash.ofDirectory(at:))
         } catch {
             cache.reject("\(cache.base)/cas/\(record.sha256.hex) (\(what)) could not be unpacked: \(error); ignored")

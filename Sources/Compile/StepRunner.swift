@@ -124,7 +124,7 @@ public struct StepRunner: Sendable {
         }
         let root = store.item(.toolchains, digest.hex)
         if store.intactItem(.toolchains, digest.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) == nil {
-            let entryLock = try store.lock("toolchain-\(digest.hex)")
+            let entryLock = try store.lock(.toolchains, digest.hex)
             defer { entryLock.unlock() }
             if !FileSystem.exists(root) {
                 let temp = store.temporaryPath("toolchain")
@@ -180,7 +180,8 @@ public struct StepRunner: Sendable {
             let patches =
                 try SourcePatch.series(for: step.component, in: settings.patchesDirectory).filter { $0.applies(to: input.version) }
                 + (step.edits.map { [SourcePatch.recipeEdits($0, step: step.name)] } ?? [])
-            let key = Self.cacheKey(previous: previousKey, step: step, tree: tree, patches: patches)
+            let environment = Self.commandSpec([], of: step, in: space.layout, epoch: lock.sourceDateEpoch).fullEnvironment
+            let key = Self.cacheKey(previous: previousKey, step: step, tree: tree, patches: patches, environment: environment)
             let source = Source(name: input.name, version: input.version, treeSha256: tree, fileSha256: resolver.located(input)!)
             if !outcome.sources.contains(source) { outcome.sources.append(source) }
             let started = Date()
@@ -233,19 +234,33 @@ public struct StepRunner: Sendable {
     }
 
     /// The key of a step's install tree: the previous step's key (so a change below rebuilds
-    /// everything above it), the step's commands and environment, the source tree, the patches.
-    public static func cacheKey(previous: SHA256Digest, step: BuildStep, tree: SHA256Digest, patches: [SourcePatch]) -> SHA256Digest {
+    /// everything above it), the step's commands, the source tree, the patches, and the whole
+    /// environment its commands get (`commandSpec(_:of:in:epoch:)`'s, SOURCE_DATE_EPOCH included).
+    public static func cacheKey(
+        previous: SHA256Digest, step: BuildStep, tree: SHA256Digest, patches: [SourcePatch], environment: [String: String]
+    ) -> SHA256Digest {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         var material = Data("\(previous.hex)\n\(tree.hex)\n".utf8)
         material += (try? encoder.encode(step)) ?? Data()
         for patch in patches { material += Data("\npatch \(patch.sha256.hex)".utf8) }
+        material += Data("\nenvironment ".utf8) + ((try? encoder.encode(environment)) ?? Data())
         return SHA256Digest.of(material)
+    }
+
+    /// How the sandbox runs `argv`, one of `step`'s commands: in its source directory, with its
+    /// variables (`environment(of:in:)`) and the fixed ones. The step's key is made from this
+    /// spec's `fullEnvironment`, so what a command sees and what its key covers are one thing.
+    public static func commandSpec(
+        _ argv: [String], of step: BuildStep, in layout: BuildLayout, epoch: Int64, mounts: [SandboxSpec.Mount] = []
+    ) -> SandboxSpec {
+        SandboxSpec(
+            argv: argv, environment: environment(of: step, in: layout), mounts: mounts, workingDirectory: layout.source(step.name),
+            home: layout.build, sourceDateEpoch: epoch)
     }
 
     func runCommands(_ step: BuildStep, in space: Workspace, runner: SandboxRunner, epoch: Int64) throws {
         let layout = space.layout
-        let environment = Self.environment(of: step, in: layout)
         let mounts: [SandboxSpec.Mount] =
             settings.isolation == .namespaces
             ? [
@@ -257,9 +272,7 @@ public struct StepRunner: Sendable {
         let log = try Self.openLog(of: step.name, in: space.work)
         defer { try? log.close() }
         for argv in step.commands {
-            let spec = SandboxSpec(
-                argv: argv, environment: environment, mounts: mounts, workingDirectory: layout.source(step.name),
-                home: layout.build, sourceDateEpoch: epoch)
+            let spec = Self.commandSpec(argv, of: step, in: layout, epoch: epoch, mounts: mounts)
             try runner.run(spec) { try? log.write(contentsOf: $0) }
         }
     }
@@ -292,6 +305,8 @@ public struct StepRunner: Sendable {
     /// beside it for `store verify`; what the step left is copied as untrusted input.
     func snapshot(_ stage: StepResultTree, as key: SHA256Digest) throws {
         try FileSystem.createDirectory(store.directory(.steps))
+        let itemLock = try store.lock(.steps, key.hex)
+        defer { itemLock.unlock() }
         let temp = store.item(.steps, key.hex) + ".tmp-\(getpid())"
         FileSystem.remove(temp)
         try stage.copy(to: temp)

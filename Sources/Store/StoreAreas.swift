@@ -38,6 +38,10 @@ extension Store {
     /// An item of an area (`steps/<key>`, `toolchains/<sha256>`, …).
     public func item(_ area: Area, _ name: String) -> String { directory(area) + "/" + name }
 
+    /// Takes the lock of `area/name` (`locks/<area>-<name>.lock`), blocking while another holds
+    /// it: every writer of the item holds it while making it, and gc while removing it.
+    public func lock(_ area: Area, _ name: String) throws(StoreError) -> FileLock { try lock("\(area.rawValue)-\(name)") }
+
     /// The file beside a derived item (`steps/<key>.tree-sha256`) holding the tree hash
     /// (docs/tree-hash.md) of the item's contents when it was completed; `store verify` hashes the
     /// item again against it. Items made before krnative wrote these have none.
@@ -55,15 +59,17 @@ extension Store {
     /// `area/name` and records its tree hash beside it. The hash is taken before the rename; an
     /// older item and its record go first and the new record is written last, so a record never
     /// stands beside contents it does not describe. `treeHash` computes a directory's tree hash
-    /// (Archive's `TreeHash.ofDirectory`: the store comes before Archive in the pipeline).
+    /// (Archive's `TreeHash.ofDirectory`: the store comes before Archive in the pipeline); nil
+    /// records none, for items the tree hash cannot describe (a smoke root's device files).
     public func complete(
-        _ area: Area, _ name: String, from staging: String, treeHash: (String) throws(FileSystemError) -> SHA256Digest
+        _ area: Area, _ name: String, from staging: String, treeHash: ((String) throws(FileSystemError) -> SHA256Digest)?
     ) throws(FileSystemError) {
-        let digest = try treeHash(staging)
+        let digest = try treeHash?(staging)
         let destination = item(area, name)
         unlink(treeHashRecord(area, name))
         Self.removeTree(destination)
         try FileSystem.rename(staging, to: destination)
+        guard let digest else { return }
         try FileSystem.writeAtomically(Data((digest.hex + "\n").utf8), to: treeHashRecord(area, name), mode: 0o444)
     }
 
@@ -223,7 +229,7 @@ extension Store {
                 for tree in trees { unlink(self.item(.trees, tree.hex)) }
                 entryLock?.unlock()
             default:
-                let itemLock = try? lock("\(item.area.rawValue)-\(item.name)")
+                let itemLock = try? lock(item.area, item.name)
                 Self.removeTree(self.item(item.area, item.name))
                 if item.area.isDerived { unlink(treeHashRecord(item.area, item.name)) }
                 itemLock?.unlock()

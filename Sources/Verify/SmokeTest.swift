@@ -157,16 +157,18 @@ public struct SmokeTest: Sendable {
     /// and mirrors), the contents of the sources files it names and how its CA certificates are
     /// configured.
     public func rootFilesystem() throws -> String {
-        let probe = try rootFilesystemCommand(into: "-")
-        var parts = probe + [Self.caCertificatesConfiguration]
-        for file in probe where file.hasPrefix("/") { parts.append((try? SHA256Digest.of(fileAt: file).digest.hex) ?? "") }
-        let key = SHA256Digest.of(Data(parts.joined(separator: "\n").utf8))
-        let root = store.root + "/sysroots/\(target.rawValue)-\(key.hex.prefix(16))"
-        if FileSystem.exists(root) { return root }
+        let name = try rootName()
+        let root = store.item(.sysroots, name)
+        let itemLock = try store.lock(.sysroots, name)
+        defer { itemLock.unlock() }
+        if FileSystem.exists(root) {
+            store.markUsed(.sysroots, name)
+            return root
+        }
         guard ChildProcess.resolve("mmdebstrap").hasPrefix("/") else {
             throw UsageError("mmdebstrap is not installed; it makes the smoke test's root file system: apt-get install mmdebstrap")
         }
-        try FileSystem.createDirectory(store.root + "/sysroots")
+        try FileSystem.createDirectory(store.directory(.sysroots))
         let temporary = root + ".partial-\(getpid())"
         FileSystem.remove(temporary)
         defer { FileSystem.remove(temporary) }
@@ -174,8 +176,19 @@ public struct SmokeTest: Sendable {
         log("making the \(target.rawValue) smoke root file system: \(argv.map(ChildProcess.quote).joined(separator: " "))")
         try makeWithRetries(argv, into: temporary)
         try finish(root: temporary)
-        try FileSystem.rename(temporary, to: root)
+        // No tree-hash record: mmdebstrap's root holds device files, which a tree hash refuses.
+        try store.complete(.sysroots, name, from: temporary, treeHash: nil)
         return root
+    }
+
+    /// The root's item in the store's `sysroots/`: the target and the key of the root's command,
+    /// its sources files and its CA certificates' configuration.
+    public func rootName() throws -> String {
+        let probe = try rootFilesystemCommand(into: "-")
+        var parts = probe + [Self.caCertificatesConfiguration]
+        for file in probe where file.hasPrefix("/") { parts.append((try? SHA256Digest.of(fileAt: file).digest.hex) ?? "") }
+        let key = SHA256Digest.of(Data(parts.joined(separator: "\n").utf8))
+        return "\(target.rawValue)-\(key.hex.prefix(16))"
     }
 
     /// What a root needs after mmdebstrap: the mount points a read-only root must already have

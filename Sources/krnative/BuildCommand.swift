@@ -249,7 +249,7 @@ struct TargetRow: Encodable {
         seconds = Date().timeIntervalSince(started)
         (compiled, cached, remote) = (steps.counts?.compiled, steps.counts?.cached, steps.counts?.remote)
         if let directory, error == nil {
-            let manifest = "\(directory)/krnative-manifest.\(target.distro).\(target.arch.rawValue).json"
+            let manifest = directory + "/" + BuildManifest.fileName(for: target)
             volumeSha256 = FileManager.default.contents(atPath: manifest)
                 .flatMap { try? DuplicateJSONKey.decode(BuildManifest.self, from: $0) }?
                 .outputs.first { $0.file.hasSuffix(".tar.xz") }?.sha256

@@ -3,6 +3,7 @@ import Compile
 import Foundation
 import KrnativeBase
 import Patch
+import Sandbox
 import Testing
 import Toolchain
 
@@ -169,8 +170,8 @@ struct RuntimeRecipeTests {
         #expect(SourcePatch.recipeEdits(edits, step: "cpython").sha256 == SHA256Digest.of(Data(json.utf8)))
     }
 
-    @Test func theTtydStepsKeepTheirCacheKeys() throws {
-        // `directory` is new and absent from ttyd's steps: their JSON, so their keys, are as before.
+    @Test func theTtydStepsKeepTheirJSON() throws {
+        // `directory` is new and absent from ttyd's steps: their JSON is as before.
         let ttyd = TtydRecipe(layout: .sandboxed, triple: "x86_64-linux-musl", jobs: 2, versions: [:])
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
@@ -178,9 +179,31 @@ struct RuntimeRecipeTests {
         #expect(!json.contains("directory") && !json.contains("edits"))
         #expect(ttyd.seed == "krnative ttyd recipe v1")
         let tree = SHA256Digest.of(Data("tree".utf8))
-        let base = StepRunner.cacheKey(previous: tree, step: ttyd.steps[0], tree: tree, patches: [])
+        let environment = StepRunner.commandSpec([], of: ttyd.steps[0], in: .sandboxed, epoch: 0).fullEnvironment
+        let base = StepRunner.cacheKey(previous: tree, step: ttyd.steps[0], tree: tree, patches: [], environment: environment)
         var renamed = ttyd.steps[0]
         renamed.directory = "zlib-again"
-        #expect(StepRunner.cacheKey(previous: tree, step: renamed, tree: tree, patches: []) != base)
+        #expect(StepRunner.cacheKey(previous: tree, step: renamed, tree: tree, patches: [], environment: environment) != base)
+    }
+
+    /// Issue #23: a step's key covers the whole environment its commands get, from the spec the
+    /// sandbox runs them with: the fixed variables (SOURCE_DATE_EPOCH among them) and the step's.
+    @Test func aStepsKeyCoversTheEnvironmentItsCommandsGet() {
+        let ttyd = TtydRecipe(layout: .sandboxed, triple: "x86_64-linux-musl", jobs: 2, versions: [:])
+        let tree = SHA256Digest.of(Data("tree".utf8))
+        for step in ttyd.steps {
+            let spec = StepRunner.commandSpec(step.commands[0], of: step, in: .sandboxed, epoch: 1_700_000_000)
+            #expect(spec.fullEnvironment == StepRunner.commandSpec([], of: step, in: .sandboxed, epoch: 1_700_000_000).fullEnvironment)
+            for name in ["PATH", "HOME", "TZ", "LC_ALL", "ZIG_GLOBAL_CACHE_DIR", "ZIG_LOCAL_CACHE_DIR"] + Array(step.environment.keys) {
+                #expect(spec.fullEnvironment[name] != nil, "\(step.name): \(name)")
+            }
+            #expect(spec.fullEnvironment["SOURCE_DATE_EPOCH"] == "1700000000")
+            func key(epoch: Int64) -> SHA256Digest {
+                let environment = StepRunner.commandSpec([], of: step, in: .sandboxed, epoch: epoch).fullEnvironment
+                return StepRunner.cacheKey(previous: tree, step: step, tree: tree, patches: [], environment: environment)
+            }
+            #expect(key(epoch: 1_700_000_000) != key(epoch: 1_700_086_400), "\(step.name)")
+            #expect(key(epoch: 1_700_000_000) == key(epoch: 1_700_000_000))
+        }
     }
 }

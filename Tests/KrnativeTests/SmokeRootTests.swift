@@ -97,6 +97,35 @@ struct SmokeRootTests {
         #expect(throws: UsageError.self) { try noRelease.mirrors(for: "bullseye") }
     }
 
+    /// Issue #23: the root is taken (or made) under the lock gc takes for `sysroots/<name>`, and
+    /// its use is marked for gc. Before, the smoke test built its store path itself and took no lock.
+    @Test(.timeLimit(.minutes(1))) func aRootIsTakenUnderTheLockGcTakes() throws {
+        let work = TemporaryDirectory()
+        let store = try Store(root: work.path + "/store")
+        var test = SmokeTest(
+            target: .manylinuxX86_64, description: try SmokeDescription.load(from: Package.root + "/sysroots/smoke.json"), store: store,
+            runner: SandboxRunner(entryExecutable: Package.binary))
+        test.aptSources = AptSources.host(etc: bookwormEtc(work))
+        let name = try test.rootName()
+        let root = store.item(.sysroots, name)
+        try FileSystem.createDirectory(root)  // made before: no mmdebstrap runs
+        try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-40 * 86_400)], ofItemAtPath: root)
+        let held = try store.lock(.sysroots, name)
+        let finished = DispatchSemaphore(value: 0)
+        let taken = Collected()
+        Thread { [test] in
+            taken.append(Data(((try? test.rootFilesystem()) ?? "failed").utf8))
+            finished.signal()
+        }.start()
+        let early = finished.wait(timeout: .now() + 2)
+        #expect(early == .timedOut, "the root was taken while gc's lock on it was held")
+        held.unlock()
+        if early == .timedOut { #expect(finished.wait(timeout: .now() + 10) == .success) }
+        #expect(taken.text == root)
+        let used = try FileManager.default.attributesOfItem(atPath: root)[.modificationDate] as? Date
+        #expect(used.map { Date().timeIntervalSince($0) < 3600 } == true, "gc would count the root as unused for 40 days")
+    }
+
     /// sysroots/smoke.json: glibc volumes on bullseye, musl volumes on bookworm; mmdebstrap is
     /// given the suite and the mirror lines (the root's key is made of this command).
     @Test func theSuiteIsPerLibc() throws {

@@ -143,6 +143,35 @@ struct StoreTests {
         #expect(!FileSystem.exists(store.partialPath(for: "empty")) && FileSystem.exists(store.partialPath(for: "half")))
     }
 
+    /// Issue #23: gc removes a derived item under `Store.lock(_:_:)`, the lock its writers take
+    /// (the step snapshot, the toolchain, the smoke root: StepCacheTests shows the writers): while
+    /// a writer holds it, gc waits, and removes the item once it is let go.
+    @Test(.timeLimit(.minutes(1))) func collectWaitsForTheWritersLockOfEachItem() throws {
+        let work = TemporaryDirectory()
+        let store = try Store(root: work.path + "/store")
+        let items: [(Store.Area, String)] = [(.steps, "k"), (.toolchains, "z"), (.sysroots, "manylinux-x86_64-r")]
+        var held: [FileLock] = []
+        for (area, name) in items {
+            try FileSystem.createDirectory(store.item(area, name))
+            try FileManager.default.setAttributes([.modificationDate: Date().addingTimeInterval(-40 * 86_400)], ofItemAtPath: store.item(area, name))
+            held.append(try store.lock(area, name))
+        }
+        let plan = store.planCollection(keepEntries: [], maxAge: 30 * 86_400)
+        #expect(Set(plan.remove.map(\.name)) == Set(items.map(\.1)))
+        let finished = DispatchSemaphore(value: 0)
+        Thread {
+            store.collect(plan)
+            finished.signal()
+        }.start()
+        for ((area, name), lock) in zip(items, held) {
+            #expect(finished.wait(timeout: .now() + 1) == .timedOut, "gc did not wait for the lock of \(area.rawValue)/\(name)")
+            #expect(FileSystem.exists(store.item(area, name)), "gc removed \(area.rawValue)/\(name) under its writer")
+            lock.unlock()
+        }
+        #expect(finished.wait(timeout: .now() + 10) == .success)
+        for (area, name) in items { #expect(!FileSystem.exists(store.item(area, name))) }
+    }
+
     // MARK: store verify, run as a user runs it
 
     /// A good item in every area: each is counted, derived items say how far they were checked,
