@@ -64,15 +64,8 @@ struct RemoteCacheTests {
     /// A source pinned by its tree alone has no file hash to ask `/cas/` for: the uploader leaves
     /// `/ac/<tree key>` naming the archive, and the reader checks the archive against the tree.
     @Test func aSourcePinnedByItsTreeIsFoundThroughItsRecord() throws {
-        let tree = TemporaryDirectory()
-        _ = tree.file("lib-1.0/src/a.c", "int a;\n")
-        try ChildProcess.check(["tar", "-czf", "lib.tar.gz", "lib-1.0"], directory: tree.path)
-        server.serve("lib.tar.gz", try Data(contentsOf: URL(fileURLWithPath: tree.path + "/lib.tar.gz")))
-        let source = LockedInput(
-            name: "lib", kind: .source, version: "1.0", filename: "lib-1.0.tar.gz",
-            treeSha256: try TreeHash.ofDirectory(at: tree.path + "/lib-1.0"), urls: [server.url("files/lib.tar.gz")])
         let sourceLock = work.path + "/source.lock.json"
-        try Lockfile(sourceDateEpoch: 1_700_000_000, inputs: [source]).write(to: sourceLock)
+        try writeServedSourceLock(to: sourceLock, server: server)
         func fetch(_ store: String, _ extra: [String]) -> ChildProcess.Result {
             krnative(["fetch", "--lock", sourceLock, "--store", work.path + "/" + store, "--all"] + cache.keyOptions + extra)
         }

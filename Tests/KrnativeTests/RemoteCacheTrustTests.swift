@@ -195,15 +195,8 @@ struct RemoteCacheSignatureTests {
     /// from the lock's URL instead.
     @Test(.timeLimit(.minutes(2))) func theFirstUploadMakesAKeyThatThisMachineTrusts() throws {
         let server = try FaultServer()
-        let tree = TemporaryDirectory()
-        _ = tree.file("lib-1.0/src/a.c", "int a;\n")
-        try ChildProcess.check(["tar", "-czf", "lib.tar.gz", "lib-1.0"], directory: tree.path)
-        server.serve("lib.tar.gz", try Data(contentsOf: URL(fileURLWithPath: tree.path + "/lib.tar.gz")))
-        let source = LockedInput(
-            name: "lib", kind: .source, version: "1.0", filename: "lib-1.0.tar.gz",
-            treeSha256: try TreeHash.ofDirectory(at: tree.path + "/lib-1.0"), urls: [server.url("files/lib.tar.gz")])
         let lock = work.path + "/source.lock.json"
-        try Lockfile(sourceDateEpoch: 1_700_000_000, inputs: [source]).write(to: lock)
+        try writeServedSourceLock(to: lock, server: server)
         func fetch(_ store: String, machine: String, _ extra: [String]) -> ChildProcess.Result {
             krnative(
                 ["fetch", "--lock", lock, "--store", work.path + "/" + store, "--all", "--remote-cache", cache.url] + extra,

@@ -1,3 +1,4 @@
+import Archive
 import Fetch
 import Foundation
 import KrnativeBase
@@ -244,4 +245,19 @@ func loopbackAccepts(_ port: Int) -> Bool {
     return withUnsafePointer(to: &address) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(socket, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
     }
+}
+
+/// A lock holding one source, `lib` 1.0 (a tarball of `lib-1.0/src/a.c` that `server` serves),
+/// pinned by its tree alone, written to `path`; returns the input.
+@discardableResult
+func writeServedSourceLock(to path: String, server: FaultServer) throws -> LockedInput {
+    let tree = TemporaryDirectory()
+    _ = tree.file("lib-1.0/src/a.c", "int a;\n")
+    try ChildProcess.check(["tar", "-czf", "lib.tar.gz", "lib-1.0"], directory: tree.path)
+    server.serve("lib.tar.gz", try Data(contentsOf: URL(fileURLWithPath: tree.path + "/lib.tar.gz")))
+    let source = LockedInput(
+        name: "lib", kind: .source, version: "1.0", filename: "lib-1.0.tar.gz",
+        treeSha256: try TreeHash.ofDirectory(at: tree.path + "/lib-1.0"), urls: [server.url("files/lib.tar.gz")])
+    try Lockfile(sourceDateEpoch: 1_700_000_000, inputs: [source]).write(to: path)
+    return source
 }
