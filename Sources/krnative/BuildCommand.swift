@@ -44,6 +44,7 @@ struct BuildCommand: ParsableCommand {
     var runtime: RuntimeSource?
     @Option(help: "namespaces, or none to build without isolation (recorded in the manifest). Default: namespaces; env KRNATIVE_SANDBOX.")
     var sandbox: Isolation?
+    @OptionGroup var limits: StepLimitOptions
     @Option(help: "enforce: a volume that breaks its target's policy fails the build; report: print and record it in the manifest. Default: enforce.")
     var audit: AuditMode?
     @Option(name: .customLong("policy"), help: "The audit policy. Default: the project's sysroots/audit-policy.json.") var policyOption: String?
@@ -144,6 +145,7 @@ struct BuildCommand: ParsableCommand {
         if let compileJobs { settings.jobs = max(1, compileJobs) }
         if let packThreads { settings.packThreads = max(1, packThreads) }
         settings.remoteCache = remoteCache
+        settings.stepLimits = try limits.chosen()
         if let steps { settings.onTtydSteps = steps.record }
         return settings
     }
