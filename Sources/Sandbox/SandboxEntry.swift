@@ -206,11 +206,7 @@ public enum SandboxEntry {
     /// From Linux 6.14 each PID namespace has its own `pid_max`; before, the file is the whole
     /// machine's and is left alone.
     static func limitProcessIDs(_ processes: Int, proc: String) throws {
-        var names = utsname()
-        uname(&names)
-        let release = withUnsafeBytes(of: names.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let version = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
-        guard version.count == 2, (version[0], version[1]) >= (6, 14) else { return }
+        guard HostCheck.pidMaxPerNamespace else { return }
         let path = proc + "/sys/kernel/pid_max"
         let text = "\(min(processes + 300, 4_194_304))\n"
         let fd = open(path, O_WRONLY | O_CLOEXEC)

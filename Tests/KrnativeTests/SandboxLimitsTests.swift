@@ -33,16 +33,6 @@ struct SandboxLimitsTests {
         return (result, seen)
     }
 
-    /// Whether the kernel gives each PID namespace its own pid_max (Linux 6.14), the limit that
-    /// binds a step even when krnative runs as root.
-    static let pidMaxPerNamespace: Bool = {
-        var names = utsname()
-        uname(&names)
-        let release = withUnsafeBytes(of: names.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        let version = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
-        return version.count == 2 && (version[0], version[1]) >= (6, 14)
-    }()
-
     /// A step that forks until it cannot (a fork bomb held in check by the probe's own ceiling of
     /// 2000, so a failure of the limit does no harm) gets EAGAIN near the limit; the step itself
     /// goes on and ends normally. As root only the PID namespace's pid_max binds (about 300
@@ -50,7 +40,7 @@ struct SandboxLimitsTests {
     @Test(.timeLimit(.minutes(3)), arguments: Runner.available)
     func forkingBeyondTheLimitFails(as user: Runner) throws {
         try #require(
-            Self.pidMaxPerNamespace || user.identity?.uid != 0,
+            HostCheck.pidMaxPerNamespace || user.identity?.uid != 0,
             "as root, only a kernel from 6.14 (pid_max per PID namespace) can bound a step's processes")
         let script = """
             import errno, os, signal, time
