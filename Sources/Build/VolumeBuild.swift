@@ -45,6 +45,8 @@ public struct VolumeBuild: Sendable {
         public var ledger: VolumeLedgerCheck?
         /// The shared cache ttyd's steps are looked for in (and uploaded to, when it allows).
         public var remoteCache: RemoteCache?
+        /// How many processes and how much memory each compile step may take.
+        public var stepLimits: StepLimits = .standard
         /// Told what ttyd's build did, step by step (for `build --all`'s table).
         public var onTtydSteps: (@Sendable (TtydBuild.Report) -> Void)?
         public var log: @Sendable (String) -> Void = Reporting.note
@@ -157,6 +159,7 @@ public struct VolumeBuild: Sendable {
         step.lockPath = request.locations.lockPath
         step.remoteCache = settings.remoteCache
         step.jobs = settings.jobs
+        step.stepLimits = settings.stepLimits
         step.log = settings.log
         return step
     }

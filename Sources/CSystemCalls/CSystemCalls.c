@@ -131,6 +131,12 @@ int krn_install_step_filter(void) {
         KRN_DENY(__NR_open_tree), KRN_DENY(__NR_open_tree_attr), KRN_DENY(__NR_move_mount), KRN_DENY(__NR_fsopen),
         KRN_DENY(__NR_fsconfig), KRN_DENY(__NR_fsmount), KRN_DENY(__NR_fspick), KRN_DENY(__NR_mount_setattr),
         KRN_DENY(__NR_keyctl), KRN_DENY(__NR_add_key), KRN_DENY(__NR_request_key), KRN_DENY(__NR_perf_event_open),
+        // io_uring does its reads, writes and opens where seccomp cannot see them, and keeps being
+        // a source of kernel holes; ENOSYS, as from a kernel without it, makes libuv and liburing
+        // users fall back to plain system calls.
+        BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, __NR_io_uring_setup, 0, 2),
+        BPF_JUMP(BPF_JMP | BPF_JGT | BPF_K, __NR_io_uring_register, 1, 0),
+        KRN_RETURN(SECCOMP_RET_ERRNO | ENOSYS),
         // clone3 passes its flags in memory, out of the filter's sight: ENOSYS makes libc fall back to clone.
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1),
         KRN_RETURN(SECCOMP_RET_ERRNO | ENOSYS),
@@ -177,8 +183,22 @@ static int krn_drop_capabilities(void) {
     return (int)syscall(SYS_capset, &header, data);
 }
 
+#include <sys/resource.h>
+
+/// Lowers `resource` to `value` (0: left as it is), never above the hard limit already there.
+static int krn_lower_limit(int resource, unsigned long long value) {
+    if (value == 0) return 0;
+    struct rlimit limit;
+    if (getrlimit(resource, &limit) != 0) return -1;
+    rlim_t wanted = (rlim_t)value;
+    if (limit.rlim_max != RLIM_INFINITY && limit.rlim_max < wanted) wanted = limit.rlim_max;
+    limit.rlim_cur = wanted;
+    limit.rlim_max = wanted;
+    return setrlimit(resource, &limit);
+}
+
 /// In the forked child: becomes the step or reports (stage, errno) on `report` and exits.
-static void krn_become_step(int report, const char *path, char *const argv[], char *const envp[]) {
+static void krn_become_step(int report, const char *path, char *const argv[], char *const envp[], const struct krn_step_limits *limits) {
     int stage = KRN_STAGE_SIGNALS;
     struct sigaction defaults;
     memset(&defaults, 0, sizeof defaults);
@@ -192,6 +212,11 @@ static void krn_become_step(int report, const char *path, char *const argv[], ch
     // A user namespace of its own, with a copy of the mounts: the mounts made for the step are
     // locked there (MNT_LOCKED, read-only stays read-only), and no capability it could hold there
     // reaches the network, host name or mounts of the sandbox's first namespace.
+    // Before the user namespace: the kernel takes the new namespace's process ceiling from the
+    // RLIMIT_NPROC of its creator.
+    stage = KRN_STAGE_LIMITS;
+    if (krn_lower_limit(RLIMIT_NPROC, limits->processes) != 0) goto failed;
+    if (krn_lower_limit(RLIMIT_DATA, limits->dataBytes) != 0) goto failed;
     stage = KRN_STAGE_NAMESPACE;
     if (unshare(CLONE_NEWUSER | CLONE_NEWNS) != 0) goto failed;
     stage = KRN_STAGE_MAPS;
@@ -214,7 +239,8 @@ failed:;
     _exit(127);
 }
 
-int krn_spawn_confined(const char *path, char *const argv[], char *const envp[], pid_t *pid, int *stage) {
+int krn_spawn_confined(
+    const char *path, char *const argv[], char *const envp[], const struct krn_step_limits *limits, pid_t *pid, int *stage) {
     int report[2];
     if (pipe2(report, O_CLOEXEC) != 0) return errno;
     pid_t child = fork();
@@ -224,7 +250,7 @@ int krn_spawn_confined(const char *path, char *const argv[], char *const envp[],
         close(report[1]);
         return saved;
     }
-    if (child == 0) krn_become_step(report[1], path, argv, envp);
+    if (child == 0) krn_become_step(report[1], path, argv, envp, limits);
     close(report[1]);
     int message[2] = {0, 0};
     ssize_t got;

@@ -42,6 +42,8 @@ public struct StepRunner: Sendable {
         /// Where to build; a fresh temporary directory when nil (removed afterwards unless `keepWork`).
         public var workDirectory: String?
         public var keepWork = false
+        /// How many processes and how much memory each step may take.
+        public var stepLimits: StepLimits = .standard
         public var log: @Sendable (String) -> Void = Reporting.note
 
         public init(entryExecutable: String, patchesDirectory: String) {
@@ -100,17 +102,27 @@ public struct StepRunner: Sendable {
 
     var store: Store { resolver.store }
 
-    /// Runs `body` in `directory`, or in a fresh temporary one removed afterwards (unless `keep`);
-    /// a failed build's directory is kept and named.
+    /// Runs `body` in `directory`, or in a fresh one in the store's `tmp/` held by this run
+    /// (`StagingDirectory`, `.krnative-work-<pid>-<random>`: what a killed run leaves there, the
+    /// next build removes), removed afterwards unless `keep`; a failed build's directory is kept
+    /// for inspection as `tmp/<name>.<pid>.<random>.tmp`, which `store gc` removes.
     public func withWorkDirectory<T>(_ directory: String?, name: String, keep: Bool, _ body: (String) throws -> T) throws -> T {
-        let work = directory ?? store.temporaryPath(name)
+        let staging = directory == nil ? try StagingDirectory(in: store.directory(.tmp), prefix: Store.workPrefix, unique: true) : nil
+        defer { staging?.remove() }
+        /// Moves the held directory to a name that outlives this run; the path the caller can look in.
+        func keepStaging() -> String {
+            guard let staging else { return directory ?? "" }
+            let kept = store.temporaryPath(name)
+            return rename(staging.path, kept) == 0 ? kept : staging.path
+        }
+        let work = directory ?? staging!.path
         try FileSystem.createDirectory(work)
         do {
             let result = try body(work)
-            if directory == nil && !keep { FileSystem.remove(work) }
+            if keep && staging != nil { settings.log("the work directory is kept: \(keepStaging())") }
             return result
         } catch {
-            settings.log("the work directory is kept for inspection: \(work) (logs/ has each step's output)")
+            settings.log("the work directory is kept for inspection: \(keepStaging()) (logs/ has each step's output)")
             throw error
         }
     }
@@ -272,7 +284,9 @@ public struct StepRunner: Sendable {
         let log = try Self.openLog(of: step.name, in: space.work)
         defer { try? log.close() }
         for argv in step.commands {
-            let spec = Self.commandSpec(argv, of: step, in: layout, epoch: epoch, mounts: mounts)
+            // The limits bound what a step may take, not what it makes: they stay out of its key.
+            var spec = Self.commandSpec(argv, of: step, in: layout, epoch: epoch, mounts: mounts)
+            spec.limits = settings.stepLimits
             try runner.run(spec) { try? log.write(contentsOf: $0) }
         }
     }

@@ -220,9 +220,61 @@ public enum FileSystem {
         return "not readable"
     }
 
-    /// Removes a file or a whole tree; quiet when it does not exist.
+    /// Removes a file or a whole tree; quiet when it does not exist. What Foundation cannot remove
+    /// (a tree deeper than PATH_MAX, directories without write permission) goes through `removeTree`.
     public static func remove(_ path: String) {
-        try? FileManager.default.removeItem(atPath: path)
+        if (try? FileManager.default.removeItem(atPath: path)) == nil { removeTree(path) }
+    }
+
+    /// Removes `path` and everything below it however deep, one descriptor open at a time and by
+    /// names relative to it (no path grows past PATH_MAX), giving its directories owner
+    /// permissions on the way (step snapshots are read-only); links are removed, never followed.
+    /// Returns whether `path` is gone.
+    @discardableResult
+    public static func removeTree(_ path: String) -> Bool {
+        var info = stat()
+        guard lstat(path, &info) == 0 else { return errno == ENOENT }
+        guard (info.st_mode & S_IFMT) == S_IFDIR else { return unlink(path) == 0 }
+        chmod(path, 0o700)
+        var fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        // Each level: the directory's name in its parent, and its subdirectories still to empty.
+        var levels: [(name: String, pending: [String])] = [("", subdirectoriesAfterUnlinking(fd))]
+        while var level = levels.popLast() {
+            if let child = level.pending.popLast() {
+                levels.append(level)
+                _ = fchmodat(fd, child, 0o700, 0)
+                let inner = openat(fd, child, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                guard inner >= 0 else { continue }  // left in place; rmdir of its parent fails below
+                close(fd)
+                fd = inner
+                levels.append((child, subdirectoriesAfterUnlinking(fd)))
+                continue
+            }
+            guard !levels.isEmpty else { break }
+            let parent = openat(fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            close(fd)
+            guard parent >= 0 else { return false }
+            fd = parent
+            _ = unlinkat(fd, level.name, AT_REMOVEDIR)
+        }
+        close(fd)
+        return rmdir(path) == 0 || errno == ENOENT
+    }
+
+    /// Unlinks every entry of the directory `fd` that is not a directory; returns the names of
+    /// those that are.
+    private static func subdirectoriesAfterUnlinking(_ fd: Int32) -> [String] {
+        let copy = dup(fd)
+        guard copy >= 0, let stream = fdopendir(copy) else { return [] }
+        defer { closedir(stream) }
+        var names: [String] = []
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name == "." || name == ".." { continue }
+            names.append(name)
+        }
+        return names.filter { unlinkat(fd, $0, 0) != 0 && (errno == EISDIR || errno == EPERM) }
     }
 }
 

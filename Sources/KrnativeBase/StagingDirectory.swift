@@ -7,19 +7,27 @@ import Foundation
 /// A run's private directory beside its outputs, `<parent>/.krnative-staging-<pid>`, with a lock
 /// file `<…>.lock` held (flock) for as long as the run lives. Creating one first removes the
 /// staging directories whose lock nobody holds: those of runs that were killed.
-public final class StagingDirectory {
+///
+/// With another `prefix` and `unique`, the same for directories a process has several of at once
+/// (`<parent>/<prefix><pid>-<random>`: the sandbox's scratch directories).
+public final class StagingDirectory: @unchecked Sendable {
     public static let prefix = ".krnative-staging-"
     public let path: String
     private var lockDescriptor: Int32
 
-    /// Creates the directory (and `parent`); throws when it cannot.
-    public init(in parent: String) throws(FileSystemError) {
+    /// Creates the directory (and `parent`) with `mode`; throws when it cannot.
+    public init(in parent: String, prefix: String = StagingDirectory.prefix, unique: Bool = false, mode: mode_t = 0o755) throws(FileSystemError) {
         try FileSystem.createDirectory(parent)
-        Self.removeAbandoned(in: parent)
-        path = parent + "/" + Self.prefix + "\(getpid())"
+        Self.removeAbandoned(in: parent, prefix: prefix)
+        path = parent + "/" + prefix + "\(getpid())" + (unique ? "-\(UInt64.random(in: 0...UInt64.max))" : "")
         lockDescriptor = try Self.acquire(path + ".lock")
         FileSystem.remove(path)
-        try FileSystem.createDirectory(path)
+        guard mkdir(path, mode) == 0 else {
+            let code = errno
+            unlink(path + ".lock")
+            close(lockDescriptor)
+            throw .cannotOpen(path: path, errno: code)
+        }
     }
 
     deinit { remove() }
@@ -33,10 +41,19 @@ public final class StagingDirectory {
         lockDescriptor = -1
     }
 
+    /// Whether `path` is a staging directory (or its lock) that a living run holds.
+    public static func isHeld(_ path: String) -> Bool {
+        let lockPath = path.hasSuffix(".lock") ? path : path + ".lock"
+        let fd = open(lockPath, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        return flock(fd, LOCK_EX | LOCK_NB) != 0
+    }
+
     /// Removes the staging directories in `parent` whose owner is gone: no lock file (the lock is
     /// made before the directory) or a lock file nobody holds. Returns the paths removed.
     @discardableResult
-    public static func removeAbandoned(in parent: String) -> [String] {
+    public static func removeAbandoned(in parent: String, prefix: String = StagingDirectory.prefix) -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: parent)) ?? []
         var removed: [String] = []
         for name in names where name.hasPrefix(prefix) && !name.hasSuffix(".lock") {

@@ -39,6 +39,23 @@ public enum HostCheck {
         return found
     }
 
+    /// Whether each PID namespace has its own `pid_max` (Linux 6.14), the limit on a step's
+    /// processes that binds whoever runs krnative; before, `kernel.pid_max` is the machine's.
+    public static var pidMaxPerNamespace: Bool {
+        var names = utsname()
+        uname(&names)
+        let release = withUnsafeBytes(of: names.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let version = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        return version.count == 2 && (version[0], version[1]) >= (6, 14)
+    }
+
+    /// What bounds a step's processes here, or nil when nothing does (root on a kernel before 6.14,
+    /// where RLIMIT_NPROC does not apply to root).
+    public static var processLimit: String? {
+        if pidMaxPerNamespace { return "the sandbox's PID namespace (pid_max)" + (getuid() == 0 ? "" : " and RLIMIT_NPROC") }
+        return getuid() == 0 ? nil : "RLIMIT_NPROC"
+    }
+
     /// Whether this kernel has seccomp, which the step's system call filter needs.
     public static var seccompAvailable: Bool { krn_seccomp_mode() >= 0 }
 

@@ -159,9 +159,11 @@ public enum SandboxEntry {
                 try bind(source, at: "/" + name, under: root, writable: false, followLink: false)
             }
         }
+        try maskSecrets(under: root, placeholders: (root as NSString).deletingLastPathComponent)
         // /proc of the new PID namespace: it shows the sandbox's processes only.
         _ = try mountPoint("/proc", under: root, directory: true)
         try check(mount("proc", root + "/proc", "proc", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), nil), "cannot mount /proc")
+        try limitProcessIDs(spec.limits.processes, proc: root + "/proc")
         try protectProc(root + "/proc")
         try buildDev(root)
         _ = try mountPoint("/tmp", under: root, directory: true)
@@ -171,6 +173,47 @@ public enum SandboxEntry {
         }
         try bringUpLoopback()
         try check(sethostname(spec.hostname, spec.hostname.utf8.count), "cannot set the host name")
+    }
+
+    /// Covers, in the root's `/etc`, `/root` and `/home`, every file and directory that others may
+    /// not read (`/etc/shadow`, `/etc/gshadow`, SSH host keys, `/etc/ssl/private`, …) with an empty
+    /// one (a file of mode 000, a directory with nothing in it): the step runs as the host user
+    /// krnative runs as, the owner of those files when that is root, and would read them.
+    static func maskSecrets(under root: String, placeholders: String) throws {
+        let file = placeholders + "/masked-file", directory = placeholders + "/masked-directory"
+        try check(mkdir(directory, 0o555) == 0 || errno == EEXIST ? 0 : -1, "cannot make \(directory)")
+        let made = open(file, O_WRONLY | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0)
+        try check(made >= 0 ? close(made) : -1, "cannot make \(file)")
+        func walk(_ inside: String) throws {
+            var info = stat()
+            guard lstat(root + inside, &info) == 0 else { return }
+            let kind = info.st_mode & S_IFMT
+            guard kind == S_IFREG || kind == S_IFDIR else { return }  // links resolve inside; devices and sockets hold nothing
+            let readable = info.st_mode & S_IROTH != 0 && (kind == S_IFREG || info.st_mode & S_IXOTH != 0)
+            guard readable else {
+                return try bind(kind == S_IFDIR ? directory : file, at: inside, under: root, writable: false)
+            }
+            guard kind == S_IFDIR else { return }
+            for name in ((try? FileManager.default.contentsOfDirectory(atPath: root + inside)) ?? []).sorted() {
+                try walk(inside + "/" + name)
+            }
+        }
+        for top in ["/etc", "/root", "/home"] { try walk(top) }
+    }
+
+    /// The PID namespace hands out process ids up to `pid_max` only, which makes it a limit on
+    /// the processes and threads of the sandbox whoever runs it (RLIMIT_NPROC does not bind root).
+    /// Once ids have passed 300 the kernel reuses only those from 300 up, hence the 300 more.
+    /// From Linux 6.14 each PID namespace has its own `pid_max`; before, the file is the whole
+    /// machine's and is left alone.
+    static func limitProcessIDs(_ processes: Int, proc: String) throws {
+        guard HostCheck.pidMaxPerNamespace else { return }
+        let path = proc + "/sys/kernel/pid_max"
+        let text = "\(min(processes + 300, 4_194_304))\n"
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        try check(fd >= 0 ? 0 : -1, "cannot open \(path) to limit the step's processes")
+        defer { close(fd) }
+        try check(write(fd, text, text.utf8.count) == text.utf8.count ? 0 : -1, "cannot limit the step's processes in \(path)")
     }
 
     /// The kernel knobs under /proc (sysctls, the SysRq trigger, interrupt and bus settings)
@@ -244,6 +287,7 @@ public enum SandboxEntry {
         case KRN_STAGE_NO_NEW_PRIVS.rawValue: "no_new_privs"
         case KRN_STAGE_SECCOMP.rawValue: "the seccomp filter"
         case KRN_STAGE_DESCRIPTORS.rawValue: "closing descriptors"
+        case KRN_STAGE_LIMITS.rawValue: "limiting processes and memory"
         default: "stage \(stage)"
         }
     }
@@ -258,7 +302,9 @@ public enum SandboxEntry {
         defer { (argv + envp).forEach { free($0) } }
         var pid: pid_t = 0
         var stage: Int32 = 0
-        let result = krn_spawn_confined(program, argv, envp, &pid, &stage)
+        var limits = krn_step_limits(
+            processes: UInt64(max(spec.limits.processes, 1)), dataBytes: UInt64(max(spec.limits.memoryBytes, 1)))
+        let result = krn_spawn_confined(program, argv, envp, &limits, &pid, &stage)
         guard result == 0 else {
             let reason = String(cString: strerror(result))
             guard UInt32(stage) == KRN_STAGE_EXEC.rawValue else {

@@ -101,7 +101,10 @@ public struct SandboxRunner: Sendable {
                 reason: "no `unshare` on PATH (\(searchPath))",
                 fix: "install util-linux (apt-get install util-linux), which provides unshare")
         }
-        let scratch = TemporaryScratch()
+        let scratch: StagingDirectory
+        do { scratch = try SandboxScratch.make() } catch {
+            throw .setupFailed(argv: spec.argv, reason: "cannot make the sandbox's scratch directory: \(error)")
+        }
         let specPath = scratch.path + "/spec.json", statusPath = scratch.path + "/status.json"
         // The entry reads the spec and writes its status into the file that is there (an empty
         // status means it never ran): without either, the step's failure would be misread.
@@ -195,12 +198,21 @@ final class ChildPid: Sendable {
     }
 }
 
-/// A private directory for one sandbox run's spec, status file and root mount point.
-final class TemporaryScratch {
-    let path: String
-    init() {
-        var template = Array((NSTemporaryDirectory() + "/krnative-sandbox.XXXXXX").utf8CString)
-        path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+/// A private directory for one sandbox run's spec, status file and root mount point:
+/// `$TMPDIR/krnative-sandbox-<pid>-<random>`, with its lock held while the run lives, so the next
+/// sandbox run (or `store gc`) removes the ones of runs that were killed.
+public enum SandboxScratch {
+    static let prefix = "krnative-sandbox-"
+    public static var parent: String {
+        let temporary = NSTemporaryDirectory()
+        return temporary.count > 1 && temporary.hasSuffix("/") ? String(temporary.dropLast()) : temporary
     }
-    deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    static func make() throws(FileSystemError) -> StagingDirectory {
+        try StagingDirectory(in: parent, prefix: prefix, unique: true, mode: 0o700)
+    }
+
+    /// Removes the scratch directories of sandbox runs that were killed; returns their paths.
+    @discardableResult
+    public static func removeAbandoned() -> [String] { StagingDirectory.removeAbandoned(in: parent, prefix: prefix) }
 }

@@ -41,11 +41,13 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
     public var path: String
     public var sourceDateEpoch: Int64
     public var hostname: String
+    /// How many processes and how much memory the step may take.
+    public var limits: StepLimits
 
     public init(
         argv: [String], environment: [String: String] = [:], mounts: [Mount] = [], rootDirectory: String? = nil,
         workingDirectory: String, home: String? = nil, path: String = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-        sourceDateEpoch: Int64 = 0, hostname: String = "krnative"
+        sourceDateEpoch: Int64 = 0, hostname: String = "krnative", limits: StepLimits = .standard
     ) {
         self.argv = argv
         self.environment = environment
@@ -56,6 +58,7 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
         self.path = path
         self.sourceDateEpoch = sourceDateEpoch
         self.hostname = hostname
+        self.limits = limits
     }
 
     /// The complete environment of the step: the fixed variables, then the declared ones.
@@ -66,6 +69,68 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
         ]
         full.merge(environment) { $1 }
         return full
+    }
+}
+
+/// What one step may take of the machine, so that a step gone wrong (a fork loop, a runaway
+/// allocation) fails alone instead of taking the machine with it.
+public struct StepLimits: Codable, Sendable, Equatable {
+    /// Processes and threads at once: the sandbox's PID namespace hands out no more than about this
+    /// many process ids (its `pid_max`, on kernels from 6.14), and the step's RLIMIT_NPROC is this
+    /// (which the kernel applies unless the host user is root).
+    public var processes: Int
+    /// Private writable memory (heap, anonymous mappings) of each process, in bytes: RLIMIT_DATA.
+    /// Not RLIMIT_AS, which counts the large ranges Zig and LLVM reserve without using them.
+    public var memoryBytes: Int64
+
+    public init(processes: Int, memoryBytes: Int64) {
+        self.processes = processes
+        self.memoryBytes = memoryBytes
+    }
+
+    /// Enough for `make -j` on this machine with Zig, whose every compile runs a thread per CPU:
+    /// 4096 processes and threads plus CPUs × (CPUs + 16); half the physical memory per process,
+    /// at least 2 GiB.
+    public static var standard: StepLimits {
+        let cpus = ProcessInfo.processInfo.activeProcessorCount
+        let memory = Int64(ProcessInfo.processInfo.physicalMemory / 2)
+        return StepLimits(processes: 4096 + cpus * (cpus + 16), memoryBytes: max(memory, 2 << 30))
+    }
+
+    /// `--step-max-processes` and `--step-max-memory`, else `KRNATIVE_STEP_MAX_PROCESSES` and
+    /// `KRNATIVE_STEP_MAX_MEMORY`, else `standard`. Memory is bytes, or a number with K, M, G or T.
+    public static func chosen(
+        processes: Int?, memory: String?, environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws(UsageError) -> StepLimits {
+        var limits = standard
+        let processesText = processes.map(String.init) ?? environment["KRNATIVE_STEP_MAX_PROCESSES"].flatMap { $0.isEmpty ? nil : $0 }
+        if let processesText {
+            let source = processes == nil ? "KRNATIVE_STEP_MAX_PROCESSES=" : "--step-max-processes "
+            guard let count = Int(processesText), count >= 1, count <= 4_000_000 else {
+                throw UsageError("\(source)\(processesText) is not a number of processes from 1 to 4000000")
+            }
+            limits.processes = count
+        }
+        let memoryText = memory ?? environment["KRNATIVE_STEP_MAX_MEMORY"].flatMap { $0.isEmpty ? nil : $0 }
+        if let memoryText {
+            let source = memory == nil ? "KRNATIVE_STEP_MAX_MEMORY=" : "--step-max-memory "
+            guard let bytes = byteCount(memoryText), bytes >= 1 << 20 else {
+                throw UsageError("\(source)\(memoryText) is not a size of at least 1M (bytes, or a number with K, M, G or T: 8G)")
+            }
+            limits.memoryBytes = bytes
+        }
+        return limits
+    }
+
+    /// `8G` → 8 × 2³⁰; nil for what is not a whole number with an optional K, M, G or T.
+    static func byteCount(_ text: String) -> Int64? {
+        let units: [Character: Int64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
+        let trimmed = text.trimmingCharacters(in: .whitespaces).uppercased()
+        guard let last = trimmed.last else { return nil }
+        let unit = units[last]
+        guard let number = Int64(unit == nil ? trimmed : String(trimmed.dropLast())), number >= 0 else { return nil }
+        let (bytes, overflow) = number.multipliedReportingOverflow(by: unit ?? 1)
+        return overflow ? nil : bytes
     }
 }
 

@@ -114,6 +114,9 @@ extension Store {
     public func leftoverReason(_ area: Area, _ name: String) -> String? {
         switch area {
         case .tmp:
+            if name.hasPrefix(Self.workPrefix) {
+                return StagingDirectory.isHeld(item(area, name)) ? nil : "left by a build that was killed (its lock is free)"
+            }
             if name.hasSuffix(".partial") { return Self.treeBytes(item(area, name)) == 0 ? "an empty partial download" : nil }
             if let writer = Self.writingProcess(of: name), Self.isRunning(writer) { return nil }
             return "left by a process that is gone"
@@ -130,8 +133,13 @@ extension Store {
         }
     }
 
+    /// The prefix of a running build's work directory in `tmp/` (`StagingDirectory`: its lock is
+    /// held while the build runs).
+    public static let workPrefix = ".krnative-work-"
+
     /// Whether `name` of `area` is a copy that a running process is still writing.
     public func isBeingWritten(_ area: Area, _ name: String) -> Bool {
+        if area == .tmp && name.hasPrefix(Self.workPrefix) { return StagingDirectory.isHeld(item(area, name)) }
         guard area == .tmp || area.isDerived, let writer = Self.writingProcess(of: name) else { return false }
         return Self.isRunning(writer)
     }
@@ -209,7 +217,9 @@ extension Store {
                 item.reason = reason
                 plan.remove.append(item)
             } else {
-                item.reason = Self.writingProcess(of: name).map { "written by the running process \($0)" } ?? "a partial download a fetch resumes"
+                item.reason =
+                    name.hasPrefix(Self.workPrefix)
+                    ? "the work directory of a running build" : Self.writingProcess(of: name).map { "written by the running process \($0)" } ?? "a partial download a fetch resumes"
                 plan.keep.append(item)
             }
         }
@@ -285,18 +295,9 @@ extension Store {
         for name in names(in: path) { makeDirectoriesWritable(path + "/" + name) }
     }
 
-    /// Removes a tree even where its directories were made read-only (step snapshots are).
-    static func removeTree(_ path: String) {
-        var info = stat()
-        guard lstat(path, &info) == 0 else { return }
-        if (info.st_mode & S_IFMT) == S_IFDIR {
-            chmod(path, 0o700)
-            for name in names(in: path) { removeTree(path + "/" + name) }
-            rmdir(path)
-        } else {
-            unlink(path)
-        }
-    }
+    /// Removes a tree even where its directories were made read-only (step snapshots are) or it
+    /// is deeper than a path can name (a refused archive's staging).
+    static func removeTree(_ path: String) { FileSystem.removeTree(path) }
 }
 
 /// A copy of `value` changed by `change`.

@@ -46,6 +46,7 @@ struct BuildCommand: ParsableCommand {
         help: "namespaces, or none to build without isolation (recorded in the manifest; with --request, instead of the file's). Default: namespaces; env KRNATIVE_SANDBOX."
     )
     var sandbox: Isolation?
+    @OptionGroup var limits: StepLimitOptions
     @Option(
         help: "enforce: a volume that breaks its target's policy fails the build; report: print and record it in the manifest (with --request, instead of the file's). Default: enforce."
     )
@@ -151,6 +152,7 @@ struct BuildCommand: ParsableCommand {
         if let compileJobs { settings.jobs = max(1, compileJobs) }
         if let packThreads { settings.packThreads = max(1, packThreads) }
         settings.remoteCache = remoteCache
+        settings.stepLimits = try limits.chosen()
         if let steps { settings.onTtydSteps = steps.record }
         return settings
     }

@@ -48,6 +48,17 @@ struct DoctorCommand: ParsableCommand {
         }
         checks.append(contentsOf: confinementChecks())
         checks.append(sandboxCheck())
+        let limits = StepLimits.standard
+        checks.append(
+            HostCheck.processLimit.map {
+                Check(
+                    name: "step limits", status: .ok,
+                    detail: "a step may run \(limits.processes) processes and threads (bound by \($0)) and take \(limits.memoryBytes >> 20) MiB per process (RLIMIT_DATA)")
+            }
+                ?? Check(
+                    name: "step limits", status: .warn,
+                    detail: "as root on Linux before 6.14 nothing bounds a step's processes (RLIMIT_NPROC does not bind root; pid_max is the machine's)",
+                    fix: "run krnative as an ordinary user, or on Linux 6.14 or later"))
         checks.append(Check(name: "libcurl", status: .ok, detail: CurlLibrary.version))
         checks.append(Check(name: "libarchive", status: .ok, detail: ArchiveLibraries.libarchive))
         checks.append(Check(name: "liblzma", status: .ok, detail: ArchiveLibraries.liblzma))

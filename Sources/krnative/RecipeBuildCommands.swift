@@ -19,6 +19,7 @@ struct RecipeBuildArguments: ParsableArguments {
     @Option(help: "namespaces, or none to build without isolation. Default: namespaces; env KRNATIVE_SANDBOX.") var sandbox: Isolation?
     @Option(parsing: .unconditional, help: "Parallel compile jobs. Default: the number of CPUs.") var jobs: Int?
     @Option(help: "Build in this directory instead of a temporary one (kept).") var workdir: String?
+    @OptionGroup var limits: StepLimitOptions
     @Flag(help: "Compile every step even when the step cache holds its result.") var rebuild = false
     @Flag(help: "Print the report as JSON on stdout.") var json = false
     @Flag(help: "Unpack and patch the sources into --workdir, and compile nothing.") var prepareOnly = false
@@ -46,6 +47,7 @@ struct RecipeBuildArguments: ParsableArguments {
         settings.rebuild = rebuild
         settings.prepareOnly = prepareOnly
         settings.lockPath = inputs.lockPath
+        settings.stepLimits = try limits.chosen()
         return RecipeBuildOptions(target: target, outputDirectory: out, settings: settings)
     }
 

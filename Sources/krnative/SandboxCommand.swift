@@ -43,6 +43,7 @@ struct SandboxCommand: ParsableCommand {
         @Option(help: "Use this directory as the root file system instead of the host's /usr, /lib, /etc.") var root: String?
         @Option(help: "namespaces, or none to run without isolation. Default: namespaces; env KRNATIVE_SANDBOX.")
         var sandbox: Isolation?
+        @OptionGroup var limits: StepLimitOptions
         @Argument(parsing: .postTerminator, help: "The command and its arguments, after -- (so `sandbox run --help` is help, not a step).")
         var argv: [String] = []
 
@@ -62,7 +63,7 @@ struct SandboxCommand: ParsableCommand {
                 let epoch = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) } ?? 0
                 let spec = SandboxSpec(
                     argv: command, environment: declared, mounts: mounts, rootDirectory: root, workingDirectory: workdir,
-                    sourceDateEpoch: epoch)
+                    sourceDateEpoch: epoch, limits: try limits.chosen())
                 let isolation = try Isolation.chosen(sandbox)
                 let runner = SandboxRunner(entryExecutable: currentExecutable, isolation: isolation)
                 let result = try runner.start(spec) { Console.output($0) }
@@ -83,6 +84,16 @@ struct SandboxCommand: ParsableCommand {
             return SandboxSpec.Mount(source: source, target: parts.count > 1 ? parts[1] : source, writable: writable)
         }
     }
+}
+
+/// `--step-max-processes` and `--step-max-memory`, for the commands that run build steps.
+struct StepLimitOptions: ParsableArguments {
+    @Option(help: "Processes and threads a build step may run at once. Default: 4096 + CPUs × (CPUs + 16); env KRNATIVE_STEP_MAX_PROCESSES.")
+    var stepMaxProcesses: Int?
+    @Option(help: "Private memory each process of a build step may take (RLIMIT_DATA), e.g. 8G. Default: half the RAM, at least 2G; env KRNATIVE_STEP_MAX_MEMORY.")
+    var stepMaxMemory: String?
+
+    func chosen() throws -> StepLimits { try StepLimits.chosen(processes: stepMaxProcesses, memory: stepMaxMemory) }
 }
 
 extension SandboxCommand {

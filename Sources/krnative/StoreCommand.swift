@@ -4,6 +4,7 @@ import Foundation
 import Inputs
 import KrnativeBase
 import Lock
+import Sandbox
 import Store
 
 struct StoreCommand: ParsableCommand {
@@ -132,7 +133,8 @@ struct StoreCommand: ParsableCommand {
                 """
                 Removes entries no input of the lock names; step results, unpacked toolchains, Zig's cache \
                 and smoke root file systems not used for --max-age days; quarantined files older than that; \
-                temp files and unfinished copies of processes that are gone, and empty partial downloads. Partial downloads with \
+                temp files, work directories and unfinished copies of processes that are gone, the sandbox scratch directories \
+                of killed runs (in $TMPDIR), and empty partial downloads. Partial downloads with \
                 bytes stay (a fetch resumes them). Each removal is listed with its reason; with -v, also \
                 what is kept and why.
                 """,
@@ -149,8 +151,11 @@ struct StoreCommand: ParsableCommand {
                 let resolver = InputResolver(store: store)
                 let plan = store.planCollection(keepEntries: Set(lock.inputs.compactMap(resolver.located)), maxAge: TimeInterval(maxAge) * 86_400)
                 if !dryRun { store.collect(plan) }
+                // Outside the store, but left the same way: the scratch directories of killed sandbox runs.
+                let scratch = dryRun ? [] : SandboxScratch.removeAbandoned()
                 if output.json { return printJSON(plan) }
                 let verb = dryRun ? "would remove" : "removed"
+                for path in scratch { print("removed \(path): the scratch directory of a sandbox run that was killed") }
                 for item in plan.remove { print("\(verb) \(item.area.rawValue)/\(item.name) (\(byteCount(item.bytes))): \(item.reason)") }
                 if output.verbose { for item in plan.keep { print("kept \(item.area.rawValue)/\(item.name) (\(byteCount(item.bytes))): \(item.reason)") } }
                 print("\(verb) \(plan.remove.count) items (\(byteCount(plan.bytesRemoved))); kept \(plan.keep.count)")

@@ -33,7 +33,8 @@ int krn_exec_with_parent_death_signal(pid_t parent, const char *path, char *cons
 
 /// Installs the build step's seccomp filter on the calling thread (needs no_new_privs): EPERM for
 /// ioctl TIOCSTI and TIOCLINUX, mount, umount2, pivot_root, the new mount API, keyctl, add_key,
-/// request_key, perf_event_open, clone and unshare with CLONE_NEWUSER; ENOSYS for clone3; a
+/// request_key, perf_event_open, clone and unshare with CLONE_NEWUSER; ENOSYS for clone3 and
+/// io_uring_setup, io_uring_enter and io_uring_register; a
 /// foreign architecture's (or x32) system call kills the process.
 int krn_install_step_filter(void);
 
@@ -48,13 +49,24 @@ enum krn_confine_stage {
     KRN_STAGE_SECCOMP,
     KRN_STAGE_DESCRIPTORS,
     KRN_STAGE_EXEC,
+    KRN_STAGE_LIMITS,
+};
+
+/// A step's resource limits; 0 leaves one as it is.
+struct krn_step_limits {
+    /// RLIMIT_NPROC: processes and threads (counted in the step's own user namespace, so only the
+    /// step's; the kernel does not apply it when the host user is root).
+    unsigned long long processes;
+    /// RLIMIT_DATA: bytes of private writable memory (heap, anonymous mappings) per process.
+    unsigned long long dataBytes;
 };
 
 /// Forks a child that becomes a build step: default signals, a new session (no controlling
-/// terminal), a user and mount namespace of its own (uid and gid 0 mapped to 0), every capability
+/// terminal), `limits`, a user and mount namespace of its own (uid and gid 0 mapped to 0), every capability
 /// dropped (bounding, ambient, effective, permitted, inheritable), no_new_privs, the step filter,
 /// descriptors above 2 closed; then execve. Returns 0 with `*pid`, or an errno value with `*stage`.
-int krn_spawn_confined(const char *path, char *const argv[], char *const envp[], pid_t *pid, int *stage);
+int krn_spawn_confined(
+    const char *path, char *const argv[], char *const envp[], const struct krn_step_limits *limits, pid_t *pid, int *stage);
 
 /// prctl(PR_GET_SECCOMP): this process's seccomp mode, -1 (EINVAL) on a kernel without seccomp.
 int krn_seccomp_mode(void);
