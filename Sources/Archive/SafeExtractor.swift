@@ -329,7 +329,10 @@ extension SafeExtractor {
     /// the links it meets, as the kernel would: nil when it stays inside (or stops at a missing
     /// path or a file), else what is wrong. A missing component is taken as a plain directory, so
     /// a link that would climb out once something is created there is refused too.
-    static func resolve(_ link: [String], root: Int32) -> String? {
+    /// With `seenAs`, the path the tree had where its links were made, an absolute target below
+    /// that path is followed from the tree's root; any other absolute target points outside.
+    static func resolve(_ link: [String], root: Int32, seenAs: String? = nil) -> String? {
+        let inside = seenAs.map { $0.split(separator: "/").map(String.init) }
         var directory = Array(link.dropLast())
         var pending = [link[link.count - 1]]
         var hops = 0
@@ -352,8 +355,14 @@ extension SafeExtractor {
             case S_IFLNK:
                 hops += 1
                 guard hops <= maximumLinkHops else { return "loops (more than \(maximumLinkHops) links) inside" }
-                guard let target = readLink(root, path), !target.hasPrefix("/") else { return "points outside" }
-                pending = target.split(separator: "/", omittingEmptySubsequences: true).map(String.init) + pending
+                guard let target = readLink(root, path) else { return "points outside" }
+                var parts = target.split(separator: "/", omittingEmptySubsequences: true).map(String.init)
+                if target.hasPrefix("/") {
+                    guard let inside, parts.starts(with: inside) else { return "points outside" }
+                    parts.removeFirst(inside.count)
+                    directory = []
+                }
+                pending = parts + pending
             default:
                 return nil
             }

@@ -62,11 +62,16 @@ public struct StepResultTree: Sendable {
     public var relative: String
     /// Who wrote it, for messages: "the zlib step".
     public var maker: String
+    /// Where the steps saw the tree (`/build/stage` in the sandbox): an absolute link whose target
+    /// lies below it points into the tree (make install's `ln -s /build/stage/deps/bin/bzdiff`),
+    /// and is resolved there; any other absolute link points outside.
+    public var seenAs: String?
 
-    public init(_ relative: String, in base: String, madeBy maker: String) {
+    public init(_ relative: String, in base: String, madeBy maker: String, seenAs: String? = nil) {
         self.base = base
         self.relative = relative
         self.maker = maker
+        self.seenAs = seenAs
     }
 
     /// The tree at `path`, whose parent directories krnative trusts (it made or was given them).
@@ -227,7 +232,7 @@ public struct StepResultTree: Sendable {
                 if purpose == .read {
                     throw .refusedLink(maker: maker, path: shown, target: target, reason: "is a link where krnative reads regular files only")
                 }
-                if let problem = SafeExtractor.resolve(inner, root: root) {
+                if let problem = SafeExtractor.resolve(inner, root: root, seenAs: seenAs) {
                     throw .refusedLink(maker: maker, path: shown, target: target, reason: "\(problem) \(path)")
                 }
                 if purpose == .copy, symlinkat(target, destination, name) != 0 { throw .cannotCopy(path: shown, reason: Self.errorText()) }

@@ -72,12 +72,14 @@ public struct RuntimeBuild: RecipeBuild {
             if let destination = buildPythonDirectory {
                 FileSystem.remove(destination)
                 try FileSystem.createDirectory((destination as NSString).deletingLastPathComponent)
-                try StepResultTree("stage/build-python", in: space.work, madeBy: "the cpython-build step").copy(to: destination)
+                try StepResultTree("stage/build-python", in: space.work, madeBy: "the cpython-build step", seenAs: space.layout.stage + "/build-python")
+                    .copy(to: destination)
             }
             let version = lock["cpython"]?.version ?? "3.13"
             let name = Self.archiveName(for: options.target, version: version)
             try pack(
-                StepResultTree("stage/runtime/install", in: space.work, madeBy: "the cpython step"), into: space.work + "/pack",
+                StepResultTree("stage/runtime/install", in: space.work, madeBy: "the cpython step", seenAs: space.layout.stage + "/runtime/install"),
+                into: space.work + "/pack",
                 as: options.outputDirectory + "/" + name, epoch: lock.sourceDateEpoch)
             report.archive = name
             report.sha256 = try SHA256Digest.of(fileAt: options.outputDirectory + "/" + name).0

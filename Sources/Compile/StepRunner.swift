@@ -204,7 +204,8 @@ public struct StepRunner: Sendable {
             let wasCached = intact || fromRemote
             if wasCached {
                 FileSystem.remove(space.stage)
-                try StepResultTree(key.hex, in: store.directory(.steps), madeBy: "the \(step.name) step (its cached result)").copy(to: space.stage)
+                try StepResultTree(key.hex, in: store.directory(.steps), madeBy: "the \(step.name) step (its cached result)", seenAs: space.layout.stage)
+                    .copy(to: space.stage)
                 outcome.patches += patches.map(\.summary)
                 settings.log("\(step.name) \(input.version): \(fromRemote ? "from the remote cache" : "cached") (\(key.hex.prefix(12)))")
                 // A result made before uploads were asked for reaches the cache too.
@@ -226,7 +227,7 @@ public struct StepRunner: Sendable {
                 if !settings.prepareOnly {
                     try runCommands(step, in: space, runner: runner, epoch: lock.sourceDateEpoch)
                     try Self.checkWorkDirectory(space.work, layout: space.layout, after: step.name)
-                    try snapshot(StepResultTree("stage", in: space.work, madeBy: "the \(step.name) step"), as: key)
+                    try snapshot(StepResultTree("stage", in: space.work, madeBy: "the \(step.name) step", seenAs: space.layout.stage), as: key)
                     remoteSteps?.upload(cached, key: key, component: step.name, epoch: lock.sourceDateEpoch, threads: settings.jobs)
                 }
             }

@@ -94,6 +94,28 @@ struct StepResultTreeTests {
         #expect(copied.st_mode == original.st_mode)
     }
 
+    /// `make install` links by the absolute path the step saw (bzip2's `bzcmp -> /build/stage/deps/bin/bzdiff`):
+    /// below the path the tree was seen at, such a link points into the tree and is kept as it is;
+    /// climbing out of that path, elsewhere, or with no such path given, it points outside.
+    @Test(.timeLimit(.minutes(2))) func anAbsoluteLinkIntoTheTreeAsTheStepSawItIsKept() throws {
+        let work = TemporaryDirectory()
+        let root = try honestTree(work)
+        symlink("/build/stage/bin/tool", root + "/bin/tool-absolute")
+        symlink("/build/stage/lib", root + "/share/lib")
+        try FileManager.default.copyItem(atPath: root, toPath: work.path + "/foundation")
+        try StepResultTree("stage", in: work.path, madeBy: "the bzip2 step", seenAs: "/build/stage").copy(to: work.path + "/safe")
+        #expect(try TreeHash.ofDirectory(at: work.path + "/safe") == TreeHash.ofDirectory(at: work.path + "/foundation"))
+        #expect(treeListing(work.path + "/safe") == treeListing(work.path + "/foundation"))
+        #expect(throws: StepResultError.self) { try StepResultTree("stage", in: work.path, madeBy: "the bzip2 step").check() }
+        for outside in ["/build/stage/../../etc/passwd", "/build/src/zlib", "/build/stagex/bin/tool", "/etc/passwd"] {
+            unlink(root + "/bin/tool-absolute")
+            symlink(outside, root + "/bin/tool-absolute")
+            #expect(throws: StepResultError.self, "\(outside)") {
+                try StepResultTree("stage", in: work.path, madeBy: "the bzip2 step", seenAs: "/build/stage").check()
+            }
+        }
+    }
+
     /// Links that lead outside the tree (absolute, climbing, through a chain of the tree's own
     /// links), a FIFO, a root that is itself a link: each refused naming the step, the path and
     /// the target; the copy is removed and the victim outside is never touched.
