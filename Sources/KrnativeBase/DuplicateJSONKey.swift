@@ -83,7 +83,9 @@ private struct Scanner {
 
     private mutating func object() -> DuplicateJSONKey? {
         index += 1
-        var seen: [[UInt8]: DuplicateJSONKey.Occurrence] = [:]
+        // Where each key and its value stand; lines and columns are counted only for a duplicate
+        // (counting them for every key made a manifest's scan quadratic: minutes for one volume listing).
+        var seen: [[UInt8]: (key: Int, value: Range<Int>)] = [:]
         while true {
             skipSpace()
             guard index < bytes.count else { return nil }
@@ -103,10 +105,12 @@ private struct Scanner {
             let valueStart = index
             path.append(.key(String(decoding: key, as: UTF8.self)))
             if let found = value() { return found }
-            let here = occurrence(at: keyOffset, value: valueStart..<index)
-            if let earlier = seen[key] { return DuplicateJSONKey(path: path, first: earlier, second: here) }
+            if let earlier = seen[key] {
+                return DuplicateJSONKey(
+                    path: path, first: occurrence(at: earlier.key, value: earlier.value), second: occurrence(at: keyOffset, value: valueStart..<index))
+            }
             path.removeLast()
-            seen[key] = here
+            seen[key] = (keyOffset, valueStart..<index)
         }
     }
 
