@@ -133,7 +133,7 @@ extension VolumeBuild {
         for output in manifest.outputs {
             cache.ensure(file: settings.outputDirectory + "/" + output.file, digest: output.sha256, what: "\(what): \(output.file)")
         }
-        guard let document = FileManager.default.contents(atPath: settings.outputDirectory + "/" + name(.manifest)) else { return }
+        guard let document = (try? FileSystem.readRegularFile(settings.outputDirectory + "/" + name(.manifest))) else { return }
         cache.put(actionResult: document, key: key, what: what)
     }
 }

@@ -309,7 +309,7 @@ public struct VolumeBuild: Sendable {
     public func upToDate(lock: Lockfile) throws -> UpToDateVerdict {
         let directory = settings.outputDirectory
         let manifestPath = directory + "/" + name(.manifest)
-        guard let data = FileManager.default.contents(atPath: manifestPath) else { return .noManifest(in: directory) }
+        guard let data = (try? FileSystem.readRegularFile(manifestPath)) else { return .noManifest(in: directory) }
         guard let manifest = try? DuplicateJSONKey.decode(BuildManifest.self, from: data) else {
             return .outOfDate(["\(manifestPath) is not a manifest this krnative can read"])
         }

@@ -24,7 +24,7 @@ public struct CacheTrust: Sendable {
     /// The key lines of `path`: blank lines and `#` comments skipped, anything else a usage error
     /// naming the file and the line.
     public static func load(from path: String) throws(UsageError) -> CacheTrust {
-        guard let data = FileManager.default.contents(atPath: path) else {
+        guard let data = (try? FileSystem.readRegularFile(path)) else {
             throw UsageError("cannot read the remote cache trust file \(path); it lists the public keys (.pub lines) of the machines that upload")
         }
         var trust = CacheTrust(source: path)

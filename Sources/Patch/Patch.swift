@@ -78,7 +78,7 @@ public struct SourcePatch: Sendable, Equatable {
 
     /// Reads one patch file.
     public static func load(_ path: String) throws(PatchError) -> SourcePatch {
-        guard let data = FileManager.default.contents(atPath: path) else {
+        guard let data = (try? FileSystem.readRegularFile(path)) else {
             throw .unreadable(patch: path, reason: "no such file")
         }
         let digest = SHA256Digest.of(data)

@@ -252,7 +252,7 @@ struct TargetRow: Encodable {
         (compiled, cached, remote) = (steps.counts?.compiled, steps.counts?.cached, steps.counts?.remote)
         if let directory, error == nil {
             let manifest = directory + "/" + BuildManifest.fileName(for: target)
-            volumeSha256 = FileManager.default.contents(atPath: manifest)
+            volumeSha256 = (try? FileSystem.readRegularFile(manifest))
                 .flatMap { try? DuplicateJSONKey.decode(BuildManifest.self, from: $0) }?
                 .outputs.first { $0.file.hasSuffix(".tar.xz") }?.sha256
         }
