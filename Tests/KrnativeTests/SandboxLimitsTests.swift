@@ -37,7 +37,7 @@ struct SandboxLimitsTests {
     /// 2000, so a failure of the limit does no harm) gets EAGAIN near the limit; the step itself
     /// goes on and ends normally. As root only the PID namespace's pid_max binds (about 300
     /// more); as an ordinary user RLIMIT_NPROC binds exactly.
-    @Test(.timeLimit(.minutes(3)), arguments: Runner.available)
+    @Test(.timeLimit(.minutes(60)), arguments: Runner.available)
     func forkingBeyondTheLimitFails(as user: Runner) throws {
         try #require(
             HostCheck.pidMaxPerNamespace || user.identity?.uid != 0,
@@ -76,7 +76,7 @@ struct SandboxLimitsTests {
 
     /// A step allocating past `--step-max-memory` gets an allocation failure (Python's
     /// MemoryError), not the machine's memory; below it, allocation works.
-    @Test(.timeLimit(.minutes(2)), arguments: Runner.available)
+    @Test(.timeLimit(.minutes(60)), arguments: Runner.available)
     func allocatingBeyondTheMemoryLimitFails(as user: Runner) throws {
         let script = """
             def allocate(megabytes):
@@ -103,7 +103,7 @@ struct SandboxLimitsTests {
 
     /// io_uring_setup, io_uring_enter and io_uring_register end in ENOSYS inside; outside, the
     /// same probe shows what the host would have allowed.
-    @Test(.timeLimit(.minutes(2))) func ioUringIsRefused() throws {
+    @Test(.timeLimit(.minutes(60))) func ioUringIsRefused() throws {
         let script = """
             import ctypes, errno
             libc = ctypes.CDLL(None, use_errno=True)
@@ -128,7 +128,7 @@ struct SandboxLimitsTests {
     /// gshadow, SSH host keys, /etc/ssl/private, …), /root and /home: a step running as the user
     /// krnative runs as (root here, their owner) reads nothing of them, /etc/passwd still works,
     /// and the host files are unchanged.
-    @Test(.timeLimit(.minutes(2)), arguments: Runner.available)
+    @Test(.timeLimit(.minutes(60)), arguments: Runner.available)
     func theHostsSecretsAreNotVisible(as user: Runner) throws {
         var secrets = ["/etc/shadow", "/etc/gshadow", "/root", "/home"]
         secrets += ((try? FileManager.default.contentsOfDirectory(atPath: "/etc/ssh")) ?? []).filter { $0.hasSuffix("_key") }.map { "/etc/ssh/" + $0 }
@@ -181,7 +181,7 @@ struct SandboxLimitsTests {
 
     /// A sandbox run killed leaves `$TMPDIR/krnative-sandbox-<pid>-<random>` (and its lock); the
     /// next sandbox run removes it, and `store gc` too, but never one whose lock a live run holds.
-    @Test(.timeLimit(.minutes(2))) func killedSandboxRunsLeaveNothingBehind() throws {
+    @Test(.timeLimit(.minutes(60))) func killedSandboxRunsLeaveNothingBehind() throws {
         let temporary = TemporaryDirectory("krnative-limit-tmp")
         let dead = Self.plantAbandoned(in: temporary.path, name: "krnative-sandbox-\(StoreTests.goneProcess)-1")
         let live = temporary.path + "/krnative-sandbox-\(getpid())-2"
@@ -207,7 +207,7 @@ struct SandboxLimitsTests {
     /// A build killed leaves its work directory in the store's `tmp/` (here with a tree deeper
     /// than PATH_MAX, as a refused deep archive's staging is): `store gc` and the next build's
     /// work directory remove it, and keep the one a live build holds.
-    @Test(.timeLimit(.minutes(2))) func killedBuildsWorkDirectoriesAreRemoved() throws {
+    @Test(.timeLimit(.minutes(60))) func killedBuildsWorkDirectoriesAreRemoved() throws {
         let work = TemporaryDirectory("krnative-limit-build")
         let store = try Store(root: work.path + "/store")
         let tmp = store.directory(.tmp)
