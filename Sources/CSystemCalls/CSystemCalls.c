@@ -28,7 +28,7 @@ int krn_spawn_add_closefrom(posix_spawn_file_actions_t *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np(actions, from);
 }
 
-// MARK: The sandbox's last steps before a build step runs (DESIGN §5)
+// MARK: The sandbox's last steps before a build step runs (docs/design.md §5)
 
 #include <errno.h>
 #include <signal.h>

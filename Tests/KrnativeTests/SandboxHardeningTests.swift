@@ -8,7 +8,7 @@ import Testing
 #endif
 
 /// The attacks of issue #13 on the sandbox, each made by a step through the real `unshare` and
-/// the real krnative binary, and shown refused (DESIGN §5).
+/// the real krnative binary, and shown refused (docs/design.md §5).
 @Suite("Sandbox hardening", .tags(.namespaces, .process), .serialized, .needsNamespaces)
 struct SandboxHardeningTests {
     /// Runs a Python probe in the sandbox as `user` and returns its `key=value` lines.
