@@ -120,6 +120,13 @@ public struct BlockedLocation: Sendable, Equatable {
         path = part(CURLUPART_PATH, CURLU_URLDECODE) ?? "/"
     }
 
+    /// Whether the location is this machine, as written (no lookup): a loopback name or any
+    /// 127.0.0.0/8 address in whatever numeric spelling.
+    public var isThisMachine: Bool {
+        var address = in_addr()
+        return host == "localhost" || (inet_pton(AF_INET, host, &address) == 1 && UInt32(bigEndian: address.s_addr) >> 24 == 127)
+    }
+
     /// Whether a request for this location is one `rule` blocks: same scheme, host and port, and a path under the rule's.
     public func isCovered(by rule: BlockedLocation) -> Bool {
         scheme == rule.scheme && host == rule.host && port == rule.port && path.hasPrefix(rule.path)

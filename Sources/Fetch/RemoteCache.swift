@@ -114,28 +114,17 @@ public final class RemoteCache: Sendable {
 
     /// Whether `url` may be a remote cache: https, or http to this machine (127.0.0.0/8, ::1,
     /// localhost) unless `allowHTTP`; anything else is a usage error naming the URL and the option.
+    /// The URL is read by libcurl's parser (`BlockedLocation`), as the transfer will read it.
     public static func checkScheme(_ url: String, allowHTTP: Bool) throws(UsageError) {
-        if url.hasPrefix("https://") { return }
-        guard url.hasPrefix("http://") else {
+        let location = BlockedLocation(url)
+        if location?.scheme == "https" { return }
+        guard location?.scheme == "http" else {
             throw UsageError("the remote cache \(url) is not an http:// or https:// URL (from --remote-cache, KRNATIVE_REMOTE_CACHE or the mirror config)")
         }
-        if allowHTTP || isLoopback(URLComponents(string: url)?.host) { return }
+        if allowHTTP || location?.isThisMachine == true { return }
         throw UsageError(
             "the remote cache \(url) is plain http:// to another machine: anyone on the way can read the token and change the answers; "
                 + "use https://, or pass --remote-cache-allow-http (env KRNATIVE_REMOTE_CACHE_ALLOW_HTTP=1) to accept it")
-    }
-
-    /// Whether `host` names this machine: localhost, 127.0.0.0/8 or ::1, as written (no lookup).
-    static func isLoopback(_ host: String?) -> Bool {
-        guard var host = host?.lowercased() else { return false }
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        if host == "localhost" || host == "localhost." { return true }
-        var v4 = in_addr(), v6 = in6_addr()
-        if inet_pton(AF_INET, host, &v4) == 1 { return UInt32(bigEndian: v4.s_addr) >> 24 == 127 }
-        if inet_pton(AF_INET6, host, &v6) == 1 {
-            return withUnsafeBytes(of: &v6) { bytes in bytes.prefix(15).allSatisfy { $0 == 0 } && bytes[15] == 1 }
-        }
-        return false
     }
 
     /// Puts `file` at `/cas/<digest>` when uploading is allowed; a failure is reported, not thrown.

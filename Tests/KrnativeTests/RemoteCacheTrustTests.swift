@@ -87,7 +87,7 @@ struct RemoteCacheTrustTests {
         #expect(refused.stderr.contains(url) && refused.stderr.contains("--remote-cache-allow-http"), "\(refused.stderr)")
         let fromEnvironment = krnative(["fetch", "--lock", lock, "--store", work.path + "/store", "--all"], environment: ["KRNATIVE_REMOTE_CACHE": url])
         #expect(fromEnvironment.termination == .exited(ExitStatus.usage), "\(fromEnvironment.stderr)")
-        for loopback in ["http://127.0.0.1:1", "http://127.9.8.7:1/x", "http://localhost:1", "http://[::1]:1", "https://192.0.2.1"] {
+        for loopback in ["http://127.0.0.1:1", "http://127.9.8.7:1/x", "http://localhost:1", "http://[::1]:1", "https://192.0.2.1", "http://2130706433:1", "HTTP://0x7f.1:1"] {
             #expect(throws: Never.self, "\(loopback)") { try RemoteCache.checkScheme(loopback, allowHTTP: false) }
         }
         for other in ["http://192.0.2.1", "http://127.0.0.1.example.invalid", "http://[::2]:1", "http://10.0.0.1"] {
