@@ -111,7 +111,7 @@ public struct Store: Sendable {
         if Glibc.rename(path, destination) == 0 {
             _ = utimensat(AT_FDCWD, destination, nil, AT_SYMLINK_NOFOLLOW)
         } else {
-            Self.removeTree(path)
+            FileSystem.removeTree(path)
         }
         return destination
     }

@@ -67,7 +67,7 @@ extension Store {
         let digest = try treeHash?(staging)
         let destination = item(area, name)
         unlink(treeHashRecord(area, name))
-        Self.removeTree(destination)
+        FileSystem.removeTree(destination)
         try FileSystem.rename(staging, to: destination)
         guard let digest else { return }
         try FileSystem.writeAtomically(Data((digest.hex + "\n").utf8), to: treeHashRecord(area, name), mode: 0o444)
@@ -240,7 +240,7 @@ extension Store {
                 entryLock?.unlock()
             default:
                 let itemLock = try? lock(item.area, item.name)
-                Self.removeTree(self.item(item.area, item.name))
+                FileSystem.removeTree(self.item(item.area, item.name))
                 if item.area.isDerived { unlink(treeHashRecord(item.area, item.name)) }
                 itemLock?.unlock()
             }
@@ -294,10 +294,6 @@ extension Store {
         chmod(path, (info.st_mode & 0o7777) | S_IRWXU)
         for name in names(in: path) { makeDirectoriesWritable(path + "/" + name) }
     }
-
-    /// Removes a tree even where its directories were made read-only (step snapshots are) or it
-    /// is deeper than a path can name (a refused archive's staging).
-    static func removeTree(_ path: String) { FileSystem.removeTree(path) }
 }
 
 /// A copy of `value` changed by `change`.
