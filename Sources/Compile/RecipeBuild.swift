@@ -83,7 +83,7 @@ extension RecipeBuild {
             throw UsageError("--print-script needs --workdir, the directory a --sandbox none --prepare-only build prepared")
         }
         let toolchain = try toolchain(lock: lock)
-        let layout = BuildLayout(build: work, toolchain: toolchain.hostRoot, zigCache: store.item(.zigCache, "\(toolchain.version)-\(triple)"))
+        let layout = BuildLayout(build: work, toolchain: toolchain.hostRoot, zigCache: BuildLayout.zigCache(inWork: work))
         return StepRunner.plainScript(
             recipe(lock: lock, layout: layout), layout: layout,
             title: "\(Self.product) for \(triple), the recipe's commands without krnative (written by krnative build-\(Self.name) --print-script)",

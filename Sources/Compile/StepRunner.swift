@@ -88,7 +88,12 @@ public struct StepRunner: Sendable {
         public var work: String
         public var layout: BuildLayout
         public var toolchain: Toolchain
+        /// Zig's cache for this build alone (`ZIG_GLOBAL_CACHE_DIR`: the runtime libraries Zig
+        /// builds per target, every object `zig cc` compiles). Steps write it, so no other build
+        /// may read it: in the sandbox, a directory in the store's `tmp/` held by this run
+        /// (`held`, removed with the workspace); with `--sandbox none`, `zig-cache/` in the work directory.
         public var zigCache: String
+        let held: StagingDirectory?
         public var stage: String { work + "/stage" }
     }
 
@@ -154,11 +159,12 @@ public struct StepRunner: Sendable {
     /// The layout the steps see, the compiler wrappers and the CMake toolchain file in `work`;
     /// with `buildTriple`, also `build-cc`, `build-ar`, … that compile for the build machine.
     public func prepare(_ toolchain: Toolchain, work: String, buildTriple: String? = nil) throws -> Workspace {
-        let zigCache = store.item(.zigCache, "\(toolchain.version)-\(toolchain.triple)")
-        try FileSystem.createDirectory(zigCache)
-        let layout =
-            settings.isolation == .namespaces
-            ? BuildLayout.sandboxed : BuildLayout(build: work, toolchain: toolchain.hostRoot, zigCache: zigCache)
+        // Zig reuses what its cache holds without checking it (an object a hostile step planted
+        // there, another build would link), so each build starts from an empty one.
+        let sandboxed = settings.isolation == .namespaces
+        let held = sandboxed ? try StagingDirectory(in: store.directory(.tmp), prefix: Store.workPrefix, unique: true) : nil
+        let zigCache = held?.path ?? BuildLayout.zigCache(inWork: work)
+        let layout = sandboxed ? BuildLayout.sandboxed : BuildLayout(build: work, toolchain: toolchain.hostRoot, zigCache: zigCache)
         var inLayout = toolchain
         inLayout.hostRoot = layout.toolchain
         // A work directory kept from an earlier build (`--workdir`) holds what its steps left.
@@ -176,7 +182,8 @@ public struct StepRunner: Sendable {
         let file = inLayout.cmakeToolchainFile(wrappers: layout.wrappers, stage: layout.stage)
         try FileSystem.writeAtomically(Data(file.utf8), to: work + "/toolchain.cmake")
         try FileSystem.createDirectory(work + "/stage")
-        return Workspace(work: work, layout: layout, toolchain: toolchain, zigCache: zigCache)
+        try FileSystem.createDirectory(zigCache)
+        return Workspace(work: work, layout: layout, toolchain: toolchain, zigCache: zigCache, held: held)
     }
 
     /// Runs `recipe`'s steps in `space`, each from its cache when it is there.

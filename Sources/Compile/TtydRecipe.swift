@@ -19,6 +19,9 @@ public struct BuildLayout: Sendable, Codable, Equatable {
 
     public static let sandboxed = BuildLayout(build: "/build", toolchain: Toolchain.insideRoot, zigCache: "/zig-cache")
 
+    /// Zig's cache of a build without the sandbox: in its work directory, so it goes with it.
+    public static func zigCache(inWork work: String) -> String { work + "/zig-cache" }
+
     public var stage: String { build + "/stage" }
     public var wrappers: String { build + "/wrappers" }
     public var cmakeToolchainFile: String { build + "/toolchain.cmake" }

@@ -17,7 +17,9 @@ extension Store {
         case steps
         /// Unpacked toolchains, by their archive's sha256.
         case toolchains
-        /// Zig's own compile cache, per Zig version and target triple.
+        /// Zig caches that the steps of every build once shared, per Zig version and target
+        /// triple: a step could plant objects there that later builds linked. Each build now has
+        /// its own (`StepRunner.Workspace.zigCache`); what is left here nothing reads, and gc removes.
         case zigCache = "zig-cache"
         /// Root file systems of `krnative smoke`.
         case sysroots
@@ -128,7 +130,9 @@ extension Store {
                 return "the tree-hash record of \(area.rawValue)/\(recorded), which the store no longer holds"
             }
             return nil
-        case .entries, .trees, .zigCache, .quarantine, .locks:
+        case .zigCache:
+            return "a Zig cache that the steps of earlier builds shared and wrote; each build now has its own, and nothing reads this one"
+        case .entries, .trees, .quarantine, .locks:
             return nil
         }
     }

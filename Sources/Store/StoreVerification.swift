@@ -57,12 +57,12 @@ extension Store {
             case .entries: areas.append(verifyEntries())
             case .trees: areas.append(verifyTreeRecords())
             case .steps, .toolchains, .sysroots: areas.append(verifyDerived(area, treeHash: treeHash))
-            case .zigCache: areas.append(summary(of: area, checks: "Zig's own cache: Zig checks its entries, krnative does not"))
+            case .zigCache: areas.append(verifyLeftovers(area, checks: "none should be here: krnative no longer writes this area"))
             case .quarantine:
                 // After every area that moves things there (Area order); what this run moved is
                 // reported once, as corrupted, where it was found.
                 areas.append(verifyQuarantine(except: Set(areas.flatMap(\.problems).compactMap(\.movedTo))))
-            case .tmp: areas.append(verifyTemporaries())
+            case .tmp: areas.append(verifyLeftovers(area, checks: "each is a resumable download or belongs to a running process"))
             case .locks: areas.append(summary(of: area, checks: "flock files, empty by design: nothing to check"))
             }
         }
@@ -177,13 +177,13 @@ extension Store {
             problems: problems)
     }
 
-    /// Temp files of processes that are gone and empty partial downloads are leftovers; partial
-    /// downloads with bytes (a fetch resumes them) and copies being written are fine.
-    func verifyTemporaries() -> AreaVerification {
-        let names = Self.names(in: directory(.tmp))
-        let problems = names.compactMap { name in leftoverReason(.tmp, name).map { leftover(item(.tmp, name), $0) } }
-        return AreaVerification(
-            area: .tmp, checked: names.count, checks: "each is a resumable download or belongs to a running process", problems: problems)
+    /// The leftovers among an area's items (`leftoverReason`): in `tmp/`, temp files of processes
+    /// that are gone and empty partial downloads (partial downloads with bytes, which a fetch
+    /// resumes, and copies being written are fine); in `zig-cache/`, everything.
+    func verifyLeftovers(_ area: Area, checks: String) -> AreaVerification {
+        let names = Self.names(in: directory(area))
+        let problems = names.compactMap { name in leftoverReason(area, name).map { leftover(item(area, name), $0) } }
+        return AreaVerification(area: area, checked: names.count, checks: checks, problems: problems)
     }
 
     /// An area whose items are only counted.

@@ -521,6 +521,36 @@ struct StepBoundaryTests {
         #expect(!FileSystem.exists(work.path + "/out/krnative-manifest.static-gnu.\(target.arch.rawValue).json"))
     }
 
+    /// Item 12, Zig's cache: a step plants an object where Zig looks for the target's libc
+    /// (`$ZIG_GLOBAL_CACHE_DIR/o/<hash>/libc.a`; Zig reuses what its cache holds unchecked).
+    /// Before: every build's steps shared the store's `zig-cache/<version>-<triple>`, and the
+    /// next build, of other sources, found the object there. Now: each build has a cache of its own
+    /// in the store's `tmp/`, removed when it ends; the next build finds nothing, nothing is left.
+    @Test(.timeLimit(.minutes(60))) func anObjectAStepPlantsInZigsCacheReachesNoOtherBuild() throws {
+        let work = TemporaryDirectory("krnative-boundary")
+        let planted = "o/0123456789abcdef0123456789abcdef/libc.a"
+        let plant = try ShellRecipeInputs(work)
+        try plant.addTtydSources(evil: [
+            "zlib": "mkdir -p \"$(dirname \"$ZIG_GLOBAL_CACHE_DIR/\(planted)\")\" && printf 'backdoor' > \"$ZIG_GLOBAL_CACHE_DIR/\(planted)\"\n"
+        ])
+        try plant.writeLock()
+        let first = buildTtyd(plant, out: work.path + "/out")
+        try #require(first.succeeded, "\(first.stderr)")
+
+        // Another lock (its zlib differs) built into the same store.
+        let other = try ShellRecipeInputs(work)
+        try other.addTtydSources(evil: [
+            "zlib": "if [ -e \"$ZIG_GLOBAL_CACHE_DIR/\(planted)\" ]; then echo 'found the planted libc.a' >&2; exit 1; fi\n"
+        ])
+        try other.writeLock()
+        let second = buildTtyd(other, out: work.path + "/out-other")
+        #expect(second.succeeded, "\(second.stderr)")
+        #expect(!second.stderr.contains("found the planted libc.a"), "\(second.stderr)")
+        let left = try FileManager.default.contentsOfDirectory(atPath: plant.store + "/tmp").filter { $0.hasPrefix(".krnative-work-") }
+        #expect(left.isEmpty, "\(left)")
+        #expect(!FileSystem.exists(plant.store + "/zig-cache"), "\(treeListing(plant.store + "/zig-cache"))")
+    }
+
     /// Item 5: the cpython step of `build-runtime` links `stage/runtime/install` to a host
     /// directory H. Before: packing removed `H/share/man` and created `H/lib/…` (H=/usr as root:
     /// `rm -rf /usr/share/man`). Now: the step's result is refused, naming the step and the link.
