@@ -12,7 +12,7 @@ import Testing
 /// `krnative build`'s no-op: a build whose output directory holds its outputs has nothing to do,
 /// and one that has something to do says why. Small files stand in for the outputs and the krnative
 /// executable, so nothing compiles and nothing is fetched.
-@Suite("Build key and the no-op")
+@Suite("Build key and the no-op", .timeLimit(.minutes(60)))
 struct BuildKeyTests {
     let directory = TemporaryDirectory("krnative-build-key")
     let lock = Lockfile(sourceDateEpoch: 0)

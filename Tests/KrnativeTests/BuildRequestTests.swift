@@ -8,7 +8,7 @@ import Verify
 /// A build request decides the build key, is what the manifest records, what a `--check` run
 /// reads from its request file and what `verify` rebuilds, all without code for each field: the
 /// xz preset, added with no code here or in the key, manifest, check or verify, follows everywhere.
-@Suite("Build request")
+@Suite("Build request", .timeLimit(.minutes(60)))
 struct BuildRequestTests {
     let directory = TemporaryDirectory("krnative-build-request")
     let lock = Lockfile(sourceDateEpoch: 0)

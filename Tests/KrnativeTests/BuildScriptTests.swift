@@ -9,7 +9,7 @@ import Testing
 /// `scripts/build` as it is, run in a copy of the project whose `scripts/setup`, `swift`,
 /// `scripts/standin-lock` and krnative are stand-ins: krnative's fetch fails (no route to the
 /// upstream files), so the script takes its stand-in path; its build records its arguments.
-@Suite("scripts/build", .tags(.process))
+@Suite("scripts/build", .timeLimit(.minutes(60)), .tags(.process), .endToEnd)
 struct BuildScriptTests {
     let project = TemporaryDirectory("krnative-script")
 

@@ -6,7 +6,7 @@ import Testing
 
 /// Tampered bundles through the krnative binary: each is refused with exit 76 and leaves the store
 /// exactly as it was, even when the tampered member comes after good ones.
-@Suite("Bundle tampering", .tags(.process), .serialized)
+@Suite("Bundle tampering", .timeLimit(.minutes(60)), .tags(.process), .endToEnd, .serialized)
 struct BundleTamperTests {
     let work = TemporaryDirectory()
     let lock: String

@@ -9,15 +9,9 @@ import Testing
 #endif
 
 /// The krnative binary, run as a user runs it.
-@Suite("krnative command line", .tags(.process), .serialized)
+@Suite("krnative command line", .timeLimit(.minutes(60)), .tags(.process), .endToEnd, .serialized)
 struct CommandLineTests {
     let work = TemporaryDirectory()
-
-    func writeLock(_ inputs: [LockedInput], name: String = "krnative.lock.json") throws -> String {
-        let path = work.path + "/" + name
-        try Lockfile(sourceDateEpoch: 1_700_000_000, inputs: inputs).write(to: path)
-        return path
-    }
 
     func partialSize(_ store: String, _ digest: SHA256Digest) -> Int64 {
         FileSystem.size(of: "\(store)/tmp/\(digest.hex).partial") ?? 0
@@ -37,7 +31,7 @@ struct CommandLineTests {
         let server = try FaultServer()
         let size = 3 * 1024 * 1024
         let digest = server.serve("big.whl", randomData(size))
-        let lock = try writeLock([wheelInput("big", sha256: digest, urls: [server.url("slow/big.whl")])])
+        let lock = try work.lock([wheelInput("big", sha256: digest, urls: [server.url("slow/big.whl")])])
         let store = work.path + "/store"
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Package.binary)
@@ -65,7 +59,7 @@ struct CommandLineTests {
     @Test(.tags(.network)) func concurrentFetchersDownloadOnce() throws {
         let server = try FaultServer()
         let digest = server.serve("c.whl", randomData(1024 * 1024))
-        let lock = try writeLock([wheelInput("c", sha256: digest, urls: [server.url("slow/c.whl")])])
+        let lock = try work.lock([wheelInput("c", sha256: digest, urls: [server.url("slow/c.whl")])])
         let store = work.path + "/store"
         let results = ResultBox()
         DispatchQueue.concurrentPerform(iterations: 2) { _ in
@@ -84,7 +78,7 @@ struct CommandLineTests {
     @Test(.tags(.network)) func quietAndVerboseSetWhatStderrSays() throws {
         let server = try FaultServer()
         let digest = server.serve("q.whl", randomData(1000))
-        let lock = try writeLock([wheelInput("q", sha256: digest, urls: [server.url("files/q.whl")])])
+        let lock = try work.lock([wheelInput("q", sha256: digest, urls: [server.url("files/q.whl")])])
         let quiet = krnative(["fetch", "-q", "--lock", lock, "--store", work.path + "/quiet", "--all"])
         #expect(quiet.succeeded, "\(quiet.stderr)")
         #expect(quiet.stderr.isEmpty, "-q printed: \(quiet.stderr)")
@@ -100,7 +94,7 @@ struct CommandLineTests {
     @Test(.tags(.network)) func offlineFetchNamesMissingInputsAndExits66() throws {
         let server = try FaultServer()
         let digest = server.serve("x.whl", randomData(100))
-        let lock = try writeLock([wheelInput("x", sha256: digest, urls: [server.url("files/x.whl")])])
+        let lock = try work.lock([wheelInput("x", sha256: digest, urls: [server.url("files/x.whl")])])
         let result = krnative(["fetch", "--offline", "--lock", lock, "--store", work.path + "/store", "--all"])
         #expect(result.termination == .exited(66))
         #expect(result.stderr.contains("krnative: fetch failed"))
@@ -112,7 +106,7 @@ struct CommandLineTests {
     @Test(.tags(.network)) func proxyVariablesAreHonoured() throws {
         let server = try FaultServer()
         let digest = server.serve("p.whl", randomData(2000))
-        let viaProxy = try writeLock([wheelInput("p", sha256: digest, urls: ["http://mirror.invalid/files/p.whl"])], name: "a.json")
+        let viaProxy = try work.lock([wheelInput("p", sha256: digest, urls: ["http://mirror.invalid/files/p.whl"])], name: "a.json")
         let result = krnative(
             ["fetch", "--lock", viaProxy, "--store", work.path + "/s1", "--all"],
             environment: ["http_proxy": "http://127.0.0.1:\(server.port)", "no_proxy": ""])
@@ -120,7 +114,7 @@ struct CommandLineTests {
         #expect(server.requests().first?.proxied == true)
 
         // NO_PROXY sends loopback traffic direct even with a dead proxy set.
-        let direct = try writeLock([wheelInput("p", sha256: digest, urls: [server.url("files/p.whl")])], name: "b.json")
+        let direct = try work.lock([wheelInput("p", sha256: digest, urls: [server.url("files/p.whl")])], name: "b.json")
         let second = krnative(
             ["fetch", "--lock", direct, "--store", work.path + "/s2", "--all"],
             environment: ["http_proxy": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1"])
@@ -128,14 +122,14 @@ struct CommandLineTests {
         #expect(server.requests().last?.proxied == false)
     }
 
-    @Test(.tags(.network, .namespaces), .needsNamespaces) func bundleRoundTripWorksWithNoNetwork() throws {
+    @Test(.tags(.network, .namespaces), .endToEnd, .needsNamespaces) func bundleRoundTripWorksWithNoNetwork() throws {
         let server = try FaultServer()
         let wheelDigest = server.serve("r.whl", randomData(300_000))
         let tree = TemporaryDirectory()
         _ = tree.file("src-2.0/main.c", "int main(void) { return 0; }\n")
         try ChildProcess.check(["tar", "-czf", "src.tar.gz", "src-2.0"], directory: tree.path)
         server.serve("src.tar.gz", try Data(contentsOf: URL(fileURLWithPath: tree.path + "/src.tar.gz")))
-        let lock = try writeLock([
+        let lock = try work.lock([
             LockedInput(
                 name: "runtime", kind: .runtime, version: "1", filename: "r.whl", sha256: wheelDigest,
                 urls: [server.url("files/r.whl")], targets: [.manylinuxX86_64]),
@@ -175,7 +169,7 @@ struct CommandLineTests {
         let server = try FaultServer()
         let data = Data(repeating: 0x41, count: 20_000)
         let digest = server.serve("t.whl", data)
-        let lock = try writeLock([wheelInput("t", sha256: digest, urls: [server.url("files/t.whl")])])
+        let lock = try work.lock([wheelInput("t", sha256: digest, urls: [server.url("files/t.whl")])])
         let bundle = work.path + "/b.tar"
         #expect(krnative(["fetch", "--lock", lock, "--store", work.path + "/a", "--all"]).succeeded)
         #expect(krnative(["bundle", "export", bundle, "--lock", lock, "--store", work.path + "/a", "--all"]).succeeded)
@@ -220,11 +214,11 @@ struct CommandLineTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: "\(store)/quarantine").count == 1)
     }
 
-    @Test(.tags(.pypi)) func wheelsComeThroughPip() throws {
+    @Test(.tags(.pypi), .endToEnd) func wheelsComeThroughPip() throws {
         // janus 2.0.0, as pinned in the repository's lock.
         let repository = try Lockfile.load(from: Package.root + "/krnative.lock.json")
         let janus = try #require(repository.inputs.first { $0.name == "janus-2.0.0-py3-none-any" })
-        let lock = try writeLock([janus])
+        let lock = try work.lock([janus])
         let result = krnative(["fetch", "--lock", lock, "--store", work.path + "/s", "--all"])
         #expect(result.succeeded, "pip could not fetch janus (is PyPI reachable?): \(result.stderr)")
         #expect(try Store(root: work.path + "/s").entries().map(\.sha256) == [janus.sha256!])

@@ -12,7 +12,7 @@ private let hasWheelTools = ChildProcess.run([toolsPython, "-c", "import uv, che
 
 /// Backend.AI compatibility (issue 12): the plugin wheel as the published packages and the agent
 /// have it, the versions continuing the published lines, and volume numbers checked against the ledger.
-@Suite("Backend.AI compatibility")
+@Suite("Backend.AI compatibility", .timeLimit(.minutes(60)))
 struct CompatTests {
     /// A small volume and its side files, packed, and the plugin wheel written from them by the
     /// packaging code (no build): what `krnative build` hands PluginWheel, in miniature.
@@ -118,7 +118,7 @@ struct CompatTests {
     /// The ledger by itself: a new number needs --record-volume; the same number with other
     /// contents fails naming both tree hashes and the fix; a bump admits one new entry. The tree
     /// hash of the volume directory is the one `krnative lock tree-hash --strip 0` gives for the packed volume.
-    @Test func theLedgerAdmitsANumberForOneTreeOnly() throws {
+    @Test(.tags(.process), .endToEnd) func theLedgerAdmitsANumberForOneTreeOnly() throws {
         let work = TemporaryDirectory("krnative-ledger")
         _ = work.file("volume/bin/hello", "hello\n")
         let path = work.path + "/krunner-volumes.json"
@@ -157,7 +157,7 @@ struct CompatTests {
 
     /// `krnative build` checks the number before fetching or compiling anything: a published
     /// number is refused, an unrecorded one without --record-volume too, both naming the fix.
-    @Test(.tags(.process)) func buildRefusesATakenOrUnrecordedNumberBeforeBuilding() throws {
+    @Test(.tags(.process), .endToEnd) func buildRefusesATakenOrUnrecordedNumberBeforeBuilding() throws {
         let work = TemporaryDirectory("krnative-ledger")
         try FileManager.default.copyItem(atPath: Package.root + "/krunner-volumes.json", toPath: work.path + "/krunner-volumes.json")
         func build(volume: Int, _ extra: [String] = []) -> ChildProcess.Result {

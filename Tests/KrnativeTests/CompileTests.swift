@@ -17,7 +17,7 @@ extension Tag {
 
 /// The real compile: ttyd's libraries (and ttyd, when its source is at hand) from Debian's
 /// upstream tarballs (scripts/debian-sources), with Zig from the `ziglang` wheel (through pip).
-@Suite("Compile ttyd", .tags(.compile, .namespaces, .pypi), .serialized, .needsCompile)
+@Suite("Compile ttyd", .timeLimit(.minutes(60)), .tags(.compile, .namespaces, .pypi), .endToEnd, .serialized, .needsCompile)
 struct CompileTests {
     /// One store for the suite: the Zig wheel is fetched once and Zig's libc cache is shared.
     /// KRNATIVE_TEST_STORE, else a temporary directory left for the system to clean (it holds Zig's cache).

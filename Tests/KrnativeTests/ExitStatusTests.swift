@@ -5,7 +5,7 @@ import Testing
 /// The README's table of exit statuses, each from a real run of the binary: a script can tell the
 /// kinds of failure apart. Asserted elsewhere, where the run is already made: 78 (a smoke check
 /// fails, VolumeTests), 80 (a patch that no longer applies, PatchTests), 130 (signals, RobustnessTests).
-@Suite("Exit statuses", .tags(.process))
+@Suite("Exit statuses", .timeLimit(.minutes(60)), .tags(.process), .endToEnd)
 struct ExitStatusTests {
     struct Case: Sendable, CustomStringConvertible {
         var status: Int32

@@ -7,7 +7,7 @@ import Lock
 import Store
 import Testing
 
-@Suite("Fetch against a loopback server", .tags(.network), .serialized)
+@Suite("Fetch against a loopback server", .timeLimit(.minutes(60)), .tags(.network), .serialized)
 struct FetchTests {
     let server: FaultServer
     let work = TemporaryDirectory()
@@ -179,7 +179,7 @@ struct FetchTests {
     }
 }
 
-@Suite("Mirror config")
+@Suite("Mirror config", .timeLimit(.minutes(60)))
 struct MirrorConfigTests {
     @Test func ordersRewritesFirstAndDropsBlocked() throws {
         let config = try MirrorConfig.parse("rewrite https://a/ http://m1/\nrewrite https://a/ http://m2/\nblock https://b/\n", file: "m")

@@ -5,7 +5,7 @@ import Testing
 /// What the help and the README show is what the binary takes: every command has examples, and
 /// every command line of the examples and of the README's command list names a real command with
 /// options that command accepts.
-@Suite("Help and README", .tags(.process))
+@Suite("Help and README", .timeLimit(.minutes(60)), .tags(.process), .endToEnd)
 struct HelpTests {
     /// Every command a user can call, as its words after `krnative`, found through the help itself.
     static let commands: [[String]] = {

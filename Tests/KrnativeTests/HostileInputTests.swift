@@ -12,19 +12,13 @@ import Testing
 /// A hostile mirror, run against the krnative binary (so a crash shows as a signal, not a dead test
 /// runner): downloads beyond the pinned size, redirects to blocked URLs, junk instead of an archive,
 /// the network under --offline, a lock that reads differently in two JSON parsers.
-@Suite("Hostile inputs", .tags(.network, .process), .serialized)
+@Suite("Hostile inputs", .timeLimit(.minutes(60)), .tags(.network, .process), .endToEnd, .serialized)
 struct HostileInputTests {
     let server: FaultServer
     let work = TemporaryDirectory()
     var store: String { work.path + "/store" }
 
     init() throws { server = try FaultServer() }
-
-    func writeLock(_ inputs: [LockedInput], name: String = "krnative.lock.json") throws -> String {
-        let path = work.path + "/" + name
-        try Lockfile(sourceDateEpoch: 1_700_000_000, inputs: inputs).write(to: path)
-        return path
-    }
 
     func fetch(_ lock: String, store: String? = nil, _ extra: [String] = []) -> ChildProcess.Result {
         krnative(["fetch", "--lock", lock, "--store", store ?? self.store, "--all", "--retry-delay", "0.05"] + extra)
@@ -38,7 +32,7 @@ struct HostileInputTests {
         let pinned = 1_000_000
         let digest = server.serve("big.whl", randomData(pinned))
         for route in ["endless", "huge"] {
-            let lock = try writeLock([
+            let lock = try work.lock([
                 wheelInput("big", sha256: digest, urls: [server.url("\(route)/big.whl"), server.url("files/big.whl")], size: Int64(pinned))
             ])
             let result = fetch(lock, store: work.path + "/\(route)")
@@ -51,7 +45,7 @@ struct HostileInputTests {
             #expect(try SHA256Digest.of(fileAt: work.path + "/\(route)/sha256/\(digest.hex)").digest == digest)
         }
         // Alone, the endless mirror fails with the URL, the pinned size and the bytes seen; no partial is kept.
-        let lock = try writeLock([wheelInput("big", sha256: digest, urls: [server.url("endless/big.whl")], size: Int64(pinned))])
+        let lock = try work.lock([wheelInput("big", sha256: digest, urls: [server.url("endless/big.whl")], size: Int64(pinned))])
         let alone = fetch(lock)
         #expect(alone.termination == .exited(75), "\(alone.stderr)")
         #expect(alone.stderr.contains("\(server.url("endless/big.whl")) sent more than the input's size: the lock pins \(pinned) bytes"))
@@ -65,7 +59,7 @@ struct HostileInputTests {
         server.serve("grown.whl", data)
         let pinnedPart = data.prefix(1_000_000)
         let digest = SHA256Digest.of(pinnedPart)
-        let lock = try writeLock([wheelInput("grown", sha256: digest, urls: [server.url("files/grown.whl")], size: 1_000_000)])
+        let lock = try work.lock([wheelInput("grown", sha256: digest, urls: [server.url("files/grown.whl")], size: 1_000_000)])
         _ = try Store(root: store)
         FileManager.default.createFile(atPath: "\(store)/tmp/\(digest.hex).partial", contents: data.prefix(900_000))
         let result = fetch(lock, ["--retries", "1"])
@@ -78,7 +72,7 @@ struct HostileInputTests {
     @Test func aRedirectToABlockedPrefixIsRefused() throws {
         let digest = server.serve("r.whl", randomData(50_000))
         let mirrors = work.file("mirrors.conf", "block \(server.url("files/"))\n")
-        let lock = try writeLock([wheelInput("r", sha256: digest, urls: [server.url("redirect/files/r.whl")])])
+        let lock = try work.lock([wheelInput("r", sha256: digest, urls: [server.url("redirect/files/r.whl")])])
         let result = fetch(lock, ["--mirrors", mirrors])
         #expect(result.termination == .exited(75), "\(result.stderr)")
         #expect(result.stderr.contains("\(server.url("redirect/files/r.whl")) redirected to \(server.url("files/r.whl"))"), "\(result.stderr)")
@@ -87,7 +81,7 @@ struct HostileInputTests {
         #expect(files(in: "sha256").isEmpty)
 
         // Other schemes are not followed either; without the rule the redirect is followed.
-        let scheme = try writeLock([wheelInput("r", sha256: digest, urls: [server.url("redirect/r?to=file:///etc/passwd")])], name: "s.json")
+        let scheme = try work.lock([wheelInput("r", sha256: digest, urls: [server.url("redirect/r?to=file:///etc/passwd")])], name: "s.json")
         let refused = fetch(scheme)
         #expect(refused.stderr.contains("redirected to file:///etc/passwd; only http and https"), "\(refused.stderr)")
         let followed = fetch(lock)
@@ -98,7 +92,7 @@ struct HostileInputTests {
     @Test func aResumeThroughARedirectWorks() throws {
         let data = randomData(300_000)
         let digest = server.serve("h.whl", data)
-        let lock = try writeLock([wheelInput("h", sha256: digest, urls: [server.url("redirect/files/h.whl")], size: 300_000)])
+        let lock = try work.lock([wheelInput("h", sha256: digest, urls: [server.url("redirect/files/h.whl")], size: 300_000)])
         _ = try Store(root: store)
         FileManager.default.createFile(atPath: "\(store)/tmp/\(digest.hex).partial", contents: data.prefix(100_000))
         let result = fetch(lock)
@@ -160,7 +154,7 @@ struct HostileInputTests {
         let source = LockedInput(
             name: "lib", kind: .source, version: "1.0", filename: "lib-1.0.tar.gz", treeSha256: tree,
             urls: [server.url("junk/lib.tar.gz"), server.url("files/lib.tar.gz")])
-        let lock = try writeLock([source])
+        let lock = try work.lock([source])
         let result = fetch(lock)
         #expect(result.termination == .exited(0), "\(result.stderr)")
         #expect(result.stderr.contains("is not a readable archive"))
@@ -175,7 +169,7 @@ struct HostileInputTests {
         // A junk-only mirror fails cleanly, twice: the bad partial is not resumed.
         var junkOnly = source
         junkOnly.urls = [server.url("junk/lib.tar.gz")]
-        let onlyJunk = try writeLock([junkOnly], name: "junk.json")
+        let onlyJunk = try work.lock([junkOnly], name: "junk.json")
         for _ in 0..<2 {
             let failed = fetch(onlyJunk, store: work.path + "/other")
             #expect(failed.termination == .exited(75), "\(failed.stderr)")
@@ -186,7 +180,7 @@ struct HostileInputTests {
     @Test func aJunkPartialFromAnEarlierRunIsDiscarded() throws {
         let (archive, tree) = try sourceArchive()
         server.serve("lib.tar.gz", archive)
-        let lock = try writeLock([
+        let lock = try work.lock([
             LockedInput(
                 name: "lib", kind: .source, version: "1.0", filename: "lib-1.0.tar.gz", treeSha256: tree,
                 urls: [server.url("files/lib.tar.gz")])

@@ -3,7 +3,7 @@ import KrnativeBase
 import Lock
 import Testing
 
-@Suite("Lock")
+@Suite("Lock", .timeLimit(.minutes(60)))
 struct LockTests {
     func parseError(_ json: String) -> String {
         do {

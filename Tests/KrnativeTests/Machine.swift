@@ -35,9 +35,18 @@ enum Machine {
     static var canCompile: Bool { hasTestSources && userNamespaces }
 
     static func hasExecutable(_ path: String) -> Bool { FileManager.default.isExecutableFile(atPath: path) }
+
+    /// `scripts/test --fast` (`KRNATIVE_TEST_TIER=fast`): only the tests that run in this process,
+    /// never the krnative binary, a compiler, a sandbox or pip.
+    static var fastTier: Bool { ProcessInfo.processInfo.environment["KRNATIVE_TEST_TIER"] == "fast" }
 }
 
 extension Trait where Self == ConditionTrait {
+    /// The end-to-end tier: the test launches the krnative binary, a compiler, a sandbox or pip
+    /// (its tags say which). `scripts/test` runs it; `scripts/test --fast` skips it, saying so.
+    static var endToEnd: Self {
+        .enabled(if: !Machine.fastTier, "end-to-end (launches krnative, a compiler, a sandbox or pip): scripts/test without --fast runs it")
+    }
     static var needsNamespaces: Self {
         .enabled(if: Machine.userNamespaces, "user namespaces do not work here; `krnative doctor` says why")
     }

@@ -7,7 +7,7 @@ import Testing
     import Glibc
 #endif
 
-@Suite("Deterministic tar.xz and zip")
+@Suite("Deterministic tar.xz and zip", .timeLimit(.minutes(60)))
 struct PackTests {
     /// A small volume-like tree, made in the given order with the given umask and times.
     func makeVolume(_ root: String, reversed: Bool = false, umask mask: mode_t = 0o022) throws {

@@ -4,7 +4,7 @@ import KrnativeBase
 import Patch
 import Testing
 
-@Suite("Patches")
+@Suite("Patches", .timeLimit(.minutes(60)))
 struct PatchTests {
     static let contextC = """
         \tcontext->default_retry.retry_ms_table = default_backoff_table;

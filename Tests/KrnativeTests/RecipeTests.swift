@@ -8,7 +8,7 @@ import Testing
 import Toolchain
 
 /// The recipe and the toolchain files are values: checked here without running anything.
-@Suite("ttyd recipe")
+@Suite("ttyd recipe", .timeLimit(.minutes(60)))
 struct RecipeTests {
     let recipe = TtydRecipe(
         layout: .sandboxed, triple: "aarch64-linux-musl", jobs: 2,
@@ -77,7 +77,7 @@ struct RecipeTests {
 }
 
 /// The runtime recipe is a value too: its steps, flags and answers, checked without compiling.
-@Suite("runtime recipe")
+@Suite("runtime recipe", .timeLimit(.minutes(60)))
 struct RuntimeRecipeTests {
     func recipe(_ target: Target) -> RuntimeRecipe { RuntimeRecipe(layout: .sandboxed, target: target, buildArch: .x86_64, jobs: 2) }
     func step(_ name: String, of target: Target = .musllinuxX86_64) -> BuildStep { recipe(target).steps.first { $0.name == name }! }

@@ -11,7 +11,7 @@ import Testing
 /// Bazel's HTTP cache protocol: one store uploads what it fetched, another store fetches it from
 /// the cache alone; a cache that is stopped, serves wrong bytes or stalls costs a warning and the
 /// lock's own URL, never a failed or different fetch.
-@Suite("Remote cache", .tags(.process, .network), .serialized, .enabled(if: Machine.hasExecutable(WebDAVCache.nginx)))
+@Suite("Remote cache", .timeLimit(.minutes(60)), .tags(.process, .network), .endToEnd, .serialized, .enabled(if: Machine.hasExecutable(WebDAVCache.nginx)))
 struct RemoteCacheTests {
     let work = TemporaryDirectory("krnative-remote-cache")
     let server: FaultServer

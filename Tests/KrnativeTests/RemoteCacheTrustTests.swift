@@ -13,7 +13,7 @@ import Testing
 /// what the remote cache says a key produced is used only when a trusted key signed it for that
 /// key, and a whole build from the cache is checked whole before anything is published; plain
 /// http:// only to this machine; the cache's token reaches no child.
-@Suite("Remote cache trust and local policy", .tags(.process))
+@Suite("Remote cache trust and local policy", .timeLimit(.minutes(60)), .tags(.process), .endToEnd)
 struct RemoteCacheTrustTests {
     let work = TemporaryDirectory("krnative-trust")
 
@@ -126,7 +126,7 @@ struct RemoteCacheTrustTests {
 
 /// Item 7 against nginx with WebDAV: `/ac/` entries signed by the uploader's key and checked by
 /// the reader's trust; a whole build checked whole before it is published.
-@Suite("Remote cache signatures", .tags(.process, .network), .serialized, .enabled(if: Machine.hasExecutable(WebDAVCache.nginx)))
+@Suite("Remote cache signatures", .timeLimit(.minutes(60)), .tags(.process, .network), .endToEnd, .serialized, .enabled(if: Machine.hasExecutable(WebDAVCache.nginx)))
 struct RemoteCacheSignatureTests {
     let work = TemporaryDirectory("krnative-signatures")
     let cache: WebDAVCache

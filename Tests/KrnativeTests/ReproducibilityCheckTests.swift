@@ -10,7 +10,7 @@ import Testing
 
 /// `build --check` against an output directory that holds more than one target's outputs, as
 /// `scripts/build --all` leaves `out/`. The runs' builds are a script that writes the outputs.
-@Suite("Reproducibility check", .tags(.process))
+@Suite("Reproducibility check", .timeLimit(.minutes(60)), .tags(.process), .endToEnd)
 struct ReproducibilityCheckTests {
     let work = TemporaryDirectory("krnative-check")
 

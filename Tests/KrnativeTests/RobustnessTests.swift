@@ -11,7 +11,7 @@ import Testing
 
 /// Bad paths, signals and killed runs against the real krnative binary: documented exit
 /// statuses, a message naming the path, nothing left running, outputs whole or absent.
-@Suite("robustness", .tags(.process), .serialized)
+@Suite("robustness", .timeLimit(.minutes(60)), .tags(.process), .endToEnd, .serialized)
 struct RobustnessTests {
     let work = TemporaryDirectory("krnative-robust")
 

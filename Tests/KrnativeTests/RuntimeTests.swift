@@ -9,7 +9,7 @@ import Testing
 
 /// The runtime from source: CPython 3.13 and its libraries compiled with Zig from Debian's
 /// upstream tarballs, for musllinux-x86_64, then run on a minimal Debian with musl (`krnative smoke`).
-@Suite("Runtime from source", .tags(.compile, .namespaces, .pypi), .serialized, .needsCompileRuntime)
+@Suite("Runtime from source", .timeLimit(.minutes(60)), .tags(.compile, .namespaces, .pypi), .endToEnd, .serialized, .needsCompileRuntime)
 struct RuntimeTests {
     static let distro = Target.musllinuxX86_64.distro
     /// `krnative build --runtime source --target musllinux-x86_64` from the stand-in lock (the
@@ -84,7 +84,7 @@ struct RuntimeTests {
 /// `krnative build-runtime` without compiling: `--sandbox none --prepare-only` leaves every step's
 /// source unpacked and patched (the recipe's CPython edits too, in the target CPython's directory
 /// only), and `--print-script` prints the steps' commands over them, as the benchmark runs them.
-@Suite("build-runtime prepares and prints", .tags(.process, .pypi), .needsCompileRuntime)
+@Suite("build-runtime prepares and prints", .timeLimit(.minutes(60)), .tags(.process, .pypi), .endToEnd, .needsCompileRuntime)
 struct BuildRuntimeCommandTests {
     @Test func preparesTheSourcesAndPrintsEachStepsCommands() throws {
         let work = TemporaryDirectory("krnative-build-runtime")

@@ -9,7 +9,7 @@ import Testing
 
 /// The attacks of issue #13 on the sandbox, each made by a step through the real `unshare` and
 /// the real krnative binary, and shown refused (docs/design.md §5).
-@Suite("Sandbox hardening", .tags(.namespaces, .process), .serialized, .needsNamespaces)
+@Suite("Sandbox hardening", .timeLimit(.minutes(60)), .tags(.namespaces, .process), .endToEnd, .serialized, .needsNamespaces)
 struct SandboxHardeningTests {
     /// Runs a Python probe in the sandbox as `user` and returns its `key=value` lines.
     func probe(_ script: String, as user: Runner = .currentUser, arguments: [String] = [], extra: [String] = []) -> (ChildProcess.Result, [String: String]) {

@@ -12,7 +12,7 @@ import Testing
 
 /// The remaining holes of issue #22 (item 12): a step's processes and memory bounded, io_uring
 /// refused, the host's secrets not bound in, and what killed runs leave removed by the next one.
-@Suite("Sandbox limits", .tags(.namespaces, .process), .serialized, .needsNamespaces)
+@Suite("Sandbox limits", .timeLimit(.minutes(60)), .tags(.namespaces, .process), .endToEnd, .serialized, .needsNamespaces)
 struct SandboxLimitsTests {
     /// Runs a Python probe in the sandbox as `user` and returns its `key=value` lines.
     func probe(_ script: String, as user: Runner = .currentUser, extra: [String] = [], environment: [String: String] = [:]) -> (

@@ -56,7 +56,7 @@ enum Runner: String, CaseIterable, CustomTestStringConvertible {
     }
 }
 
-@Suite("Sandbox", .tags(.namespaces), .serialized, .needsNamespaces)
+@Suite("Sandbox", .timeLimit(.minutes(60)), .tags(.namespaces), .endToEnd, .serialized, .needsNamespaces)
 struct SandboxTests {
     let runner = SandboxRunner(entryExecutable: Package.binary)
 

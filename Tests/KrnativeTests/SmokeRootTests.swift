@@ -7,7 +7,7 @@ import Verify
 
 /// What `krnative smoke` makes its root file systems of, without making one: the Debian release
 /// per libc, the mirrors mmdebstrap gets from this machine's apt sources, the release a root names.
-@Suite("Smoke root file systems")
+@Suite("Smoke root file systems", .timeLimit(.minutes(60)))
 struct SmokeRootTests {
     static let archive = "http://archive.example/debian", security = "http://archive.example/debian-security"
 
@@ -99,7 +99,7 @@ struct SmokeRootTests {
 
     /// Issue #23: the root is taken (or made) under the lock gc takes for `sysroots/<name>`, and
     /// its use is marked for gc. Before, the smoke test built its store path itself and took no lock.
-    @Test(.timeLimit(.minutes(60))) func aRootIsTakenUnderTheLockGcTakes() throws {
+    @Test(.timeLimit(.minutes(60)), .tags(.process), .endToEnd) func aRootIsTakenUnderTheLockGcTakes() throws {
         let work = TemporaryDirectory()
         let store = try Store(root: work.path + "/store")
         var test = SmokeTest(
@@ -128,7 +128,7 @@ struct SmokeRootTests {
 
     /// sysroots/smoke.json: glibc volumes on bullseye, musl volumes on bookworm; mmdebstrap is
     /// given the suite and the mirror lines (the root's key is made of this command).
-    @Test func theSuiteIsPerLibc() throws {
+    @Test(.tags(.process), .endToEnd) func theSuiteIsPerLibc() throws {
         let work = TemporaryDirectory()
         let description = try SmokeDescription.load(from: Package.root + "/sysroots/smoke.json")
         #expect(description.suite(for: .gnu) == "bullseye" && description.suite(for: .musl) == "bookworm")
@@ -157,7 +157,7 @@ struct SmokeRootTests {
     /// After mmdebstrap: the mount points and the CA certificates (linked, hashed, bundled) are
     /// written through the root's real directories only. Its links come from a mirror's packages:
     /// one that leads out of the root is refused, and nothing is written or read where it points.
-    @Test func finishingARootFollowsNoneOfItsLinks() throws {
+    @Test(.tags(.process), .endToEnd) func finishingARootFollowsNoneOfItsLinks() throws {
         let work = TemporaryDirectory()
         let test = SmokeTest(
             target: .musllinuxAarch64, description: try SmokeDescription.load(from: Package.root + "/sysroots/smoke.json"),

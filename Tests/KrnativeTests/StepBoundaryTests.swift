@@ -53,7 +53,7 @@ struct Victim {
     }
 }
 
-@Suite("Step boundary: copying and reading what a step wrote")
+@Suite("Step boundary: copying and reading what a step wrote", .timeLimit(.minutes(60)))
 struct StepResultTreeTests {
     /// An honest install tree: files of several modes, an empty directory, directories of unusual
     /// modes, links that stay inside (to a file, to a directory, up and down again, dangling), a hard link.
@@ -350,7 +350,7 @@ final class ShellRecipeInputs {
     }
 }
 
-@Suite("Step boundary: hostile steps through the real binary", .tags(.process, .namespaces), .serialized, .needsNamespaces)
+@Suite("Step boundary: hostile steps through the real binary", .timeLimit(.minutes(60)), .tags(.process, .namespaces), .endToEnd, .serialized, .needsNamespaces)
 struct StepBoundaryTests {
     var target: Target { HostPlatform.current.arch == .x86_64 ? .manylinuxX86_64 : .manylinuxAarch64 }
 

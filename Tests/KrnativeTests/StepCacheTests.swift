@@ -13,7 +13,7 @@ import Testing
 /// The step cache through `krnative build-ttyd`, with ttyd's six sources made by hand: each builds
 /// nothing but writes `$SOURCE_DATE_EPOCH` into the stage (ttyd's "binary" is that number), and
 /// the Zig toolchain is a shell script, since no compiler runs.
-@Suite("Step cache", .tags(.process, .namespaces), .needsNamespaces, .serialized)
+@Suite("Step cache", .timeLimit(.minutes(60)), .tags(.process, .namespaces), .endToEnd, .needsNamespaces, .serialized)
 struct StepCacheTests {
     let work = TemporaryDirectory("krnative-step-cache")
     var store: String { work.path + "/store" }

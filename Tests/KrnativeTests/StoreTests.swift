@@ -4,7 +4,7 @@ import KrnativeBase
 import Store
 import Testing
 
-@Suite("Store")
+@Suite("Store", .timeLimit(.minutes(60)))
 struct StoreTests {
     /// A wait for another process's lock is said, with the holder's pid, and ends when it lets go.
     @Test func waitingForAnEntrysLockSaysWhoHoldsIt() throws {
@@ -177,7 +177,7 @@ struct StoreTests {
 
     /// A good item in every area: each is counted, derived items say how far they were checked,
     /// and a copy a running process is still writing is left alone.
-    @Test(.tags(.process)) func verifyChecksEveryAreaOfAGoodStore() throws {
+    @Test(.tags(.process), .endToEnd) func verifyChecksEveryAreaOfAGoodStore() throws {
         let work = TemporaryDirectory()
         let store = try Store(root: work.path + "/store")
         let entry = try store.ingest(copying: work.file("source.tar.gz", randomData(2000))).digest
@@ -205,7 +205,7 @@ struct StoreTests {
     /// Unfinished copies of processes that are gone, a record without its item, stale temp files
     /// and quarantined files are warnings (exit 0), each with its size and a fix that holds: the
     /// gc it names removes them.
-    @Test(.tags(.process)) func verifyReportsLeftoversWithTheGcThatRemovesThem() throws {
+    @Test(.tags(.process), .endToEnd) func verifyReportsLeftoversWithTheGcThatRemovesThem() throws {
         let work = TemporaryDirectory()
         let store = try Store(root: work.path + "/store")
         let gone = Self.goneProcess
@@ -248,7 +248,7 @@ struct StoreTests {
     /// A corrupted entry and a tampered step result (with a read-only directory, as snapshots
     /// have) are moved to quarantine and fail the run with 76; a good toolchain stays, and the next
     /// run finds only the quarantined copies.
-    @Test(.tags(.process)) func verifyQuarantinesCorruptedEntriesAndDerivedItems() throws {
+    @Test(.tags(.process), .endToEnd) func verifyQuarantinesCorruptedEntriesAndDerivedItems() throws {
         let work = TemporaryDirectory()
         let store = try Store(root: work.path + "/store")
         let bad = try store.ingest(copying: work.file("b", randomData(5000))).digest

@@ -28,8 +28,12 @@ enum Package {
         return url.path
     }()
 
-    /// The krnative executable: `KRNATIVE_BIN`, else the debug build.
+    /// The krnative executable: `KRNATIVE_BIN`, else the debug build. The fast tier never
+    /// launches it: a test of that tier asking for it is reported as mislabelled.
     static var binary: String {
+        if Machine.fastTier {
+            Issue.record("the fast tier (scripts/test --fast) asked for the krnative binary: this test belongs to the end-to-end tier (.endToEnd)")
+        }
         if let explicit = ProcessInfo.processInfo.environment["KRNATIVE_BIN"], !explicit.isEmpty { return explicit }
         return root + "/.build/debug/krnative"
     }
@@ -55,6 +59,23 @@ final class TemporaryDirectory {
         return full
     }
     func file(_ name: String, _ text: String) -> String { file(name, Data(text.utf8)) }
+
+    /// A small source tree `top/` as an upstream tarball holds one: a file, a nested source, an
+    /// executable `configure`, and `LICENSE`, a link to `README`. Returns its path.
+    func sourceTree(_ top: String) -> String {
+        _ = file(top + "/README", "hello\n")
+        _ = file(top + "/src/main.c", "int main(void) { return 0; }\n")
+        chmod(file(top + "/configure", "#!/bin/sh\necho ok\n"), 0o755)
+        symlink("README", path + "/" + top + "/LICENSE")
+        return path + "/" + top
+    }
+
+    /// Writes a lock of `inputs` (epoch 1,700,000,000) as `name` here; returns its path.
+    func lock(_ inputs: [LockedInput], name: String = "krnative.lock.json") throws -> String {
+        let lockPath = path + "/" + name
+        try Lockfile(sourceDateEpoch: 1_700_000_000, inputs: inputs).write(to: lockPath)
+        return lockPath
+    }
 }
 
 /// Random bytes (not compressible, so transfer sizes mean something).

@@ -7,26 +7,15 @@ import Testing
     import Glibc
 #endif
 
-@Suite("Tree hash")
+@Suite("Tree hash", .timeLimit(.minutes(60)))
 struct TreeHashTests {
-    /// A small source tree: a file, an executable, a symlink, a nested directory.
-    func makeTree(in directory: TemporaryDirectory) -> String {
-        let top = directory.path + "/project-1.0"
-        _ = directory.file("project-1.0/README", "hello\n")
-        _ = directory.file("project-1.0/src/main.c", "int main(void) { return 0; }\n")
-        let script = directory.file("project-1.0/configure", "#!/bin/sh\necho ok\n")
-        chmod(script, 0o755)
-        try? FileManager.default.createSymbolicLink(atPath: top + "/LICENSE", withDestinationPath: "README")
-        return top
-    }
-
     func tar(_ arguments: [String], in directory: String) throws {
         try ChildProcess.check(["tar"] + arguments, directory: directory)
     }
 
     @Test func archiveAndDirectoryAgreeAcrossCompressions() throws {
         let work = TemporaryDirectory()
-        let top = makeTree(in: work)
+        let top = work.sourceTree("project-1.0")
         try tar(["--owner=1000", "-czf", "a.tar.gz", "project-1.0"], in: work.path)
         try tar(["--sort=name", "--mtime=@0", "-cJf", "b.tar.xz", "project-1.0"], in: work.path)
         let fromDirectory = try TreeHash.ofDirectory(at: top)
@@ -49,7 +38,7 @@ struct TreeHashTests {
 
     @Test func contentModeAndLinkTargetEachChangeTheHash() throws {
         let work = TemporaryDirectory()
-        let top = makeTree(in: work)
+        let top = work.sourceTree("project-1.0")
         let original = try TreeHash.ofDirectory(at: top)
         chmod(top + "/README", 0o755)
         let executable = try TreeHash.ofDirectory(at: top)
@@ -119,7 +108,7 @@ struct TreeHashTests {
     /// The published algorithm, computed independently (docs/tree-hash.md), must match.
     @Test func matchesTheDocumentedAlgorithm() throws {
         let work = TemporaryDirectory()
-        let top = makeTree(in: work)
+        let top = work.sourceTree("project-1.0")
         let reference = """
             import hashlib, os, sys
             root = sys.argv[1]; records = []

@@ -12,7 +12,7 @@ import Testing
 
 /// Names, numbers and files from outside (issue #22, items 8–12), through the krnative binary: each
 /// is refused promptly with a message naming the file, entry and field, and its victim is left as it was.
-@Suite("Untrusted input", .tags(.process), .serialized)
+@Suite("Untrusted input", .timeLimit(.minutes(60)), .tags(.process), .endToEnd, .serialized)
 struct UntrustedInputTests {
     let work = TemporaryDirectory()
     var store: String { work.path + "/store" }
@@ -261,7 +261,7 @@ struct UntrustedInputTests {
 
 /// Block rules against spellings of a blocked server (issue #22, item 8): the blocked server must
 /// see no request, whatever the redirect's URL says.
-@Suite("Untrusted input: block rules", .tags(.network, .process), .serialized)
+@Suite("Untrusted input: block rules", .timeLimit(.minutes(60)), .tags(.network, .process), .endToEnd, .serialized)
 struct BlockRuleTests {
     let origin: FaultServer
     let blocked: FaultServer

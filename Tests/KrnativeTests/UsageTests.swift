@@ -4,7 +4,7 @@ import Testing
 
 /// The command line as a user meets it: mistakes get exit 64 and one message that says what to
 /// type instead; environment settings are read strictly.
-@Suite("Usage errors", .tags(.process))
+@Suite("Usage errors", .timeLimit(.minutes(60)), .tags(.process), .endToEnd)
 struct UsageTests {
     struct Case: Sendable, CustomStringConvertible {
         var arguments: [String]
@@ -157,7 +157,7 @@ struct UsageTests {
     }
 
     /// `lock add --pip-requirement` alone: pip chooses the file, krnative pins what it chose.
-    @Test(.tags(.pypi)) func lockAddWithPipAlone() throws {
+    @Test(.tags(.pypi), .endToEnd) func lockAddWithPipAlone() throws {
         let work = TemporaryDirectory()
         let lock = work.path + "/krnative.lock.json"
         let added = krnative([

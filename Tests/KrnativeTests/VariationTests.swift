@@ -3,7 +3,7 @@ import Testing
 
 /// `build --check`'s variations as values: what each does to a run on a machine described by
 /// made-up circumstances, and the build a run's plan makes of them. Nothing runs, mounts or builds.
-@Suite("Check variations")
+@Suite("Check variations", .timeLimit(.minutes(60)))
 struct VariationTests {
     let directory = "/check/run"
 

@@ -6,7 +6,7 @@ import Verify
 
 /// `krnative diff` and `krnative audit` on real ELF files of this machine, checked against
 /// binutils' own reading of them.
-@Suite("Diff and audit")
+@Suite("Diff and audit", .timeLimit(.minutes(60)))
 struct VerifyTests {
     static let elfFiles = ["/bin/ls", "/usr/bin/python3", "/usr/lib/x86_64-linux-gnu/libcurl.so.4"]
 
@@ -63,7 +63,7 @@ struct VerifyTests {
     @Test(
         .enabled(
             if: HostPlatform.current.arch == .x86_64 && FileManager.default.fileExists(atPath: "/usr/bin/qemu-aarch64-static"),
-            "needs an x86_64 machine with qemu-user-static (its static binary stands for ttyd)"))
+            "needs an x86_64 machine with qemu-user-static (its static binary stands for ttyd)"), .tags(.process), .endToEnd)
     func auditFlagsEachRuleAndNamesFileAndSymbol() throws {
         let work = TemporaryDirectory()
         let volume = work.path + "/volume"
@@ -114,7 +114,7 @@ struct VerifyTests {
 
     /// Two trees that differ in each way diff reports; the same trees packed as tar.xz; the same
     /// tree against itself.
-    @Test func diffReportsEachKindOfDifference() throws {
+    @Test(.tags(.process), .endToEnd) func diffReportsEachKindOfDifference() throws {
         let work = TemporaryDirectory()
         let (a, b) = (work.path + "/a", work.path + "/b")
         for root in [a, b] { try FileManager.default.createDirectory(atPath: root + "/bin", withIntermediateDirectories: true) }

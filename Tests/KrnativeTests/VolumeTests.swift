@@ -10,7 +10,7 @@ import Verify
 /// The product end to end: `krnative build --target manylinux-x86_64` from stand-in inputs
 /// (scripts/standin-lock: a PBS-layout CPython 3.13 from this machine, Debian's ttyd sources, the
 /// real wheels and Zig through pip), twice, then the agent's view of the plugin wheel.
-@Suite("Volume and plugin wheel", .tags(.compile, .namespaces, .pypi), .serialized)
+@Suite("Volume and plugin wheel", .timeLimit(.minutes(60)), .tags(.compile, .namespaces, .pypi), .endToEnd, .serialized)
 struct VolumeTests {
     static let store: String = {
         if let shared = ProcessInfo.processInfo.environment["KRNATIVE_TEST_STORE"], !shared.isEmpty { return shared }

@@ -10,7 +10,7 @@ import Testing
     import Glibc
 #endif
 
-@Suite("Wheel installer", .tags(.pypi), .serialized)
+@Suite("Wheel installer", .timeLimit(.minutes(60)), .tags(.pypi), .endToEnd, .serialized)
 struct WheelInstallerTests {
     /// The real wheel sets of the repository's lock, fetched once (through pip) into one store.
     static let wheels: Result<(store: String, lock: Lockfile), any Error> = Result {
@@ -117,7 +117,7 @@ struct WheelInstallerTests {
 }
 
 /// Wheels made in the test: no network.
-@Suite("Wheel installer: hostile wheels")
+@Suite("Wheel installer: hostile wheels", .timeLimit(.minutes(60)))
 struct HostileWheelTests {
     /// Builds a wheel in the test with Python's zipfile. `record`: nil for a true RECORD, "none"
     /// for none at all, or "lie:NAME" for a true RECORD except for NAME's hash.
