@@ -42,7 +42,7 @@ let package = Package(
                 "CSystemCalls", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
             ]),
         .target(name: "Lock", dependencies: ["KrnativeBase"]),
-        .target(name: "Store", dependencies: ["KrnativeBase", "Lock"]),
+        .target(name: "Store", dependencies: ["KrnativeBase"]),
         .target(name: "Archive", dependencies: ["KrnativeBase", "CArchive", "CLZMA"]),
         .target(name: "Inputs", dependencies: ["KrnativeBase", "Lock", "Store", "Archive"]),
         .target(
@@ -65,7 +65,8 @@ let package = Package(
             name: "Compile",
             dependencies: ["KrnativeBase", "Lock", "Store", "Archive", "Inputs", "Fetch", "Patch", "Sandbox", "Toolchain"]),
 
-        // The command line: argument parsing only.
+        // The command line: parses the arguments, calls the library stages, prints their results
+        // and picks the exit status from the error; no build logic of its own.
         .executableTarget(
             name: "krnative",
             dependencies: [
