@@ -6,8 +6,9 @@ import Lock
 import Store
 import Verify
 
-/// Whole builds through the remote cache: `/ac/<build key>` holds the manifest of a build made
-/// with that key (signed by a trusted key, or it is a miss), and `/cas/` each output it lists. A
+/// Whole builds through the remote cache: `/ac/<build key>` holds a `RemoteBuildRecord` naming
+/// the manifest of a build made with that key by its sha256 and size (signed by a trusted key, or
+/// it is a miss), and `/cas/` the manifest and each output it lists. A
 /// build whose key the cache knows takes the outputs from there, checked whole before anything is
 /// published: each hashed against the manifest, the volume's entries against the manifest's
 /// listing, the wheel's payload against the outputs, the volume's tree against the ledger as a
@@ -17,6 +18,12 @@ extension VolumeBuild {
     /// tens of MB): the manifest is the cache's word, and bounds the downloads.
     static let largestRemoteOutput: Int64 = 4 << 30
 
+    /// What `/ac/<build key>` holds: the manifest's place in `/cas/`. The manifest itself grows
+    /// with the volume (1.1 MB for a real 4,708-entry volume), so the record only points to it.
+    struct RemoteBuildRecord: Codable {
+        var manifest: BuildManifest.Output
+    }
+
     /// The outputs another machine built with this build key, published as a build would; nil on
     /// a miss or anything wrong (said by the cache).
     public func restoreFromRemoteCache(lock: Lockfile) throws -> BuildManifest? {
@@ -24,23 +31,32 @@ extension VolumeBuild {
         let parts = try buildKeyParts(lock: lock)
         let key = BuildKey.digest(of: parts)
         let what = "the \(request.target.rawValue) build \(key.hex.prefix(12))"
-        guard let document = cache.actionResult(key, what: what) else { return nil }
-        guard let manifest = try? DuplicateJSONKey.decode(BuildManifest.self, from: document), manifest.buildKey == key,
-            manifest.buildKeyParts == nil || manifest.buildKeyParts == parts, manifest.request == nil || manifest.request == request.choices,
-            manifest.outputs.map(\.file) == names(BuildOutput.listedInTheManifest),
-            manifest.outputs.allSatisfy({ $0.size >= 0 && $0.size <= Self.largestRemoteOutput })
+        guard let recorded = cache.actionResult(key, what: what) else { return nil }
+        guard let pointer = try? DuplicateJSONKey.decode(RemoteBuildRecord.self, from: recorded),
+            pointer.manifest.size >= 0 && pointer.manifest.size <= Self.largestRemoteOutput
         else {
-            cache.reject("\(cache.base)/ac/\(key.hex) (\(what)) is not the manifest of this build; ignored")
+            cache.reject("\(cache.base)/ac/\(key.hex) (\(what)) is not a record of a build's manifest; ignored")
             return nil
         }
         let stagingDirectory = try StagingDirectory(in: settings.outputDirectory)
         defer { stagingDirectory.remove() }
         let staging = stagingDirectory.path
+        let manifestFile = staging + "/" + name(.manifest)
+        guard cache.content(pointer.manifest.sha256, sizeCap: pointer.manifest.size, what: "\(what): its manifest", into: manifestFile) != nil,
+            let document = try? FileSystem.readRegularFile(manifestFile)
+        else { return nil }
+        guard let manifest = try? DuplicateJSONKey.decode(BuildManifest.self, from: document), manifest.buildKey == key,
+            manifest.buildKeyParts == nil || manifest.buildKeyParts == parts, manifest.request == nil || manifest.request == request.choices,
+            manifest.outputs.map(\.file) == names(BuildOutput.listedInTheManifest),
+            manifest.outputs.allSatisfy({ $0.size >= 0 && $0.size <= Self.largestRemoteOutput })
+        else {
+            cache.reject("\(cache.base)/cas/\(pointer.manifest.sha256.hex) (\(what)) is not the manifest of this build; ignored")
+            return nil
+        }
         for output in manifest.outputs {
             let file = staging + "/" + output.file
             guard cache.content(output.sha256, sizeCap: output.size, what: "\(what): \(output.file)", into: file) != nil else { return nil }
         }
-        try FileSystem.writeAtomically(document, to: staging + "/" + name(.manifest))
         let ledgerEntry: VolumeLedger.Entry?
         do {
             if let problem = try disagreement(of: manifest, in: staging) {
@@ -125,15 +141,22 @@ extension VolumeBuild {
         return nil
     }
 
-    /// Gives the cache this build's outputs (those it lacks), then its manifest under the build
-    /// key: the manifest last, so that no reader finds a manifest whose outputs are not there.
+    /// Gives the cache this build's outputs and its manifest (those it lacks), then the record of
+    /// the manifest under the build key: the record last, so that no reader finds a record whose
+    /// files are not there.
     public func uploadToRemoteCache(_ manifest: BuildManifest) throws {
         guard let cache = settings.remoteCache, cache.upload, let key = manifest.buildKey else { return }
         let what = "the \(request.target.rawValue) build \(key.hex.prefix(12))"
         for output in manifest.outputs {
             cache.ensure(file: settings.outputDirectory + "/" + output.file, digest: output.sha256, what: "\(what): \(output.file)")
         }
-        guard let document = (try? FileSystem.readRegularFile(settings.outputDirectory + "/" + name(.manifest))) else { return }
-        cache.put(actionResult: document, key: key, what: what)
+        let manifestFile = settings.outputDirectory + "/" + name(.manifest)
+        guard let document = try? FileSystem.readRegularFile(manifestFile) else { return }
+        let listed = BuildManifest.Output(file: name(.manifest), sha256: SHA256Digest.of(document), size: Int64(document.count))
+        cache.ensure(file: manifestFile, digest: listed.sha256, what: "\(what): its manifest")
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        guard let record = try? encoder.encode(RemoteBuildRecord(manifest: listed)) else { return }
+        cache.put(actionResult: record, key: key, what: what)
     }
 }

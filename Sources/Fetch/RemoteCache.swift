@@ -85,8 +85,9 @@ public final class RemoteCache: Sendable {
         return download.file
     }
 
-    /// `/ac/<key>`: the small record a key produced (at most 1 MiB), or nil: a miss, or an entry
-    /// that a trusted key did not sign for `key` (reported, one line).
+    /// `/ac/<key>`: the small record a key produced (at most 1 MiB: records point to what is
+    /// larger, which `/cas/` holds), or nil: a miss, an entry larger than that, or one that a
+    /// trusted key did not sign for `key` (each reported, one line).
     public func actionResult(_ key: SHA256Digest, what: String) -> Data? {
         guard !trust.keys.isEmpty else {
             count(\.misses)
@@ -212,6 +213,9 @@ public final class RemoteCache: Sendable {
             count(\.misses)
         case .cancelled:
             break
+        case .oversized(let seen):
+            // This entry's fault, not the cache's: the others may still be good.
+            reject("\(url) (\(what)) is larger than the \(sizeCap) bytes it may have (\(seen) seen); taken as a miss")
         default:
             give(up: "\(url) (\(what)): \(Self.describe(outcome))")
         }

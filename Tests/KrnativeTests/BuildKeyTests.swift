@@ -40,8 +40,8 @@ struct BuildKeyTests {
     /// Stand-ins for `build`'s outputs in `out` (a small real volume, the wheel carrying it, the
     /// version files a build writes), and a manifest listing them under `build`'s key: with its
     /// parts, or (`recordParts` false) as a manifest of an older krnative, with another key.
-    func publish(_ build: VolumeBuild, recordParts: Bool = true) throws {
-        let packed = try packVolume(build)
+    func publish(_ build: VolumeBuild, recordParts: Bool = true, moreFiles: Int = 0) throws {
+        let packed = try packVolume(build, moreFiles: moreFiles)
         let carried = [BuildOutput.ttyd, .volume, .volumeVersion, .pythonVersion, .versions].map(build.name)
         let texts = [build.name(.volumeVersion): "15\n", build.name(.pythonVersion): "3.13\n", build.name(.versions): "static-gnu\n"]
         for name in carried where name != build.name(.volume) { _ = directory.file("out/" + name, texts[name] ?? "stand-in for \(name)") }
@@ -64,9 +64,11 @@ struct BuildKeyTests {
         _ = directory.file("out/" + build.outputNames.last!, try JSONSerialization.data(withJSONObject: manifest))
     }
 
-    /// A volume of a few entries (a file, an executable, a symbolic and a hard link, directories) packed into `out`; its manifest listing.
-    func packVolume(_ build: VolumeBuild, at path: String? = nil, extra: Bool = false) throws -> [[String: Any]] {
+    /// A volume of a few entries (a file, an executable, a symbolic and a hard link, directories,
+    /// and `moreFiles` modules of a package) packed into `out`; its manifest listing.
+    func packVolume(_ build: VolumeBuild, at path: String? = nil, extra: Bool = false, moreFiles: Int = 0) throws -> [[String: Any]] {
         let tree = TemporaryDirectory("krnative-build-key-volume")
+        for index in 0..<moreFiles { _ = tree.file("lib/python3.13/site-packages/package/module_\(index).py", "VALUE = \(index)\n") }
         chmod(tree.file("bin/python3", "#!/bin/sh\necho real\n"), 0o755)
         chmod(tree.file("bin/ttyd", "stand-in for \(build.name(.ttyd))"), 0o755)
         _ = tree.file("lib/python3.13/os.py", "import sys\n")
@@ -171,6 +173,44 @@ struct BuildKeyTests {
         #expect(object["rebuildReasons"] as? [String] == ["forced (--force)"])
     }
 
+    /// Issue #26: machine B takes a whole build whose manifest is real-size (8,000 volume entries:
+    /// over 1 MiB, the most an `/ac/` record may have). Before, the record was the manifest itself:
+    /// B found it "larger than expected" and left the cache for the rest of the run. Now the record
+    /// names the manifest in `/cas/`. And an oversized answer is a miss for that entry alone: the
+    /// same cache, just after one, still gives the build.
+    @Test(.enabled(if: Machine.hasExecutable(WebDAVCache.nginx)))
+    func aRealSizeBuildComesBackAndAnOversizedEntryIsAMissForItselfAlone() throws {
+        let server = try WebDAVCache()
+        let said = Collected()
+        func cached(_ store: String, upload: Bool = false) throws -> RemoteCache {
+            RemoteCache(
+                url: server.url, store: try Store(root: directory.path + "/" + store), signer: upload ? server.signer : nil, trust: server.trust,
+                note: { said.append(Data(($0 + "\n").utf8)) })
+        }
+        let a = try build(settings: { $0.remoteCache = try? cached("store-a", upload: true) })
+        try publish(a, moreFiles: 8_000)
+        guard case .upToDate(let manifest) = try a.upToDate(lock: lock) else { throw UsageError("the stand-in build is not whole") }
+        #expect((FileSystem.size(of: out + "/" + a.name(.manifest)) ?? 0) > 1 << 20)
+        try a.uploadToRemoteCache(manifest)
+        let key = try #require(manifest.buildKey)
+
+        let cacheB = try cached("store-b")
+        let otherKey = SHA256Digest.of(Data("another build".utf8))
+        try Data(count: 2 << 20).write(to: URL(fileURLWithPath: server.data + "/ac/" + otherKey.hex))
+        #expect(cacheB.actionResult(otherKey, what: "another build") == nil)
+        #expect(said.text.contains("/ac/\(otherKey.hex) (another build) is larger than the 1048576 bytes it may have"), "\(said.text)")
+        let b = try build(settings: {
+            $0.outputDirectory = directory.path + "/b"
+            $0.remoteCache = cacheB
+        })
+        try FileManager.default.createDirectory(atPath: directory.path + "/b", withIntermediateDirectories: true)
+        #expect(try b.restoreFromRemoteCache(lock: lock)?.buildKey == key, "\(said.text)")
+        for file in manifest.outputs.map(\.file) + [a.name(.manifest)] {
+            #expect(FileManager.default.contents(atPath: directory.path + "/b/" + file) == FileManager.default.contents(atPath: out + "/" + file), "\(file)")
+        }
+        #expect(!said.text.contains("going on without it"), "\(said.text)")
+    }
+
     /// A whole build through the remote cache: A uploads its outputs and then its manifest under
     /// the build key; B, with an empty output directory, takes them, each hashed, and is up to
     /// date; an output whose bytes the cache changed, or a manifest of another key, is refused
@@ -213,7 +253,7 @@ struct BuildKeyTests {
         let key = try #require(manifest.buildKey)
         var other = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/" + a.name(.manifest)))) as! [String: Any]
         other["buildKey"] = String(repeating: "0", count: 64)
-        try server.signer.sign(try JSONSerialization.data(withJSONObject: other), key: key).write(to: URL(fileURLWithPath: server.data + "/ac/" + key.hex))
+        try server.serveBuild(manifest: try JSONSerialization.data(withJSONObject: other), key: key)
         let (d, foreign) = try machineB("d")
         #expect(foreign == nil)
         #expect(!FileManager.default.fileExists(atPath: d.settings.outputDirectory + "/" + d.name(.manifest)))

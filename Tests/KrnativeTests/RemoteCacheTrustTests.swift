@@ -273,7 +273,7 @@ extension BuildKeyTests {
                 if output["file"] as? String == file { (output["sha256"], output["size"]) = (digest.hex, bytes.count) }
                 return output
             }
-            try server.signer.sign(try JSONSerialization.data(withJSONObject: forged), key: key).write(to: URL(fileURLWithPath: server.data + "/ac/" + key.hex))
+            try server.serveBuild(manifest: try JSONSerialization.data(withJSONObject: forged), key: key)
         }
         func machineB(_ label: String, says reason: String) throws {
             let target = directory.path + "/" + label
@@ -306,8 +306,7 @@ extension BuildKeyTests {
         try machineB("e", says: "the volume's bin/ttyd")
 
         // The honest entry, signed by the trusted key, is used.
-        try server.signer.sign(try Data(contentsOf: URL(fileURLWithPath: out + "/" + a.name(.manifest))), key: key)
-            .write(to: URL(fileURLWithPath: server.data + "/ac/" + key.hex))
+        try server.serveBuild(manifest: try Data(contentsOf: URL(fileURLWithPath: out + "/" + a.name(.manifest))), key: key)
         let honestB = try build(settings: {
             $0.outputDirectory = directory.path + "/d"
             $0.remoteCache = try? cached("d-store")

@@ -187,6 +187,14 @@ final class WebDAVCache: @unchecked Sendable {
         _ = signer
         return ["--remote-cache-key", keyFile, "--remote-cache-trust", keyFile + ".pub"]
     }
+    /// Serves `manifest` as the build `key` made, as an uploading machine would: the manifest in
+    /// `/cas/`, and the record pointing to it in `/ac/<key>`, signed by this server's key.
+    func serveBuild(manifest: Data, key: SHA256Digest) throws {
+        let digest = SHA256Digest.of(manifest)
+        try manifest.write(to: URL(fileURLWithPath: data + "/cas/" + digest.hex))
+        let record = "{\"manifest\":{\"file\":\"manifest.json\",\"sha256\":\"\(digest.hex)\",\"size\":\(manifest.count)}}"
+        try signer.sign(Data(record.utf8), key: key).write(to: URL(fileURLWithPath: data + "/ac/" + key.hex))
+    }
     var accessLog: [String] {
         ((try? String(contentsOfFile: directory.path + "/access.log", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
     }
