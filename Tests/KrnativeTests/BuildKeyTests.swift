@@ -40,6 +40,24 @@ struct BuildKeyTests {
     /// Stand-ins for `build`'s outputs in `out` (a small real volume, the wheel carrying it, the
     /// version files a build writes), and a manifest listing them under `build`'s key: with its
     /// parts, or (`recordParts` false) as a manifest of an older krnative, with another key.
+    /// A remote cache on `server` with a store of its own (`store`, under the test directory),
+    /// signing what it uploads with the server's key when `upload`; what it says goes to `said`.
+    func remoteCache(_ server: WebDAVCache, store: String, upload: Bool = false, said: Collected? = nil) throws -> RemoteCache {
+        RemoteCache(
+            url: server.url, store: try Store(root: directory.path + "/" + store), signer: upload ? server.signer : nil, trust: server.trust,
+            note: { said?.append(Data(($0 + "\n").utf8)) })
+    }
+
+    /// Machine A: the stand-in build published (its volume `moreFiles` entries larger) and
+    /// uploaded to `server`, with the manifest it is up to date with and its build key.
+    func uploadedBuild(to server: WebDAVCache, moreFiles: Int = 0) throws -> (build: VolumeBuild, manifest: BuildManifest, key: SHA256Digest) {
+        let a = try build(settings: { $0.remoteCache = try? remoteCache(server, store: "store-a", upload: true) })
+        try publish(a, moreFiles: moreFiles)
+        guard case .upToDate(let manifest) = try a.upToDate(lock: lock) else { throw UsageError("the stand-in build is not whole") }
+        try a.uploadToRemoteCache(manifest)
+        return (a, manifest, try #require(manifest.buildKey))
+    }
+
     func publish(_ build: VolumeBuild, recordParts: Bool = true, moreFiles: Int = 0) throws {
         let packed = try packVolume(build, moreFiles: moreFiles)
         let carried = [BuildOutput.ttyd, .volume, .volumeVersion, .pythonVersion, .versions].map(build.name)
@@ -182,19 +200,10 @@ struct BuildKeyTests {
     func aRealSizeBuildComesBackAndAnOversizedEntryIsAMissForItselfAlone() throws {
         let server = try WebDAVCache()
         let said = Collected()
-        func cached(_ store: String, upload: Bool = false) throws -> RemoteCache {
-            RemoteCache(
-                url: server.url, store: try Store(root: directory.path + "/" + store), signer: upload ? server.signer : nil, trust: server.trust,
-                note: { said.append(Data(($0 + "\n").utf8)) })
-        }
-        let a = try build(settings: { $0.remoteCache = try? cached("store-a", upload: true) })
-        try publish(a, moreFiles: 8_000)
-        guard case .upToDate(let manifest) = try a.upToDate(lock: lock) else { throw UsageError("the stand-in build is not whole") }
+        let (a, manifest, key) = try uploadedBuild(to: server, moreFiles: 8_000)
         #expect((FileSystem.size(of: out + "/" + a.name(.manifest)) ?? 0) > 1 << 20)
-        try a.uploadToRemoteCache(manifest)
-        let key = try #require(manifest.buildKey)
 
-        let cacheB = try cached("store-b")
+        let cacheB = try remoteCache(server, store: "store-b", said: said)
         let otherKey = SHA256Digest.of(Data("another build".utf8))
         try Data(count: 2 << 20).write(to: URL(fileURLWithPath: server.data + "/ac/" + otherKey.hex))
         #expect(cacheB.actionResult(otherKey, what: "another build") == nil)
@@ -217,20 +226,13 @@ struct BuildKeyTests {
     /// and leaves nothing in the output directory (the build would run).
     @Test(.enabled(if: Machine.hasExecutable(WebDAVCache.nginx))) func aWholeBuildComesFromTheCacheOrNotAtAll() throws {
         let server = try WebDAVCache()
-        func cached(_ store: String, upload: Bool = false) throws -> RemoteCache {
-            RemoteCache(
-                url: server.url, store: try Store(root: directory.path + "/" + store), signer: upload ? server.signer : nil, trust: server.trust, note: { _ in })
-        }
-        let a = try build(settings: { $0.remoteCache = try? cached("store-a", upload: true) })
-        try publish(a)
-        guard case .upToDate(let manifest) = try a.upToDate(lock: lock) else { throw UsageError("the stand-in build is not whole") }
-        try a.uploadToRemoteCache(manifest)
+        let (a, manifest, _) = try uploadedBuild(to: server)
         func machineB(_ label: String) throws -> (VolumeBuild, BuildManifest?) {
             let out = directory.path + "/" + label
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let b = try build(settings: {
                 $0.outputDirectory = out
-                $0.remoteCache = try? cached(label + "-store")
+                $0.remoteCache = try? remoteCache(server, store: label + "-store")
             })
             return (b, try b.restoreFromRemoteCache(lock: lock))
         }

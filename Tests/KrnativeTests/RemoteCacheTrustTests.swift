@@ -251,16 +251,7 @@ extension BuildKeyTests {
     func aWholeBuildThatDisagreesWithItsManifestIsNotPublished() throws {
         let server = try WebDAVCache()
         let said = Collected()
-        func cached(_ store: String, upload: Bool = false) throws -> RemoteCache {
-            RemoteCache(
-                url: server.url, store: try Store(root: directory.path + "/" + store), signer: upload ? server.signer : nil, trust: server.trust,
-                note: { said.append(Data(($0 + "\n").utf8)) })
-        }
-        let a = try build(settings: { $0.remoteCache = try? cached("store-a", upload: true) })
-        try publish(a)
-        guard case .upToDate(let manifest) = try a.upToDate(lock: lock) else { throw UsageError("the stand-in build is not whole") }
-        try a.uploadToRemoteCache(manifest)
-        let key = try #require(manifest.buildKey)
+        let (a, _, key) = try uploadedBuild(to: server)
         let honest = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/" + a.name(.manifest)))) as? [String: Any])
 
         /// `honest` with `file`'s output replaced by `bytes` (put into `/cas/`), signed for the key.
@@ -280,7 +271,7 @@ extension BuildKeyTests {
             try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: true)
             let b = try build(settings: {
                 $0.outputDirectory = target
-                $0.remoteCache = try? cached(label + "-store")
+                $0.remoteCache = try? remoteCache(server, store: label + "-store", said: said)
             })
             let mark = said.text.count
             #expect(try b.restoreFromRemoteCache(lock: lock) == nil, "\(label) was published")
@@ -309,7 +300,7 @@ extension BuildKeyTests {
         try server.serveBuild(manifest: try Data(contentsOf: URL(fileURLWithPath: out + "/" + a.name(.manifest))), key: key)
         let honestB = try build(settings: {
             $0.outputDirectory = directory.path + "/d"
-            $0.remoteCache = try? cached("d-store")
+            $0.remoteCache = try? remoteCache(server, store: "d-store", said: said)
         })
         try FileManager.default.createDirectory(atPath: directory.path + "/d", withIntermediateDirectories: true)
         #expect(try honestB.restoreFromRemoteCache(lock: lock)?.buildKey == key, "\(said.text)")
