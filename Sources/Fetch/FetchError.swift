@@ -52,7 +52,7 @@ public enum FetchError: KrnativeError {
         switch self {
         case .missingOffline, .offlineDownload: ExitStatus.missingInput
         case .hashMismatch, .treeMismatch, .oversized: ExitStatus.integrity
-        case .cancelled: 130
+        case .cancelled: ExitStatus.interrupted
         default: ExitStatus.fetch
         }
     }

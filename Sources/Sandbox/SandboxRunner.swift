@@ -36,7 +36,7 @@ public enum SandboxError: KrnativeError {
         case .refused: ExitStatus.sandbox
         case .setupFailed: ExitStatus.sandbox
         case .stepFailed: ExitStatus.process
-        case .cancelled: 130
+        case .cancelled: ExitStatus.interrupted
         }
     }
 }
