@@ -99,7 +99,8 @@ public struct VolumeLedger: Codable, Sendable, Equatable {
 /// Where and how the build checks its volume against the ledger.
 public struct VolumeLedgerCheck: Sendable {
     public var path: String
-    /// `--record-volume`: a number not yet in the ledger is added (an existing one is never changed).
+    /// A number not yet in the ledger is added (an existing one is never changed); false
+    /// (`--no-record-volume`): an unrecorded number is an error.
     public var record: Bool
 
     public init(path: String, record: Bool) {
@@ -127,15 +128,15 @@ public enum VolumeLedgerError: KrnativeError {
             return "the volume ledger \(path) is not valid: \(reason) (see the README, \"Volume numbers\"; --ledger FILE names another)"
         case .published(let distro, let volume, let published, let next, let path):
             return "volume \(distro) v\(volume) is taken: the published packages used \(distro) volumes up to v\(published) (\(path)). "
-                + "Set volumeVersions[\"\(distro)\"] in krunner.json to \(next), then build with --record-volume"
+                + "Set volumeVersions[\"\(distro)\"] in krunner.json to \(next), then build again"
         case .reused(let distro, let arch, let volume, let recorded, let built, let next, let path):
             return "volume \(distro) v\(volume) (\(arch)) differs from the one \(path) records under that number: "
                 + "recorded tree sha256 \(recorded), this build \(built). An agent that unpacked v\(volume) would keep the old one. "
-                + "Bump volumeVersions[\"\(distro)\"] in krunner.json to \(next), then build with --record-volume to record it"
+                + "Bump volumeVersions[\"\(distro)\"] in krunner.json to \(next), then build again (the new number is recorded)"
         case .unrecorded(let distro, let arch, let volume, let built, let path):
             return "volume \(distro) v\(volume) (\(arch)) is not in \(path)\(built.map { " (this build's tree sha256 \($0))" } ?? ""). "
-                + "If v\(volume) is a new number for these contents, build again with --record-volume to record it; "
-                + "the ledger is never changed without it"
+                + "With --no-record-volume the ledger is not changed: if v\(volume) is a new number for these contents, "
+                + "build again without it to record the number"
         }
     }
 }
@@ -160,6 +161,8 @@ extension VolumeBuild {
         else { return }
         ledger.volumes.append(entry)
         try ledger.write(to: check.path)
-        settings.log("recorded volume \(entry.distro) v\(entry.volume) (\(entry.arch)) in \(check.path)")
+        settings.log(
+            "recorded volume \(entry.distro) v\(entry.volume) (\(entry.arch)) in \(check.path) (tree sha256 \(entry.treeSha256)): "
+                + "a build of this number with other contents is now refused; --no-record-volume leaves the ledger as it is")
     }
 }

@@ -34,8 +34,12 @@ struct BuildCommand: ParsableCommand {
     @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
     @Option(help: "The volume ledger (the tree hash each volume number holds), or none to not check. Default: krunner-volumes.json beside --config.")
     var ledger: String?
-    @Flag(help: "Record the volume in the ledger when its number is not there yet; a recorded number is never changed.")
-    var recordVolume = false
+    @Flag(
+        inversion: .prefixedNo,
+        help:
+            "Record the volume in the ledger when its number is not there yet (the default; a recorded number is never changed). --no-record-volume: an unrecorded number is an error, as a release wants."
+    )
+    var recordVolume: Bool?
     @Option(help: "zig or musl-cross (x86_64 hosts only). Default: zig.") var toolchain: ToolchainKind?
     @Option(
         help:
@@ -295,14 +299,16 @@ extension BuildCommand {
 }
 
 extension BuildCommand {
-    /// The ledger check --ledger and --record-volume ask for (none: no check).
+    /// The ledger check --ledger and --[no-]record-volume ask for (none: no check).
     func ledgerCheck() throws -> VolumeLedgerCheck? {
         let path = ledger ?? VolumeLedger.path(besideConfig: config)
         guard path != "none" else {
-            if recordVolume { throw UsageError("--record-volume records into a ledger; --ledger none names none") }
+            if let recordVolume {
+                throw UsageError("--\(recordVolume ? "" : "no-")record-volume is about a ledger; --ledger none names none: drop one of them")
+            }
             return nil
         }
-        return VolumeLedgerCheck(path: path, record: recordVolume)
+        return VolumeLedgerCheck(path: path, record: recordVolume ?? true)
     }
 
     /// The check's runs: nil without --check; one run with the cheap variations together; or one

@@ -156,7 +156,8 @@ struct CompatTests {
     }
 
     /// `krnative build` checks the number before fetching or compiling anything: a published
-    /// number is refused, an unrecorded one without --record-volume too, both naming the fix.
+    /// number is refused, naming the fix; an unrecorded one goes on to the build (issue #27: the
+    /// README's first build must work), and is refused only with --no-record-volume.
     @Test(.tags(.process), .endToEnd) func buildRefusesATakenOrUnrecordedNumberBeforeBuilding() throws {
         let work = TemporaryDirectory("krnative-ledger")
         try FileManager.default.copyItem(atPath: Package.root + "/krunner-volumes.json", toPath: work.path + "/krunner-volumes.json")
@@ -169,14 +170,19 @@ struct CompatTests {
         let taken = build(volume: 14)
         #expect(taken.termination == .exited(ExitStatus.lock))
         #expect(taken.stderr.contains("volume static-gnu v14 is taken") && taken.stderr.contains("to 15"), "\(taken.stderr)")
-        let unrecorded = build(volume: 15)
-        #expect(unrecorded.termination == .exited(ExitStatus.lock))
-        #expect(unrecorded.stderr.contains("v15 (x86_64) is not in ") && unrecorded.stderr.contains("/krunner-volumes.json") && unrecorded.stderr.contains("--record-volume"), "\(unrecorded.stderr)")
-        let usage = build(volume: 15, ["--ledger", "none", "--record-volume"])
-        #expect(usage.termination == .exited(ExitStatus.usage))
-        // With --record-volume the check lets it through to the build, which (offline, empty store) lacks its inputs.
-        let recorded = build(volume: 15, ["--record-volume"])
-        #expect(recorded.termination == .exited(ExitStatus.missingInput), "\(recorded.stderr.suffix(500))")
+        let frozen = build(volume: 15, ["--no-record-volume"])
+        #expect(frozen.termination == .exited(ExitStatus.lock))
+        #expect(frozen.stderr.contains("v15 (x86_64) is not in ") && frozen.stderr.contains("/krunner-volumes.json") && frozen.stderr.contains("without it to record"), "\(frozen.stderr)")
+        for flag in ["--record-volume", "--no-record-volume"] {
+            let usage = build(volume: 15, ["--ledger", "none", flag])
+            #expect(usage.termination == .exited(ExitStatus.usage), "\(flag): \(usage.stderr)")
+        }
+        // The check lets an unrecorded number through to the build, which (offline, empty store)
+        // lacks its inputs; nothing is recorded for a build that did not end.
+        for extra in [[], ["--record-volume"]] {
+            let recorded = build(volume: 15, extra)
+            #expect(recorded.termination == .exited(ExitStatus.missingInput), "\(extra): \(recorded.stderr.suffix(500))")
+        }
         #expect(try VolumeLedger.load(from: work.path + "/krunner-volumes.json").volumes.isEmpty)
     }
 }
