@@ -4,8 +4,9 @@ import Lock
 
 /// Why an input could not be had.
 public enum FetchError: KrnativeError {
-    /// Every URL was tried; `attempts` says what each gave.
-    case exhausted(input: String, attempts: [String])
+    /// Every URL was tried; `attempts` says what each gave; `wrongBytes` of them sent bytes that are
+    /// not the input (another hash or tree, not an archive, more than the pinned size).
+    case exhausted(input: String, attempts: [String], wrongBytes: Int = 0)
     case hashMismatch(input: String, url: String, expected: SHA256Digest, actual: SHA256Digest, quarantinedAt: String)
     case treeMismatch(input: String, url: String, expected: SHA256Digest, actual: SHA256Digest, quarantinedAt: String)
     /// `--offline`, and the store lacks it.
@@ -19,7 +20,7 @@ public enum FetchError: KrnativeError {
 
     public var description: String {
         switch self {
-        case .exhausted(let input, let attempts):
+        case .exhausted(let input, let attempts, _):
             return "could not fetch \(input); every source failed:\n" + attempts.map { "  - \($0)" }.joined(separator: "\n")
         case .hashMismatch(let input, let url, let expected, let actual, let quarantine):
             return "\(input): \(url) sent a file whose sha256 is \(actual), but the lock pins \(expected); "
@@ -52,6 +53,7 @@ public enum FetchError: KrnativeError {
         switch self {
         case .missingOffline, .offlineDownload: ExitStatus.missingInput
         case .hashMismatch, .treeMismatch, .oversized: ExitStatus.integrity
+        case .exhausted(_, _, let wrongBytes) where wrongBytes > 0: ExitStatus.integrity
         case .cancelled: ExitStatus.interrupted
         default: ExitStatus.fetch
         }

@@ -52,9 +52,27 @@ public struct FetchReport: Sendable, Codable {
         public var size: Int64?
         public var from: String?
         public var error: String?
+        /// Why it is missing or failed, as a value (`error` says it in words; only that is encoded).
+        public var cause: (any KrnativeError)? = nil
+
+        enum CodingKeys: String, CodingKey { case name, kind, version, status, sha256, size, from, error }
     }
     public var items: [Item]
     public var failures: [Item] { items.filter { $0.status == .missing || $0.status == .failed } }
+
+    /// The inputs that could not be had, each with its cause. Its exit status is the causes':
+    /// integrity when any source sent wrong bytes (that is what a script must not retry blindly),
+    /// else the one they share (66: all missing offline), else a fetch failure.
+    public struct Failed: KrnativeError {
+        public var failures: [Item]
+        public init(_ failures: [Item]) { self.failures = failures }
+        public var description: String { failures.map { "\($0.name): \($0.error ?? "failed")" }.joined(separator: "\n") }
+        public var exitCode: Int32 {
+            let statuses = Set(failures.map { $0.cause?.exitCode ?? ExitStatus.fetch })
+            if statuses.contains(ExitStatus.integrity) { return ExitStatus.integrity }
+            return statuses.count == 1 ? statuses.first! : ExitStatus.fetch
+        }
+    }
 }
 
 /// Brings every input of a lock into the store (docs/design.md §2.3): mirrors in order, retries with
@@ -101,7 +119,7 @@ public struct Fetcher: Sendable {
         FetchReport.Item(
             name: input.name, kind: input.kind, version: input.version, status: status,
             sha256: digest ?? input.sha256, size: digest.flatMap { FileSystem.size(of: resolver.store.path(for: $0)) },
-            from: from, error: error.map { "\($0)" })
+            from: from, error: error.map { "\($0)" }, cause: error as? any KrnativeError)
     }
 
     /// `located`: the store entry that held `input` when the fetch began.
@@ -177,7 +195,7 @@ public struct Fetcher: Sendable {
     }
 
     private func downloadFromSources(_ input: LockedInput) throws(FetchError) -> (SHA256Digest, String) {
-        var attempts: [String] = []
+        var attempts = Attempts()
         for url in options.mirrors.candidates(for: input.urls) {
             if let digest = try fetch(input, from: url, attempts: &attempts) { return (digest, url) }
         }
@@ -186,12 +204,12 @@ public struct Fetcher: Sendable {
                 attempts.append("pip \(pip.requirement): \(error)")
             }
         }
-        if attempts.isEmpty { attempts.append("no URL is left after the mirror config's block rules") }
-        throw .exhausted(input: "\(input.name) \(input.version)", attempts: attempts)
+        if attempts.lines.isEmpty { attempts.append("no URL is left after the mirror config's block rules") }
+        throw .exhausted(input: "\(input.name) \(input.version)", attempts: attempts.lines, wrongBytes: attempts.wrongBytes)
     }
 
     /// Tries one URL up to `attemptsPerURL` times; nil when it gave up on this URL.
-    private func fetch(_ input: LockedInput, from url: String, attempts: inout [String]) throws(FetchError) -> SHA256Digest? {
+    private func fetch(_ input: LockedInput, from url: String, attempts: inout Attempts) throws(FetchError) -> SHA256Digest? {
         let partial = resolver.store.partialPath(for: resolver.key(for: input))
         let started = Date()
         progress.began(input.name, from: url)
@@ -217,7 +235,7 @@ public struct Fetcher: Sendable {
                 FileSystem.remove(partial)
                 let cap = options.sizeCap(for: input)
                 let error = FetchError.oversized(input: input.name, url: url, cap: cap.bytes, pinned: cap.pinned, seen: seen)
-                attempts.append(error.description)
+                attempts.sentWrongBytes(error.description)
                 progress.ended(input.name, error.description + "; trying the next source")
                 return nil
             case .restart(let reason):
@@ -239,6 +257,17 @@ public struct Fetcher: Sendable {
         return nil
     }
 
+    /// What each source gave, in words, and how many of them sent bytes that are not the input.
+    private struct Attempts {
+        var lines: [String] = []
+        var wrongBytes = 0
+        mutating func append(_ line: String) { lines.append(line) }
+        mutating func sentWrongBytes(_ line: String) {
+            lines.append(line)
+            wrongBytes += 1
+        }
+    }
+
     private enum Verification {
         case admitted(SHA256Digest)
         /// The bytes are not the input's; they were quarantined.
@@ -249,7 +278,7 @@ public struct Fetcher: Sendable {
 
     /// Checks a complete partial file and admits it, or quarantines it under the hash it has.
     private func verify(
-        _ input: LockedInput, transfer: CurlTransfer, from url: String, started: Date, attempts: inout [String]
+        _ input: LockedInput, transfer: CurlTransfer, from url: String, started: Date, attempts: inout Attempts
     ) -> Verification {
         let partial = transfer.partialPath
         let (digest, size) = transfer.result
@@ -269,7 +298,7 @@ public struct Fetcher: Sendable {
                     ).description
                 }
             progress.note(error)
-            attempts.append(error)
+            attempts.sentWrongBytes(error)
             return .rejected
         }
         do { try resolver.admit(temporary: partial, digest: digest, for: input) } catch {

@@ -191,17 +191,6 @@ func fetchInputs(
             "\(report.items.count) inputs: \(counts[.present] ?? 0) already in the store, \(counts[.fetched] ?? 0) fetched, "
                 + "\(counts[.missing] ?? 0) missing, \(counts[.failed] ?? 0) failed")
     }
-    let failures = report.failures
-    if !failures.isEmpty {
-        let detail = failures.map { "\($0.name): \($0.error ?? "failed")" }.joined(separator: "\n")
-        throw FetchSummaryError(detail: detail, offline: failures.allSatisfy { $0.status == .missing })
-    }
+    if !report.failures.isEmpty { throw FetchReport.Failed(report.failures) }
     return report
-}
-
-struct FetchSummaryError: KrnativeError {
-    var detail: String
-    var offline: Bool
-    var description: String { detail }
-    var exitCode: Int32 { offline ? ExitStatus.missingInput : ExitStatus.fetch }
 }

@@ -44,10 +44,11 @@ struct HostileInputTests {
             #expect(route == "huge" || sent > pinned, "\(route): the server sent \(sent) bytes")
             #expect(try SHA256Digest.of(fileAt: work.path + "/\(route)/sha256/\(digest.hex)").digest == digest)
         }
-        // Alone, the endless mirror fails with the URL, the pinned size and the bytes seen; no partial is kept.
+        // Alone, the endless mirror fails with the URL, the pinned size and the bytes seen; no partial
+        // is kept; the status is integrity's (it sent another file than the pinned one), not a network failure's.
         let lock = try work.lock([wheelInput("big", sha256: digest, urls: [server.url("endless/big.whl")], size: Int64(pinned))])
         let alone = fetch(lock)
-        #expect(alone.termination == .exited(75), "\(alone.stderr)")
+        #expect(alone.termination == .exited(ExitStatus.integrity), "\(alone.stderr)")
         #expect(alone.stderr.contains("\(server.url("endless/big.whl")) sent more than the input's size: the lock pins \(pinned) bytes"))
         #expect(alone.stderr.contains("the server offered"))
         #expect(files(in: "tmp").isEmpty)
@@ -63,7 +64,7 @@ struct HostileInputTests {
         _ = try Store(root: store)
         FileManager.default.createFile(atPath: "\(store)/tmp/\(digest.hex).partial", contents: data.prefix(900_000))
         let result = fetch(lock, ["--retries", "1"])
-        #expect(result.termination == .exited(75), "\(result.stderr)")
+        #expect(result.termination == .exited(ExitStatus.integrity), "\(result.stderr)")
         #expect(result.stderr.contains("the lock pins 1000000 bytes, the server offered 2000000 bytes"), "\(result.stderr)")
         #expect(server.requests().first?.range == "bytes=900000-")
         #expect(files(in: "tmp").isEmpty)
@@ -147,6 +148,19 @@ struct HostileInputTests {
         return (archive, try TreeHashProbe.directory(tree.path + "/lib-1.0"))
     }
 
+    /// Issue #27: a file whose sha256 is not the pinned one, from the only mirror, exits with
+    /// integrity's status (76), as the README's table says; it was reported as a fetch failure (75),
+    /// which a script would retry. A mirror that cannot be reached stays 75 (ExitStatusTests).
+    @Test func aHashMismatchFromTheOnlyMirrorIsAnIntegrityFailure() throws {
+        let served = server.serve("w.whl", randomData(10_000))
+        let pinned = SHA256Digest.of(Data("another file".utf8))
+        let lock = try work.lock([wheelInput("w", sha256: pinned, urls: [server.url("files/w.whl")])])
+        let result = fetch(lock, ["--retries", "1"])
+        #expect(result.termination == .exited(ExitStatus.integrity), "\(result.stderr)")
+        #expect(result.stderr.contains("whose sha256 is \(served), but the lock pins \(pinned)"), "\(result.stderr)")
+        #expect(files(in: "sha256").isEmpty)
+    }
+
     @Test func aJunkMirrorIsQuarantinedAndTheNextOneServes() throws {
         let (archive, tree) = try sourceArchive()
         let good = server.serve("lib.tar.gz", archive)
@@ -166,13 +180,14 @@ struct HostileInputTests {
         #expect(again.termination == .exited(0), "\(again.stderr)")
         #expect(again.stdout.contains("1 already in the store"))
 
-        // A junk-only mirror fails cleanly, twice: the bad partial is not resumed.
+        // A junk-only mirror fails cleanly, twice: the bad partial is not resumed. Wrong bytes from
+        // the only source exit with integrity's status, as the README's table says (issue #27: it was 75).
         var junkOnly = source
         junkOnly.urls = [server.url("junk/lib.tar.gz")]
         let onlyJunk = try work.lock([junkOnly], name: "junk.json")
         for _ in 0..<2 {
             let failed = fetch(onlyJunk, store: work.path + "/other")
-            #expect(failed.termination == .exited(75), "\(failed.stderr)")
+            #expect(failed.termination == .exited(ExitStatus.integrity), "\(failed.stderr)")
         }
         #expect(server.requests().filter { $0.path == "/junk/lib.tar.gz" }.allSatisfy { $0.range == nil })
     }
