@@ -53,7 +53,10 @@ public struct ArchiveEntry: Sendable {
     public var linkTarget: String?
 }
 
-/// Streams the entries of any archive libarchive reads (tar in any compression, zip, …).
+/// Streams the entries of a tar (gzip, bzip2, xz, lzma or zstd) or a zip: what krnative's inputs
+/// and outputs are. Nothing else libarchive could take is tried: a text file is not an mtree
+/// listing, any file not raw data, and the filters that run an external program (lrzip, lzop,
+/// grzip) are not enabled.
 public final class ArchiveReader {
     private let handle: OpaquePointer
     private let fd: Int32
@@ -70,8 +73,11 @@ public final class ArchiveReader {
         }
         self.fd = fd
         self.handle = handle
-        archive_read_support_filter_all(handle)
-        archive_read_support_format_all(handle)
+        for filter in [archive_read_support_filter_gzip, archive_read_support_filter_bzip2, archive_read_support_filter_xz, archive_read_support_filter_lzma, archive_read_support_filter_zstd] {
+            _ = filter(handle)
+        }
+        archive_read_support_format_tar(handle)
+        archive_read_support_format_zip(handle)
         // On failure deinit frees the handle and closes the file (it runs: every stored property is set).
         guard archive_read_open_fd(handle, fd, 1 << 16) == ARCHIVE_OK else {
             throw .cannotOpen(archive: path, reason: Self.message(handle))

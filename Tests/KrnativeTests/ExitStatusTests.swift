@@ -34,6 +34,8 @@ struct ExitStatusTests {
             status: ExitStatus.integrity, arguments: ["store", "verify", "--store", "store"],
             files: ["store/sha256/\(String(repeating: "ab", count: 32))": "not what the name says"]),
         Case(status: ExitStatus.archive, arguments: ["lock", "tree-hash", "junk.tar.gz"], files: ["junk.tar.gz": "this is not an archive"]),
+        // Issue #27: libarchive read a text file as an mtree listing (an entry `garbage`) and exited 0.
+        Case(status: ExitStatus.archive, arguments: ["lock", "tree-hash", "notes.txt"], files: ["notes.txt": "garbage\n"]),
         Case(status: ExitStatus.sandbox, arguments: ["sandbox", "run", "--", "true"], environment: ["PATH": "/nonexistent"]),
         Case(
             status: ExitStatus.policy, arguments: ["audit", "volume", "--target", "musllinux-aarch64", "--policy", Package.root + "/sysroots/audit-policy.json"],
