@@ -169,7 +169,7 @@ public struct VolumeBuild: Sendable {
         let options = TtydBuild.Options(target: request.target, outputDirectory: staging, settings: stepSettings())
         let ttyd = try TtydBuild(options: options, toolchain: request.toolchain, resolver: resolver).run(lock: lock)
         let counts = ttyd.counts
-        settings.log("ttyd: \(ttyd.steps.count) steps: \(counts.compiled) compiled, \(counts.cached) cached, \(counts.remote) from the remote cache")
+        settings.log("ttyd: \(counted(ttyd.steps.count, "step")): \(counts.compiled) compiled, \(counts.cached) cached, \(counts.remote) from the remote cache")
         settings.onTtydSteps?(ttyd)
         FileSystem.remove(staging + "/ttyd_linux.\(request.target.arch.rawValue).json")
         return ttyd
@@ -196,7 +196,7 @@ public struct VolumeBuild: Sendable {
     /// The lock's wheels, in file name order, installed into `prefix`.
     func installWheels(_ wheels: [LockedInput], into prefix: String, staging: String) throws {
         let installer = WheelInstaller(target: request.target)
-        settings.log("installing \(wheels.count) wheels into the volume")
+        settings.log("installing \(counted(wheels.count, "wheel")) into the volume")
         for wheel in wheels.sorted(by: { $0.filename < $1.filename }) {
             // The installer reads the tags from the file name: give it one.
             let named = staging + "/wheels/" + wheel.filename
@@ -215,7 +215,7 @@ public struct VolumeBuild: Sendable {
         if let preset = request.xzPreset { packer.preset = UInt32(preset) }
         let packed = try packer.pack(prefix, to: staging + "/" + name(.volume))
         settings.log(
-            "packed \(packed.count) entries into \(FileSystem.size(of: staging + "/" + name(.volume)) ?? 0) bytes in "
+            "packed \(counted(packed.count, "entry", "entries")) into \(FileSystem.size(of: staging + "/" + name(.volume)) ?? 0) bytes in "
                 + String(format: "%.0f s", Date().timeIntervalSince(started)))
         return packed
     }

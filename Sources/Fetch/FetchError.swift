@@ -28,14 +28,9 @@ public enum FetchError: KrnativeError {
         case .treeMismatch(let input, let url, let expected, let actual, let quarantine):
             return "\(input): the archive from \(url) unpacks to tree \(actual), but the lock pins tree \(expected); "
                 + "not admitted (kept in \(quarantine))"
-        case .missingOffline(let input, let lockPath):
-            var pin = input.sha256.map { "sha256 \($0)" } ?? ""
-            if let tree = input.treeSha256 { pin += (pin.isEmpty ? "" : ", ") + "tree \(tree)" }
-            let from = input.urls.isEmpty ? (input.pip.map { ["pip: \($0.requirement)"] } ?? []) : input.urls
-            return "\(input.name) \(input.version) (\(input.filename), \(pin)) is not in the store and --offline forbids downloading it.\n"
-                + "  It comes from: \(from.joined(separator: " | "))\n"
-                + "  On a machine with network: krnative fetch --lock \(lockPath) --target … && krnative bundle export inputs.tar --lock \(lockPath) --target …\n"
-                + "  Then here: krnative bundle import inputs.tar   (or: krnative store import --lock \(lockPath) \(input.filename))"
+        case .missingOffline(let input, _):
+            return "\(input.name) \(input.version) (\(input.filename), \(Self.pin(of: input))) is not in the store and --offline forbids downloading it; "
+                + "it comes from \(Self.sources(of: input).joined(separator: " | "))"
         case .pipFailed(let input, let reason):
             return "\(input): pip download failed: \(reason)"
         case .oversized(let input, let url, let cap, let pinned, let seen):
@@ -49,6 +44,29 @@ public enum FetchError: KrnativeError {
             return "cancelled; partial downloads are kept in the store and resume on the next run"
         }
     }
+    /// "sha256 H", "tree T" or both: what the lock pins `input` by.
+    static func pin(of input: LockedInput) -> String {
+        [input.sha256.map { "sha256 \($0)" }, input.treeSha256.map { "tree \($0)" }].compactMap { $0 }.joined(separator: ", ")
+    }
+
+    static func sources(of input: LockedInput) -> [String] {
+        input.urls.isEmpty ? (input.pip.map { ["pip: \($0.requirement)"] } ?? ["no URL"]) : input.urls
+    }
+
+    /// What `--offline` lacks as one table, and the one way to bring it: `selection` (`--target T`,
+    /// `--all`) fetched on a machine with network and carried here in a bundle.
+    static func offlineReport(missing inputs: [LockedInput], lockPath: String, selection: String) -> String {
+        let width = inputs.map(\.name.count).max() ?? 0
+        var lines = [(inputs.count == 1 ? "1 input is" : "\(inputs.count) inputs are") + " not in the store, and --offline forbids downloading:"]
+        for input in inputs {
+            lines.append("  " + input.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  \(input.filename)  \(pin(of: input))  from \(sources(of: input)[0])")
+        }
+        lines.append("On a machine with network, fetch them and carry them here in a bundle:")
+        lines.append("  krnative fetch --lock \(lockPath) \(selection) && krnative bundle export inputs.tar --lock \(lockPath) \(selection)")
+        lines.append("Then here: krnative bundle import inputs.tar   (or a file at a time: krnative store import --lock \(lockPath) FILE)")
+        return lines.joined(separator: "\n")
+    }
+
     public var exitCode: Int32 {
         switch self {
         case .missingOffline, .offlineDownload: ExitStatus.missingInput

@@ -65,8 +65,26 @@ public struct FetchReport: Sendable, Codable {
     /// else the one they share (66: all missing offline), else a fetch failure.
     public struct Failed: KrnativeError {
         public var failures: [Item]
-        public init(_ failures: [Item]) { self.failures = failures }
-        public var description: String { failures.map { "\($0.name): \($0.error ?? "failed")" }.joined(separator: "\n") }
+        /// The options that chose what was fetched (`--target T`, `--all`), for the advice.
+        public var selection: String
+        public init(_ failures: [Item], selection: String) {
+            self.failures = failures
+            self.selection = selection
+        }
+        /// Each failure in a line (its own words), and what `--offline` lacks as one table with
+        /// the one command that brings it.
+        public var description: String {
+            var (lines, missing, lockPath) = ([String](), [LockedInput](), "")
+            for failure in failures {
+                if case .missingOffline(let input, let path)? = failure.cause as? FetchError {
+                    (missing, lockPath) = (missing + [input], path)
+                } else {
+                    lines.append("\(failure.name): \(failure.error ?? "failed")")
+                }
+            }
+            if !missing.isEmpty { lines.append(FetchError.offlineReport(missing: missing, lockPath: lockPath, selection: selection)) }
+            return lines.joined(separator: "\n")
+        }
         public var exitCode: Int32 {
             let statuses = Set(failures.map { $0.cause?.exitCode ?? ExitStatus.fetch })
             if statuses.contains(ExitStatus.integrity) { return ExitStatus.integrity }

@@ -95,3 +95,9 @@ public enum Console {
         }
     }
 }
+
+/// A number with its noun, singular for one: "1 input", "3 inputs", "1 entry", "2 entries"
+/// (`plural` where an added "s" is wrong).
+public func counted(_ count: Int, _ singular: String, _ plural: String? = nil) -> String {
+    "\(count) " + (count == 1 ? singular : plural ?? singular + "s")
+}

@@ -96,7 +96,7 @@ public struct DiffReport: Codable, Sendable {
             }
         }
         render(differences, indent: "")
-        lines.append(identical ? "identical" : "\(differences.count) entries differ")
+        lines.append(identical ? "identical" : counted(differences.count, "entry", "entries") + (differences.count == 1 ? " differs" : " differ"))
         return lines.joined(separator: "\n") + "\n"
     }
 }

@@ -202,7 +202,7 @@ struct BuildCommand: ParsableCommand {
             manifest = restored
         } else {
             _ = try fetchInputs(
-                build.neededInputs(lock), inputs: inputs, network: network, json: false, remoteCache: remoteCache,
+                build.neededInputs(lock), for: "--target \(target.rawValue)", inputs: inputs, network: network, json: false, remoteCache: remoteCache,
                 lockPath: build.request.locations.lockPath, summary: say)
             manifest = try build.run(lock: lock)
             try build.uploadToRemoteCache(manifest)

@@ -29,7 +29,7 @@ struct BundleCommand: ParsableCommand {
                     to: file, lock: lock, lockPath: inputs.lockPath, targets: targets, host: host, resolver: resolver)
                 if output.json { return printJSON(manifest) }
                 let bytes = FileSystem.size(of: file) ?? 0
-                print("wrote \(file): \(manifest.inputs.count) inputs, \(bytes) bytes, lock sha256 \(manifest.lockSha256)")
+                print("wrote \(file): \(counted(manifest.inputs.count, "input")), \(bytes) bytes, lock sha256 \(manifest.lockSha256)")
             }
         }
     }
@@ -49,7 +49,7 @@ struct BundleCommand: ParsableCommand {
                 let resolver = InputResolver(store: try Store(root: inputs.storePath))
                 let (_, report) = try AirGapBundle.importBundle(from: file, lock: lock, lockPath: inputs.lockPath, resolver: resolver)
                 if output.json { return printJSON(report) }
-                print("admitted \(report.admitted.count) inputs, \(report.alreadyPresent.count) already present")
+                print("admitted \(counted(report.admitted.count, "input")), \(report.alreadyPresent.count) already present")
             }
         }
     }

@@ -166,16 +166,19 @@ struct FetchCommand: ParsableCommand {
     }
 }
 
-/// Fetches what `targets` need and reports; throws when anything is missing.
-/// Fetches what `targets` need on `host` (every toolchain that runs there) and reports.
+/// Fetches what `targets` need on `host` (every toolchain that runs there) and reports; throws
+/// when anything is missing.
 func fetchInputs(targets: [Target], host: HostPlatform, inputs: InputOptions, network: NetworkOptions, json: Bool) throws -> FetchReport {
     let lock = try Lockfile.load(from: inputs.lockPath)
-    return try fetchInputs(lock.inputs(for: targets, host: host), inputs: inputs, network: network, json: json)
+    let selection = targets == Target.allCases ? "--all" : targets.map { "--target \($0.rawValue)" }.joined(separator: " ")
+    return try fetchInputs(lock.inputs(for: targets, host: host), for: selection, inputs: inputs, network: network, json: json)
 }
 
-/// Fetches `wanted` and reports; throws when anything is missing (naming `lockPath`, by default the options' lock).
+/// Fetches `wanted`, which the options `selection` name (`--target T`: said in the advice when
+/// inputs are missing), and reports; throws when anything is missing (naming `lockPath`, by
+/// default the options' lock).
 func fetchInputs(
-    _ wanted: [LockedInput], inputs: InputOptions, network: NetworkOptions, json: Bool, remoteCache: RemoteCache? = nil,
+    _ wanted: [LockedInput], for selection: String, inputs: InputOptions, network: NetworkOptions, json: Bool, remoteCache: RemoteCache? = nil,
     lockPath: String? = nil, summary: (String) -> Void = { print($0) }
 ) throws -> FetchReport {
     let store = try Store(root: inputs.storePath)
@@ -188,9 +191,9 @@ func fetchInputs(
     } else {
         let counts = Dictionary(grouping: report.items, by: \.status).mapValues(\.count)
         summary(
-            "\(report.items.count) inputs: \(counts[.present] ?? 0) already in the store, \(counts[.fetched] ?? 0) fetched, "
+            "\(counted(report.items.count, "input")): \(counts[.present] ?? 0) already in the store, \(counts[.fetched] ?? 0) fetched, "
                 + "\(counts[.missing] ?? 0) missing, \(counts[.failed] ?? 0) failed")
     }
-    if !report.failures.isEmpty { throw FetchReport.Failed(report.failures) }
+    if !report.failures.isEmpty { throw FetchReport.Failed(report.failures, selection: selection) }
     return report
 }

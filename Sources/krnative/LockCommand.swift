@@ -102,7 +102,7 @@ struct LockCommand: ParsableCommand {
                 if output.json {
                     return printJSON(Summary(lock: inputs.lockPath, inputs: lock.inputs.count, format: Lockfile.formatVersion, sha256: lock.digest))
                 }
-                print("\(inputs.lockPath): \(lock.inputs.count) inputs, format \(Lockfile.formatVersion), sha256 \(lock.digest)")
+                print("\(inputs.lockPath): \(counted(lock.inputs.count, "input")), format \(Lockfile.formatVersion), sha256 \(lock.digest)")
             }
         }
     }

@@ -158,7 +158,7 @@ struct StoreCommand: ParsableCommand {
                 for path in scratch { print("removed \(path): the scratch directory of a sandbox run that was killed") }
                 for item in plan.remove { print("\(verb) \(item.area.rawValue)/\(item.name) (\(byteCount(item.bytes))): \(item.reason)") }
                 if output.verbose { for item in plan.keep { print("kept \(item.area.rawValue)/\(item.name) (\(byteCount(item.bytes))): \(item.reason)") } }
-                print("\(verb) \(plan.remove.count) items (\(byteCount(plan.bytesRemoved))); kept \(plan.keep.count)")
+                print("\(verb) \(counted(plan.remove.count, "item")) (\(byteCount(plan.bytesRemoved))); kept \(plan.keep.count)")
             }
         }
     }

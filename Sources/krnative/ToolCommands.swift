@@ -33,7 +33,7 @@ struct PackCommand: ParsableCommand {
             let entries = try packer.pack(directory, to: output)
             let (digest, size) = try SHA256Digest.of(fileAt: output)
             if reporting.json { return printJSON(Packed(archive: output, sha256: digest, size: size, entries: entries.count)) }
-            print("\(digest)  \(output)  (\(entries.count) entries, \(size) bytes)")
+            print("\(digest)  \(output)  (\(counted(entries.count, "entry", "entries")), \(counted(Int(size), "byte")))")
         }
     }
 }
@@ -59,7 +59,7 @@ struct WheelCommand: ParsableCommand {
                 for wheel in wheels { installed[wheel] = try installer.install(wheel, into: prefix).count }
                 if output.json { return printJSON(installed) }
                 let files = installed.values.reduce(0, +)
-                print("installed \(wheels.count) wheels, \(files) files, into \(prefix)")
+                print("installed \(counted(wheels.count, "wheel")), \(counted(files, "file")), into \(prefix)")
             }
         }
     }

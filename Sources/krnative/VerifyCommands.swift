@@ -117,7 +117,7 @@ struct VerifyCommand: ParsableCommand {
             settings.toolVersion = KrnativeVersion.current
             let build = VolumeBuild(request: request, settings: settings, resolver: InputResolver(store: try Store(root: inputs.storePath)))
             _ = try fetchInputs(
-                build.neededInputs(lock), inputs: inputs, network: try NetworkOptions.parse(["--offline"]), json: false, summary: Reporting.note)
+                build.neededInputs(lock), for: "--target \(request.target.rawValue)", inputs: inputs, network: try NetworkOptions.parse(["--offline"]), json: false, summary: Reporting.note)
             let rebuilt = try build.run(lock: lock)
             identical = show(ManifestComparison.compare(published, at: manifest, with: rebuilt, at: out), json: output.json)
             if identical && !keep {

@@ -95,7 +95,12 @@ struct UsageTests {
         let store = TemporaryDirectory()
         let result = krnative(["fetch", "--all", "--store", store.path, "--lock", Package.root + "/krnative.lock.json"], environment: ["KRNATIVE_OFFLINE": value])
         #expect(result.termination == .exited(ExitStatus.missingInput), "\(value): \(result.stderr.prefix(500))")
-        #expect(result.stderr.contains("--offline forbids downloading it"))
+        #expect(result.stderr.contains("--offline forbids downloading:"))
+        // One table and one command to run, naming what was asked for (issue #27: the advice came
+        // once per input, with a literal `--target …`).
+        let lock = Package.root + "/krnative.lock.json"
+        #expect(result.stderr.components(separatedBy: "On a machine with network").count == 2, "\(result.stderr)")
+        #expect(result.stderr.contains("krnative fetch --lock \(lock) --all && krnative bundle export inputs.tar --lock \(lock) --all"), "\(result.stderr)")
     }
 
     /// As cargo finds Cargo.toml: from any directory below the project, the project's lock, and
