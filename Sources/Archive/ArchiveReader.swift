@@ -34,8 +34,12 @@ public enum ArchiveError: KrnativeError {
         }
     }
     public var exitCode: Int32 {
-        if case .interrupted = self { return ExitStatus.interrupted }
-        return ExitStatus.archive
+        switch self {
+        case .interrupted: ExitStatus.interrupted
+        // An archive krnative writes that cannot be written is an I/O failure, as the README's table says.
+        case .cannotWrite: ExitStatus.store
+        default: ExitStatus.archive
+        }
     }
 }
 

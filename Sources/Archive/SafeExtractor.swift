@@ -72,11 +72,12 @@ public struct SafeExtractor: Sendable {
                 } else {
                     Limits(maxBytes: defaultMaxBytes, maxEntries: defaultMaxEntries, basis: "the default cap for an archive the lock records no size for")
                 }
-            if let bytes = environment[bytesVariable].flatMap({ Int64($0) }), bytes > 0 {
+            // A value that is not a number was refused before any work (the CLI reads every variable first).
+            if let bytes = (try? EnvironmentSetting.positiveInteger(bytesVariable, in: environment)) ?? nil {
                 limits.maxBytes = bytes
                 limits.basis = "\(bytesVariable)"
             }
-            if let entries = environment[entriesVariable].flatMap({ Int($0) }), entries > 0 { limits.maxEntries = entries }
+            if let entries = (try? EnvironmentSetting.positiveInteger(entriesVariable, in: environment)) ?? nil { limits.maxEntries = Int(entries) }
             return limits
         }
     }

@@ -15,6 +15,15 @@ public enum EnvironmentSetting {
         throw UsageError("\(name)=\(raw) is neither on nor off; it takes 1, true, yes or on, or 0, false, no or off (or unset it)")
     }
 
+    /// A whole number from 1; nil when unset or empty.
+    public static func positiveInteger(_ name: String, in environment: [String: String] = ProcessInfo.processInfo.environment) throws(UsageError) -> Int64? {
+        guard let raw = environment[name], !raw.isEmpty else { return nil }
+        guard let value = Int64(raw.trimmingCharacters(in: .whitespaces)), value >= 1 else {
+            throw UsageError("\(name)=\(raw) is not a whole number from 1 (or unset it)")
+        }
+        return value
+    }
+
     /// A variable naming one of `T`'s cases; nil when unset or empty.
     public static func choice<T: RawRepresentable & CaseIterable>(
         _ name: String, as type: T.Type, in environment: [String: String] = ProcessInfo.processInfo.environment

@@ -1,8 +1,10 @@
 import ArgumentParser
+import Archive
 import Foundation
 import KrnativeBase
 import Lock
 import Logging
+import Sandbox
 import Store
 
 #if canImport(Glibc)
@@ -32,7 +34,21 @@ extension Krnative {
             Reporting.error("krnative: \(message)")
             Glibc.exit(ExitStatus.usage)
         }
+        do { try checkEnvironment() } catch {
+            Reporting.error("krnative: \(error.description)")
+            Glibc.exit(ExitStatus.usage)
+        }
         main(nil)
+    }
+
+    /// Reads every `KRNATIVE_*` variable that takes a flag, a choice or a number, as its command
+    /// would, before any work: a bad value is refused by every command, not only by the one that
+    /// reads it, and not halfway through a build.
+    static func checkEnvironment() throws(UsageError) {
+        for name in ["KRNATIVE_OFFLINE", "KRNATIVE_REMOTE_CACHE_ALLOW_HTTP", "KRNATIVE_REMOTE_CACHE_UPLOAD"] { _ = try EnvironmentSetting.flag(name) }
+        _ = try EnvironmentSetting.choice("KRNATIVE_SANDBOX", as: Isolation.self)
+        _ = try StepLimits.chosen(processes: nil, memory: nil)
+        for name in [SafeExtractor.Limits.bytesVariable, SafeExtractor.Limits.entriesVariable] { _ = try EnvironmentSetting.positiveInteger(name) }
     }
 
     /// The message for the first word that names no command where one is expected, if any.
@@ -95,6 +111,16 @@ struct InputOptions: ParsableArguments {
     var project: Project { Project.discover(lock: explicitLock) }
     var lockPath: String { explicitLock ?? project.file(nil, default: Lockfile.defaultFileName) }
     var storePath: String { store ?? Store.defaultRoot() }
+}
+
+/// `SOURCE_DATE_EPOCH`, which must be seconds since 1970 when set: a value that is not would
+/// otherwise mean 0, another archive than the one asked for. Nil when unset or empty.
+func sourceDateEpochFromEnvironment() throws -> Int64? {
+    guard let raw = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"], !raw.isEmpty else { return nil }
+    guard let seconds = Int64(raw), seconds >= 0 else {
+        throw UsageError("SOURCE_DATE_EPOCH=\(raw) is not a number of seconds since 1970; set it to one or unset it")
+    }
+    return seconds
 }
 
 /// Counts such as `--jobs` are whole numbers from 1 (`parsing: .unconditional` lets `-1` reach

@@ -60,10 +60,9 @@ struct SandboxCommand: ParsableCommand {
                     guard let equals = pair.firstIndex(of: "=") else { throw UsageError("--env takes KEY=VALUE, not '\(pair)'") }
                     declared[String(pair[..<equals])] = String(pair[pair.index(after: equals)...])
                 }
-                let epoch = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) } ?? 0
                 let spec = SandboxSpec(
                     argv: command, environment: declared, mounts: mounts, rootDirectory: root, workingDirectory: workdir,
-                    sourceDateEpoch: epoch, limits: try limits.chosen())
+                    sourceDateEpoch: try sourceDateEpochFromEnvironment() ?? 0, limits: try limits.chosen())
                 let isolation = try Isolation.chosen(sandbox)
                 let runner = SandboxRunner(entryExecutable: currentExecutable, isolation: isolation)
                 let result = try runner.start(spec) { Console.output($0) }

@@ -27,8 +27,8 @@ struct PackCommand: ParsableCommand {
 
     func run() throws {
         try perform("pack") {
-            let epoch = sourceDateEpoch ?? ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"].flatMap { Int64($0) } ?? 0
-            var packer = DeterministicTarXz(sourceDateEpoch: epoch)
+            try FileSystem.requireReplaceable(output)
+            var packer = DeterministicTarXz(sourceDateEpoch: try sourceDateEpoch ?? sourceDateEpochFromEnvironment() ?? 0)
             if let threads { packer.threads = max(1, threads) }
             let entries = try packer.pack(directory, to: output)
             let (digest, size) = try SHA256Digest.of(fileAt: output)

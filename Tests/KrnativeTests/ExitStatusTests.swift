@@ -26,9 +26,15 @@ struct ExitStatusTests {
         Case(status: 0, arguments: ["targets"]),
         Case(status: 1, arguments: ["diff", "a", "b"], files: ["a/x": "1", "b/x": "2"]),
         Case(status: ExitStatus.usage, arguments: ["biuld"]),
+        // Issue #27: a bad value is refused up front, by a command that would not read it too.
+        Case(status: ExitStatus.usage, arguments: ["targets"], environment: ["KRNATIVE_REMOTE_CACHE_UPLOAD": "maybe"]),
+        Case(status: ExitStatus.usage, arguments: ["targets"], environment: ["KRNATIVE_EXTRACT_MAX_BYTES": "abc"]),
+        Case(status: ExitStatus.usage, arguments: ["pack", "tree", "out.tar.xz"], environment: ["SOURCE_DATE_EPOCH": "yesterday"], files: ["tree/a": "a"]),
         Case(status: ExitStatus.lock, arguments: ["lock", "check", "--lock", "bad.json"], files: ["bad.json": malformedLock]),
         Case(status: ExitStatus.missingInput, arguments: ["fetch", "--offline", "--all", "--lock", "one.json", "--store", "store"], files: ["one.json": oneInputLock]),
         Case(status: ExitStatus.store, arguments: ["store", "ls", "--store", "/proc/krnative-store"]),
+        // Issue #27: an output that cannot be written is I/O (74), not an unreadable archive (it was 77).
+        Case(status: ExitStatus.store, arguments: ["pack", "tree", "/proc/krnative-nowhere/out.tar.xz"], files: ["tree/a": "a"]),
         Case(status: ExitStatus.fetch, arguments: ["fetch", "--all", "--lock", "one.json", "--store", "store", "--retries", "1"], files: ["one.json": oneInputLock]),
         Case(
             status: ExitStatus.integrity, arguments: ["store", "verify", "--store", "store"],
