@@ -6,6 +6,7 @@ import Lock
 import Logging
 import Sandbox
 import Store
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -140,10 +141,36 @@ struct OutputOptions: ParsableArguments {
     @Flag(name: .shortAndLong, help: "Also print every command krnative runs and every URL it tries.")
     var verbose = false
 
-    /// Sets how much krnative says (`Reporting.level`, its logger's level) as the command line is read, before any work.
+    /// Sets how much krnative says (`Reporting.level`, its logger's level) as the command line is
+    /// read, before any work, and whether a failure is said in JSON on stdout too.
     func validate() throws {
         if quiet && verbose { throw ValidationError("--quiet and --verbose contradict each other; give one") }
         Reporting.level = quiet ? .quiet : verbose ? .verbose : .normal
+        Self.jsonWanted.store(json, ordering: .relaxed)
+    }
+
+    /// `--json` was given: a failure is also printed on stdout, as `JSONFailure`, unless the
+    /// command printed its JSON result already (`fetch --json` reports what failed in it).
+    static let jsonWanted = Atomic<Bool>(false)
+    static let jsonPrinted = Atomic<Bool>(false)
+}
+
+/// What a command given `--json` prints on stdout when it fails, so that a script reading stdout
+/// never gets nothing: `{"error": {"command": …, "message": …, "exitStatus": …}}`.
+struct JSONFailure: Encodable {
+    struct Failure: Encodable {
+        var command: String
+        var message: String
+        var exitStatus: Int32
+    }
+    var error: Failure
+
+    /// Prints it when `--json` was given; returns `status`.
+    static func report(_ context: String, _ message: String, status: Int32) -> Int32 {
+        if OutputOptions.jsonWanted.load(ordering: .relaxed) && !OutputOptions.jsonPrinted.load(ordering: .relaxed) {
+            printJSON(JSONFailure(error: Failure(command: context, message: message, exitStatus: status)))
+        }
+        return status
     }
 }
 
@@ -159,7 +186,7 @@ func perform(_ context: String, _ body: () throws -> Void) throws {
         let status = (error as? any KrnativeError)?.exitCode ?? 1
         let text = (error as? any KrnativeError)?.description ?? "\(error)"
         Reporting.error("krnative: \(context) failed: \(text)")
-        throw ExitCode(status)
+        throw ExitCode(JSONFailure.report(context, text, status: status))
     }
     if Cancellation.requested { throw interrupted(context) }
 }
@@ -196,8 +223,9 @@ private func isIgnored(_ number: Int32) -> Bool {
 }
 
 private func interrupted(_ context: String) -> ExitCode {
-    Reporting.error("krnative: \(context) interrupted by a signal; its children are stopped and partial outputs removed")
-    return ExitCode(ExitStatus.interrupted)
+    let message = "\(context) interrupted by a signal; its children are stopped and partial outputs removed"
+    Reporting.error("krnative: " + message)
+    return ExitCode(JSONFailure.report(context, message, status: ExitStatus.interrupted))
 }
 
 /// Writes a value as sorted, indented JSON on stdout.
@@ -206,6 +234,7 @@ func printJSON(_ value: some Encodable) {
     encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
     if let data = try? encoder.encode(value) {
         Console.output(data + Data("\n".utf8))
+        OutputOptions.jsonPrinted.store(true, ordering: .relaxed)
     }
 }
 

@@ -88,6 +88,22 @@ struct UsageTests {
         #expect(checkingTwo.termination == .exited(ExitStatus.usage) && checkingTwo.stderr.contains("one --target"))
     }
 
+    /// Issue #27: a command given `--json` that fails prints the failure as JSON on stdout too
+    /// (stdout was empty), with the exit status it ends with.
+    @Test func aFailureUnderJSONIsJSONOnStdout() throws {
+        let store = TemporaryDirectory()
+        let result = krnative([
+            "build", "--json", "--offline", "--target", "musllinux-aarch64", "--store", store.path, "--out", store.path + "/out", "--ledger", "none",
+            "--lock", Package.root + "/krnative.lock.json",
+        ])
+        #expect(result.termination == .exited(ExitStatus.missingInput), "\(result.stderr.suffix(500))")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any], "\(result.stdout)")
+        let error = try #require(object["error"] as? [String: Any])
+        #expect(error["command"] as? String == "build")
+        #expect(error["exitStatus"] as? Int == Int(ExitStatus.missingInput))
+        #expect((error["message"] as? String)?.contains("--offline forbids downloading") == true)
+    }
+
     /// The usual spellings of on: an offline fetch of an empty store fails for the missing input
     /// (66), which only happens when offline was understood.
     @Test(arguments: ["1", "true", "YES", "on"])
