@@ -30,6 +30,10 @@ public struct FetchOptions: Sendable {
     public var unpinnedSizeCap: Int64 = 1 << 30
     /// A shared cache tried before the lock's URLs and given what they bring (`--remote-cache`).
     public var remoteCache: RemoteCache?
+    /// Hash an input the store holds again before saying it is there (`krnative fetch`): a
+    /// corrupted entry is quarantined, then fetched again, or with `offline` reported. A build
+    /// leaves this off: it hashes each input again where it uses it.
+    public var rehashPresent = false
 
     public init() {}
 
@@ -143,6 +147,12 @@ public struct Fetcher: Sendable {
     /// `located`: the store entry that held `input` when the fetch began.
     func fetchOne(_ input: LockedInput, located: SHA256Digest?) -> FetchReport.Item {
         if let digest = located {
+            if options.rehashPresent {
+                do { _ = try resolver.store.verifiedPath(for: digest) } catch {
+                    progress.note("\(input.name): \(error)")
+                    return options.offline ? item(input, .failed, error: error) : fetchOne(input, located: nil)
+                }
+            }
             if let cache = options.remoteCache, cache.upload { share(input, digest: digest, with: cache, knownMissing: false) }
             return item(input, .present, digest: digest)
         }

@@ -171,20 +171,22 @@ struct FetchCommand: ParsableCommand {
 func fetchInputs(targets: [Target], host: HostPlatform, inputs: InputOptions, network: NetworkOptions, json: Bool) throws -> FetchReport {
     let lock = try Lockfile.load(from: inputs.lockPath)
     let selection = targets == Target.allCases ? "--all" : targets.map { "--target \($0.rawValue)" }.joined(separator: " ")
-    return try fetchInputs(lock.inputs(for: targets, host: host), for: selection, inputs: inputs, network: network, json: json)
+    return try fetchInputs(lock.inputs(for: targets, host: host), for: selection, inputs: inputs, network: network, json: json, rehashPresent: true)
 }
 
 /// Fetches `wanted`, which the options `selection` name (`--target T`: said in the advice when
 /// inputs are missing), and reports; throws when anything is missing (naming `lockPath`, by
-/// default the options' lock).
+/// default the options' lock). `rehashPresent`: what the store holds is hashed again first.
 func fetchInputs(
     _ wanted: [LockedInput], for selection: String, inputs: InputOptions, network: NetworkOptions, json: Bool, remoteCache: RemoteCache? = nil,
-    lockPath: String? = nil, summary: (String) -> Void = { print($0) }
+    lockPath: String? = nil, rehashPresent: Bool = false, summary: (String) -> Void = { print($0) }
 ) throws -> FetchReport {
     let store = try Store(root: inputs.storePath)
     let resolver = InputResolver(store: store)
     let cache = try remoteCache ?? network.remoteCache(store: store)
-    let fetcher = Fetcher(resolver: resolver, options: try network.fetchOptions(lockPath: lockPath ?? inputs.lockPath, remoteCache: cache))
+    var options = try network.fetchOptions(lockPath: lockPath ?? inputs.lockPath, remoteCache: cache)
+    options.rehashPresent = rehashPresent
+    let fetcher = Fetcher(resolver: resolver, options: options)
     let report = fetcher.fetch(wanted)
     if json {
         printJSON(report)

@@ -148,6 +148,27 @@ struct HostileInputTests {
         return (archive, try TreeHashProbe.directory(tree.path + "/lib-1.0"))
     }
 
+    /// Issue #27: `fetch` hashes what the store holds again before it says "already in the store"
+    /// (an offline fetch of a corrupted entry said so and exited 0): offline, the entry is
+    /// quarantined and the run exits 76; online, it is quarantined and fetched again.
+    @Test func aCorruptedStoreEntryIsNotAlreadyThere() throws {
+        let digest = server.serve("c.whl", randomData(20_000))
+        let lock = try work.lock([wheelInput("c", sha256: digest, urls: [server.url("files/c.whl")])])
+        try #require(fetch(lock).succeeded)
+        let entry = store + "/sha256/" + digest.hex
+        chmod(entry, 0o644)
+        try Data("flipped".utf8).write(to: URL(fileURLWithPath: entry))
+        let offline = fetch(lock, ["--offline"])
+        #expect(offline.termination == .exited(ExitStatus.integrity), "\(offline.stderr)")
+        #expect(offline.stderr.contains(entry) && !offline.stdout.contains("1 already in the store"), "\(offline.stdout)\n\(offline.stderr)")
+        #expect(files(in: "quarantine").count == 1)
+        try Data("flipped again".utf8).write(to: URL(fileURLWithPath: entry))
+        let online = fetch(lock)
+        #expect(online.succeeded, "\(online.stderr)")
+        #expect(online.stdout.contains("1 fetched"), "\(online.stdout)")
+        #expect(try SHA256Digest.of(fileAt: entry).digest == digest)
+    }
+
     /// Issue #27: a file whose sha256 is not the pinned one, from the only mirror, exits with
     /// integrity's status (76), as the README's table says; it was reported as a fetch failure (75),
     /// which a script would retry. A mirror that cannot be reached stays 75 (ExitStatusTests).
