@@ -37,7 +37,9 @@ struct DoctorCommand: ParsableCommand {
             // Not a second failure: the check needs unshare, whose absence is reported above.
             checks.append(Check(name: "user namespaces", status: .info, detail: "not checked: it needs unshare"))
         } else {
-            let probe = ChildProcess.run(["unshare", "--user", "--map-root-user", "true"])
+            // krnative itself is what runs inside: a program that is surely there (a missing `true`
+            // on PATH was taken for a namespace failure).
+            let probe = ChildProcess.run(["unshare", "--user", "--map-root-user", currentExecutable, "--version"])
             checks.append(
                 probe.succeeded
                     ? Check(name: "user namespaces", status: .ok, detail: "unshare --user --map-root-user works as uid \(getuid())")
@@ -77,7 +79,8 @@ struct DoctorCommand: ParsableCommand {
         if output.json {
             printJSON(checks)
         } else {
-            for check in checks {
+            // -q: only what needs doing.
+            for check in checks where !output.quiet || check.status == .fail || check.status == .warn {
                 print("\(check.status.rawValue.uppercased().padding(toLength: 5, withPad: " ", startingAt: 0)) \(check.name): \(check.detail)")
                 if let fix = check.fix { print("      fix: \(fix)") }
             }
@@ -85,28 +88,31 @@ struct DoctorCommand: ParsableCommand {
         if checks.contains(where: { $0.status == .fail }) { throw ExitCode(ExitStatus.sandbox) }
     }
 
-    /// A program a later stage runs, found on PATH or not.
+    /// A program a later stage runs, found on PATH or not: a failure when every build needs it,
+    /// else a note naming the command that does.
     struct Tool {
         var program: String
         var package: String
         var purpose: String
+        var everyBuildNeedsIt = false
 
         var check: Check {
             let path = ChildProcess.resolve(program)
             return access(path, X_OK) == 0
                 ? Check(name: program, status: .ok, detail: path)
-                : Check(name: program, status: .info, detail: "not found; \(purpose) needs it", fix: "apt-get install \(package)")
+                : Check(name: program, status: everyBuildNeedsIt ? .fail : .info, detail: "not found; \(purpose) needs it", fix: "apt-get install \(package)")
         }
     }
 
     /// The programs stages after the sandbox run, each with the Debian package that has it.
     static let tools = [
-        Tool(program: "cmake", package: "cmake", purpose: "the ttyd build"),
-        Tool(program: "ninja", package: "ninja-build", purpose: "the ttyd build"),
+        Tool(program: "cmake", package: "cmake", purpose: "every build (ttyd's libraries)", everyBuildNeedsIt: true),
+        Tool(program: "ninja", package: "ninja-build", purpose: "every build (ttyd's libraries)", everyBuildNeedsIt: true),
         Tool(program: "mmdebstrap", package: "mmdebstrap", purpose: "krnative smoke (its root file system)"),
         Tool(program: "qemu-aarch64-static", package: "qemu-user-static", purpose: "smoke and ttyd checks of aarch64 targets"),
         Tool(program: "faketime", package: "faketime", purpose: "build --check (the clock variation)"),
         Tool(program: "disorderfs", package: "disorderfs", purpose: "build --check (the file-order variation)"),
+        Tool(program: "fusermount", package: "fuse3", purpose: "build --check (unmounting the file-order variation's disorderfs)"),
         Tool(program: "patchelf", package: "patchelf", purpose: "scripts/standin-lock (the stand-in runtime)"),
     ]
 
