@@ -288,7 +288,8 @@ public final class FileLock: @unchecked Sendable {
 
     /// Blocks until the exclusive lock on `path` (created if absent) is held. When another process
     /// holds it, `waiting` is told first (as cargo says "Blocking waiting for file lock"): a wait
-    /// of minutes is not silence. The holder writes its pid into the file, so the notice names it.
+    /// of minutes is not silence. The holder writes its pid into the file, so the notice names it,
+    /// and clears it when it lets go; a pid no process has (a holder that was killed) is not named.
     /// A signal that cancels the run ends the wait (`cannotOpen` with `EINTR`).
     public init(path: String, waiting: (String) -> Void = Reporting.note) throws(FileSystemError) {
         self.path = path
@@ -305,35 +306,40 @@ public final class FileLock: @unchecked Sendable {
         if ftruncate(fd, 0) == 0 { _ = pwrite(fd, pid, pid.count, 0) }
     }
 
-    /// Takes the exclusive `flock` on `fd`, telling `waiting` once when another holds it; 0, or the
-    /// errno that stopped it (`EINTR` when a signal cancels the run). It polls rather than blocks:
-    /// the thread that waits is seldom the one a signal interrupts, and a cancelled run must not
-    /// wait for another's lock before it notices.
+    /// Takes the exclusive `flock` on `fd`, telling `waiting` once when another has held it for
+    /// 0.2 s (time for a holder that just took it to write its pid); 0, or the errno that stopped
+    /// it (`EINTR` when a signal cancels the run). It polls rather than blocks: the thread that
+    /// waits is seldom the one a signal interrupts, and a cancelled run must not wait for
+    /// another's lock before it notices.
     static func lockExclusively(_ fd: Int32, waiting: () -> Void) -> Int32 {
-        var told = false
+        var busyPolls = 0
         while flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let code = errno
             guard code == EWOULDBLOCK || code == EINTR else { return code }
             if Cancellation.requested { return EINTR }
-            if code == EWOULDBLOCK && !told {
-                waiting()
-                told = true
+            if code == EWOULDBLOCK {
+                busyPolls += 1
+                if busyPolls == 4 { waiting() }
             }
             usleep(50_000)
         }
         return 0
     }
 
-    /// The pid the lock's holder wrote into the file, if it is there.
+    /// The pid the lock's holder wrote into the file, if it is there and a process has it.
     private var holder: Int32? {
         var bytes = [UInt8](repeating: 0, count: 16)
         let count = pread(fd, &bytes, bytes.count, 0)
-        guard count > 0 else { return nil }
-        return Int32(String(decoding: bytes[..<count], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        guard count > 0,
+            let pid = Int32(String(decoding: bytes[..<count], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0,
+            kill(pid, 0) == 0 || errno == EPERM
+        else { return nil }
+        return pid
     }
 
     public func unlock() {
         guard fd >= 0 else { return }
+        _ = ftruncate(fd, 0)  // the pid goes with the lock: the next waiter must not name this process
         flock(fd, LOCK_UN)
         close(fd)
         fd = -1

@@ -24,6 +24,28 @@ struct StoreTests {
         #expect(acquired.wait(timeout: .now() + 5) == .success)
     }
 
+    /// Issue #27: the notice named the pid of a finished run (left in the file) while another
+    /// process held the lock. A holder that wrote no pid is not named after a process that is gone,
+    /// and a lock let go leaves no pid behind.
+    @Test func aWaitNamesNoProcessThatIsGone() throws {
+        let directory = TemporaryDirectory("krnative-lock-stale")
+        let path = directory.file("entry.lock", "\(Self.goneProcess)\n")
+        let other = open(path, O_RDWR | O_CLOEXEC)
+        try #require(other >= 0 && flock(other, LOCK_EX) == 0)
+        let said = Collected()
+        let acquired = DispatchSemaphore(value: 0)
+        Thread {
+            let waiter = try? FileLock(path: path, waiting: { said.append(Data($0.utf8)) })
+            acquired.signal()
+            waiter?.unlock()
+        }.start()
+        #expect(acquired.wait(timeout: .now() + 0.5) == .timedOut, "the second lock did not wait")
+        #expect(said.text == "waiting for \(path): another krnative process holds its lock")
+        close(other)
+        #expect(acquired.wait(timeout: .now() + 5) == .success)
+        #expect(FileSystem.size(of: path) == 0, "the pid stayed after the lock was let go")
+    }
+
     /// A process id no process has (pids stay below 2^22 on Linux).
     static let goneProcess: pid_t = 999_999_999
 
