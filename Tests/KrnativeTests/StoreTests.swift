@@ -11,17 +11,25 @@ struct StoreTests {
         let directory = TemporaryDirectory("krnative-lock-wait")
         let path = directory.path + "/entry.lock"
         let held = try FileLock(path: path)
+        #expect(waitingNotice(at: path, releasing: held.unlock) == "waiting for \(path): another krnative process (pid \(getpid())) holds its lock")
+    }
+
+    /// Takes the lock at `path` on another thread while something else holds it: checks that it
+    /// waits, returns what it said by then, and calls `release`, after which it must get the lock
+    /// (and let it go).
+    func waitingNotice(at path: String, releasing release: () -> Void) -> String {
         let said = Collected()
         let acquired = DispatchSemaphore(value: 0)
         Thread {
             let waiter = try? FileLock(path: path, waiting: { said.append(Data($0.utf8)) })
-            acquired.signal()
             waiter?.unlock()
+            acquired.signal()
         }.start()
         #expect(acquired.wait(timeout: .now() + 0.5) == .timedOut, "the second lock did not wait")
-        #expect(said.text == "waiting for \(path): another krnative process (pid \(getpid())) holds its lock")
-        held.unlock()
+        let text = said.text
+        release()
         #expect(acquired.wait(timeout: .now() + 5) == .success)
+        return text
     }
 
     /// Issue #27: the notice named the pid of a finished run (left in the file) while another
@@ -32,17 +40,7 @@ struct StoreTests {
         let path = directory.file("entry.lock", "\(Self.goneProcess)\n")
         let other = open(path, O_RDWR | O_CLOEXEC)
         try #require(other >= 0 && flock(other, LOCK_EX) == 0)
-        let said = Collected()
-        let acquired = DispatchSemaphore(value: 0)
-        Thread {
-            let waiter = try? FileLock(path: path, waiting: { said.append(Data($0.utf8)) })
-            acquired.signal()
-            waiter?.unlock()
-        }.start()
-        #expect(acquired.wait(timeout: .now() + 0.5) == .timedOut, "the second lock did not wait")
-        #expect(said.text == "waiting for \(path): another krnative process holds its lock")
-        close(other)
-        #expect(acquired.wait(timeout: .now() + 5) == .success)
+        #expect(waitingNotice(at: path, releasing: { close(other) }) == "waiting for \(path): another krnative process holds its lock")
         #expect(FileSystem.size(of: path) == 0, "the pid stayed after the lock was let go")
     }
 
