@@ -246,7 +246,10 @@ public struct Fetcher: Sendable {
                 url: url, partialPath: partial, settings: options.transfer, cap: options.sizeCap(for: input),
                 redirects: RedirectPolicy(mirrors: options.mirrors)
             ) { [progress] in progress.advanced(by: $0) }
-            switch transfer.run() {
+            let outcome = transfer.run()
+            // A partial is kept to resume from; an empty one holds nothing to resume.
+            if case .complete = outcome {} else if FileSystem.size(of: partial) == 0 { FileSystem.remove(partial) }
+            switch outcome {
             case .complete:
                 let resumed = transfer.resumedFrom > 0
                 switch verify(input, transfer: transfer, from: url, started: started, attempts: &attempts) {

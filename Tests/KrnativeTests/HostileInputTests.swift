@@ -180,6 +180,10 @@ struct HostileInputTests {
         #expect(result.termination == .exited(ExitStatus.integrity), "\(result.stderr)")
         #expect(result.stderr.contains("whose sha256 is \(served), but the lock pins \(pinned)"), "\(result.stderr)")
         #expect(files(in: "sha256").isEmpty)
+        // A source that sent nothing leaves no empty partial behind (issue #27: a killed fetch left them).
+        let nothing = try work.lock([wheelInput("n", sha256: pinned, urls: [server.url("missing/n.whl")])], name: "nothing.json")
+        #expect(fetch(nothing, ["--retries", "1"]).termination == .exited(ExitStatus.fetch))
+        #expect(files(in: "tmp").isEmpty, "\(files(in: "tmp"))")
     }
 
     @Test func aJunkMirrorIsQuarantinedAndTheNextOneServes() throws {
@@ -225,7 +229,9 @@ struct HostileInputTests {
         FileManager.default.createFile(atPath: "\(store)/tmp/tree-\(tree.hex).partial", contents: Data("junk junk junk".utf8))
         let result = fetch(lock)
         #expect(result.termination == .exited(0), "\(result.stderr)")
-        #expect(server.requests().map(\.range) == ["bytes=14-", nil])
+        // A resume from the junk, then the whole file (the server's log is in the order its
+        // handlers end, which for two connections in a row is not always the order they began).
+        #expect(server.requests().map { $0.range ?? "" }.sorted() == ["", "bytes=14-"])
         #expect(files(in: "quarantine").count == 1)
         #expect(files(in: "tmp").isEmpty)
     }
