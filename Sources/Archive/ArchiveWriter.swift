@@ -66,7 +66,7 @@ public final class TarWriter {
                 try write(chunk)
             }
         } catch let error as ArchiveError { throw error } catch {
-            throw .cannotWrite(archive: path, reason: "reading \(source): \(error.localizedDescription)")
+            throw .cannotWrite(archive: path, reason: "reading \(source): \(FileSystem.reason(error))")
         }
     }
 

@@ -291,7 +291,7 @@ public struct StepResultTree: Sendable {
     private static func read(_ name: String, in directory: Int32, shownAs shown: String) throws(StepResultError) -> Data {
         let source = try openRegular(name, in: directory, shownAs: shown).fd
         let handle = FileHandle(fileDescriptor: source, closeOnDealloc: true)
-        do { return try handle.readToEnd() ?? Data() } catch { throw .cannotCopy(path: shown, reason: error.localizedDescription) }
+        do { return try handle.readToEnd() ?? Data() } catch { throw .cannotCopy(path: shown, reason: FileSystem.reason(error)) }
     }
 
     /// A regular file opened without following a link, and its size.

@@ -93,7 +93,7 @@ public enum TreeHash {
         let directory = relative.isEmpty ? root : root + "/" + relative
         let names: [String]
         do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
-            throw .cannotRead(path: directory, reason: error.localizedDescription)
+            throw .cannotRead(path: directory, reason: FileSystem.reason(error))
         }
         for name in names {
             let path = relative.isEmpty ? name : relative + "/" + name
@@ -109,7 +109,7 @@ public enum TreeHash {
             case S_IFLNK:
                 let target: String
                 do { target = try FileManager.default.destinationOfSymbolicLink(atPath: full) } catch {
-                    throw .cannotRead(path: full, reason: error.localizedDescription)
+                    throw .cannotRead(path: full, reason: FileSystem.reason(error))
                 }
                 records.append(Record(path: path, kind: .symlink, contentSha256: .of(Data(target.utf8))))
             default:

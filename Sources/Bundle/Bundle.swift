@@ -11,7 +11,8 @@ import Store
 
 /// A bundle that cannot be written or admitted, naming the file and entry.
 public enum BundleError: KrnativeError {
-    case missingInputs(names: [String], lockPath: String)
+    /// `selection`: the options that chose the bundle's targets, for the fetch to run first.
+    case missingInputs(names: [String], lockPath: String, selection: String)
     case notABundle(file: String, reason: String)
     case badEntry(file: String, entry: String, reason: String)
     case incomplete(file: String, missing: [String])
@@ -22,9 +23,9 @@ public enum BundleError: KrnativeError {
 
     public var description: String {
         switch self {
-        case .missingInputs(let names, let lockPath):
-            "the store lacks \(names.count) input(s) the bundle needs: \(names.joined(separator: ", ")); "
-                + "run `krnative fetch --lock \(lockPath) --target …` first"
+        case .missingInputs(let names, let lockPath, let selection):
+            "the store lacks \(counted(names.count, "input")) the bundle needs: \(names.joined(separator: ", ")); "
+                + "run `krnative fetch --lock \(lockPath) \(selection)` first"
         case .notABundle(let file, let reason):
             "\(file) is not a krnative bundle: \(reason)"
         case .badEntry(let file, let entry, let reason):
@@ -68,7 +69,9 @@ public enum AirGapBundle {
         try FileSystem.requireReplaceable(file)
         var inputs = lock.inputs(for: targets, host: host)
         let missing = inputs.filter { resolver.located($0) == nil }.map(\.name)
-        guard missing.isEmpty else { throw BundleError.missingInputs(names: missing, lockPath: lockPath) }
+        guard missing.isEmpty else {
+            throw BundleError.missingInputs(names: missing, lockPath: lockPath, selection: Target.options(for: targets, host: host))
+        }
         var paths: [String] = []
         for index in inputs.indices {
             let digest = resolver.located(inputs[index])!

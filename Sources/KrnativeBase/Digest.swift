@@ -68,7 +68,7 @@ public struct SHA256Digest: Hashable, Sendable, Comparable, CustomStringConverti
                 size += Int64(chunk.count)
             }
         } catch {
-            throw .cannotRead(path: path, reason: error.localizedDescription)
+            throw .cannotRead(path: path, reason: FileSystem.reason(error))
         }
         return (hasher.finalize(), size)
     }

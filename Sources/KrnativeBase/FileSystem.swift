@@ -50,11 +50,30 @@ public enum FileSystemError: KrnativeError {
 public enum FileSystem {
     /// Creates `path` and its parents.
     public static func createDirectory(_ path: String) throws(FileSystemError) {
-        do {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        } catch {
-            throw .cannotCreateDirectory(path: path, reason: error.localizedDescription)
+        // mkdir -p, one level at a time, so that a failure says the system's reason for the level
+        // that failed (Foundation said "The file doesn't exist." for a parent that cannot be written).
+        var made = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            made += "/" + component
+            if mkdir(made, 0o755) == 0 { continue }
+            let code = errno
+            var info = stat()
+            if code == EEXIST, stat(made, &info) == 0, info.st_mode & S_IFMT == S_IFDIR { continue }
+            let level = made == "./" + path || made == path ? "" : " (at \(made))"
+            throw .cannotCreateDirectory(path: path, reason: String(cString: strerror(code)) + level)
         }
+    }
+
+    /// A Foundation file error in the system's words: the POSIX error under it, which says what
+    /// went wrong (Foundation's own text says "The file doesn't exist." for a path that exists but
+    /// cannot be read), else its description.
+    public static func reason(_ error: any Error) -> String {
+        let error = error as NSError
+        if error.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(error.code))) }
+        if let underlying = error.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain {
+            return String(cString: strerror(Int32(underlying.code)))
+        }
+        return error.localizedDescription
     }
 
     /// Flushes a file's bytes to disk.
@@ -147,7 +166,7 @@ public enum FileSystem {
         defer { try? handle.close() }
         let data: Data
         do { data = try handle.read(upToCount: limit + 1) ?? Data() } catch {
-            throw .cannotRead(path: path, reason: error.localizedDescription)
+            throw .cannotRead(path: path, reason: reason(error))
         }
         guard data.count <= limit else { throw .cannotRead(path: path, reason: "it is larger than \(limit) bytes") }
         return data

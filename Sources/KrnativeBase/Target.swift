@@ -45,6 +45,13 @@ public enum Target: String, CaseIterable, Sendable, Codable, Comparable {
     /// The triple ttyd is cross-compiled for: always static musl.
     public var ttydTriple: String { "\(arch.rawValue)-linux-musl" }
 
+    /// The options that choose `targets` for `host` on a command line (`--target T …` or `--all`,
+    /// and `--host H` when it is not this machine), as advice to run a command prints them.
+    public static func options(for targets: [Target], host: HostPlatform = .current) -> String {
+        (targets == allCases ? "--all" : targets.map { "--target \($0.rawValue)" }.joined(separator: " "))
+            + (host == .current ? "" : " --host \(host)")
+    }
+
     /// Parses a `--target` value, naming the valid ones when it is not one.
     public static func parse(_ text: String) throws(UsageError) -> Target {
         guard let target = Target(rawValue: text) else {

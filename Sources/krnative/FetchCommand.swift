@@ -170,8 +170,7 @@ struct FetchCommand: ParsableCommand {
 /// when anything is missing.
 func fetchInputs(targets: [Target], host: HostPlatform, inputs: InputOptions, network: NetworkOptions, json: Bool) throws -> FetchReport {
     let lock = try Lockfile.load(from: inputs.lockPath)
-    let selection = targets == Target.allCases ? "--all" : targets.map { "--target \($0.rawValue)" }.joined(separator: " ")
-    return try fetchInputs(lock.inputs(for: targets, host: host), for: selection, inputs: inputs, network: network, json: json, rehashPresent: true)
+    return try fetchInputs(lock.inputs(for: targets, host: host), for: Target.options(for: targets, host: host), inputs: inputs, network: network, json: json, rehashPresent: true)
 }
 
 /// Fetches `wanted`, which the options `selection` name (`--target T`: said in the advice when
