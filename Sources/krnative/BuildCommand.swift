@@ -22,8 +22,8 @@ struct BuildCommand: ParsableCommand {
             in the sandbox, lays out and packs the volume, writes the plugin wheel, the manifest and \
             the SBOM into the output directory, whole or not at all.
             """,
-            examples: "krnative build --target manylinux-x86_64", "krnative build --target musllinux-aarch64 --offline --out /tmp/out", "krnative build --target manylinux-x86_64 --check --variations all",
-            "krnative build --all --remote-cache https://cache.internal:8080 --remote-cache-upload"))
+            examples: "krnative build --target manylinux-x86_64", "krnative build --target musllinux-aarch64 --offline --out arm-out", "krnative build --target manylinux-x86_64 --check --variations all",
+            "krnative build --all --remote-cache https://cache.internal:8080\n--remote-cache-upload"))
 
     @OptionGroup var inputs: InputOptions
     @Option(name: .customLong("target"), help: "A target to build (repeatable).") var targets: [Target] = []

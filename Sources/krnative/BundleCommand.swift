@@ -9,6 +9,7 @@ import Store
 struct BundleCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bundle", abstract: "Carry inputs across an air gap: one archive of store entries plus the lock.",
+        discussion: helpText(examples: "krnative bundle export inputs.tar --all", "krnative bundle import inputs.tar"),
         subcommands: [Export.self, Import.self])
 
     struct Export: ParsableCommand {

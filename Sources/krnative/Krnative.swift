@@ -17,6 +17,7 @@ struct Krnative: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "krnative",
         abstract: "Build Backend.AI kernel-runner volumes reproducibly, offline, without Docker or root.",
+        discussion: helpText(examples: "krnative doctor", "krnative build --target musllinux-aarch64", "krnative targets"),
         version: KrnativeVersion.current,
         subcommands: [
             TargetsCommand.self, FetchCommand.self, BuildCommand.self, StoreCommand.self, BundleCommand.self,
@@ -245,6 +246,8 @@ extension Target: ExpressibleByArgument {
 
 /// A command's help text: what it does, then `Examples:` with one indented command line each.
 func helpText(_ discussion: String = "", examples: String...) -> String {
-    let lines = examples.map { "  " + $0 }.joined(separator: "\n")
+    // An example longer than a line is written with "\n" where it breaks and printed as a shell
+    // continues a command, so that the help never wraps it mid-word (it wraps at 80 columns).
+    let lines = examples.map { "  " + $0.split(separator: "\n").joined(separator: " \\\n      ") }.joined(separator: "\n")
     return [discussion, "Examples:\n" + lines].filter { !$0.isEmpty }.joined(separator: "\n\n")
 }

@@ -12,6 +12,7 @@ extension LockedInput.Kind: ExpressibleByArgument {}
 struct LockCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lock", abstract: "Write and check the lock.",
+        discussion: helpText(examples: "krnative lock check", "krnative lock tree-hash ttyd-1.7.7.tar.gz"),
         subcommands: [Add.self, Check.self, TreeHashCommand.self])
 
     struct Add: ParsableCommand {
@@ -19,7 +20,8 @@ struct LockCommand: ParsableCommand {
             abstract: "Add or refresh an entry, hashing a local file or a download (the file is admitted to the store).",
             discussion: helpText(
                 "A source read with --file is pinned by tree hash only; its file hash is recorded when it is first downloaded.",
-                examples: "krnative lock add --name attrs --kind wheel --upstream-version 24.2.0 --pip-requirement attrs==24.2.0", "krnative lock add --name ttyd --kind source --upstream-version 1.7.7 --file ttyd-1.7.7.tar.gz --target musllinux-x86_64"))
+                examples: "krnative lock add --name attrs --kind wheel --upstream-version 24.2.0\n--pip-requirement attrs==24.2.0",
+                "krnative lock add --name ttyd --kind source --upstream-version 1.7.7\n--file ttyd-1.7.7.tar.gz\n--url https://github.com/tsl0922/ttyd/archive/refs/tags/1.7.7.tar.gz"))
         @OptionGroup var inputs: InputOptions
         @OptionGroup var network: NetworkOptions
         @OptionGroup var output: OutputOptions
@@ -43,6 +45,9 @@ struct LockCommand: ParsableCommand {
             try perform("lock add") {
                 guard file != nil || !urls.isEmpty || pipRequirement != nil else {
                     throw UsageError("give --file, at least one --url, or --pip-requirement")
+                }
+                guard file == nil || !urls.isEmpty || pipRequirement != nil else {
+                    throw UsageError("--file reads a local copy, but the lock must say where the file comes from: add --url URL (repeatable) or --pip-requirement")
                 }
                 if let file, FileSystem.isDirectory(file) || !FileSystem.exists(file) {
                     throw FileSystemError.cannotRead(path: file, reason: FileSystem.whyUnreadable(file))

@@ -73,7 +73,7 @@ struct BuildTtydCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "build-ttyd",
         abstract: "Cross-compile the static ttyd of a target from the lock's sources (leaves ttyd_linux.<arch>.bin).",
-        discussion: helpText(examples: "krnative build-ttyd --target musllinux-aarch64 --out /tmp/ttyd"))
+        discussion: helpText(examples: "krnative build-ttyd --target musllinux-aarch64 --out ttyd-out"))
 
     @Option(help: "The target whose ttyd to build.") var target: Target
     @Option(help: "zig or musl-cross (x86_64 hosts only). Default: zig.") var toolchain: ToolchainKind?
@@ -93,7 +93,7 @@ struct BuildRuntimeCommand: ParsableCommand {
             "The runtime that `krnative build --runtime source` lays out, built alone. With --sandbox none --prepare-only --workdir W "
                 + "it unpacks and patches the sources (the recipe's edits too); --print-script then prints the steps' commands as a plain "
                 + "bash script for W.",
-            examples: "krnative build-runtime --target musllinux-x86_64 --out /tmp/runtime"))
+            examples: "krnative build-runtime --target musllinux-x86_64 --out runtime-out"))
 
     @Option(help: "The target whose runtime to build.") var target: Target
     @OptionGroup var build: RecipeBuildArguments

@@ -27,6 +27,7 @@ extension LocalPolicy {
 struct SandboxCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sandbox", abstract: "Run a command in the build sandbox, as a build step runs.",
+        discussion: helpText(examples: "krnative sandbox run -- id"),
         subcommands: [Run.self, Launch.self])
 
     struct Run: ParsableCommand {
@@ -74,13 +75,16 @@ struct SandboxCommand: ParsableCommand {
             }
         }
 
+        /// `SRC[:DST]`: SRC relative to the current directory or absolute; DST absolute, by default
+        /// SRC's absolute path.
         static func mount(_ text: String, writable: Bool) throws -> SandboxSpec.Mount {
             let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
-            guard let source = parts.first, source.hasPrefix("/") else {
-                throw UsageError("mount '\(text)' needs an absolute SRC[:DST]")
-            }
+            guard let given = parts.first, !given.isEmpty else { throw UsageError("mount '\(text)' needs SRC[:DST]") }
+            let source = given.hasPrefix("/") ? given : FileManager.default.currentDirectoryPath + "/" + given
             guard FileSystem.exists(source) else { throw FileSystemError.cannotOpen(path: source, errno: ENOENT) }
-            return SandboxSpec.Mount(source: source, target: parts.count > 1 ? parts[1] : source, writable: writable)
+            let target = parts.count > 1 ? parts[1] : source
+            guard target.hasPrefix("/") else { throw UsageError("mount '\(text)': DST must be an absolute path inside the sandbox") }
+            return SandboxSpec.Mount(source: source, target: target, writable: writable)
         }
     }
 }

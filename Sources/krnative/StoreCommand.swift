@@ -10,6 +10,7 @@ import Store
 struct StoreCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "store", abstract: "Inspect and maintain the content-addressed input store.",
+        discussion: helpText(examples: "krnative store ls", "krnative store verify", "krnative store gc --dry-run -v"),
         subcommands: [Import.self, Verify.self, List.self, Collect.self])
 
     struct Import: ParsableCommand {
@@ -85,7 +86,7 @@ struct StoreCommand: ParsableCommand {
     struct List: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "ls", abstract: "Show each area of the store with its size, then the entries and the lock inputs they hold.",
-            discussion: helpText(examples: "krnative store ls", "krnative store ls --store /srv/krnative-store --json"))
+            discussion: helpText(examples: "krnative store ls", "krnative store ls --store ~/krnative-store --json"))
         @OptionGroup var inputs: InputOptions
         @OptionGroup var output: OutputOptions
 

@@ -41,12 +41,14 @@ struct PackCommand: ParsableCommand {
 /// `krnative wheel install`: the wheel installer alone.
 struct WheelCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "wheel", abstract: "Install wheels as a volume build does.", subcommands: [Install.self])
+        commandName: "wheel", abstract: "Install wheels as a volume build does.",
+        discussion: helpText(examples: "krnative wheel install --target manylinux-x86_64 --prefix prefix *.whl"),
+        subcommands: [Install.self])
 
     struct Install: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Install wheels into a prefix (pip's --prefix scheme, no Python run), checking tags and RECORD.",
-            discussion: helpText(examples: "krnative wheel install --target manylinux-x86_64 --prefix /tmp/prefix attrs-24.2.0-py3-none-any.whl"))
+            discussion: helpText(examples: "krnative wheel install --target manylinux-x86_64 --prefix prefix\nattrs-24.2.0-py3-none-any.whl"))
         @Option(help: "The target whose tags the wheels must fit.") var target: Target
         @Option(help: "The prefix (the volume root).") var prefix: String
         @Argument(help: "Wheel files, under their wheel names.") var wheels: [String]

@@ -21,7 +21,7 @@ struct DiffCommand: ParsableCommand {
             target and, for ELF files, the sections that differ. Archives that differ inside two \
             directories are opened and compared too. Exit status 0 when identical, 1 when not.
             """,
-            examples: "krnative diff out/krunner-env.static-gnu.x86_64.tar.xz ci/krunner-env.static-gnu.x86_64.tar.xz", "krnative diff out/ ci/ --json"))
+            examples: "krnative diff out/krunner-env.static-gnu.x86_64.tar.xz\nci/krunner-env.static-gnu.x86_64.tar.xz", "krnative diff out/ ci/ --json"))
     @Argument(help: "A directory, .tar.xz/.tar or .whl.") var left: String
     @Argument(help: "The same kind of thing to compare with.") var right: String
     @OptionGroup var output: OutputOptions
@@ -50,7 +50,7 @@ struct AuditCommand: ParsableCommand {
             targets, musllinux_1_2 for musl. A needed library is also fine when the volume carries it. \
             bin/ttyd must be static and stripped. Exit status 0 when the volume passes, 81 when not.
             """,
-            examples: "krnative audit out/krunner-env.static-gnu.x86_64.tar.xz --target manylinux-x86_64"))
+            examples: "krnative audit out/krunner-env.static-gnu.x86_64.tar.xz\n--target manylinux-x86_64"))
     @Argument(help: "The volume: a directory or krunner-env.*.tar.xz.") var volume: String
     @Option(help: "The volume's target.") var target: Target
     @Option(name: .customLong("policy"), help: "The policy file. Default: the project's sysroots/audit-policy.json.") var policyOption: String?
@@ -143,7 +143,7 @@ struct SmokeCommand: ParsableCommand {
             ssl's default context, and its ttyd prints its version. The output names the Debian release \
             it ran on. Exit status 0 when every check passes, 78 when not.
             """,
-            examples: "krnative smoke --target manylinux-x86_64", "krnative smoke --target musllinux-aarch64 --volume out/krunner-env.musllinux_1_2.aarch64.tar.xz"))
+            examples: "krnative smoke --target manylinux-x86_64", "krnative smoke --target musllinux-aarch64\n--volume out/krunner-env.musllinux_1_2.aarch64.tar.xz"))
     @OptionGroup var inputs: InputOptions
     @Option(help: "The volume's target.") var target: Target
     @Option(help: "The volume: a directory or tar.xz. Default: the project's out/krunner-env.{distro}.{arch}.tar.xz.") var volume: String?
