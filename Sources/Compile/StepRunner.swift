@@ -192,7 +192,9 @@ public struct StepRunner: Sendable {
         var previousKey = SHA256Digest.of(Data("\(recipe.seed) \(space.toolchain.identity)".utf8))
         let runner = SandboxRunner(entryExecutable: settings.entryExecutable, isolation: settings.isolation)
         let remoteSteps = settings.remoteCache.map { RemoteSteps(cache: $0, store: store, log: settings.log) }
-        for step in recipe.steps {
+        let progress = StepProgress(emit: settings.log)
+        for (index, step) in recipe.steps.enumerated() {
+            let counter = "[\(index + 1)/\(recipe.steps.count)]"
             guard let input = lock[step.component], input.kind == .source, let tree = input.treeSha256,
                 let archive = try resolver.path(of: input)
             else { throw CompileError.missingInput(name: step.component, lockPath: settings.lockPath) }
@@ -214,14 +216,19 @@ public struct StepRunner: Sendable {
                 try StepResultTree(key.hex, in: store.directory(.steps), madeBy: "the \(step.name) step (its cached result)", seenAs: space.layout.stage)
                     .copy(to: space.stage)
                 outcome.patches += patches.map(\.summary)
-                settings.log("\(step.name) \(input.version): \(fromRemote ? "from the remote cache" : "cached") (\(key.hex.prefix(12)))")
+                settings.log("\(counter) \(step.name) \(input.version): \(fromRemote ? "from the remote cache" : "cached") (\(key.hex.prefix(12)))")
                 // A result made before uploads were asked for reaches the cache too.
                 if !fromRemote, let remoteSteps, remoteSteps.cache.upload, !remoteSteps.cache.hasActionResult(key) {
                     remoteSteps.upload(cached, key: key, component: step.name, epoch: lock.sourceDateEpoch, threads: settings.jobs)
                 }
             } else {
                 let verb = settings.prepareOnly ? "preparing" : "building"
-                settings.log("\(step.name) \(input.version): \(verb) for \(space.toolchain.triple) with \(space.toolchain.kind.rawValue)")
+                // The build Python is compiled by the build-machine wrappers, for this machine.
+                let machine =
+                    step.environment["CC"]?.hasSuffix("/build-cc") == true
+                    ? "the build machine (\(HostPlatform.current))" : space.toolchain.triple
+                let label = "\(counter) \(step.name) \(input.version): \(verb) for \(machine) with \(space.toolchain.kind.rawValue)"
+                if settings.prepareOnly { settings.log(label) } else { progress.begin(label) }
                 let directory = space.work + "/src/" + step.name
                 FileSystem.remove(directory)
                 try SafeExtractor(stripComponents: 1, limits: .forArchive(recordedSize: input.size)).extract(archive, into: directory)
@@ -232,7 +239,11 @@ public struct StepRunner: Sendable {
                 }
                 outcome.patches += try PatchApplier().apply(patches, to: directory, version: input.version)
                 if !settings.prepareOnly {
-                    try runCommands(step, in: space, runner: runner, epoch: lock.sourceDateEpoch)
+                    do { try runCommands(step, in: space, runner: runner, epoch: lock.sourceDateEpoch, progress: progress) } catch {
+                        progress.end("\(counter) \(step.name) \(input.version): failed after \(Console.duration(Date().timeIntervalSince(started)))")
+                        throw error
+                    }
+                    progress.end("\(counter) \(step.name) \(input.version): built in \(Console.duration(Date().timeIntervalSince(started)))")
                     try Self.checkWorkDirectory(space.work, layout: space.layout, after: step.name)
                     try snapshot(StepResultTree("stage", in: space.work, madeBy: "the \(step.name) step", seenAs: space.layout.stage), as: key)
                     remoteSteps?.upload(cached, key: key, component: step.name, epoch: lock.sourceDateEpoch, threads: settings.jobs)
@@ -279,7 +290,7 @@ public struct StepRunner: Sendable {
             home: layout.build, sourceDateEpoch: epoch)
     }
 
-    func runCommands(_ step: BuildStep, in space: Workspace, runner: SandboxRunner, epoch: Int64) throws {
+    func runCommands(_ step: BuildStep, in space: Workspace, runner: SandboxRunner, epoch: Int64, progress: StepProgress? = nil) throws {
         let layout = space.layout
         let mounts: [SandboxSpec.Mount] =
             settings.isolation == .namespaces
@@ -295,7 +306,10 @@ public struct StepRunner: Sendable {
             // The limits bound what a step may take, not what it makes: they stay out of its key.
             var spec = Self.commandSpec(argv, of: step, in: layout, epoch: epoch, mounts: mounts)
             spec.limits = settings.stepLimits
-            try runner.run(spec) { try? log.write(contentsOf: $0) }
+            try runner.run(spec) { chunk in
+                try? log.write(contentsOf: chunk)
+                progress?.output(chunk)
+            }
         }
     }
 

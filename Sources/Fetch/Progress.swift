@@ -89,7 +89,7 @@ public final class ProgressReporter: Sendable {
         let line = Self.line(
             finished: state.finished, total: state.total, bytes: state.bytes, expected: state.expectedBytes,
             seconds: now.timeIntervalSince(start), active: state.active)
-        emit("\r\u{1B}[K" + String(line.prefix(max(20, Self.terminalWidth() - 1))))
+        emit("\r\u{1B}[K" + String(line.prefix(max(20, Console.terminalWidth() - 1))))
     }
 
     /// `[2/5] 12.0 MiB of 40.0 MiB (30%) at 4.0 MiB/s, 7 s left  name, name`: the share and
@@ -102,23 +102,11 @@ public final class ProgressReporter: Sendable {
         }
         text += " at \(format(Int64(rate)))/s"
         if let expected, rate > 0, bytes < expected {
-            text += ", \(duration(Double(expected - bytes) / rate)) left"
+            text += ", \(Console.duration(Double(expected - bytes) / rate)) left"
         }
         return text + "  " + active.prefix(3).joined(separator: ", ")
     }
 
-    /// `42 s`, `3 min 5 s`.
-    static func duration(_ seconds: Double) -> String {
-        let whole = Int(seconds.rounded(.up))
-        return whole < 60 ? "\(whole) s" : "\(whole / 60) min \(whole % 60) s"
-    }
-
-    /// The columns of the terminal on stderr; 80 when it does not say.
-    static func terminalWidth() -> Int {
-        var size = winsize()
-        guard ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 else { return 80 }
-        return Int(size.ws_col)
-    }
 
     static func format(_ bytes: Int64) -> String {
         let units = ["B", "KiB", "MiB", "GiB"]

@@ -73,6 +73,22 @@ public struct ConsoleLogHandler: LogHandler {
 public enum Console {
     public static func error(_ text: String) { _ = write(Data(text.utf8), to: STDERR_FILENO) }
 
+    /// Whether stderr is a terminal, where status lines are redrawn in place.
+    public static var isTerminal: Bool { isatty(STDERR_FILENO) == 1 }
+
+    /// The columns of the terminal on stderr; 80 when it does not say.
+    public static func terminalWidth() -> Int {
+        var size = winsize()
+        guard ioctl(STDERR_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 0 else { return 80 }
+        return Int(size.ws_col)
+    }
+
+    /// `42 s`, `3 min 5 s`.
+    public static func duration(_ seconds: Double) -> String {
+        let whole = Int(seconds.rounded(.up))
+        return whole < 60 ? "\(whole) s" : "\(whole / 60) min \(whole % 60) s"
+    }
+
     /// A result on stdout; a result that could not be written is a failed command, so this exits
     /// with the I/O status (74, `ExitStatus.store`), saying why on stderr.
     public static func output(_ data: Data) {

@@ -2,14 +2,14 @@ import Foundation
 import KrnativeBase
 import Testing
 
-/// Issue #27: every example in every `--help` runs as printed. The examples are read from the help
+/// Issue #27: every example in every `--help` runs as printed (HelpTests, above, checks that each
+/// names options its command has). The examples are read from the help
 /// itself — the root, every command and every group, found through the SUBCOMMANDS lists — and
 /// each runs with `sh` in a project made for it: the real lock, an empty store, no network
 /// (`KRNATIVE_OFFLINE=1`), and the files the examples name. Each must end with the status
 /// `expected` gives it; an example the table does not know fails the test, so a new example comes
 /// with its status. What needs the pinned inputs gets past every check and stops for them (66).
-@Suite("Help examples", .timeLimit(.minutes(60)), .tags(.process), .endToEnd, .serialized)
-struct HelpExampleTests {
+extension HelpTests {
     /// Each example and its status here, with why when it is not 0.
     static let expected: [String: (status: Int32, why: String)] = [
         "krnative targets": (0, ""),
@@ -56,45 +56,9 @@ struct HelpExampleTests {
         "krnative smoke --target musllinux-aarch64 --volume out/krunner-env.musllinux_1_2.aarch64.tar.xz": (66, "no such volume here"),
     ]
 
-    /// The examples of one help text, continued lines joined; lines of the block that are neither
-    /// an example nor its continuation (the help wrapped one) are returned apart.
-    static func examples(in help: String) -> (examples: [String], wrapped: [String]) {
-        guard let block = help.components(separatedBy: "Examples:\n").dropFirst().first?.components(separatedBy: "\n\n").first else { return ([], []) }
-        var (examples, wrapped, continues) = ([String](), [String](), false)
-        for line in block.split(separator: "\n").map(String.init) {
-            let text = line.trimmingCharacters(in: .whitespaces)
-            let part = text.hasSuffix("\\") ? String(text.dropLast()).trimmingCharacters(in: .whitespaces) : text
-            if continues {
-                examples[examples.count - 1] += " " + part
-            } else if line.hasPrefix("  krnative ") {
-                examples.append(part)
-            } else {
-                wrapped.append(line)
-            }
-            continues = text.hasSuffix("\\")
-        }
-        return (examples, wrapped)
-    }
-
-    /// Every command path the help lists, the root first.
-    static func commandPaths() -> [[String]] {
-        var paths: [[String]] = [], pending: [[String]] = [[]]
-        while !pending.isEmpty {
-            let path = pending.removeFirst()
-            paths.append(path)
-            let help = krnative(path + ["--help"]).stdout
-            guard let list = help.components(separatedBy: "SUBCOMMANDS:").dropFirst().first else { continue }
-            for line in list.split(separator: "\n") where line.hasPrefix("  ") && !line.hasPrefix("   ") {
-                let name = String(line.dropFirst(2).prefix { $0 != " " })
-                if name != "help", name.first?.isLowercase == true { pending.append(path + [name]) }
-            }
-        }
-        return paths
-    }
-
-    @Test func everyCommandHasExamplesThatFitTheHelp() {
-        for path in Self.commandPaths() {
-            let (examples, wrapped) = Self.examples(in: krnative(path + ["--help"]).stdout)
+    @Test func everyCommandAndGroupHasExamplesThatFitTheHelp() {
+        for path in Self.paths {
+            let (examples, wrapped) = Self.examples(in: Self.help(path))
             let command = (["krnative"] + path).joined(separator: " ")
             #expect(!examples.isEmpty, "`\(command) --help` has no examples")
             #expect(wrapped.isEmpty, "`\(command) --help` wrapped an example: \(wrapped)")
@@ -105,8 +69,8 @@ struct HelpExampleTests {
     @Test func everyExampleEndsWithItsStatus() throws {
         let project = try Self.project()
         var seen = Set<String>()
-        for path in Self.commandPaths() {
-            for example in Self.examples(in: krnative(path + ["--help"]).stdout).examples where seen.insert(example).inserted {
+        for path in Self.paths {
+            for example in Self.examples(in: Self.help(path)).examples where seen.insert(example).inserted {
                 guard let (status, why) = Self.expected[example] else { continue }  // said by the test above
                 let result = ChildProcess.run(["sh", "-c", example], environment: project.environment, directory: project.directory.path)
                 #expect(result.termination == .exited(status), "`\(example)` (\(why.isEmpty ? "runs" : why)): \(result.termination)\n\(result.stderr.suffix(800))")

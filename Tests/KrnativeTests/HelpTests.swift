@@ -7,16 +7,42 @@ import Testing
 /// options that command accepts.
 @Suite("Help and README", .timeLimit(.minutes(60)), .tags(.process), .endToEnd)
 struct HelpTests {
-    /// Every command a user can call, as its words after `krnative`, found through the help itself.
-    static let commands: [[String]] = {
+    /// Every command and group, the root (`[]`) first, as its words after `krnative`, found
+    /// through the help itself.
+    static let paths: [[String]] = {
         var found: [[String]] = []
         var pending: [[String]] = [[]]
-        while let path = pending.popLast() {
-            let subcommands = subcommandNames(help(path))
-            if subcommands.isEmpty { found.append(path) } else { pending += subcommands.map { path + [$0] } }
+        while !pending.isEmpty {
+            let path = pending.removeFirst()
+            found.append(path)
+            pending += subcommandNames(help(path)).filter { $0 != "help" }.map { path + [$0] }
         }
-        return found.filter { !$0.isEmpty && $0 != ["help"] }.sorted { $0.joined(separator: " ") < $1.joined(separator: " ") }
+        return found
     }()
+
+    /// Every command a user can call (no group), sorted.
+    static let commands: [[String]] = paths.filter { !$0.isEmpty && subcommandNames(help($0)).isEmpty }
+        .sorted { $0.joined(separator: " ") < $1.joined(separator: " ") }
+
+    /// The examples of a help text, a line continued with `\` joined to the next; the lines of the
+    /// block that are neither an example nor its continuation (the help wrapped one) apart.
+    static func examples(in help: String) -> (examples: [String], wrapped: [String]) {
+        guard let block = help.components(separatedBy: "Examples:\n").dropFirst().first?.components(separatedBy: "\n\n").first else { return ([], []) }
+        var (examples, wrapped, continues) = ([String](), [String](), false)
+        for line in block.split(separator: "\n").map(String.init) {
+            let text = line.trimmingCharacters(in: .whitespaces)
+            let part = text.hasSuffix("\\") ? String(text.dropLast()).trimmingCharacters(in: .whitespaces) : text
+            if continues {
+                examples[examples.count - 1] += " " + part
+            } else if line.hasPrefix("  krnative ") {
+                examples.append(part)
+            } else {
+                wrapped.append(line)
+            }
+            continues = text.hasSuffix("\\")
+        }
+        return (examples, wrapped)
+    }
 
     static func help(_ path: [String]) -> String { krnative(path + ["--help"]).stdout }
 
@@ -59,15 +85,15 @@ struct HelpTests {
     }
 
     static func accepts(_ help: String, _ option: String) -> Bool {
-        help.range(of: "(^|[ ,\\[])\(option)([ ,=\\]\n]|$)", options: .regularExpression) != nil
+        // `--record-volume/--no-record-volume`: a flag and its inversion are listed together.
+        help.range(of: "(^|[ ,\\[/])\(option)([ ,=\\]/\n]|$)", options: .regularExpression) != nil
     }
 
     @Test func everyCommandHasExamplesThatItAccepts() throws {
         #expect(Self.commands.count >= 20, "\(Self.commands)")
         for path in Self.commands {
             let help = Self.help(path)
-            let examples = help.components(separatedBy: "Examples:\n").dropFirst().first?
-                .split(separator: "\n").prefix { $0.hasPrefix("  krnative ") }.map { String($0.dropFirst(2)) } ?? []
+            let examples = Self.examples(in: help).examples
             #expect(!examples.isEmpty, "`krnative \(path.joined(separator: " ")) --help` shows no example")
             for example in examples.map(CommandLine.init) {
                 #expect(example.commands == [path], "example of \(path): \(example)")

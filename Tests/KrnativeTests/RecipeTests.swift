@@ -207,3 +207,27 @@ struct RuntimeRecipeTests {
         }
     }
 }
+
+/// Issue #27: a step that compiles for minutes talks. Off a terminal (this test), the step's lines
+/// and a heartbeat naming it, its time so far and its last line of output; nothing after it ended.
+@Suite("Step progress", .timeLimit(.minutes(60)))
+struct StepProgressTests {
+    @Test func aLongStepSaysItIsStillRunningWithItsLastLine() {
+        let said = Collected()
+        let progress = StepProgress(emit: { said.append(Data(($0 + "\n").utf8)) }, terminal: false, heartbeat: 1)
+        progress.begin("[2/6] json-c 0.17: building for aarch64-linux-musl with zig")
+        progress.output(Data("[ 10%] Building C object arraylist.c.o\n[ 20%] Building C object".utf8))
+        progress.output(Data(" debug.c.o\n\n".utf8))
+        Thread.sleep(forTimeInterval: 2.5)
+        progress.end("[2/6] json-c 0.17: built in 3 s")
+        let before = said.text
+        Thread.sleep(forTimeInterval: 1.5)
+        let lines = said.text.split(separator: "\n").map(String.init)
+        #expect(lines.first == "[2/6] json-c 0.17: building for aarch64-linux-musl with zig")
+        let beats = lines.filter { $0.hasPrefix("… still [2/6] json-c 0.17: building") }
+        #expect(!beats.isEmpty, "\(lines)")
+        #expect(beats.allSatisfy { $0.hasSuffix(" · [ 20%] Building C object debug.c.o") }, "\(beats)")
+        #expect(lines.last == "[2/6] json-c 0.17: built in 3 s")
+        #expect(said.text == before, "it went on after the step ended")
+    }
+}
