@@ -254,6 +254,30 @@ struct SandboxHardeningTests {
         }
     }
 
+    /// Issue #22 item 12: the `.pyc` step binds a tree an earlier step made (the runtime's build
+    /// Python, `staging/runtime/build-python`) without following a link at that path: a step that
+    /// left it as a link to a host directory gets a refused bind, and the directory's secret is not
+    /// read inside. The same bind of a real directory works, and a followed bind would show it.
+    @Test func aBindOfAStepMadePathFollowsNoLinkThere() throws {
+        let staging = TemporaryDirectory("krnative-hard-staging"), secret = TemporaryDirectory("krnative-hard-secret")
+        let work = TemporaryDirectory("krnative-hard-work")
+        _ = secret.file("id_rsa", "PRIVATE KEY\n")
+        try FileManager.default.createSymbolicLink(atPath: staging.path + "/build-python", withDestinationPath: secret.path)
+        let runner = SandboxRunner(entryExecutable: Package.binary)
+        func cat(_ source: String, followLink: Bool) -> (SandboxResult?, String) {
+            let spec = SandboxSpec(
+                argv: ["cat", "/opt/host-python/id_rsa"], mounts: [.readOnly(source, at: "/opt/host-python", followLink: followLink), .writable(work.path)],
+                workingDirectory: work.path)
+            let result = try? runner.start(spec)
+            return (result, result?.outputTail ?? "")
+        }
+        let (refused, seen) = cat(staging.path + "/build-python", followLink: false)
+        #expect(refused?.termination != .exited(0) && !seen.contains("PRIVATE KEY"), "\(String(describing: refused)) \(seen)")
+        // What the link would have given (the check above is the flag's doing), and a real directory.
+        #expect(cat(staging.path + "/build-python", followLink: true).1.contains("PRIVATE KEY"))
+        #expect(cat(secret.path, followLink: false).1.contains("PRIVATE KEY"))
+    }
+
     @Test func doctorReportsWhatTheSandboxReliesOn() throws {
         let result = krnative(["doctor", "--json"])
         let checks = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as! [[String: String]]
