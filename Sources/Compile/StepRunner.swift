@@ -228,7 +228,7 @@ public struct StepRunner: Sendable {
                     step.environment["CC"]?.hasSuffix("/build-cc") == true
                     ? "the build machine (\(HostPlatform.current))" : space.toolchain.triple
                 let label = "\(counter) \(step.name) \(input.version): \(verb) for \(machine) with \(space.toolchain.kind.rawValue)"
-                if settings.prepareOnly { settings.log(label) } else { progress.begin(label) }
+                if settings.prepareOnly { settings.log(label) }
                 let directory = space.work + "/src/" + step.name
                 FileSystem.remove(directory)
                 try SafeExtractor(stripComponents: 1, limits: .forArchive(recordedSize: input.size)).extract(archive, into: directory)
@@ -239,6 +239,8 @@ public struct StepRunner: Sendable {
                 }
                 outcome.patches += try PatchApplier().apply(patches, to: directory, version: input.version)
                 if !settings.prepareOnly {
+                    // Begun here, ended on both paths below: no status outlives its step.
+                    progress.begin(label)
                     do { try runCommands(step, in: space, runner: runner, epoch: lock.sourceDateEpoch, progress: progress) } catch {
                         progress.end("\(counter) \(step.name) \(input.version): failed after \(Console.duration(Date().timeIntervalSince(started)))")
                         throw error
