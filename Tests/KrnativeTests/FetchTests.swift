@@ -161,8 +161,13 @@ struct FetchTests {
         #expect(item.status == .missing)
         #expect(server.requests().isEmpty)
         let error = try #require(item.error)
-        for needle in ["o 1.0", digest.hex, server.url("files/o.whl"), "krnative bundle import", "krnative store import"] {
+        for needle in ["o 1.0", digest.hex, server.url("files/o.whl")] {
             #expect(error.contains(needle), "\(needle) missing from: \(error)")
+        }
+        // The advice comes once for all that is missing, naming what was asked for.
+        let report = FetchReport.Failed([item], selection: "--target musllinux-aarch64").description
+        for needle in ["o-1.0-py3-none-any.whl", digest.hex, "krnative bundle import", "krnative store import", "bundle export inputs.tar --lock krnative.lock.json --target musllinux-aarch64"] {
+            #expect(report.contains(needle), "\(needle) missing from: \(report)")
         }
     }
 
