@@ -18,8 +18,10 @@ public enum BundleError: KrnativeError {
     case incomplete(file: String, missing: [String])
     /// The bundle's lock is not the local lock: its entries cannot be trusted to be the ones pinned here.
     case lockDiffers(file: String, bundleLock: SHA256Digest, localLock: SHA256Digest, localPath: String, entries: [String])
-    /// There is no local lock to check the bundle against.
-    case noLocalLock(path: String)
+    /// There is no local lock to check the bundle `file` against (whose own lock has sha256 `bundleLock`).
+    case noLocalLock(path: String, file: String, bundleLock: SHA256Digest?)
+    /// `--take-lock` would replace a lock that is not the bundle's.
+    case lockExists(path: String, file: String, bundleLock: SHA256Digest, localLock: SHA256Digest)
 
     public var description: String {
         switch self {
@@ -36,13 +38,21 @@ public enum BundleError: KrnativeError {
             "bundle \(file) was made from a lock with sha256 \(bundleLock), but \(localPath) has sha256 \(localLock)"
                 + (entries.isEmpty ? "" : " (entries that differ: \(entries.joined(separator: ", ")))")
                 + "; nothing was admitted. Export the bundle again from this lock, or import it with the lock it was made from."
-        case .noLocalLock(let path):
+        case .noLocalLock(let path, let file, let bundleLock):
             "bundle import checks every entry against the local lock, and \(path) does not exist; pass --lock FILE (env KRNATIVE_LOCK)"
+                + (bundleLock.map {
+                    ", or take the lock the bundle carries (sha256 \($0): compare it with the one `bundle export` printed): "
+                        + "`krnative bundle import \(file) --take-lock` writes it to \(path)"
+                } ?? "")
+        case .lockExists(let path, let file, let bundleLock, let localLock):
+            "--take-lock writes the lock of \(file) (sha256 \(bundleLock)) to \(path), which holds another lock (sha256 \(localLock)); "
+                + "nothing was written. Move it away, or name another path with --lock"
         }
     }
     public var exitCode: Int32 {
         switch self {
         case .missingInputs, .noLocalLock: ExitStatus.missingInput
+        case .lockExists: ExitStatus.usage
         default: ExitStatus.integrity
         }
     }
@@ -57,21 +67,25 @@ public struct BundleManifest: Codable, Sendable, Equatable {
     public var targets: [Target]
     public var host: HostPlatform
     public var inputs: [LockedInput]
+    /// The options of the build the inputs are for (`--target T --toolchain zig --runtime source`),
+    /// which `bundle import` says to build with; absent in bundles of krnative 0.x before it.
+    public var build: String?
 }
 
 /// The air gap (docs/design.md §2.3): one archive with the lock and every store entry a set of targets
 /// needs; imported on the other side with every entry verified before it is admitted.
 public enum AirGapBundle {
-    /// Writes the bundle for `targets` built on `host` to `file` (whole or not at all).
+    /// Writes the bundle of `inputs`, the lock's entries the build `build` (its options, for
+    /// `targets` on `host`) uses, to `file` (whole or not at all). `fetchOptions`: what fetches
+    /// them, said when the store lacks one.
     public static func export(
-        to file: String, lock: Lockfile, lockPath: String, targets: [Target], host: HostPlatform, resolver: InputResolver
+        _ inputs: [LockedInput], to file: String, lock: Lockfile, lockPath: String, targets: [Target], host: HostPlatform, build: String,
+        fetchOptions: String, resolver: InputResolver
     ) throws -> BundleManifest {
         try FileSystem.requireReplaceable(file)
-        var inputs = lock.inputs(for: targets, host: host)
+        var inputs = inputs
         let missing = inputs.filter { resolver.located($0) == nil }.map(\.name)
-        guard missing.isEmpty else {
-            throw BundleError.missingInputs(names: missing, lockPath: lockPath, selection: Target.options(for: targets, host: host))
-        }
+        guard missing.isEmpty else { throw BundleError.missingInputs(names: missing, lockPath: lockPath, selection: fetchOptions) }
         var paths: [String] = []
         for index in inputs.indices {
             let digest = resolver.located(inputs[index])!
@@ -79,7 +93,7 @@ public enum AirGapBundle {
             inputs[index].size = FileSystem.size(of: resolver.store.path(for: digest))
             paths.append(try resolver.store.verifiedPath(for: digest))
         }
-        let manifest = BundleManifest(lockSha256: lock.digest, targets: targets, host: host, inputs: inputs)
+        let manifest = BundleManifest(lockSha256: lock.digest, targets: targets, host: host, inputs: inputs, build: build)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         let temp = file + ".partial"
@@ -100,6 +114,31 @@ public enum AirGapBundle {
             throw error
         }
         return manifest
+    }
+
+    /// The lock `file` carries, checked against the hash its manifest records, written to
+    /// `path` (whole or not at all) unless the same lock is there already; a different one is
+    /// never replaced. What it pins is the bundle's word: the caller says so.
+    public static func takeLock(from file: String, to path: String) throws -> Lockfile {
+        let reader = try ArchiveReader(path: file)
+        let manifest = try readManifest(reader, file: file)
+        let data = try readLock(reader, manifest: manifest, file: file)
+        let lock = try Lockfile.parse(data, file: "\(file):\(BundleManifest.lockName)")
+        if FileSystem.exists(path) {
+            let local = try Lockfile.load(from: path)
+            guard local.digest == lock.digest else {
+                throw BundleError.lockExists(path: path, file: file, bundleLock: lock.digest, localLock: local.digest)
+            }
+            return local
+        }
+        try FileSystem.writeAtomically(data, to: path)
+        return lock
+    }
+
+    /// The sha256 of the lock `file` carries, as its manifest records it; nil when that cannot be read.
+    public static func lockSha256(of file: String) -> SHA256Digest? {
+        guard let reader = try? ArchiveReader(path: file) else { return nil }
+        return (try? readManifest(reader, file: file))?.lockSha256
     }
 
     public struct ImportReport: Sendable, Codable {
@@ -156,6 +195,18 @@ public enum AirGapBundle {
 
     /// The bundle's lock member must hash to what the manifest says and be the local lock, byte for byte as krnative writes it.
     private static func checkLock(_ reader: ArchiveReader, manifest: BundleManifest, file: String, lock: Lockfile, lockPath: String) throws {
+        let data = try readLock(reader, manifest: manifest, file: file)
+        let found = SHA256Digest.of(data)
+        guard found == lock.digest else {
+            let theirs = (try? Lockfile.parse(data, file: "\(file):\(BundleManifest.lockName)"))?.inputs ?? []
+            let names = Set(theirs.map(\.name)).union(lock.inputs.map(\.name))
+            let differing = names.filter { name in theirs.first { $0.name == name } != lock[name] }.sorted()
+            throw BundleError.lockDiffers(file: file, bundleLock: found, localLock: lock.digest, localPath: lockPath, entries: differing)
+        }
+    }
+
+    /// The bundle's second member, its lock, whose hash must be the one its manifest records.
+    private static func readLock(_ reader: ArchiveReader, manifest: BundleManifest, file: String) throws -> Data {
         guard let entry = try reader.next(), entry.path == BundleManifest.lockName, entry.kind == .regular else {
             throw BundleError.notABundle(file: file, reason: "its second entry is not \(BundleManifest.lockName)")
         }
@@ -165,12 +216,7 @@ public enum AirGapBundle {
             throw BundleError.badEntry(
                 file: file, entry: entry.path, reason: "it hashes to \(found), but the manifest records the lock \(manifest.lockSha256)")
         }
-        guard found == lock.digest else {
-            let theirs = (try? Lockfile.parse(data, file: "\(file):\(entry.path)"))?.inputs ?? []
-            let names = Set(theirs.map(\.name)).union(lock.inputs.map(\.name))
-            let differing = names.filter { name in theirs.first { $0.name == name } != lock[name] }.sorted()
-            throw BundleError.lockDiffers(file: file, bundleLock: found, localLock: lock.digest, localPath: lockPath, entries: differing)
-        }
+        return data
     }
 
     /// Every input the manifest lists must be the local lock's entry of that name, pinned the same way.

@@ -30,7 +30,7 @@ struct BuildCommand: ParsableCommand {
     @Flag(help: "Every target, one after another (sharing the store, toolchains, Zig's cache and the step cache), then a table.")
     var all = false
     @Option(name: .customLong("out"), help: "Where the outputs go. Default: the project's out/.") var outOption: String?
-    @Option(name: .customLong("config"), help: "Package and volume versions. Default: the project's krunner.json.") var configOption: String?
+    @OptionGroup var choices: InputChoiceOptions
     @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
     @Option(help: "The volume ledger (the tree hash each volume number holds), or none to not check. Default: krunner-volumes.json beside --config.")
     var ledger: String?
@@ -40,12 +40,6 @@ struct BuildCommand: ParsableCommand {
             "Record the volume in the ledger when its number is not there yet (the default; a recorded number is never changed). --no-record-volume: an unrecorded number is an error, as a release wants."
     )
     var recordVolume: Bool?
-    @Option(help: "zig or musl-cross (x86_64 hosts only). Default: zig.") var toolchain: ToolchainKind?
-    @Option(
-        help:
-            "pbs: python-build-standalone's archive from the lock; source: CPython compiled here from the lock's sources. Default: krunner.json's runtime, else pbs."
-    )
-    var runtime: RuntimeSource?
     @Option(
         help: "namespaces, or none to build without isolation (recorded in the manifest; with --request, instead of the file's). Default: namespaces; env KRNATIVE_SANDBOX."
     )
@@ -96,9 +90,9 @@ struct BuildCommand: ParsableCommand {
     /// The options given that a request file holds instead.
     var optionsTheRequestHolds: [String] {
         let given: [(String, Bool)] = [
-            ("--target", !targets.isEmpty), ("--all", all), ("--lock", inputs.lock != nil), ("--config", configOption != nil),
-            ("--patches", patchesOption != nil), ("--policy", policyOption != nil), ("--toolchain", toolchain != nil),
-            ("--runtime", runtime != nil), ("--xz-preset", xzPreset != nil),
+            ("--target", !targets.isEmpty), ("--all", all), ("--lock", inputs.lock != nil), ("--config", choices.config != nil),
+            ("--patches", patchesOption != nil), ("--policy", policyOption != nil), ("--toolchain", choices.toolchain != nil),
+            ("--runtime", choices.runtime != nil), ("--xz-preset", xzPreset != nil),
         ]
         return given.filter(\.1).map(\.0)
     }
@@ -141,11 +135,11 @@ struct BuildCommand: ParsableCommand {
 
     /// What the options ask to build of `target`.
     func request(for target: Target) throws -> BuildRequest {
-        var choices = try BuildRequest.Choices(
-            target: target, config: try KrunnerConfig.load(from: config), toolchain: toolchain ?? Toolchain.defaultKind(for: .current),
-            runtime: runtime, isolation: try Isolation.chosen(sandbox), auditMode: audit ?? .enforce, auditPolicy: try AuditPolicy.load(from: policy))
-        choices.xzPreset = xzPreset
-        return BuildRequest(choices: choices, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches))
+        var chosen = try BuildRequest.Choices(
+            target: target, config: try KrunnerConfig.load(from: config), toolchain: choices.toolchain(for: .current),
+            runtime: choices.runtime, isolation: try Isolation.chosen(sandbox), auditMode: audit ?? .enforce, auditPolicy: try AuditPolicy.load(from: policy))
+        chosen.xzPreset = xzPreset
+        return BuildRequest(choices: chosen, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches))
     }
 
     /// How the options ask to run a build (none of it changes the bytes).
@@ -293,7 +287,7 @@ extension RuntimeSource: ExpressibleByArgument {}
 
 extension BuildCommand {
     var out: String { inputs.project.file(outOption, default: "out") }
-    var config: String { inputs.project.file(configOption, default: KrunnerConfig.defaultFileName) }
+    var config: String { choices.configPath(in: inputs.project) }
     var patches: String { inputs.project.file(patchesOption, default: "patches") }
     var policy: String { inputs.project.file(policyOption, default: AuditPolicy.defaultPath) }
 }
@@ -335,4 +329,50 @@ extension BuildCommand {
 /// `path` made absolute against the current directory.
 func absolute(_ path: String) -> String {
     path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+}
+
+/// What decides which of the lock's inputs a build uses besides its target: `build` and
+/// `bundle export` (which carries exactly those inputs across an air gap) take them alike.
+struct InputChoiceOptions: ParsableArguments {
+    @Option(help: "Package and volume versions, and the runtime a build uses by default. Default: the project's krunner.json.")
+    var config: String?
+    @Option(help: "zig or musl-cross (x86_64 hosts only). Default: zig.") var toolchain: ToolchainKind?
+    @Option(
+        help:
+            "pbs: python-build-standalone's archive from the lock; source: CPython compiled here from the lock's sources. Default: krunner.json's runtime, else pbs."
+    )
+    var runtime: RuntimeSource?
+
+    func configPath(in project: Project) -> String { project.file(config, default: KrunnerConfig.defaultFileName) }
+
+    /// The toolchain asked for, else the one a build on `host` uses.
+    func toolchain(for host: HostPlatform) -> ToolchainKind { toolchain ?? Toolchain.defaultKind(for: host) }
+
+    /// The runtime asked for, else the one `krunner.json` (`config`) names, else python-build-standalone's.
+    func runtime(in project: Project) throws -> RuntimeSource {
+        if let runtime { return runtime }
+        return try KrunnerConfig.load(from: configPath(in: project)).runtime ?? .pbs
+    }
+
+    /// Whether the choices narrow what a command takes to one build's inputs.
+    var given: Bool { toolchain != nil || runtime != nil }
+
+    /// The inputs the builds of `targets` on `host` with these choices use, and the options that
+    /// name those builds on the machine that runs them (`--target T --toolchain zig --runtime pbs`).
+    func buildInputs(of targets: [Target], host: HostPlatform, lock: Lockfile, project: Project) throws -> (inputs: [LockedInput], options: String) {
+        try Self.buildInputs(of: targets, host: host, toolchain: toolchain(for: host), runtime: runtime(in: project), lock: lock)
+    }
+
+    static func buildInputs(
+        of targets: [Target], host: HostPlatform, toolchain: ToolchainKind, runtime: RuntimeSource, lock: Lockfile
+    ) -> (inputs: [LockedInput], options: String) {
+        var inputs: [LockedInput] = []
+        for target in targets {
+            for input in VolumeBuild.inputs(of: target, in: lock, host: host, toolchain: toolchain, runtime: runtime)
+            where !inputs.contains(where: { $0.name == input.name }) {
+                inputs.append(input)
+            }
+        }
+        return (inputs, Target.options(for: targets) + " --toolchain \(toolchain.rawValue) --runtime \(runtime.rawValue)")
+    }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Build
 import Bundle
 import Foundation
 import Inputs
@@ -14,43 +15,97 @@ struct BundleCommand: ParsableCommand {
 
     struct Export: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Write every store entry the targets need, with the lock and a manifest, to one tar file.",
-            discussion: helpText(examples: "krnative bundle export inputs.tar --all", "krnative bundle export arm.tar --target musllinux-aarch64 --host aarch64-linux"))
+            abstract: "Write the store entries a build uses, with the lock and a manifest, to one tar file.",
+            discussion: helpText(
+                """
+                The build is named as for `krnative build`: --target (or --all), --toolchain, --runtime \
+                and --config, or --request FILE; the bundle holds exactly the inputs it uses. --host: \
+                the machine that will build, when it is not this one.
+                """,
+                examples: "krnative bundle export inputs.tar --all", "krnative bundle export arm.tar --target musllinux-aarch64 --runtime source",
+                "krnative bundle export arm.tar --target musllinux-aarch64 --host aarch64-linux"))
         @OptionGroup var inputs: InputOptions
         @OptionGroup var selection: TargetSelection
+        @OptionGroup var choices: InputChoiceOptions
+        @Option(name: .customLong("request"), help: "A build request file (as --check writes for its runs): the inputs of that build.")
+        var requestFile: String?
         @OptionGroup var output: OutputOptions
         @Argument(help: "The bundle file to write.") var file: String
 
         func run() throws {
             try perform("bundle export") {
-                let (targets, host) = try selection.resolved()
-                let lock = try Lockfile.load(from: inputs.lockPath)
+                let (targets, host, build, lock, lockPath) = try chosenBuild()
                 let resolver = InputResolver(store: try Store(root: inputs.storePath))
+                let fetchOptions = build.options + (host == .current ? "" : " --host \(host)")
                 let manifest = try AirGapBundle.export(
-                    to: file, lock: lock, lockPath: inputs.lockPath, targets: targets, host: host, resolver: resolver)
+                    build.inputs, to: file, lock: lock, lockPath: lockPath, targets: targets, host: host, build: build.options,
+                    fetchOptions: fetchOptions, resolver: resolver)
                 if output.json { return printJSON(manifest) }
                 let bytes = FileSystem.size(of: file) ?? 0
-                print("wrote \(file): \(counted(manifest.inputs.count, "input")), \(bytes) bytes, lock sha256 \(manifest.lockSha256)")
+                print("wrote \(file): \(counted(manifest.inputs.count, "input")) for \(build.options), \(bytes) bytes, lock sha256 \(manifest.lockSha256)")
             }
+        }
+
+        /// The build the options or the request file name, and the lock it reads.
+        func chosenBuild() throws -> (
+            targets: [Target], host: HostPlatform, build: (inputs: [LockedInput], options: String), lock: Lockfile, lockPath: String
+        ) {
+            guard let requestFile else {
+                let (targets, host) = try selection.resolved()
+                let lock = try Lockfile.load(from: inputs.lockPath)
+                return (targets, host, try choices.buildInputs(of: targets, host: host, lock: lock, project: inputs.project), lock, inputs.lockPath)
+            }
+            let given = [("--target", !selection.targets.isEmpty), ("--all", selection.all), ("--lock", inputs.lock != nil),
+                ("--config", choices.config != nil), ("--toolchain", choices.toolchain != nil), ("--runtime", choices.runtime != nil)]
+                .filter(\.1).map(\.0)
+            guard given.isEmpty else { throw UsageError("--request FILE names the build and its lock: drop \(given.joined(separator: ", "))") }
+            let request = try BuildRequest.load(from: requestFile)
+            let host = try selection.resolvedHost()
+            let lock = try Lockfile.load(from: request.locations.lockPath)
+            let build = InputChoiceOptions.buildInputs(
+                of: [request.target], host: host, toolchain: request.toolchain, runtime: request.runtime, lock: lock)
+            return ([request.target], host, build, lock, request.locations.lockPath)
         }
     }
 
     struct Import: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Verify every entry of a bundle against its manifest and the local lock, then admit them all (or none).",
-            discussion: helpText(examples: "krnative bundle import inputs.tar"))
+            discussion: helpText(
+                """
+                The local lock is what the entries are checked against. Where there is none (a new \
+                machine across the air gap), --take-lock writes the lock the bundle carries to --lock's \
+                path first: the bundle's word, so compare its sha256 with the one `bundle export` printed.
+                """,
+                examples: "krnative bundle import inputs.tar", "krnative bundle import inputs.tar --lock site.lock.json --take-lock"))
         @OptionGroup var inputs: InputOptions
+        @Flag(help: "Where the local lock is absent, write the bundle's own lock there and check against it.") var takeLock = false
         @OptionGroup var output: OutputOptions
         @Argument(help: "The bundle file to read.") var file: String
 
         func run() throws {
             try perform("bundle import") {
-                guard FileSystem.exists(inputs.lockPath) else { throw BundleError.noLocalLock(path: inputs.lockPath) }
-                let lock = try Lockfile.load(from: inputs.lockPath)
+                let lockPath = inputs.lockPath
+                let lock: Lockfile
+                if takeLock {
+                    let existed = FileSystem.exists(lockPath)
+                    lock = try AirGapBundle.takeLock(from: file, to: lockPath)
+                    if !existed { Reporting.note("wrote the lock \(file) carries to \(lockPath) (sha256 \(lock.digest))") }
+                } else {
+                    guard FileSystem.exists(lockPath) else {
+                        throw BundleError.noLocalLock(path: lockPath, file: file, bundleLock: AirGapBundle.lockSha256(of: file))
+                    }
+                    lock = try Lockfile.load(from: lockPath)
+                }
                 let resolver = InputResolver(store: try Store(root: inputs.storePath))
-                let (_, report) = try AirGapBundle.importBundle(from: file, lock: lock, lockPath: inputs.lockPath, resolver: resolver)
+                let (manifest, report) = try AirGapBundle.importBundle(from: file, lock: lock, lockPath: lockPath, resolver: resolver)
                 if output.json { return printJSON(report) }
                 print("admitted \(counted(report.admitted.count, "input")), \(report.alreadyPresent.count) already present")
+                if let build = manifest.build {
+                    let lockOption = inputs.lock == nil ? "" : " --lock \(ChildProcess.quote(lockPath))"
+                    let storeOption = inputs.store == nil ? "" : " --store \(ChildProcess.quote(inputs.storePath))"
+                    print("build them with: krnative build \(build)\(lockOption)\(storeOption) --offline")
+                }
             }
         }
     }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Build
 import Fetch
 import Foundation
 import Inputs
@@ -134,14 +135,14 @@ struct TargetSelection: ParsableArguments {
         guard !(all && !targets.isEmpty) else {
             throw UsageError("--all and --target \(targets.map(\.rawValue).joined(separator: ", ")) contradict each other: give one or the other")
         }
-        var platform = HostPlatform.current
-        if let host {
-            guard let parsed = HostPlatform(rawValue: host) else {
-                throw UsageError("unknown --host '\(host)'; use x86_64-linux or aarch64-linux")
-            }
-            platform = parsed
-        }
-        return (all ? Target.allCases : targets, platform)
+        return (all ? Target.allCases : targets, try resolvedHost())
+    }
+
+    /// The machine named by --host, else this one.
+    func resolvedHost() throws -> HostPlatform {
+        guard let host else { return .current }
+        guard let parsed = HostPlatform(rawValue: host) else { throw UsageError("unknown --host '\(host)'; use x86_64-linux or aarch64-linux") }
+        return parsed
     }
 }
 
@@ -155,22 +156,23 @@ struct FetchCommand: ParsableCommand {
 
     @OptionGroup var inputs: InputOptions
     @OptionGroup var selection: TargetSelection
+    @OptionGroup(title: "Which build (narrows the fetch to the inputs it uses)") var choices: InputChoiceOptions
     @OptionGroup var network: NetworkOptions
     @OptionGroup var output: OutputOptions
 
     func run() throws {
         try perform("fetch") {
             let (targets, host) = try selection.resolved()
-            _ = try fetchInputs(targets: targets, host: host, inputs: inputs, network: network, json: output.json)
+            let lock = try Lockfile.load(from: inputs.lockPath)
+            let hostOption = host == .current ? "" : " --host \(host)"
+            // Without --toolchain or --runtime: every input any build of the targets may use there.
+            let (wanted, options) =
+                choices.given
+                ? try choices.buildInputs(of: targets, host: host, lock: lock, project: inputs.project)
+                : (lock.inputs(for: targets, host: host), Target.options(for: targets))
+            _ = try fetchInputs(wanted, for: options + hostOption, inputs: inputs, network: network, json: output.json, rehashPresent: true)
         }
     }
-}
-
-/// Fetches what `targets` need on `host` (every toolchain that runs there) and reports; throws
-/// when anything is missing.
-func fetchInputs(targets: [Target], host: HostPlatform, inputs: InputOptions, network: NetworkOptions, json: Bool) throws -> FetchReport {
-    let lock = try Lockfile.load(from: inputs.lockPath)
-    return try fetchInputs(lock.inputs(for: targets, host: host), for: Target.options(for: targets, host: host), inputs: inputs, network: network, json: json, rehashPresent: true)
 }
 
 /// Fetches `wanted`, which the options `selection` name (`--target T`: said in the advice when
