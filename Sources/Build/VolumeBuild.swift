@@ -153,8 +153,9 @@ public struct VolumeBuild: Sendable {
 
     /// What the compile stage needs of this build, for ttyd and the runtime alike: the request's
     /// isolation, lock and patches; the settings' executable, jobs, remote cache and log.
-    func stepSettings() -> StepRunner.Settings {
+    func stepSettings(firstStep: Int) -> StepRunner.Settings {
         var step = StepRunner.Settings(entryExecutable: settings.entryExecutable, patchesDirectory: request.locations.patchesDirectory)
+        step.numbering = .init(first: firstStep, total: stageCount.total)
         step.isolation = request.isolation
         step.lockPath = request.locations.lockPath
         step.remoteCache = settings.remoteCache
@@ -164,9 +165,30 @@ public struct VolumeBuild: Sendable {
         return step
     }
 
+    /// The stages of a build after its compiled steps, in the order they run.
+    enum Stage: Int, CaseIterable {
+        case layout, bytecode, pack, wheel
+    }
+
+    /// How many steps the build counts in its `[k/n]`: ttyd's, the runtime's when it is compiled
+    /// here, then the stages.
+    var stageCount: (ttyd: Int, runtime: Int, total: Int) {
+        let ttyd = TtydRecipe.components.count
+        let runtime =
+            request.runtime == .source
+            ? RuntimeRecipe(layout: .sandboxed, target: request.target, buildArch: HostPlatform.current.arch, jobs: 1).steps.count : 0
+        return (ttyd, runtime, ttyd + runtime + Stage.allCases.count)
+    }
+
+    /// `[k/n]` of `stage`.
+    func stage(_ stage: Stage) -> String {
+        let count = stageCount
+        return "[\(count.ttyd + count.runtime + stage.rawValue + 1)/\(count.total)]"
+    }
+
     /// ttyd and its libraries, into `staging`.
     func buildTtyd(lock: Lockfile, into staging: String) throws -> TtydBuild.Report {
-        let options = TtydBuild.Options(target: request.target, outputDirectory: staging, settings: stepSettings())
+        let options = TtydBuild.Options(target: request.target, outputDirectory: staging, settings: stepSettings(firstStep: 1))
         let ttyd = try TtydBuild(options: options, toolchain: request.toolchain, resolver: resolver).run(lock: lock)
         let counts = ttyd.counts
         settings.log("ttyd: \(counted(ttyd.steps.count, "step")): \(counts.compiled) compiled, \(counts.cached) cached, \(counts.remote) from the remote cache")
@@ -177,10 +199,10 @@ public struct VolumeBuild: Sendable {
 
     /// The volume tree in `prefix`: the runtime, the wheels, ttyd, the licenses, the `.pyc`.
     func layOut(into prefix: String, staging: String, lock: Lockfile) throws -> VolumeLayout {
-        settings.log("laying out the \(request.target.rawValue) volume")
         let needed = neededInputs(lock)
         let layout = VolumeLayout(target: request.target)
         let (runtimeArchive, runtimeSize) = try runtimeArchive(lock: lock, staging: staging, needed: needed)
+        settings.log("\(stage(.layout)) laying out the \(request.target.rawValue) volume")
         try layout.placeRuntime(runtimeArchive, into: prefix, recordedSize: runtimeSize)
         try installWheels(needed.filter { $0.kind == .wheel }, into: prefix, staging: staging)
         try layout.placeTtyd(staging + "/" + name(.ttyd), into: prefix)
@@ -209,7 +231,7 @@ public struct VolumeBuild: Sendable {
 
     /// The volume tree packed into `staging`; its entries, in archive order.
     func pack(_ prefix: String, into staging: String, lock: Lockfile) throws -> [DeterministicTarXz.Entry] {
-        settings.log("packing \(name(.volume))")
+        settings.log("\(stage(.pack)) packing \(name(.volume))")
         let started = Date()
         var packer = DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch, threads: settings.packThreads)
         if let preset = request.xzPreset { packer.preset = UInt32(preset) }
@@ -226,7 +248,7 @@ public struct VolumeBuild: Sendable {
         try FileSystem.writeAtomically(Data("\(layout.python.major).\(layout.python.minor)\n".utf8), to: staging + "/" + name(.pythonVersion))
         try FileSystem.writeAtomically(Data("\(request.target.distro)\n".utf8), to: staging + "/" + name(.versions))
         let payload = Dictionary(uniqueKeysWithValues: names(BuildOutput.inWheel).map { ($0, staging + "/" + $0) })
-        settings.log("writing the plugin wheel, version \(request.packageVersion)")
+        settings.log("\(stage(.wheel)) writing the plugin wheel, version \(request.packageVersion)")
         _ = try PluginWheel(target: request.target, version: request.packageVersion, sourceDateEpoch: lock.sourceDateEpoch)
             .write(into: staging, payload: payload, licenses: licenses)
     }
@@ -360,20 +382,21 @@ public struct VolumeBuild: Sendable {
     /// glibc runtime of the same Python version (the same magic number), mounted beside it.
     func compileBytecode(layout: VolumeLayout, prefix: String, staging: String, lock: Lockfile) throws {
         guard request.isolation == .namespaces else {
-            settings.log("SKIPPED .pyc: without the sandbox the volume is not at \(layout.mountPoint) to be compiled there")
+            settings.log("\(stage(.bytecode)) SKIPPED .pyc: without the sandbox the volume is not at \(layout.mountPoint) to be compiled there")
             return
         }
         let runner = SandboxRunner(entryExecutable: settings.entryExecutable, isolation: request.isolation)
         guard let bytecode = Self.bytecodeTarget(for: request.target, host: .current) else { return }
         if request.runtime == .source, bytecode != request.target {
             // The build Python the runtime was cross-compiled with: the same CPython, for this machine.
-            settings.log("compiling .pyc with the build Python of the runtime from source")
+            settings.log("\(stage(.bytecode)) compiling .pyc with the build Python of the runtime from source")
             try layout.compileBytecode(
                 in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
                 extraMounts: [.readOnly(staging + "/runtime/build-python", at: "/opt/host-python", followLink: false)], sourceDateEpoch: lock.sourceDateEpoch)
             return
         }
         if bytecode == request.target {
+            settings.log("\(stage(.bytecode)) compiling .pyc with the volume's own runtime")
             try layout.compileBytecode(in: prefix, runner: runner, sourceDateEpoch: lock.sourceDateEpoch)
             return
         }
@@ -383,7 +406,7 @@ public struct VolumeBuild: Sendable {
         let hostPython = staging + "/host-python"
         try VolumeLayout(target: bytecode).placeRuntime(try path(of: runtime), into: hostPython, recordedSize: runtime.size)
         defer { FileSystem.remove(hostPython) }
-        settings.log("compiling .pyc with \(runtime.name), which runs on this host")
+        settings.log("\(stage(.bytecode)) compiling .pyc with \(runtime.name), which runs on this host")
         try layout.compileBytecode(
             in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
             extraMounts: [.readOnly(hostPython, at: "/opt/host-python", followLink: false)], sourceDateEpoch: lock.sourceDateEpoch)
@@ -444,7 +467,8 @@ extension VolumeBuild {
             }
             return (try path(of: runtime), runtime.size)
         }
-        let options = RuntimeBuild.Options(target: request.target, outputDirectory: staging + "/runtime", settings: stepSettings())
+        let options = RuntimeBuild.Options(
+            target: request.target, outputDirectory: staging + "/runtime", settings: stepSettings(firstStep: stageCount.ttyd + 1))
         let report = try RuntimeBuild(options: options, buildPythonDirectory: staging + "/runtime/build-python", resolver: resolver).run(lock: lock)
         guard let archive = report.archive else { throw CompileError.noOutput(path: staging + "/runtime") }
         let file = staging + "/runtime/" + archive

@@ -44,11 +44,24 @@ public struct StepRunner: Sendable {
         public var keepWork = false
         /// How many processes and how much memory each step may take.
         public var stepLimits: StepLimits = .standard
+        /// Where the recipe's steps stand in the `[k/n]` of a larger build; nil: the recipe's own count.
+        public var numbering: StepNumbering?
         public var log: @Sendable (String) -> Void = Reporting.note
 
         public init(entryExecutable: String, patchesDirectory: String) {
             self.entryExecutable = entryExecutable
             self.patchesDirectory = patchesDirectory
+        }
+    }
+
+    /// The number of a recipe's first step in a larger build's `[k/n]`, and n.
+    public struct StepNumbering: Sendable, Equatable {
+        public var first: Int
+        public var total: Int
+
+        public init(first: Int, total: Int) {
+            self.first = first
+            self.total = total
         }
     }
 
@@ -194,7 +207,8 @@ public struct StepRunner: Sendable {
         let remoteSteps = settings.remoteCache.map { RemoteSteps(cache: $0, store: store, log: settings.log) }
         let progress = StepProgress(emit: settings.log)
         for (index, step) in recipe.steps.enumerated() {
-            let counter = "[\(index + 1)/\(recipe.steps.count)]"
+            let numbering = settings.numbering ?? StepNumbering(first: 1, total: recipe.steps.count)
+            let counter = "[\(numbering.first + index)/\(numbering.total)]"
             guard let input = lock[step.component], input.kind == .source, let tree = input.treeSha256,
                 let archive = try resolver.path(of: input)
             else { throw CompileError.missingInput(name: step.component, lockPath: settings.lockPath) }

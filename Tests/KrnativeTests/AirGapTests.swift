@@ -57,6 +57,25 @@ struct AirGapTests {
         ]
     }
 
+    /// Issue #27 item 4: `[k/n]` counts the whole build — ttyd's six steps, then laying out, the
+    /// `.pyc`, packing and the wheel — where it counted each recipe's steps alone (`[6/6]` ended it).
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs the host's /usr/bin/python3"))
+    func aBuildCountsItsStepsAndStagesAsOne() throws {
+        let work = TemporaryDirectory("krnative-airgap")
+        let a = try machineA(work)
+        let built = krnative(buildArguments(lock: a.lock, store: a.store, out: work.path + "/out", patches: a.patches))
+        try #require(built.succeeded, "\(built.stderr.suffix(2000))")
+        // Each step's lines (its start and its end) carry its number: the numbers, each once, in order.
+        var numbers: [String] = []
+        for line in built.stderr.split(separator: "\n") where line.hasPrefix("[") {
+            let number = String(line.prefix { $0 != " " })
+            if numbers.last != number { numbers.append(number) }
+        }
+        #expect(numbers == (1...10).map { "[\($0)/10]" }, "\(built.stderr)")
+        #expect(built.stderr.contains("[7/10] laying out the \(target.rawValue) volume"), "\(built.stderr)")
+        #expect(built.stderr.contains("[10/10] writing the plugin wheel"), "\(built.stderr)")
+    }
+
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs the host's /usr/bin/python3"))
     func aBuildsInputsCrossAndBBuildsTheSameBytesWithNoNetwork() throws {
         let work = TemporaryDirectory("krnative-airgap")
