@@ -80,11 +80,12 @@ struct BuildCommand: ParsableCommand {
             guard given.isEmpty else { throw ValidationError("--request FILE holds the target and what decides the bytes: drop \(given.joined(separator: ", "))") }
             return
         }
-        guard all || !targets.isEmpty else { throw ValidationError("name a --target (repeatable), or --all") }
+        // No target at all is said in run(): ArgumentParser reports an option it does not know
+        // (`--targt`, with the nearest name) only after validate() has passed.
         if all && !targets.isEmpty {
             throw ValidationError("--all and --target \(targets.map(\.rawValue).joined(separator: ", ")) contradict each other: give one or the other")
         }
-        if check && chosenTargets.count != 1 { throw ValidationError("--check compares the builds of one target: give one --target") }
+        if check && chosenTargets.count > 1 { throw ValidationError("--check compares the builds of one target: give one --target") }
     }
 
     /// The options given that a request file holds instead.
@@ -104,6 +105,7 @@ struct BuildCommand: ParsableCommand {
 
     func run() throws {
         try perform("build") {
+            guard requestFile != nil || !chosenTargets.isEmpty else { throw UsageError("name a --target (repeatable), or --all") }
             // A request file records its choices; the sandbox and the audit mode are this command line's.
             let request = try requestFile.map {
                 try BuildRequest.load(from: $0).underLocalPolicy(try LocalPolicy.chosen(sandbox: sandbox, audit: audit), source: $0, field: "choices")

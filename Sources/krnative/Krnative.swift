@@ -32,7 +32,7 @@ extension Krnative {
     /// suggests the nearest command.
     static func main() {
         LoggingSystem.bootstrap(ConsoleLogHandler.init)
-        if let message = unknownCommand(in: Array(CommandLine.arguments.dropFirst())) {
+        if let message = unknownCommand(in: Array(CommandLine.arguments.dropFirst())) ?? unknownOption(in: Array(CommandLine.arguments.dropFirst())) {
             Reporting.error("krnative: \(message)")
             Glibc.exit(ExitStatus.usage)
         }
@@ -75,6 +75,47 @@ extension Krnative {
                 + " (`\(command) --help` lists them)"
         }
         return nil
+    }
+}
+
+extension Krnative {
+    /// The message for the first `--option` that the command `arguments` name does not take, if
+    /// any, with the nearest one it does. ArgumentParser names one only after the command's
+    /// required arguments are there and its validation has passed (`smoke --targt X` said
+    /// "missing --target"), and at the root it suggests nothing (`--verison`).
+    static func unknownOption(in arguments: [String]) -> String? {
+        var command: any ParsableCommand.Type = Krnative.self
+        var spelled = ["krnative"]
+        var words = arguments[...]
+        while let word = words.first, let next = command.configuration.subcommands.first(where: { $0._commandName == word }) {
+            command = next
+            spelled.append(word)
+            words = words.dropFirst()
+        }
+        let known = longOptions(of: command)
+        for word in words.prefix(while: { $0 != "--" }) where word.hasPrefix("--") {
+            let name = String(word.prefix { $0 != "=" })
+            guard !known.contains(name) else { continue }
+            let nearest = known.map { ($0, editDistance(name, $0)) }.filter { $0.1 <= max(2, name.count / 3) }.min { $0.1 < $1.1 }
+            let spelledCommand = spelled.joined(separator: " ")
+            return "`\(spelledCommand)` has no option \(name)" + (nearest.map { "; did you mean \($0.0)?" } ?? "")
+                + " (`\(spelledCommand) --help` lists its options)"
+        }
+        return nil
+    }
+
+    /// Every long option `command` takes, hidden ones included, as its help lists them (an option
+    /// line starts with `-`; its names come before the two spaces that begin its text).
+    static func longOptions(of command: any ParsableCommand.Type) -> Set<String> {
+        let help = Krnative.helpMessage(for: command, includeHidden: true, columns: 10_000)
+        var names: Set<String> = ["--help", "--version"]
+        for line in help.split(separator: "\n") {
+            let trimmed = line.drop { $0 == " " }
+            guard trimmed.hasPrefix("-") else { continue }
+            let heading = trimmed.components(separatedBy: "  ")[0]
+            for match in heading.matches(of: /--[a-z0-9][a-z0-9-]*/) { names.insert(String(match.output)) }
+        }
+        return names
     }
 }
 

@@ -19,6 +19,13 @@ struct UsageTests {
         Case(arguments: ["help", "biuld"], message: "did you mean `krnative build`?"),
         Case(arguments: ["store", "lss"], message: "did you mean `krnative store ls`?"),
         Case(arguments: ["xyzzy"], message: "the commands are targets, fetch, build"),
+        // Issue #27: an option typo is named, with the nearest option, before anything else is said of the command line.
+        Case(arguments: ["build", "--targt", "musllinux-aarch64"], message: "`krnative build` has no option --targt; did you mean --target?"),
+        Case(arguments: ["--verison"], message: "`krnative` has no option --verison; did you mean --version?"),
+        Case(arguments: ["smoke", "--targt", "musllinux-aarch64"], message: "`krnative smoke` has no option --targt; did you mean --target?"),
+        Case(arguments: ["bundle", "export", "--runtime=source", "--targt", "x", "f.tar"], message: "`krnative bundle export` has no option --targt; did you mean --target?"),
+        Case(arguments: ["store", "ls", "--jsn"], message: "`krnative store ls` has no option --jsn; did you mean --json?"),
+        Case(arguments: ["doctor", "--xyzzy-plugh"], message: "`krnative doctor` has no option --xyzzy-plugh (`krnative doctor --help` lists its options)"),
         Case(arguments: ["fetch", "--target", "manylinux-x86_64", "--all", "--offline"], message: "--all and --target manylinux-x86_64 contradict each other"),
         Case(arguments: ["fetch", "--jobs", "-1", "--all", "--offline"], message: "--jobs takes a whole number from 1 (got -1)"),
         Case(arguments: ["build", "--target", "manylinux-x86_64", "--compile-jobs", "0"], message: "--compile-jobs takes a whole number from 1 (got 0)"),
