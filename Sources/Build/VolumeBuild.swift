@@ -98,17 +98,20 @@ public struct VolumeBuild: Sendable {
     }
 
     /// The file name of `output` for this build's target and package version.
-    public func name(_ output: BuildOutput) -> String {
-        let (distro, arch) = (request.target.distro, request.target.arch.rawValue)
+    public func name(_ output: BuildOutput) -> String { Self.name(output, target: request.target, packageVersion: request.packageVersion) }
+
+    /// The file name of `output` for `target` and a plugin wheel of `packageVersion`.
+    public static func name(_ output: BuildOutput, target: Target, packageVersion: String) -> String {
+        let (distro, arch) = (target.distro, target.arch.rawValue)
         switch output {
         case .ttyd: return "ttyd_linux.\(arch).bin"
         case .volume: return "krunner-env.\(distro).\(arch).tar.xz"
         case .volumeVersion: return "krunner-version.\(distro).txt"
         case .pythonVersion: return "krunner-python.\(distro).txt"
         case .versions: return "versions.txt"
-        case .wheel: return PluginWheel(target: request.target, version: request.packageVersion, sourceDateEpoch: 0).filename
+        case .wheel: return PluginWheel(target: target, version: packageVersion, sourceDateEpoch: 0).filename
         case .sbom: return "krnative-sbom.\(distro).\(arch).spdx.json"
-        case .manifest: return BuildManifest.fileName(for: request.target)
+        case .manifest: return BuildManifest.fileName(for: target)
         }
     }
 

@@ -33,7 +33,7 @@ public struct PluginWheel: Sendable {
 
     /// The published wheels' platform tags: the same three for every flavour but the musllinux
     /// level (static-gnu 4.4.0: `musllinux_1_1`; alpine 5.4.0: `musllinux_1_2`).
-    var platformTags: [String] {
+    public var platformTags: [String] {
         let arch = target.arch.rawValue
         let mac = target.arch == .aarch64 ? "arm64" : "x86_64"
         let musl = target.libc == .gnu ? "musllinux_1_1" : "musllinux_1_2"

