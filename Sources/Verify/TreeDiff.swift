@@ -37,6 +37,14 @@ public struct DiffReport: Codable, Sendable {
 
     /// `only`: the top-level paths to compare (a build's outputs in a directory that holds more).
     public static func compare(_ left: String, _ right: String, only: Set<String>? = nil) throws -> DiffReport {
+        // A wheel holds the volume, not its tree: against a volume every entry would differ.
+        let (leftIsWheel, rightIsWheel) = (isWheel(left), isWheel(right))
+        if leftIsWheel != rightIsWheel {
+            func kind(_ isWheel: Bool) -> String { isWheel ? "a wheel" : "a volume or output directory" }
+            throw UsageError(
+                "\(left) is \(kind(leftIsWheel)) and \(right) \(kind(rightIsWheel)): diff compares two of one kind "
+                    + "(two wheels; two volumes, each a directory or a tar archive; two output directories)")
+        }
         var (a, b) = (try Listing.of(left), try Listing.of(right))
         if let only {
             a.files = a.files.filter { only.contains($0.key) }
@@ -52,6 +60,8 @@ public struct DiffReport: Codable, Sendable {
         }
         return DiffReport(left: left, right: right, differences: differences)
     }
+
+    static func isWheel(_ path: String) -> Bool { path.hasSuffix(".whl") || path.hasSuffix(".zip") }
 
     public static func compare(_ a: Listing, _ b: Listing) -> [Difference] {
         Set(a.files.keys).union(b.files.keys).sorted().compactMap { path in

@@ -26,6 +26,8 @@ struct ExitStatusTests {
         Case(status: 0, arguments: ["targets"]),
         Case(status: 1, arguments: ["diff", "a", "b"], files: ["a/x": "1", "b/x": "2"]),
         Case(status: ExitStatus.usage, arguments: ["biuld"]),
+        // Issue #27: a wheel against a volume was compared entry by entry without a word.
+        Case(status: ExitStatus.usage, arguments: ["diff", "p.whl", "v"], files: ["p.whl": "PK", "v/x": "1"]),
         // Issue #27: a bad value is refused up front, by a command that would not read it too.
         Case(status: ExitStatus.usage, arguments: ["targets"], environment: ["KRNATIVE_REMOTE_CACHE_UPLOAD": "maybe"]),
         Case(status: ExitStatus.usage, arguments: ["targets"], environment: ["KRNATIVE_EXTRACT_MAX_BYTES": "abc"]),
