@@ -14,7 +14,9 @@ public enum AuditMode: String, Codable, Sendable, CaseIterable { case enforce, r
 /// What a build used and made (docs/design.md §1): written as `krnative-manifest.{distro}.{arch}.json`.
 public struct BuildManifest: Codable, Sendable {
     /// The manifest's file name in an output directory, which may hold several targets' outputs.
-    public static func fileName(for target: Target) -> String { "krnative-manifest.\(target.distro).\(target.arch.rawValue).json" }
+    public static func fileName(for target: Target, flavour: Flavour? = nil) -> String {
+        "krnative-manifest.\((flavour ?? target.defaultFlavour).distro).\(target.arch.rawValue).json"
+    }
 
     public struct Tool: Codable, Sendable { public var name = "krnative"; public var version: String }
     public struct Input: Codable, Sendable {

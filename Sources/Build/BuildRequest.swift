@@ -36,6 +36,12 @@ public struct BuildRequest: Codable, Sendable, Equatable {
         public var auditPolicy: AuditPolicy?
         /// The xz preset (0–9) the volume is compressed with (nil: `DeterministicTarXz`'s, 6).
         public var xzPreset: Int?
+        /// The package the volume ships as (nil: the target's default flavour, as every build
+        /// before flavours; a default flavour is always recorded as nil, so its keys stay as they were).
+        public var flavour: Flavour?
+
+        /// The flavour this build makes.
+        public var chosenFlavour: Flavour { flavour ?? target.defaultFlavour }
 
         public init(
             target: Target, toolchain: ToolchainKind, runtime: RuntimeSource = .pbs, isolation: Isolation = .namespaces,
@@ -51,15 +57,22 @@ public struct BuildRequest: Codable, Sendable, Equatable {
             self.auditPolicy = auditPolicy
         }
 
-        /// The versions of `target` from `config`, the runtime it names unless `runtime` is given.
+        /// The versions of `target` as `flavour` (nil: its default) from `config`, the runtime it
+        /// names unless `runtime` is given.
         public init(
-            target: Target, config: KrunnerConfig, toolchain: ToolchainKind, runtime: RuntimeSource? = nil, isolation: Isolation = .namespaces,
-            auditMode: AuditMode = .enforce, auditPolicy: AuditPolicy? = nil
+            target: Target, flavour: Flavour? = nil, config: KrunnerConfig, toolchain: ToolchainKind, runtime: RuntimeSource? = nil,
+            isolation: Isolation = .namespaces, auditMode: AuditMode = .enforce, auditPolicy: AuditPolicy? = nil
         ) throws(UsageError) {
+            let chosen = flavour ?? target.defaultFlavour
+            guard target.flavours.contains(chosen) else {
+                throw UsageError(
+                    "\(target.rawValue) volumes ship as \(target.flavours.map(\.rawValue).joined(separator: " or ")), not \(chosen.rawValue)")
+            }
             self.init(
                 target: target, toolchain: toolchain, runtime: runtime ?? config.runtime ?? .pbs, isolation: isolation, auditMode: auditMode,
-                packageVersion: try config.packageVersion(for: target), volumeVersion: try config.volumeVersion(for: target),
+                packageVersion: try config.packageVersion(for: chosen), volumeVersion: try config.volumeVersion(for: chosen),
                 auditPolicy: auditPolicy)
+            self.flavour = chosen == target.defaultFlavour ? nil : chosen
         }
     }
 
@@ -99,6 +112,8 @@ public struct BuildRequest: Codable, Sendable, Equatable {
         get { choices[keyPath: keyPath] }
         set { choices[keyPath: keyPath] = newValue }
     }
+
+    public subscript<Value>(dynamicMember keyPath: KeyPath<Choices, Value>) -> Value { choices[keyPath: keyPath] }
 
     /// The request as a file: what `ReproducibilityCheck` writes and `build --request` reads.
     public func encoded() throws -> Data {

@@ -14,6 +14,9 @@ public struct KrunnerConfig: Codable, Sendable, Equatable {
     public var volumeVersions: [String: Int]
     /// Where the Python runtime comes from (`pbs` when absent); `--runtime` on build overrides it.
     public var runtime: RuntimeSource?
+    /// The flavours each target's build makes, by target (`"musllinux-aarch64": ["alpine"]`);
+    /// a target not named makes every flavour it has (musl: alpine and static-musl).
+    public var flavours: [String: [String]]?
 
     public static let defaultFileName = "krunner.json"
 
@@ -36,18 +39,31 @@ public struct KrunnerConfig: Codable, Sendable, Equatable {
         }
     }
 
-    public func volumeVersion(for target: Target) throws(UsageError) -> Int {
-        guard let version = volumeVersions[target.distro] else {
-            throw UsageError("krunner config has no volumeVersions[\"\(target.distro)\"]")
+    public func volumeVersion(for flavour: Flavour) throws(UsageError) -> Int {
+        guard let version = volumeVersions[flavour.distro] else {
+            throw UsageError("krunner config has no volumeVersions[\"\(flavour.distro)\"] (the \(flavour.rawValue) volumes' number)")
         }
         return version
     }
 
-    /// The plugin wheel's version for `target`'s distro.
-    public func packageVersion(for target: Target) throws(UsageError) -> String {
-        guard let version = packageVersions?[target.distro] ?? packageVersion else {
-            throw UsageError("krunner config has no packageVersions[\"\(target.distro)\"] (nor packageVersion)")
+    /// The plugin wheel's version for `flavour`.
+    public func packageVersion(for flavour: Flavour) throws(UsageError) -> String {
+        guard let version = packageVersions?[flavour.distro] ?? packageVersion else {
+            throw UsageError("krunner config has no packageVersions[\"\(flavour.distro)\"] (nor packageVersion)")
         }
         return version
+    }
+
+    /// The flavours a build of `target` makes: `flavours[target]` when krunner.json names them, else all the target's.
+    public func flavours(of target: Target) throws(UsageError) -> [Flavour] {
+        guard let names = flavours?[target.rawValue] else { return target.flavours }
+        return try names.map { name throws(UsageError) in
+            guard let flavour = Flavour(rawValue: name), target.flavours.contains(flavour) else {
+                throw UsageError(
+                    "krunner config: flavours[\"\(target.rawValue)\"] names '\(name)'; \(target.rawValue) volumes ship as "
+                        + target.flavours.map(\.rawValue).joined(separator: ", "))
+            }
+            return flavour
+        }
     }
 }

@@ -134,7 +134,7 @@ extension VolumeBuild {
                 return "the wheel's \(member.key) (sha256 \(member.value.sha256?.hex ?? "-")) is not the \(carried) beside it (sha256 \(hashes[carried]?.hex ?? "-"))"
             }
         }
-        let expected = [name(.volumeVersion): "\(request.volumeVersion)\n", name(.versions): "\(request.target.distro)\n"]
+        let expected = [name(.volumeVersion): "\(request.volumeVersion)\n", name(.versions): "\(request.chosenFlavour.distro)\n"]
         for (file, text) in expected.sorted(by: { $0.key < $1.key }) where FileManager.default.contents(atPath: staging + "/" + file) != Data(text.utf8) {
             return "\(file) does not say \(text.trimmingCharacters(in: .newlines))"
         }

@@ -45,6 +45,7 @@ public struct ReproducibilityCheck: Sendable {
         }
 
         var target: Target { request.target }
+        var flavour: Flavour { request.chosenFlavour }
     }
 
     public struct Run: Codable, Sendable {
@@ -74,7 +75,7 @@ public struct ReproducibilityCheck: Sendable {
 
     public func run() throws -> Report {
         try FileSystem.createDirectory(options.workDirectory)
-        let reference = try Self.outputs(in: options.reference, of: options.target)
+        let reference = try Self.outputs(in: options.reference, of: options.target, flavour: options.flavour)
         var runs: [Run] = []
         for variations in options.runs {
             if Cancellation.requested { break }
@@ -85,8 +86,8 @@ public struct ReproducibilityCheck: Sendable {
 
     /// The output files of `target`'s build in `directory` and their hashes, from its manifest (the
     /// directory may hold other targets' outputs too).
-    static func outputs(in directory: String, of target: Target) throws -> [String: SHA256Digest] {
-        let name = BuildManifest.fileName(for: target)
+    static func outputs(in directory: String, of target: Target, flavour: Flavour) throws -> [String: SHA256Digest] {
+        let name = BuildManifest.fileName(for: target, flavour: flavour)
         guard let data = try? FileSystem.readRegularFile(directory + "/" + name),
             let manifest = try? DuplicateJSONKey.decode(BuildManifest.self, from: data)
         else { throw UsageError("\(directory) holds no \(name): build \(target.rawValue) there first") }
@@ -160,10 +161,10 @@ public struct ReproducibilityCheck: Sendable {
     /// another target's build replaced since (`versions.txt`, `ttyd_linux.<arch>.bin` are named
     /// alike) is compared by the hash the two manifests record for it.
     func compare(_ out: String, into run: inout Run) throws {
-        run.outputs = try Self.outputs(in: out, of: options.target)
-        let recorded = try Self.outputs(in: options.reference, of: options.target)
+        run.outputs = try Self.outputs(in: out, of: options.target, flavour: options.flavour)
+        let recorded = try Self.outputs(in: options.reference, of: options.target, flavour: options.flavour)
         let unreplaced = recorded.filter { (try? SHA256Digest.of(fileAt: options.reference + "/" + $0.key).digest) == $0.value }.keys
-        let names = Set(run.outputs.keys).subtracting(recorded.keys).union(unreplaced).union([BuildManifest.fileName(for: options.target)])
+        let names = Set(run.outputs.keys).subtracting(recorded.keys).union(unreplaced).union([BuildManifest.fileName(for: options.target, flavour: options.flavour)])
         let report = try DiffReport.compare(options.reference, out, only: names)
         run.identical = report.identical
         run.differences = report.differences

@@ -98,20 +98,22 @@ public struct VolumeBuild: Sendable {
     }
 
     /// The file name of `output` for this build's target and package version.
-    public func name(_ output: BuildOutput) -> String { Self.name(output, target: request.target, packageVersion: request.packageVersion) }
+    public func name(_ output: BuildOutput) -> String {
+        Self.name(output, target: request.target, flavour: request.chosenFlavour, packageVersion: request.packageVersion)
+    }
 
-    /// The file name of `output` for `target` and a plugin wheel of `packageVersion`.
-    public static func name(_ output: BuildOutput, target: Target, packageVersion: String) -> String {
-        let (distro, arch) = (target.distro, target.arch.rawValue)
+    /// The file name of `output` for `target` as `flavour` and a plugin wheel of `packageVersion`.
+    public static func name(_ output: BuildOutput, target: Target, flavour: Flavour, packageVersion: String) -> String {
+        let (distro, arch) = (flavour.distro, target.arch.rawValue)
         switch output {
         case .ttyd: return "ttyd_linux.\(arch).bin"
         case .volume: return "krunner-env.\(distro).\(arch).tar.xz"
         case .volumeVersion: return "krunner-version.\(distro).txt"
         case .pythonVersion: return "krunner-python.\(distro).txt"
         case .versions: return "versions.txt"
-        case .wheel: return PluginWheel(target: target, version: packageVersion, sourceDateEpoch: 0).filename
+        case .wheel: return PluginWheel(target: target, flavour: flavour, version: packageVersion, sourceDateEpoch: 0).filename
         case .sbom: return "krnative-sbom.\(distro).\(arch).spdx.json"
-        case .manifest: return BuildManifest.fileName(for: target)
+        case .manifest: return BuildManifest.fileName(for: target, flavour: flavour)
         }
     }
 
@@ -249,10 +251,10 @@ public struct VolumeBuild: Sendable {
     func writeSideFiles(layout: VolumeLayout, licenses: String, into staging: String, lock: Lockfile) throws {
         try FileSystem.writeAtomically(Data("\(request.volumeVersion)\n".utf8), to: staging + "/" + name(.volumeVersion))
         try FileSystem.writeAtomically(Data("\(layout.python.major).\(layout.python.minor)\n".utf8), to: staging + "/" + name(.pythonVersion))
-        try FileSystem.writeAtomically(Data("\(request.target.distro)\n".utf8), to: staging + "/" + name(.versions))
+        try FileSystem.writeAtomically(Data("\(request.chosenFlavour.distro)\n".utf8), to: staging + "/" + name(.versions))
         let payload = Dictionary(uniqueKeysWithValues: names(BuildOutput.inWheel).map { ($0, staging + "/" + $0) })
         settings.log("\(stage(.wheel)) writing the plugin wheel, version \(request.packageVersion)")
-        _ = try PluginWheel(target: request.target, version: request.packageVersion, sourceDateEpoch: lock.sourceDateEpoch)
+        _ = try PluginWheel(target: request.target, flavour: request.chosenFlavour, version: request.packageVersion, sourceDateEpoch: lock.sourceDateEpoch)
             .write(into: staging, payload: payload, licenses: licenses)
     }
 

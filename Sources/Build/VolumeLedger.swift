@@ -68,8 +68,8 @@ public struct VolumeLedger: Codable, Sendable, Equatable {
 
     /// Before building: `volume` must be above the published numbers and recorded for `target`,
     /// or `record` asked for.
-    public func preflight(target: Target, volume: Int, record: Bool, path: String) throws(VolumeLedgerError) {
-        let (distro, arch) = (target.distro, target.arch.rawValue)
+    public func preflight(target: Target, flavour: Flavour, volume: Int, record: Bool, path: String) throws(VolumeLedgerError) {
+        let (distro, arch) = (flavour.distro, target.arch.rawValue)
         if let published = published[distro], volume <= published {
             throw .published(distro: distro, volume: volume, published: published, next: nextFree(distro: distro), path: path)
         }
@@ -81,15 +81,15 @@ public struct VolumeLedger: Codable, Sendable, Equatable {
     /// Whether `target`'s volume numbered `volume` with tree hash `tree` may be built: it must
     /// pass `preflight`, and a recorded number must hold this tree. Returns the entry to add
     /// (nil when it is already there).
-    public func admit(target: Target, volume: Int, tree: SHA256Digest, record: Bool, path: String) throws(VolumeLedgerError) -> Entry? {
-        let (distro, arch) = (target.distro, target.arch.rawValue)
+    public func admit(target: Target, flavour: Flavour, volume: Int, tree: SHA256Digest, record: Bool, path: String) throws(VolumeLedgerError) -> Entry? {
+        let (distro, arch) = (flavour.distro, target.arch.rawValue)
         if let entry = entry(distro: distro, arch: arch, volume: volume) {
             guard entry.treeSha256 == tree.hex else {
                 throw .reused(distro: distro, arch: arch, volume: volume, recorded: entry.treeSha256, built: tree.hex, next: nextFree(distro: distro), path: path)
             }
             return nil
         }
-        do { try preflight(target: target, volume: volume, record: record, path: path) } catch .unrecorded {
+        do { try preflight(target: target, flavour: flavour, volume: volume, record: record, path: path) } catch .unrecorded {
             throw .unrecorded(distro: distro, arch: arch, volume: volume, built: tree.hex, path: path)
         }
         return Entry(distro: distro, arch: arch, volume: volume, treeSha256: tree.hex)
@@ -148,8 +148,8 @@ extension VolumeBuild {
         guard let check = settings.ledger else { return nil }
         let ledger = try VolumeLedger.load(from: check.path)
         let tree = try TreeHash.ofDirectory(at: prefix)
-        settings.log("volume \(request.target.distro) v\(volume) (\(request.target.arch.rawValue)): tree sha256 \(tree.hex)")
-        return try ledger.admit(target: request.target, volume: volume, tree: tree, record: check.record, path: check.path)
+        settings.log("volume \(request.chosenFlavour.distro) v\(volume) (\(request.target.arch.rawValue)): tree sha256 \(tree.hex)")
+        return try ledger.admit(target: request.target, flavour: request.chosenFlavour, volume: volume, tree: tree, record: check.record, path: check.path)
     }
 
     /// Adds `entry` to the ledger, read again so that an entry another build recorded meanwhile is kept.
@@ -157,7 +157,7 @@ extension VolumeBuild {
         guard let check = settings.ledger else { return }
         var ledger = try VolumeLedger.load(from: check.path)
         guard let digest = SHA256Digest(hex: entry.treeSha256),
-            try ledger.admit(target: request.target, volume: entry.volume, tree: digest, record: true, path: check.path) != nil
+            try ledger.admit(target: request.target, flavour: request.chosenFlavour, volume: entry.volume, tree: digest, record: true, path: check.path) != nil
         else { return }
         ledger.volumes.append(entry)
         try ledger.write(to: check.path)

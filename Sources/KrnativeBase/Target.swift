@@ -23,14 +23,12 @@ public enum Target: String, CaseIterable, Sendable, Codable, Comparable {
         }
     }
 
-    /// The distro name in the volume's file names (`krunner-env.{distro}.{arch}.tar.xz`).
-    public var distro: String { libc == .gnu ? "static-gnu" : "musllinux_1_2" }
+    /// The flavours a volume of this target can ship as; the first is the one builds made before
+    /// flavours were a choice (its build keys are unchanged).
+    public var flavours: [Flavour] { libc == .gnu ? [.staticGnu] : [.alpine, .staticMusl] }
 
-    /// The suffix of the plugin module `ai.backend.krunner.<name>` and of the entry point.
-    public var moduleName: String { libc == .gnu ? "static_gnu" : "alpine" }
-
-    /// The Python distribution name of the plugin wheel.
-    public var packageName: String { "backend.ai-krunner-" + (libc == .gnu ? "static-gnu" : "alpine") }
+    /// The flavour a build of this target makes when none is named: the first of `flavours`.
+    public var defaultFlavour: Flavour { flavours[0] }
 
     /// The python-build-standalone triple of the runtime that ships in the volume.
     public var pythonBuildStandaloneTriple: String {
@@ -89,5 +87,39 @@ public struct HostPlatform: RawRepresentable, Hashable, Sendable, Codable, Custo
         #else
             HostPlatform(arch: .x86_64)
         #endif
+    }
+}
+
+/// The package a volume ships in, as the Backend.AI agent finds it: the distro key in its file
+/// names and in the agent's `krunner_volumes`, the module and entry point, the distribution name.
+/// The agent looks for `static-gnu` for glibc images and `static-musl` for Alpine ones first
+/// (`match_distro_data`), then for keys that start with the image's distro name; `alpine` is the
+/// published package of musl volumes (distro `musllinux_1_2`), which the agent never selects.
+public enum Flavour: String, CaseIterable, Sendable, Codable {
+    case staticGnu = "static-gnu"
+    case alpine
+    case staticMusl = "static-musl"
+
+    public var libc: Target.Libc { self == .staticGnu ? .gnu : .musl }
+
+    /// The distro key: in the volume's file names, `versions.txt`, `krunner.json` and the ledger.
+    public var distro: String {
+        switch self {
+        case .staticGnu: "static-gnu"
+        case .alpine: "musllinux_1_2"
+        case .staticMusl: "static-musl"
+        }
+    }
+
+    /// The suffix of the plugin module `ai.backend.krunner.<name>` and the entry point's name.
+    public var moduleName: String { rawValue.replacingOccurrences(of: "-", with: "_") }
+
+    /// The Python distribution name of the plugin wheel.
+    public var packageName: String { "backend.ai-krunner-" + rawValue }
+
+    /// The flavour whose distro key is `distro`.
+    public init?(distro: String) {
+        guard let flavour = Self.allCases.first(where: { $0.distro == distro }) else { return nil }
+        self = flavour
     }
 }

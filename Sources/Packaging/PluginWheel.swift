@@ -7,12 +7,15 @@ import KrnativeBase
 /// deterministic zip.
 public struct PluginWheel: Sendable {
     public var target: Target
+    /// The package the volume ships as (`static-gnu`, `alpine`, `static-musl`).
+    public var flavour: Flavour
     /// The package version (configuration: `krunner.json`).
     public var version: String
     public var sourceDateEpoch: Int64
 
-    public init(target: Target, version: String, sourceDateEpoch: Int64) {
+    public init(target: Target, flavour: Flavour? = nil, version: String, sourceDateEpoch: Int64) {
         self.target = target
+        self.flavour = flavour ?? target.defaultFlavour
         self.version = version
         self.sourceDateEpoch = sourceDateEpoch
     }
@@ -26,7 +29,7 @@ public struct PluginWheel: Sendable {
 
     /// The distribution name normalised for file names: runs of `-_.` become `_`, lower case.
     var distribution: String {
-        target.packageName.lowercased().split(whereSeparator: { "-_.".contains($0) }).joined(separator: "_")
+        flavour.packageName.lowercased().split(whereSeparator: { "-_.".contains($0) }).joined(separator: "_")
     }
 
     var distInfo: String { "\(distribution)-\(version).dist-info" }
@@ -44,14 +47,14 @@ public struct PluginWheel: Sendable {
     /// in the module directory and, under `.dist-info/licenses/`, the package's own licence and
     /// every file of `licenses` (the volume's `licenses/` directory); returns the wheel's path.
     public func write(into directory: String, payload: [String: String], licenses: String? = nil) throws -> String {
-        let module = "ai/backend/krunner/\(target.moduleName)"
+        let module = "ai/backend/krunner/\(flavour.moduleName)"
         var files: [(String, Data)] = [
             (module + "/__init__.py", Data("__version__ = \"\(version)\"\n".utf8)),
             (
                 module + "/plugin.py",
                 Data(
                     """
-                    \"\"\"The Backend.AI agent's krunner plugin for the \(target.distro) volumes.\"\"\"
+                    \"\"\"The Backend.AI agent's krunner plugin for the \(flavour.distro) volumes.\"\"\"
 
 
                     async def init(config):
@@ -69,7 +72,7 @@ public struct PluginWheel: Sendable {
         for (name, data) in licenseFiles { files.append((distInfo + "/licenses/" + name, data)) }
         files.append((distInfo + "/METADATA", Data(metadata(licenseFiles: ["LICENSE"] + licenseFiles.map(\.0)).utf8)))
         files.append((distInfo + "/WHEEL", Data(wheelFile.utf8)))
-        files.append((distInfo + "/entry_points.txt", Data("[backendai_krunner_v10]\n\(target.moduleName) = ai.backend.krunner.\(target.moduleName).plugin\n".utf8)))
+        files.append((distInfo + "/entry_points.txt", Data("[backendai_krunner_v10]\n\(flavour.moduleName) = ai.backend.krunner.\(flavour.moduleName).plugin\n".utf8)))
         files.append((distInfo + "/top_level.txt", Data("ai\n".utf8)))
         files.sort { Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8)) }
         var record = files.map { name, data in
@@ -107,12 +110,12 @@ public struct PluginWheel: Sendable {
 
     /// Core metadata 2.4 (PEP 639 licence fields), matching the published packages' fields.
     func metadata(licenseFiles: [String]) -> String {
-        let flavour = target.libc == .gnu ? "GNU libc" : "musl libc (Alpine)"
+        let libc = target.libc == .gnu ? "GNU libc" : "musl libc (Alpine)"
         var lines = [
-            "Metadata-Version: 2.4", "Name: \(target.packageName)", "Version: \(version)",
-            "Summary: Backend.AI Kernel Runner based on \(flavour)", "Author-email: Lablup <devops@lablup.com>",
+            "Metadata-Version: 2.4", "Name: \(flavour.packageName)", "Version: \(version)",
+            "Summary: Backend.AI Kernel Runner based on \(libc)", "Author-email: Lablup <devops@lablup.com>",
             "License-Expression: MIT",
-            "Project-URL: Homepage, https://github.com/lablup/backend.ai-krunner-\(target.libc == .gnu ? "static-gnu" : "alpine")",
+            "Project-URL: Homepage, \(homepage)",
             "Project-URL: Issues, https://github.com/lablup/backend.ai/issues",
             "Classifier: Programming Language :: Python :: 3", "Classifier: Operating System :: OS Independent",
             "Requires-Python: >=3.9", "Description-Content-Type: text/markdown",
@@ -121,15 +124,20 @@ public struct PluginWheel: Sendable {
         return lines.joined(separator: "\n") + "\n\n" + description
     }
 
+    /// The published packages' own repositories; static-musl has none but Backend.AI's.
+    var homepage: String {
+        flavour == .staticMusl ? "https://github.com/lablup/backend.ai" : "https://github.com/lablup/backend.ai-krunner-\(flavour.rawValue)"
+    }
+
     var description: String {
         """
-        # \(target.packageName)
+        # \(flavour.packageName)
 
         Backend.AI kernel runner volume for \(target.libc == .gnu ? "glibc" : "musl (Alpine)")-based kernels \
-        (\(target.arch.rawValue)): `krunner-env.\(target.distro).\(target.arch.rawValue).tar.xz`, a relocatable \
+        (\(target.arch.rawValue)): `krunner-env.\(flavour.distro).\(target.arch.rawValue).tar.xz`, a relocatable \
         CPython with the kernel runner's dependencies, and a static ttyd, which the Backend.AI agent \
         extracts and mounts at `/opt/backend.ai` in user containers. It registers the \
-        `backendai_krunner_v10` entry point `\(target.moduleName)`.
+        `backendai_krunner_v10` entry point `\(flavour.moduleName)`.
 
         Built reproducibly by krnative. The licences of everything the volume carries are in this \
         wheel's `.dist-info/licenses/volume/` and in the volume's `licenses/`.

@@ -31,6 +31,11 @@ struct BuildCommand: ParsableCommand {
     var all = false
     @Option(name: .customLong("out"), help: "Where the outputs go. Default: the project's out/.") var outOption: String?
     @OptionGroup var choices: InputChoiceOptions
+    @Option(
+        help: ArgumentHelp(
+            "The package a volume ships as (repeatable): static-gnu (glibc targets); alpine or static-musl (musl targets: static-musl is the one the agent selects for Alpine images). Default: krunner.json's flavours for the target, else all it has.",
+            valueName: "flavour"))
+    var flavour: [Flavour] = []
     @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
     @Option(help: "The volume ledger (the tree hash each volume number holds), or none to not check. Default: krunner-volumes.json beside --config.")
     var ledger: String?
@@ -93,7 +98,7 @@ struct BuildCommand: ParsableCommand {
         let given: [(String, Bool)] = [
             ("--target", !targets.isEmpty), ("--all", all), ("--lock", inputs.lock != nil), ("--config", choices.config != nil),
             ("--patches", patchesOption != nil), ("--policy", policyOption != nil), ("--toolchain", choices.toolchain != nil),
-            ("--runtime", choices.runtime != nil), ("--xz-preset", xzPreset != nil),
+            ("--runtime", choices.runtime != nil), ("--xz-preset", xzPreset != nil), ("--flavour", !flavour.isEmpty),
         ]
         return given.filter(\.1).map(\.0)
     }
@@ -114,20 +119,19 @@ struct BuildCommand: ParsableCommand {
             let store = try Store(root: inputs.storePath)
             let remoteCache = try network.remoteCache(store: store)
             if let request { return try build(request, lock: lock, store: store, remoteCache: remoteCache) }
-            guard chosenTargets.count > 1 else {
-                return try build(try self.request(for: chosenTargets[0]), lock: lock, store: store, remoteCache: remoteCache)
-            }
+            let requests = try chosenRequests()
+            guard requests.count > 1 else { return try build(requests[0], lock: lock, store: store, remoteCache: remoteCache) }
             var rows: [TargetRow] = []
-            for target in chosenTargets {
+            for request in requests {
                 let started = Date()
                 let steps = StepCounts()
                 do {
-                    try build(try self.request(for: target), lock: lock, store: store, remoteCache: remoteCache, steps: steps)
-                    rows.append(TargetRow(target: target, started: started, steps: steps, outputs: out))
+                    try build(request, lock: lock, store: store, remoteCache: remoteCache, steps: steps)
+                    rows.append(TargetRow(request: request, started: started, steps: steps, outputs: out))
                 } catch {
                     if Cancellation.requested { throw error }
-                    Reporting.error("krnative: build of \(target.rawValue) failed: \(error.text)")
-                    rows.append(TargetRow(target: target, started: started, steps: steps, error: error))
+                    Reporting.error("krnative: build of \(request.target.rawValue) (\(request.chosenFlavour.rawValue)) failed: \(error.text)")
+                    rows.append(TargetRow(request: request, started: started, steps: steps, error: error))
                 }
             }
             if output.json { printJSON(rows) } else { print(TargetRow.table(rows), terminator: "") }
@@ -135,10 +139,25 @@ struct BuildCommand: ParsableCommand {
         }
     }
 
-    /// What the options ask to build of `target`.
-    func request(for target: Target) throws -> BuildRequest {
+    /// Every build the options ask for: each target as each of its flavours asked for (--flavour,
+    /// else krunner.json's, else all it has), in the order given.
+    func chosenRequests() throws -> [BuildRequest] {
+        let krunner = try KrunnerConfig.load(from: config)
+        return try chosenTargets.flatMap { target in
+            let flavours = flavour.isEmpty ? try krunner.flavours(of: target) : flavour.filter { target.flavours.contains($0) }
+            guard !flavours.isEmpty else {
+                throw UsageError(
+                    "\(target.rawValue) volumes ship as \(target.flavours.map(\.rawValue).joined(separator: " or ")); "
+                        + "--flavour \(flavour.map(\.rawValue).joined(separator: ", ")) names none of them")
+            }
+            return try flavours.map { try request(for: target, flavour: $0, config: krunner) }
+        }
+    }
+
+    /// What the options ask to build of `target` as `flavour`.
+    func request(for target: Target, flavour: Flavour, config krunner: KrunnerConfig) throws -> BuildRequest {
         var chosen = try BuildRequest.Choices(
-            target: target, config: try KrunnerConfig.load(from: config), toolchain: choices.toolchain(for: .current),
+            target: target, flavour: flavour, config: krunner, toolchain: choices.toolchain(for: .current),
             runtime: choices.runtime, isolation: try Isolation.chosen(sandbox), auditMode: audit ?? .enforce, auditPolicy: try AuditPolicy.load(from: policy))
         chosen.xzPreset = xzPreset
         return BuildRequest(choices: chosen, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches))
@@ -191,7 +210,8 @@ struct BuildCommand: ParsableCommand {
         // An output directory that cannot take the outputs fails now, not after the build.
         _ = try StagingDirectory(in: out)
         if let check = build.settings.ledger {
-            try VolumeLedger.load(from: check.path).preflight(target: target, volume: build.request.volumeVersion, record: check.record, path: check.path)
+            try VolumeLedger.load(from: check.path).preflight(
+                target: target, flavour: build.request.chosenFlavour, volume: build.request.volumeVersion, record: check.record, path: check.path)
         }
         var manifest: BuildManifest
         if let restored = try build.restoreFromRemoteCache(lock: lock) {
@@ -240,18 +260,19 @@ final class StepCounts: Sendable {
 /// A line of `build --all`'s table.
 struct TargetRow: Encodable {
     var target: Target
+    var flavour: Flavour
     var seconds: Double
     var compiled, cached, remote: Int?
     var volumeSha256: SHA256Digest?
     var error: String?
     var exitCode: Int32 = 0
 
-    init(target: Target, started: Date, steps: StepCounts, outputs directory: String? = nil, error: (any Error)? = nil) {
-        self.target = target
+    init(request: BuildRequest, started: Date, steps: StepCounts, outputs directory: String? = nil, error: (any Error)? = nil) {
+        (target, flavour) = (request.target, request.chosenFlavour)
         seconds = Date().timeIntervalSince(started)
         (compiled, cached, remote) = (steps.counts?.compiled, steps.counts?.cached, steps.counts?.remote)
         if let directory, error == nil {
-            let manifest = directory + "/" + BuildManifest.fileName(for: target)
+            let manifest = directory + "/" + BuildManifest.fileName(for: target, flavour: flavour)
             volumeSha256 = (try? FileSystem.readRegularFile(manifest))
                 .flatMap { try? DuplicateJSONKey.decode(BuildManifest.self, from: $0) }?
                 .outputs.first { $0.file.hasSuffix(".tar.xz") }?.sha256
@@ -263,10 +284,10 @@ struct TargetRow: Encodable {
     }
 
     static func table(_ rows: [TargetRow]) -> String {
-        let header = ["TARGET", "RESULT", "TIME", "TTYD STEPS (compiled/cached/remote)", "VOLUME SHA256"]
+        let header = ["TARGET", "FLAVOUR", "RESULT", "TIME", "TTYD STEPS (compiled/cached/remote)", "VOLUME SHA256"]
         let lines = rows.map { row in
             [
-                row.target.rawValue, row.error == nil ? "built" : "FAILED (exit \(row.exitCode))", String(format: "%.0f s", row.seconds),
+                row.target.rawValue, row.flavour.rawValue, row.error == nil ? "built" : "FAILED (exit \(row.exitCode))", String(format: "%.0f s", row.seconds),
                 row.compiled.map { "\($0)/\(row.cached ?? 0)/\(row.remote ?? 0)" } ?? "-", row.volumeSha256?.hex ?? "-",
             ]
         }
@@ -286,6 +307,7 @@ extension Error {
 
 extension AuditMode: ExpressibleByArgument {}
 extension RuntimeSource: ExpressibleByArgument {}
+extension Flavour: ExpressibleByArgument {}
 
 extension BuildCommand {
     var out: String { inputs.project.file(outOption, default: "out") }

@@ -7,7 +7,7 @@ import Verify
 
 struct TargetsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "targets", abstract: "List the four targets and every name each goes by: distro, package, module, files, policy, triples.",
+        commandName: "targets", abstract: "List the four targets, the flavours each ships as, and every name they go by: distro, package, module, files, policy, triples.",
         discussion: helpText(
             """
             Commands take targets (musllinux-aarch64); files are named by distro (musllinux_1_2) and \
@@ -20,7 +20,7 @@ struct TargetsCommand: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     struct Row: Encodable {
-        var target, distro, arch, package, module, entryPoint, wheelPlatformTags: String
+        var target, flavour, distro, arch, package, module, entryPoint, wheelPlatformTags: String
         var volume, ttyd, manifest, wheel: String
         var auditPolicy: String?
         var volumeVersion: Int?
@@ -30,28 +30,34 @@ struct TargetsCommand: ParsableCommand {
         var pythonBuildStandaloneTriple, ttydTriple: String
     }
 
+    /// A row of `target` as `flavour`, its numbers from `config`.
+    static func row(_ target: Target, _ flavour: Flavour, config: KrunnerConfig?, policy: AuditPolicy?) -> Row {
+        let (distro, arch) = (flavour.distro, target.arch.rawValue)
+        let volumeVersion = try? config?.volumeVersion(for: flavour)
+        let packageVersion = try? config?.packageVersion(for: flavour)
+        func name(_ output: BuildOutput) -> String { VolumeBuild.name(output, target: target, flavour: flavour, packageVersion: packageVersion ?? "0") }
+        let wheel = PluginWheel(target: target, flavour: flavour, version: packageVersion ?? "0", sourceDateEpoch: 0)
+        return Row(
+            target: target.rawValue, flavour: flavour.rawValue, distro: distro, arch: arch, package: flavour.packageName,
+            module: "ai.backend.krunner.\(flavour.moduleName)",
+            entryPoint: "backendai_krunner_v10: \(flavour.moduleName) = ai.backend.krunner.\(flavour.moduleName).plugin",
+            wheelPlatformTags: wheel.platformTags.joined(separator: "."), volume: name(.volume), ttyd: name(.ttyd), manifest: name(.manifest),
+            wheel: name(.wheel), auditPolicy: policy?.policies[target.libc.rawValue]?.name, volumeVersion: volumeVersion,
+            packageVersion: packageVersion, agentVolumeDirectory: volumeVersion.map { "backendai-krunner.v\($0).\(arch).\(distro)" },
+            pythonBuildStandaloneTriple: target.pythonBuildStandaloneTriple, ttydTriple: target.ttydTriple)
+    }
+
     func run() throws {
         let project = Project.discover(lock: nil)
         let config = try? KrunnerConfig.load(from: project.file(nil, default: KrunnerConfig.defaultFileName))
         let policy = try? AuditPolicy.load(from: project.file(nil, default: AuditPolicy.defaultPath))
-        let rows = Target.allCases.map { target in
-            let (distro, arch) = (target.distro, target.arch.rawValue)
-            let volumeVersion = try? config?.volumeVersion(for: target)
-            let packageVersion = try? config?.packageVersion(for: target)
-            let wheel = PluginWheel(target: target, version: packageVersion ?? "0", sourceDateEpoch: 0)
-            func name(_ output: BuildOutput) -> String { VolumeBuild.name(output, target: target, packageVersion: packageVersion ?? "0") }
-            return Row(
-                target: target.rawValue, distro: distro, arch: arch, package: target.packageName, module: "ai.backend.krunner.\(target.moduleName)",
-                entryPoint: "backendai_krunner_v10: \(target.moduleName) = ai.backend.krunner.\(target.moduleName).plugin",
-                wheelPlatformTags: wheel.platformTags.joined(separator: "."), volume: name(.volume), ttyd: name(.ttyd), manifest: name(.manifest),
-                wheel: name(.wheel),
-                auditPolicy: policy?.policies[target.libc.rawValue]?.name, volumeVersion: volumeVersion, packageVersion: packageVersion,
-                agentVolumeDirectory: volumeVersion.map { "backendai-krunner.v\($0).\(arch).\(distro)" },
-                pythonBuildStandaloneTriple: target.pythonBuildStandaloneTriple, ttydTriple: target.ttydTriple)
-        }
+        let rows = Target.allCases.flatMap { target in target.flavours.map { Self.row(target, $0, config: config, policy: policy) } }
         if output.json { return printJSON(rows) }
-        let header = ["TARGET", "DISTRO", "PACKAGE", "AUDIT POLICY", "PYTHON-BUILD-STANDALONE", "TTYD"]
-        let table = [header] + rows.map { [$0.target, $0.distro, $0.package, $0.auditPolicy ?? "-", $0.pythonBuildStandaloneTriple, $0.ttydTriple] }
+        let header = ["TARGET", "FLAVOUR", "DISTRO", "PACKAGE", "AUDIT POLICY", "PYTHON-BUILD-STANDALONE", "TTYD"]
+        let lines: [[String]] = rows.map { row in
+            [row.target, row.flavour, row.distro, row.package, row.auditPolicy ?? "-", row.pythonBuildStandaloneTriple, row.ttydTriple]
+        }
+        let table = [header] + lines
         let widths = header.indices.map { column in table.map { $0[column].count }.max()! }
         for line in table {
             print(line.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ").trimmingCharacters(in: .whitespaces))

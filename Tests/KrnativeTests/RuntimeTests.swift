@@ -11,7 +11,7 @@ import Testing
 /// upstream tarballs, for musllinux-x86_64, then run on a minimal Debian with musl (`krnative smoke`).
 @Suite("Runtime from source", .timeLimit(.minutes(60)), .tags(.compile, .namespaces, .pypi), .endToEnd, .serialized, .needsCompileRuntime)
 struct RuntimeTests {
-    static let distro = Target.musllinuxX86_64.distro
+    static let distro = Target.musllinuxX86_64.defaultFlavour.distro
     /// `krnative build --runtime source --target musllinux-x86_64` from the stand-in lock (the
     /// runtime's and ttyd's sources from Debian, the real wheels and Zig through pip): the audit
     /// enforced, the runtime laid out as python-build-standalone's, smoke-tested on Debian with musl,

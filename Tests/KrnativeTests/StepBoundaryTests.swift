@@ -340,6 +340,29 @@ final class ShellRecipeInputs {
         }
     }
 
+    /// This machine's Python as `target`'s runtime, in the layout of python-build-standalone's
+    /// archives (a venv of the host's stdlib, `pyvenv.cfg`): enough for the `.pyc` step; for a musl
+    /// target its loader is musl's (patchelf), as the layout checks. `files`
+    /// are added to it (path → text; `{minor}` in a path is the host Python's minor version).
+    func addHostPythonRuntime(for target: Target, files extra: [String: String] = [:]) throws {
+        let python = try ChildProcess.check(["/usr/bin/python3", "-c", "import os, sys; print(os.path.realpath(sys.executable), sys.version_info[1])"])
+            .stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        var files = ["pyvenv.cfg": "home = /usr/bin\n", "lib/python3.13/os.py": "# the layout's landmark\n"]
+        for (path, text) in extra { files[path.replacingOccurrences(of: "{minor}", with: python[1])] = text }
+        var executable = python[0]
+        if target.libc == .musl {
+            // Never run (the glibc twin compiles the .pyc), but checked: it must name musl's loader.
+            executable = work.path + "/python3.13-\(target.rawValue)"
+            try FileManager.default.copyItem(atPath: python[0], toPath: executable)
+            try ChildProcess.check(["patchelf", "--set-interpreter", "/lib/ld-musl-\(target.arch.rawValue).so.1", executable])
+        }
+        let runtime = try archive("cpython-\(target.rawValue)", version: "3.13.0", files: files, copies: ["bin/python3.13": executable], top: "python")
+        add(
+            LockedInput(
+                name: "cpython-\(target.rawValue)", kind: .runtime, version: "3.13.0", filename: "cpython-3.13.0-install_only_stripped.tar.gz",
+                sha256: runtime.sha256, size: runtime.size, urls: ["https://example.invalid/cpython.tar.gz"], targets: [target]))
+    }
+
     func writeLock() throws {
         try Lockfile(sourceDateEpoch: 1_700_000_000, inputs: inputs).write(to: lock)
     }
@@ -421,20 +444,10 @@ struct StepBoundaryTests {
         let victim = Victim(work, "etc/shadow")
         let inputs = try ShellRecipeInputs(work)
         try inputs.addTtydSources()
-        let python = try ChildProcess.check(["/usr/bin/python3", "-c", "import os, sys; print(os.path.realpath(sys.executable), sys.version_info[1])"])
-            .stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
         let leak = "/opt/backend.ai/licenses/zz-leak"
-        let runtime = try inputs.archive(
-            "cpython-\(target.rawValue)", version: "3.13.0",
-            files: [
-                "pyvenv.cfg": "home = /usr/bin\n", "lib/python3.13/os.py": "# the layout's landmark\n",
-                "lib/python3.\(python[1])/site-packages/zz.pth": "import os; os.path.lexists('\(leak)') or os.symlink('\(victim.path)', '\(leak)')\n",
-            ],
-            copies: ["bin/python3.13": python[0]], top: "python")
-        inputs.add(
-            LockedInput(
-                name: "cpython-\(target.rawValue)", kind: .runtime, version: "3.13.0", filename: "cpython-3.13.0-install_only_stripped.tar.gz",
-                sha256: runtime.sha256, size: runtime.size, urls: ["https://example.invalid/cpython.tar.gz"], targets: [target]))
+        try inputs.addHostPythonRuntime(
+            for: target,
+            files: ["lib/python3.{minor}/site-packages/zz.pth": "import os; os.path.lexists('\(leak)') or os.symlink('\(victim.path)', '\(leak)')\n"])
         try inputs.writeLock()
         let out = work.path + "/out"
         let result = build(inputs, out: out)
