@@ -15,7 +15,7 @@ public struct KrunnerConfig: Codable, Sendable, Equatable {
     /// Where the Python runtime comes from (`pbs` when absent); `--runtime` on build overrides it.
     public var runtime: RuntimeSource?
     /// The flavours each target's build makes, by target (`"musllinux-aarch64": ["alpine"]`);
-    /// a target not named makes every flavour it has (musl: alpine and static-musl).
+    /// a target not named makes every flavour it has a volume number for (musl: alpine and static-musl).
     public var flavours: [String: [String]]?
 
     public static let defaultFileName = "krunner.json"
@@ -54,9 +54,14 @@ public struct KrunnerConfig: Codable, Sendable, Equatable {
         return version
     }
 
-    /// The flavours a build of `target` makes: `flavours[target]` when krunner.json names them, else all the target's.
+    /// The flavours a build of `target` makes: `flavours[target]` when krunner.json names them, else
+    /// those of the target's flavours it gives a volume number (a config written before static-musl
+    /// builds alpine alone, as it did), else all (whose missing numbers are then said).
     public func flavours(of target: Target) throws(UsageError) -> [Flavour] {
-        guard let names = flavours?[target.rawValue] else { return target.flavours }
+        guard let names = flavours?[target.rawValue] else {
+            let numbered = target.flavours.filter { volumeVersions[$0.distro] != nil }
+            return numbered.isEmpty ? target.flavours : numbered
+        }
         return try names.map { name throws(UsageError) in
             guard let flavour = Flavour(rawValue: name), target.flavours.contains(flavour) else {
                 throw UsageError(

@@ -146,6 +146,22 @@ struct CompatTests {
         #expect(published["ubuntu20.04"]?["key"] == "static-gnu", "\(published)")
     }
 
+    /// Which flavours a build makes: krunner.json's `flavours` for the target, else those it numbers
+    /// (a config from before static-musl builds alpine alone), never one the target has not.
+    @Test func theFlavoursABuildMakesComeFromTheConfig() throws {
+        let project = try KrunnerConfig.load(from: Package.root + "/krunner.json")
+        #expect(try project.flavours(of: .musllinuxAarch64) == [.alpine, .staticMusl])
+        #expect(try project.flavours(of: .manylinuxX86_64) == [.staticGnu])
+        let older = KrunnerConfig(packageVersions: ["musllinux_1_2": "5.5.0"], volumeVersions: ["musllinux_1_2": 13])
+        #expect(try older.flavours(of: .musllinuxX86_64) == [.alpine])
+        var picked = project
+        picked.flavours = ["musllinux-x86_64": ["static-musl"]]
+        #expect(try picked.flavours(of: .musllinuxX86_64) == [.staticMusl])
+        #expect(try picked.flavours(of: .musllinuxAarch64) == [.alpine, .staticMusl])
+        picked.flavours = ["musllinux-x86_64": ["static-gnu"]]
+        #expect(throws: UsageError.self) { try picked.flavours(of: .musllinuxX86_64) }
+    }
+
     /// krunner.json continues the published lines: versions above static-gnu 4.4.0 and alpine
     /// 5.4.0, volume numbers above 14 and 12, which the committed ledger calls taken.
     @Test func versionsContinueThePublishedLines() throws {
