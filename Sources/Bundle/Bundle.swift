@@ -116,23 +116,22 @@ public enum AirGapBundle {
         return manifest
     }
 
-    /// The lock `file` carries, checked against the hash its manifest records, written to
-    /// `path` (whole or not at all) unless the same lock is there already; a different one is
-    /// never replaced. What it pins is the bundle's word: the caller says so.
-    public static func takeLock(from file: String, to path: String) throws -> Lockfile {
+    /// The lock `file` carries (its bytes and as read), checked against the hash its manifest
+    /// records; with `localPath`, a lock already there must be the same (a different one is never
+    /// replaced). What it pins is the bundle's word: the caller says so, and writes it only once
+    /// the bundle's entries have passed against it.
+    public static func carriedLock(of file: String, replacing localPath: String) throws -> (lock: Lockfile, data: Data) {
         let reader = try ArchiveReader(path: file)
         let manifest = try readManifest(reader, file: file)
         let data = try readLock(reader, manifest: manifest, file: file)
         let lock = try Lockfile.parse(data, file: "\(file):\(BundleManifest.lockName)")
-        if FileSystem.exists(path) {
-            let local = try Lockfile.load(from: path)
+        if FileSystem.exists(localPath) {
+            let local = try Lockfile.load(from: localPath)
             guard local.digest == lock.digest else {
-                throw BundleError.lockExists(path: path, file: file, bundleLock: lock.digest, localLock: local.digest)
+                throw BundleError.lockExists(path: localPath, file: file, bundleLock: lock.digest, localLock: local.digest)
             }
-            return local
         }
-        try FileSystem.writeAtomically(data, to: path)
-        return lock
+        return (lock, data)
     }
 
     /// The sha256 of the lock `file` carries, as its manifest records it; nil when that cannot be read.

@@ -33,7 +33,7 @@ struct BuildCommand: ParsableCommand {
     @OptionGroup var choices: InputChoiceOptions
     @Option(
         help: ArgumentHelp(
-            "The package a volume ships as (repeatable): static-gnu (glibc targets); alpine or static-musl (musl targets: static-musl is the one the agent selects for Alpine images). Default: krunner.json's flavours for the target, else all it has.",
+            "The package a volume ships as (repeatable): static-gnu (glibc targets); alpine or static-musl (musl targets: static-musl is the one the agent selects for Alpine images). Default: krunner.json's flavours for the target, else every flavour of it that krunner.json numbers.",
             valueName: "flavour"))
     var flavour: [Flavour] = []
     @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
@@ -140,7 +140,7 @@ struct BuildCommand: ParsableCommand {
     }
 
     /// Every build the options ask for: each target as each of its flavours asked for (--flavour,
-    /// else krunner.json's, else all it has), in the order given.
+    /// else krunner.json's, else those it numbers), in the order given.
     func chosenRequests() throws -> [BuildRequest] {
         let krunner = try KrunnerConfig.load(from: config)
         return try chosenTargets.flatMap { target in

@@ -74,31 +74,32 @@ struct BundleCommand: ParsableCommand {
             discussion: helpText(
                 """
                 The local lock is what the entries are checked against. Where there is none (a new \
-                machine across the air gap), --take-lock writes the lock the bundle carries to --lock's \
-                path first: the bundle's word, so compare its sha256 with the one `bundle export` printed.
+                machine across the air gap), --take-lock checks against the lock the bundle carries and \
+                writes it to --lock's path once every entry has passed: the bundle's word, so compare its \
+                sha256 with the one `bundle export` printed.
                 """,
                 examples: "krnative bundle import inputs.tar", "krnative bundle import inputs.tar --lock site.lock.json --take-lock"))
         @OptionGroup var inputs: InputOptions
-        @Flag(help: "Where the local lock is absent, write the bundle's own lock there and check against it.") var takeLock = false
+        @Flag(help: "Where the local lock is absent, check against the bundle's own lock and, once every entry has passed, write it there.") var takeLock = false
         @OptionGroup var output: OutputOptions
         @Argument(help: "The bundle file to read.") var file: String
 
         func run() throws {
             try perform("bundle import") {
                 let lockPath = inputs.lockPath
-                let lock: Lockfile
-                if takeLock {
-                    let existed = FileSystem.exists(lockPath)
-                    lock = try AirGapBundle.takeLock(from: file, to: lockPath)
-                    if !existed { Reporting.note("wrote the lock \(file) carries to \(lockPath) (sha256 \(lock.digest))") }
-                } else {
-                    guard FileSystem.exists(lockPath) else {
-                        throw BundleError.noLocalLock(path: lockPath, file: file, bundleLock: AirGapBundle.lockSha256(of: file))
-                    }
-                    lock = try Lockfile.load(from: lockPath)
+                let hadLock = FileSystem.exists(lockPath)
+                guard hadLock || takeLock else {
+                    throw BundleError.noLocalLock(path: lockPath, file: file, bundleLock: AirGapBundle.lockSha256(of: file))
                 }
+                let carried = takeLock ? try AirGapBundle.carriedLock(of: file, replacing: lockPath) : nil
+                let lock = try carried?.lock ?? Lockfile.load(from: lockPath)
                 let resolver = InputResolver(store: try Store(root: inputs.storePath))
                 let (manifest, report) = try AirGapBundle.importBundle(from: file, lock: lock, lockPath: lockPath, resolver: resolver)
+                // The bundle's lock becomes the local one only once every entry has passed against it.
+                if let carried, !hadLock {
+                    try FileSystem.writeAtomically(carried.data, to: lockPath)
+                    Reporting.note("wrote the lock \(file) carries to \(lockPath) (sha256 \(lock.digest))")
+                }
                 if output.json { return printJSON(report) }
                 print("admitted \(counted(report.admitted.count, "input")), \(report.alreadyPresent.count) already present")
                 if let build = manifest.build {

@@ -96,6 +96,13 @@ struct AirGapTests {
         let b = work.path + "/b"
         try FileSystem.createDirectory(b + "/patches")
         let lockB = b + "/krnative.lock.json"
+        // A bundle cut short is refused whole, and its lock is not taken.
+        let data = try FileSystem.readRegularFile(bundle)
+        let cut = work.path + "/cut.tar"
+        try data.prefix(data.count * 2 / 3).write(to: URL(fileURLWithPath: cut))
+        let refused = krnative(["bundle", "import", cut, "--lock", lockB, "--store", b + "/cut-store", "--take-lock"])
+        #expect(!refused.succeeded, "\(refused.stderr)")
+        #expect(!FileSystem.exists(lockB), "the lock of a refused bundle was written")
         let withoutLock = krnative(["bundle", "import", bundle, "--lock", lockB, "--store", b + "/store"])
         #expect(withoutLock.termination == .exited(ExitStatus.missingInput), "\(withoutLock.stderr)")
         #expect(withoutLock.stderr.contains("`krnative bundle import \(bundle) --take-lock` writes it to \(lockB)"), "\(withoutLock.stderr)")
