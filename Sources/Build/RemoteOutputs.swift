@@ -125,10 +125,11 @@ extension VolumeBuild {
             return "the volume's bin/ttyd (sha256 \(found["bin/ttyd"]?.sha256?.hex ?? "-")) is not the \(name(.ttyd)) beside it"
         }
         let wheel = try Listing.ofArchive(staging + "/" + name(.wheel))
-        for carried in names(BuildOutput.inWheel) {
-            let members = wheel.files.filter { $0.key.hasSuffix("/" + carried) }
+        for output in BuildOutput.inWheel {
+            let (carried, inWheel) = (name(output), wheelName(output))
+            let members = wheel.files.filter { $0.key.hasSuffix("/" + inWheel) }
             guard members.count == 1, let member = members.first else {
-                return "the wheel holds \(members.count) files named \(carried), not one"
+                return "the wheel holds \(members.count) files named \(inWheel), not one"
             }
             guard member.value.sha256 == hashes[carried] else {
                 return "the wheel's \(member.key) (sha256 \(member.value.sha256?.hex ?? "-")) is not the \(carried) beside it (sha256 \(hashes[carried]?.hex ?? "-"))"

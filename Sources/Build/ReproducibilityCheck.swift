@@ -158,8 +158,8 @@ public struct ReproducibilityCheck: Sendable {
 
     /// The run's outputs against the reference, every output of the target and its manifest entry
     /// by entry; other targets' outputs in the reference directory are not looked at. A file
-    /// another target's build replaced since (`versions.txt`, `ttyd_linux.<arch>.bin` are named
-    /// alike) is compared by the hash the two manifests record for it.
+    /// another target's build replaced since (`ttyd_linux.<arch>.bin` is named alike; `versions.txt`
+    /// was, before it was named by distro) is compared by the hash the two manifests record for it.
     func compare(_ out: String, into run: inout Run) throws {
         run.outputs = try Self.outputs(in: out, of: options.target, flavour: options.flavour)
         let recorded = try Self.outputs(in: options.reference, of: options.target, flavour: options.flavour)

@@ -110,7 +110,9 @@ public struct VolumeBuild: Sendable {
         case .volume: return "krunner-env.\(distro).\(arch).tar.xz"
         case .volumeVersion: return "krunner-version.\(distro).txt"
         case .pythonVersion: return "krunner-python.\(distro).txt"
-        case .versions: return "versions.txt"
+        // Named by distro beside the other outputs: two flavours' (or targets') builds into one
+        // directory would otherwise replace each other's; in the wheel it is `versions.txt`.
+        case .versions: return "versions.\(distro).txt"
         case .wheel: return PluginWheel(target: target, flavour: flavour, version: packageVersion, sourceDateEpoch: 0).filename
         case .sbom: return "krnative-sbom.\(distro).\(arch).spdx.json"
         case .manifest: return BuildManifest.fileName(for: target, flavour: flavour)
@@ -119,6 +121,15 @@ public struct VolumeBuild: Sendable {
 
     /// The file names of the outputs, in the order the manifest lists them.
     public var outputNames: [String] { BuildOutput.allCases.map(name) }
+
+    /// The name `output` has in the plugin wheel's module: its own, but `versions.txt`, which the
+    /// agent reads under that name.
+    public func wheelName(_ output: BuildOutput) -> String { output == .versions ? "versions.txt" : name(output) }
+
+    /// What the plugin wheel carries (its name in the module → the output's path in `directory`).
+    public func wheelPayload(in directory: String) -> [String: String] {
+        Dictionary(uniqueKeysWithValues: BuildOutput.inWheel.map { (wheelName($0), directory + "/" + name($0)) })
+    }
 
     /// The names of `outputs`, in their order.
     func names(_ outputs: [BuildOutput]) -> [String] { outputs.map(name) }
@@ -252,7 +263,7 @@ public struct VolumeBuild: Sendable {
         try FileSystem.writeAtomically(Data("\(request.volumeVersion)\n".utf8), to: staging + "/" + name(.volumeVersion))
         try FileSystem.writeAtomically(Data("\(layout.python.major).\(layout.python.minor)\n".utf8), to: staging + "/" + name(.pythonVersion))
         try FileSystem.writeAtomically(Data("\(request.chosenFlavour.distro)\n".utf8), to: staging + "/" + name(.versions))
-        let payload = Dictionary(uniqueKeysWithValues: names(BuildOutput.inWheel).map { ($0, staging + "/" + $0) })
+        let payload = wheelPayload(in: staging)
         settings.log("\(stage(.wheel)) writing the plugin wheel, version \(request.packageVersion)")
         _ = try PluginWheel(target: request.target, flavour: request.chosenFlavour, version: request.packageVersion, sourceDateEpoch: lock.sourceDateEpoch)
             .write(into: staging, payload: payload, licenses: licenses)

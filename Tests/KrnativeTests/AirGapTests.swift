@@ -185,6 +185,14 @@ struct FlavourBuildTests {
         let recorded = try VolumeLedger.load(from: ledger).volumes.filter { $0.arch == arch }.map { "\($0.distro) v\($0.volume)" }.sorted()
         #expect(recorded == ["musllinux_1_2 v13", "static-musl v1"], "\(recorded)")
 
+        // Each flavour's files have names of their own: built again, both are up to date (with one
+        // `versions.txt` in the output directory, each build replaced the other's and both rebuilt).
+        #expect(try String(contentsOfFile: out + "/versions.static-musl.txt", encoding: .utf8) == "static-musl\n")
+        #expect(try String(contentsOfFile: out + "/versions.musllinux_1_2.txt", encoding: .utf8) == "musllinux_1_2\n")
+        let again = krnative(arguments)
+        try #require(again.succeeded, "\(again.stderr.suffix(2000))")
+        #expect(again.stdout.components(separatedBy: "is up to date in").count == 3, "\(again.stdout)\(again.stderr)")
+
         // --flavour picks one; a flavour the target has not is said so.
         let one = krnative(arguments.map { $0 == out ? work.path + "/one" : $0 } + ["--flavour", "static-musl"])
         try #require(one.succeeded, "\(one.stderr.suffix(2000))")

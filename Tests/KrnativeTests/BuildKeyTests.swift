@@ -64,7 +64,7 @@ struct BuildKeyTests {
         let texts = [build.name(.volumeVersion): "15\n", build.name(.pythonVersion): "3.13\n", build.name(.versions): "static-gnu\n"]
         for name in carried where name != build.name(.volume) { _ = directory.file("out/" + name, texts[name] ?? "stand-in for \(name)") }
         _ = try PluginWheel(target: .manylinuxX86_64, version: "4.1.0", sourceDateEpoch: 0)
-            .write(into: out, payload: Dictionary(uniqueKeysWithValues: carried.map { ($0, out + "/" + $0) }))
+            .write(into: out, payload: build.wheelPayload(in: out))
         _ = directory.file("out/" + build.name(.sbom), "stand-in for the SBOM")
         var outputs: [[String: Any]] = []
         for name in build.outputNames.dropLast() {
@@ -157,12 +157,12 @@ struct BuildKeyTests {
     @Test func aMissingOrAlteredOutputIsNamed() throws {
         let build = try build()
         try publish(build)
-        try FileManager.default.removeItem(atPath: out + "/versions.txt")
+        try FileManager.default.removeItem(atPath: out + "/versions.static-gnu.txt")
         // The same size: only the hash tells.
         _ = directory.file("out/ttyd_linux.x86_64.bin", "STAND-IN for ttyd_linux.x86_64.bin")
         #expect(
             try build.upToDate(lock: lock).reasons == [
-                "\(out)/ttyd_linux.x86_64.bin does not hash as the manifest says", "\(out)/versions.txt is missing",
+                "\(out)/ttyd_linux.x86_64.bin does not hash as the manifest says", "\(out)/versions.static-gnu.txt is missing",
             ])
     }
 
@@ -171,9 +171,9 @@ struct BuildKeyTests {
         try publish(build)
         let path = out + "/" + build.outputNames.last!
         var manifest = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
-        manifest["outputs"] = (manifest["outputs"] as? [[String: Any]])?.filter { $0["file"] as? String != "versions.txt" }
+        manifest["outputs"] = (manifest["outputs"] as? [[String: Any]])?.filter { $0["file"] as? String != "versions.static-gnu.txt" }
         _ = directory.file("out/" + build.outputNames.last!, try JSONSerialization.data(withJSONObject: manifest))
-        #expect(try build.upToDate(lock: lock).reasons == ["the outputs differ from the manifest's list (not listed: versions.txt)"])
+        #expect(try build.upToDate(lock: lock).reasons == ["the outputs differ from the manifest's list (not listed: versions.static-gnu.txt)"])
     }
 
     /// `build --json` prints the manifest's keys, so it still reads as a manifest, and why it built.

@@ -286,8 +286,7 @@ extension BuildKeyTests {
         try machineB("b", says: "not listed: bin/backdoor")
 
         let otherWheelDirectory = TemporaryDirectory("krnative-other-wheel")
-        let carried = [BuildOutput.ttyd, .volume, .volumeVersion, .pythonVersion, .versions].map(a.name)
-        var payload = Dictionary(uniqueKeysWithValues: carried.map { ($0, out + "/" + $0) })
+        var payload = a.wheelPayload(in: out)
         payload[a.name(.volume)] = backdoored
         let otherWheel = try PluginWheel(target: .manylinuxX86_64, version: "4.1.0", sourceDateEpoch: 0).write(into: otherWheelDirectory.path, payload: payload)
         try forge(a.name(.wheel), try Data(contentsOf: URL(fileURLWithPath: otherWheelDirectory.path + "/" + (otherWheel as NSString).lastPathComponent)))
