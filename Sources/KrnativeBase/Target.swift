@@ -27,7 +27,8 @@ public enum Target: String, CaseIterable, Sendable, Codable, Comparable {
     /// flavours were a choice (its build keys are unchanged).
     public var flavours: [Flavour] { libc == .gnu ? [.staticGnu] : [.alpine, .staticMusl] }
 
-    /// The flavour a build of this target makes when none is named: the first of `flavours`.
+    /// The first of `flavours`: the one a request that names no flavour builds (as every request
+    /// before flavours), and whose file names `smoke` looks for by default.
     public var defaultFlavour: Flavour { flavours[0] }
 
     /// The python-build-standalone triple of the runtime that ships in the volume.
@@ -100,8 +101,6 @@ public enum Flavour: String, CaseIterable, Sendable, Codable {
     case alpine
     case staticMusl = "static-musl"
 
-    public var libc: Target.Libc { self == .staticGnu ? .gnu : .musl }
-
     /// The distro key: in the volume's file names, `versions.txt`, `krunner.json` and the ledger.
     public var distro: String {
         switch self {
@@ -116,10 +115,4 @@ public enum Flavour: String, CaseIterable, Sendable, Codable {
 
     /// The Python distribution name of the plugin wheel.
     public var packageName: String { "backend.ai-krunner-" + rawValue }
-
-    /// The flavour whose distro key is `distro`.
-    public init?(distro: String) {
-        guard let flavour = Self.allCases.first(where: { $0.distro == distro }) else { return nil }
-        self = flavour
-    }
 }

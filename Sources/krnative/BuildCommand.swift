@@ -120,6 +120,10 @@ struct BuildCommand: ParsableCommand {
             let remoteCache = try network.remoteCache(store: store)
             if let request { return try build(request, lock: lock, store: store, remoteCache: remoteCache) }
             let requests = try chosenRequests()
+            if check && requests.count > 1 {
+                let flavours = requests.map(\.chosenFlavour.rawValue).joined(separator: " and ")
+                throw UsageError("--check compares the builds of one volume; \(requests[0].target.rawValue) ships as \(flavours): name one with --flavour")
+            }
             guard requests.count > 1 else { return try build(requests[0], lock: lock, store: store, remoteCache: remoteCache) }
             var rows: [TargetRow] = []
             for request in requests {

@@ -32,10 +32,13 @@ struct UsageTests {
         Case(
             arguments: ["build", "--request", "request.json", "--target", "manylinux-x86_64", "--toolchain", "zig"],
             message: "--request FILE holds the target and what decides the bytes: drop --target, --toolchain"),
+        Case(
+            arguments: ["build", "--target", "musllinux-x86_64", "--check"],
+            message: "--check compares the builds of one volume; musllinux-x86_64 ships as alpine and static-musl: name one with --flavour"),
         Case(arguments: ["build", "--target", "manylinux-x86_64", "--xz-preset", "12"], message: "--xz-preset takes a whole number from 0 to 9 (got 12)"),
         Case(arguments: ["build", "--request", "/nonexistent/request.json"], message: "cannot read the build request /nonexistent/request.json"),
         Case(
-            arguments: ["build", "--target", "musllinux-aarch64", "--check", "--variations", "umask,path+usr"],
+            arguments: ["build", "--target", "musllinux-aarch64", "--flavour", "alpine", "--check", "--variations", "umask,path+usr"],
             message: "unknown variation 'usr'; the variations are path, clock, timezone, locale, umask, user, jobs, environment, hostname, file-order, or all; join several with + for one run"),
         Case(arguments: ["fetch", "--all"], environment: ["KRNATIVE_OFFLINE": "maybe"], message: "KRNATIVE_OFFLINE=maybe is neither on nor off"),
         Case(arguments: ["sandbox", "run", "--", "true"], environment: ["KRNATIVE_SANDBOX": "chroot"], message: "KRNATIVE_SANDBOX=chroot is not one of namespaces, none"),
