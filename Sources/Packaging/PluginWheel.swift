@@ -34,6 +34,12 @@ public struct PluginWheel: Sendable {
 
     var distInfo: String { "\(distribution)-\(version).dist-info" }
 
+    /// The entry-point group the agent scans.
+    public static let entryPointGroup = "backendai_krunner_v10"
+
+    /// The wheel's entry point in that group: `<module name> = ai.backend.krunner.<module name>.plugin`.
+    public var entryPoint: String { "\(flavour.moduleName) = ai.backend.krunner.\(flavour.moduleName).plugin" }
+
     /// The published wheels' platform tags: the same three for every flavour but the musllinux
     /// level (static-gnu 4.4.0: `musllinux_1_1`; alpine 5.4.0: `musllinux_1_2`).
     public var platformTags: [String] {
@@ -72,7 +78,7 @@ public struct PluginWheel: Sendable {
         for (name, data) in licenseFiles { files.append((distInfo + "/licenses/" + name, data)) }
         files.append((distInfo + "/METADATA", Data(metadata(licenseFiles: ["LICENSE"] + licenseFiles.map(\.0)).utf8)))
         files.append((distInfo + "/WHEEL", Data(wheelFile.utf8)))
-        files.append((distInfo + "/entry_points.txt", Data("[backendai_krunner_v10]\n\(flavour.moduleName) = ai.backend.krunner.\(flavour.moduleName).plugin\n".utf8)))
+        files.append((distInfo + "/entry_points.txt", Data("[\(Self.entryPointGroup)]\n\(entryPoint)\n".utf8)))
         files.append((distInfo + "/top_level.txt", Data("ai\n".utf8)))
         files.sort { Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8)) }
         var record = files.map { name, data in

@@ -1,11 +1,13 @@
 import ArgumentParser
 import Build
+import Compile
 import Bundle
 import Foundation
 import Inputs
 import KrnativeBase
 import Lock
 import Store
+import Toolchain
 
 struct BundleCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -102,12 +104,35 @@ struct BundleCommand: ParsableCommand {
                 }
                 if output.json { return printJSON(report) }
                 print("admitted \(counted(report.admitted.count, "input")), \(report.alreadyPresent.count) already present")
-                if let build = manifest.build {
+                if let text = manifest.build {
+                    // The manifest is the bundle's word: only options krnative writes are said, rebuilt from their values.
+                    guard let build = Self.buildOptions(text) else {
+                        return print("the bundle's build options are not ones krnative writes; not shown (`\(file)`'s manifest says: \(String(text.prefix(200)).debugDescription))")
+                    }
                     let lockOption = inputs.lock == nil ? "" : " --lock \(ChildProcess.quote(lockPath))"
                     let storeOption = inputs.store == nil ? "" : " --store \(ChildProcess.quote(inputs.storePath))"
                     print("build them with: krnative build \(build)\(lockOption)\(storeOption) --offline")
                 }
             }
+        }
+
+        /// `text` as `bundle export` writes it — `--target T` … or `--all`, then `--toolchain K
+        /// --runtime R`, each value a known one — written again from the values; nil otherwise.
+        static func buildOptions(_ text: String) -> String? {
+            var targets: [Target] = []
+            var (toolchain, runtime): (ToolchainKind?, RuntimeSource?) = (nil, nil)
+            var words = text.split(separator: " ").map(String.init)[...]
+            while let option = words.popFirst() {
+                switch option {
+                case "--all" where targets.isEmpty: targets = Target.allCases
+                case "--target": guard let target = words.popFirst().flatMap(Target.init(rawValue:)) else { return nil }; targets.append(target)
+                case "--toolchain" where toolchain == nil: toolchain = words.popFirst().flatMap(ToolchainKind.init(rawValue:))
+                case "--runtime" where runtime == nil: runtime = words.popFirst().flatMap(RuntimeSource.init(rawValue:))
+                default: return nil
+                }
+            }
+            guard !targets.isEmpty, let toolchain, let runtime else { return nil }
+            return Target.options(for: targets) + " --toolchain \(toolchain.rawValue) --runtime \(runtime.rawValue)"
         }
     }
 }

@@ -92,6 +92,9 @@ extension Krnative {
             spelled.append(word)
             words = words.dropFirst()
         }
+        // krnative's own internal commands (a step's launcher and sandbox entry, once per command
+        // of every step) are not typed by people: nothing to suggest, no help to render.
+        guard command.configuration.shouldDisplay else { return nil }
         let known = longOptions(of: command)
         for word in words.prefix(while: { $0 != "--" }) where word.hasPrefix("--") {
             let name = String(word.prefix { $0 != "=" })

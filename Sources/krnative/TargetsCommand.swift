@@ -40,7 +40,7 @@ struct TargetsCommand: ParsableCommand {
         return Row(
             target: target.rawValue, flavour: flavour.rawValue, distro: distro, arch: arch, package: flavour.packageName,
             module: "ai.backend.krunner.\(flavour.moduleName)",
-            entryPoint: "backendai_krunner_v10: \(flavour.moduleName) = ai.backend.krunner.\(flavour.moduleName).plugin",
+            entryPoint: "\(PluginWheel.entryPointGroup): \(wheel.entryPoint)",
             wheelPlatformTags: wheel.platformTags.joined(separator: "."), volume: name(.volume), ttyd: name(.ttyd), manifest: name(.manifest),
             wheel: name(.wheel), auditPolicy: policy?.policies[target.libc.rawValue]?.name, volumeVersion: volumeVersion,
             packageVersion: packageVersion, agentVolumeDirectory: volumeVersion.map { "backendai-krunner.v\($0).\(arch).\(distro)" },
@@ -48,19 +48,23 @@ struct TargetsCommand: ParsableCommand {
     }
 
     func run() throws {
-        let project = Project.discover(lock: nil)
-        let config = try? KrunnerConfig.load(from: project.file(nil, default: KrunnerConfig.defaultFileName))
-        let policy = try? AuditPolicy.load(from: project.file(nil, default: AuditPolicy.defaultPath))
-        let rows = Target.allCases.flatMap { target in target.flavours.map { Self.row(target, $0, config: config, policy: policy) } }
-        if output.json { return printJSON(rows) }
-        let header = ["TARGET", "FLAVOUR", "DISTRO", "PACKAGE", "AUDIT POLICY", "PYTHON-BUILD-STANDALONE", "TTYD"]
-        let lines: [[String]] = rows.map { row in
-            [row.target, row.flavour, row.distro, row.package, row.auditPolicy ?? "-", row.pythonBuildStandaloneTriple, row.ttydTriple]
-        }
-        let table = [header] + lines
-        let widths = header.indices.map { column in table.map { $0[column].count }.max()! }
-        for line in table {
-            print(line.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ").trimmingCharacters(in: .whitespaces))
+        try perform("targets") {
+            let project = Project.discover(lock: nil)
+            // Outside a project there are no numbers to give; a project's file that cannot be read is said.
+            let (configPath, policyPath) = (project.file(nil, default: KrunnerConfig.defaultFileName), project.file(nil, default: AuditPolicy.defaultPath))
+            let config = FileSystem.exists(configPath) ? try KrunnerConfig.load(from: configPath) : nil
+            let policy = FileSystem.exists(policyPath) ? try AuditPolicy.load(from: policyPath) : nil
+            let rows = Target.allCases.flatMap { target in target.flavours.map { Self.row(target, $0, config: config, policy: policy) } }
+            if output.json { return printJSON(rows) }
+            let header = ["TARGET", "FLAVOUR", "DISTRO", "PACKAGE", "AUDIT POLICY", "PYTHON-BUILD-STANDALONE", "TTYD"]
+            let lines: [[String]] = rows.map { row in
+                [row.target, row.flavour, row.distro, row.package, row.auditPolicy ?? "-", row.pythonBuildStandaloneTriple, row.ttydTriple]
+            }
+            let table = [header] + lines
+            let widths = header.indices.map { column in table.map { $0[column].count }.max()! }
+            for line in table {
+                print(line.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ").trimmingCharacters(in: .whitespaces))
+            }
         }
     }
 }

@@ -62,6 +62,17 @@ struct BundleTamperTests {
         #expect(try snapshot() == before, "the store changed", sourceLocation: sourceLocation)
     }
 
+    /// The build options a bundle names are printed as the command to run after the import: from
+    /// a bundle's (unauthenticated) manifest, only options krnative writes are said, never more.
+    @Test func aBundlesBuildOptionsAreNotPrintedAsACommandUnlessKrnativeWroteThem() throws {
+        let honest = krnative(["bundle", "import", bundle, "--lock", lock, "--store", work.path + "/honest"])
+        #expect(honest.stdout.contains("build them with: krnative build --all --toolchain zig --runtime pbs --lock \(lock) --store \(work.path)/honest --offline"), "\(honest.stdout)")
+        let forged = krnative(["bundle", "import", try tampered("build-command"), "--lock", lock, "--store", work.path + "/forged"])
+        #expect(forged.succeeded, "\(forged.stderr)")
+        #expect(!forged.stdout.contains("build them with"), "\(forged.stdout)")
+        #expect(forged.stdout.contains("the bundle's build options are not ones krnative writes; not shown"), "\(forged.stdout)")
+    }
+
     @Test func anAlteredMemberAfterGoodOnesAdmitsNothing() throws {
         let flipped = try tampered("alter-last")
         try expectRefused(flipped, ["sha256/\(digests[2].hex) refused", "hashes to", "not \(digests[2].hex)"])

