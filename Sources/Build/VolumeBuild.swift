@@ -220,6 +220,9 @@ public struct VolumeBuild: Sendable {
         let (runtimeArchive, runtimeSize) = try runtimeArchive(lock: lock, staging: staging, needed: needed)
         settings.log("\(stage(.layout)) laying out the \(request.target.rawValue) volume")
         try layout.placeRuntime(runtimeArchive, into: prefix, recordedSize: runtimeSize)
+        if let pip = try layout.ensurePip(in: prefix, runtime: runtimeArchive) {
+            settings.log("the runtime has no pip: installed \(pip) from its ensurepip/_bundled, as python-build-standalone's runtimes carry it")
+        }
         try installWheels(needed.filter { $0.kind == .wheel }, into: prefix, staging: staging)
         try layout.placeTtyd(staging + "/" + name(.ttyd), into: prefix)
         try layout.collectRuntimeLicense(in: prefix)

@@ -177,6 +177,41 @@ public struct RuntimeRecipe: Recipe {
         ]
     }
 
+    /// python-build-standalone's relocatable scripts: every Python script of the installed tree
+    /// that names the build's interpreter (`#!/install/bin/python3.13`: `bin/idle3.13`,
+    /// `bin/pydoc3.13`, the config directory's `python-config.py`) starts instead as a shell
+    /// script that runs the `python3.13` found relative to the script's real place, so the tree
+    /// works from any prefix. Run by the build Python; it fails on a Python interpreter line it
+    /// does not expect. Unlike python-build-standalone's, the path is relative to each script's
+    /// directory (theirs names `python3.13` beside every script, which only `bin/` has).
+    var relocatableScripts: [String] {
+        let program = #"""
+            import os, sys
+            root = sys.argv[1]
+            python = os.path.join(root, 'bin', 'python3.13')
+            for directory, names, files in os.walk(root):
+                names.sort()
+                for name in sorted(files):
+                    path = os.path.join(directory, name)
+                    if os.path.islink(path):
+                        continue
+                    with open(path, 'rb') as f:
+                        head = f.readline(512)
+                        rest = f.read()
+                    line = head.rstrip(b'\n')
+                    if not line.startswith(b'#!') or any(s in line for s in (b'bin/env', b'bin/sh', b'bin/bash')):
+                        continue
+                    if not line.startswith(b'#!/install/bin/python'):
+                        sys.exit(f'{path}: an interpreter line the recipe does not expect: {line!r}')
+                    relative = os.path.relpath(python, directory).encode()
+                    launcher = b"#!/bin/sh\n'''exec' \"$(dirname -- \"$(realpath -- \"$0\")\")/" + relative + b"\" \"$0\" \"$@\"\n' '''\n"
+                    with open(path, 'wb') as f:
+                        f.write(launcher + rest)
+                    print('relocatable:', os.path.relpath(path, root))
+            """#
+        return [buildPython + "/bin/python3.13", "-I", "-c", program, installRoot + "/install"]
+    }
+
     /// Zig makes `__DATE__` an error; CPython's build info uses it, and clang takes it from SOURCE_DATE_EPOCH.
     static let dateTimeFlag = "-Wno-date-time"
 
@@ -213,6 +248,9 @@ public struct RuntimeRecipe: Recipe {
         environment["CFLAGS"]! += " " + Self.dateTimeFlag
         // `\$$ORIGIN`: make turns `$$` into `$`, the shell's backslash keeps `$ORIGIN` for the linker.
         environment["LDFLAGS"] = "\(lib) -Wl,-rpath,\\$$ORIGIN/../lib"
+        // Zig links executables at a fixed address unless told: python3.13 is PIE, as
+        // python-build-standalone's is (configure takes LINKFORSHARED as given; Android's is this).
+        environment["LINKFORSHARED"] = "-pie -Xlinker -export-dynamic"
         let configure =
             [
                 "./configure", "--build=\(buildTriple)", "--host=\(hostTriple)", "--prefix=/install", "--enable-shared", "--without-static-libpython",
@@ -220,7 +258,7 @@ public struct RuntimeRecipe: Recipe {
                 "--disable-test-modules", "--with-readline=readline", "--without-system-expat", "--without-system-libmpdec",
             ] + Self.configSite
         return BuildStep(
-            component: "cpython", commands: [configure, make(), make("install", "DESTDIR=\(installRoot)"), stripDebugInformation],
+            component: "cpython", commands: [configure, make(), make("install", "DESTDIR=\(installRoot)"), stripDebugInformation, relocatableScripts],
             environment: environment,
             adaptation: "the Makefile and platform triplet edited for Zig (cpythonEdits); extension modules are shared objects in lib-dynload (python-build-standalone links them into libpython); their C libraries are linked in statically all the same",
             edits: cpythonEdits)

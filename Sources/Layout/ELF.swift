@@ -20,6 +20,8 @@ public struct ELFFile: Sendable {
     }
 
     public var machine: Architecture?
+    /// e_type: 2 an executable at a fixed address, 3 a shared object or a position-independent executable.
+    public var fileType = 0
     /// PT_INTERP: the loader a dynamic executable names; nil for a static one or a shared library.
     public var interpreter: String?
     /// DT_NEEDED, in order.
@@ -31,6 +33,8 @@ public struct ELFFile: Sendable {
     /// Neither a loader nor a library to load: a static executable.
     public var isStatic: Bool { interpreter == nil && neededLibraries.isEmpty }
     public var isStripped: Bool { !hasSymbolTable }
+    /// A dynamic executable the loader may place anywhere (ASLR): `readelf -h` says "DYN (Position-Independent Executable file)".
+    public var isPositionIndependentExecutable: Bool { fileType == 3 && interpreter != nil }
 
     static let symbolTable: UInt32 = 2, dynamic: UInt32 = 6, noBits: UInt32 = 8, dynamicSymbols: UInt32 = 11
     static let versionNeeds: UInt32 = 0x6fff_fffe, versionSymbols: UInt32 = 0x6fff_ffff
@@ -55,6 +59,7 @@ public struct ELFFile: Sendable {
             return start..<min(start + max(size, 0), bytes.count)
         }
         machine = [62: .x86_64, 183: .aarch64][u16(18)]
+        fileType = u16(16)
 
         let (phoff, phentsize, phnum) = (u64(32), u16(54), u16(56))
         for index in 0..<phnum where u32(phoff + index * phentsize) == 3 {  // PT_INTERP

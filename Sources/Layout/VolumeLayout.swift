@@ -72,6 +72,25 @@ public struct VolumeLayout: Sendable {
         }
     }
 
+    /// pip, when the runtime has none: the wheel CPython bundles for `ensurepip` (pinned with
+    /// CPython's sources), installed as the lock's wheels are, with the `pip`, `pip3` and
+    /// `pip3.13` launchers pip writes when it installs itself. python-build-standalone's archives
+    /// carry pip (theirs pins the same wheel); a runtime compiled from source has none: its build
+    /// Python has no zlib to run pip from a wheel. Returns the wheel's name, nil when pip was there.
+    public func ensurePip(in prefix: String, runtime archive: String) throws -> String? {
+        guard !FileSystem.exists("\(prefix)/\(sitePackages)/pip/__init__.py") else { return nil }
+        let bundled = "lib/python\(python.major).\(python.minor)/ensurepip/_bundled"
+        let wheels = ((try? FileManager.default.contentsOfDirectory(atPath: prefix + "/" + bundled)) ?? []).filter {
+            $0.hasPrefix("pip-") && $0.hasSuffix(".whl")
+        }
+        guard wheels.count == 1, let wheel = wheels.first, FileSystem.kind(of: bundled + "/" + wheel, beneath: prefix) == S_IFREG else {
+            throw LayoutError.wrongRuntime(
+                archive: archive, problem: "it has no pip, and \(wheels.count) pip wheels (one regular file expected) in \(bundled) to install it from")
+        }
+        try WheelInstaller(target: target).install(prefix + "/" + bundled + "/" + wheel, into: prefix)
+        return wheel
+    }
+
     /// `bin/ttyd` (0755) and the empty directories the agent bind-mounts into. The binary must be
     /// a regular file (no link is followed to it); only the volume's copy is given its mode.
     public func placeTtyd(_ binary: String, into prefix: String) throws {

@@ -253,6 +253,10 @@ public struct WheelInstaller: Sendable {
                 """
             ))
         }
+        // pip installing itself also writes `pip3.13` (outside ensurepip, which leaves out `pip`).
+        if let pip = scripts.first(where: { $0.0 == "pip" }), !scripts.contains(where: { $0.0 == "pip\(python.major).\(python.minor)" }) {
+            scripts.append(("pip\(python.major).\(python.minor)", pip.1))
+        }
         return scripts.sorted { $0.0 < $1.0 }
     }
 

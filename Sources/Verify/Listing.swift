@@ -20,6 +20,8 @@ public struct ListedFile: Codable, Sendable, Equatable {
     public var sections: [String: SHA256Digest]?
     /// For an ELF file: what the audit needs of it.
     public var elf: ELFFacts?
+    /// For a file that starts with `#!`: its first line (at most 256 bytes), the interpreter it names.
+    public var interpreterLine: String?
 
     public init(
         kind: Kind, mode: String, size: Int64, sha256: SHA256Digest? = nil, linkTarget: String? = nil,
@@ -42,6 +44,8 @@ public struct ELFFacts: Codable, Sendable, Equatable {
     public var neededLibraries: [String]
     public var neededVersions: [ELFFile.NeededVersion]
     public var isStripped: Bool
+    /// A dynamic executable at a fixed address (e_type EXEC with a loader): not position-independent.
+    public var isFixedAddressExecutable: Bool?
     /// It starts like ELF but is not a 64-bit little-endian ELF file.
     public var unreadable: Bool
 
@@ -51,6 +55,7 @@ public struct ELFFacts: Codable, Sendable, Equatable {
         neededLibraries = elf?.neededLibraries ?? []
         neededVersions = elf?.neededVersions ?? []
         isStripped = elf?.isStripped ?? true
+        isFixedAddressExecutable = elf.flatMap { $0.interpreter != nil && !$0.isPositionIndependentExecutable ? true : nil }
         unreadable = elf == nil
     }
 }
@@ -144,6 +149,9 @@ public struct Listing: Sendable {
 
     static func regular(_ data: Data, mode: String) -> ListedFile {
         var file = ListedFile(kind: .file, mode: mode, size: Int64(data.count), sha256: SHA256Digest.of(data))
+        if data.starts(with: Data("#!".utf8)) {
+            file.interpreterLine = String(decoding: data.prefix(256).prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self)
+        }
         guard ELFFile.hasMagic(data) else { return file }
         let elf = ELFFile(data: data)
         file.elf = ELFFacts(elf)

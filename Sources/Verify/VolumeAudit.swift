@@ -58,10 +58,13 @@ public struct AuditViolation: Codable, Sendable, Equatable, CustomStringConverti
 
 /// `krnative audit`: every ELF file in a volume against the target's policy (docs/design.md's portability
 /// promise): machine, loader, needed libraries (allowed or bundled), symbol versions, and a static,
-/// stripped `bin/ttyd`.
+/// stripped `bin/ttyd`; position-independent executables and scripts in `bin/` that run where the
+/// volume is mounted.
 public struct VolumeAudit: Sendable {
     public var target: Target
     public var policy: AuditPolicy.Policy
+    /// Where the agent mounts the volume: a `bin/` script may name an interpreter there.
+    public var mountPoint = "/opt/backend.ai"
 
     public init(target: Target, policy: AuditPolicy) throws {
         self.target = target
@@ -74,6 +77,18 @@ public struct VolumeAudit: Sendable {
         public var elfFiles: Int
         public var violations: [AuditViolation]
         public var passed: Bool { violations.isEmpty }
+    }
+
+    /// Why a `bin/` script whose first line is `line` runs nowhere but where it was built: it names
+    /// an interpreter neither in the volume (at the mount point) nor the system's (`/bin`,
+    /// `/usr/bin`: `/bin/sh`, `/usr/bin/env`), such as the build's `/install/bin/python3.13`. Nil when it runs.
+    func scriptProblem(_ line: String) -> String? {
+        let interpreter = line.dropFirst(2).trimmingCharacters(in: .whitespaces).split(separator: " ").first.map(String.init) ?? ""
+        let runs = [mountPoint + "/", "/bin/", "/usr/bin/"].contains { interpreter.hasPrefix($0) } && !interpreter.contains("/../")
+        return runs
+            ? nil
+            : "is a script for \(interpreter.isEmpty ? "no interpreter" : interpreter), which is neither in the volume (\(mountPoint)) nor /bin or /usr/bin: "
+                + "it runs only where it was built (rewrite its first line to run the volume's python, as python-build-standalone's scripts do)"
     }
 
     /// `GLIBC_2.17` → (`GLIBC`, `2.17`).
@@ -92,6 +107,9 @@ public struct VolumeAudit: Sendable {
         var violations: [AuditViolation] = []
         var elfFiles = 0
         for (path, file) in listing.files.sorted(by: { $0.key < $1.key }) {
+            if path.hasPrefix("bin/"), let line = file.interpreterLine, let problem = scriptProblem(line) {
+                violations.append(.init(file: path, problem: problem))
+            }
             guard let elf = file.elf else {
                 if path == "bin/ttyd" { violations.append(.init(file: path, problem: "is not an ELF file")) }
                 continue
@@ -124,6 +142,9 @@ public struct VolumeAudit: Sendable {
                 let symbols = newest.symbols.isEmpty ? "" : " (\(newest.symbols.prefix(3).joined(separator: ", "))\(newest.symbols.count > 3 ? ", …" : ""))"
                 let others = needs.count > 1 ? "; \(needs.count - 1) more \(prefix) versions beyond the policy" : ""
                 flag("needs \(newest.version) from \(newest.library)\(symbols); \(policy.name) \(permitted)\(others)")
+            }
+            if path.hasPrefix("bin/"), elf.isFixedAddressExecutable == true {
+                flag("is an executable at a fixed address, not position-independent (link it with -pie, as python-build-standalone's are)")
             }
             if path == "bin/ttyd" {
                 if elf.interpreter != nil || !elf.neededLibraries.isEmpty {

@@ -52,6 +52,17 @@ struct RuntimeTests {
         #expect(FileManager.default.fileExists(atPath: volume + "/lib/python3.13/lib-dynload/readline.cpython-313-x86_64-linux-musl.so"))
         let elf = try #require(ELFFile(path: volume + "/bin/python3.13"))
         #expect(elf.interpreter == "/lib/ld-musl-x86_64.so.1")
+        // What python-build-standalone's runtimes have: a PIE python3.13, pip, scripts that run from any prefix.
+        #expect(elf.isPositionIndependentExecutable, "bin/python3.13 is linked at a fixed address")
+        for path in ["bin/pip", "bin/pip3", "bin/pip3.13", "lib/python3.13/site-packages/pip/__init__.py"] {
+            #expect(FileManager.default.fileExists(atPath: volume + "/" + path), "\(path)")
+        }
+        for name in try FileManager.default.contentsOfDirectory(atPath: volume + "/bin") {
+            let head = (FileHandle(forReadingAtPath: volume + "/bin/" + name)?.readData(ofLength: 256)).map { String(decoding: $0, as: UTF8.self) } ?? ""
+            #expect(!head.hasPrefix("#!") || !head.prefix { $0 != "\n" }.contains("/install/"), "bin/\(name) names the build's /install: \(head.prefix(80))")
+        }
+        let idle = try String(contentsOfFile: volume + "/bin/idle3.13", encoding: .utf8)
+        #expect(idle.hasPrefix("#!/bin/sh\n'''exec' \"$(dirname -- \"$(realpath -- \"$0\")\")/python3.13\" \"$0\" \"$@\"\n' '''\n"), "\(idle.prefix(200))")
 
         // On Debian with musl: the runtime's modules and the krunner's (sysroots/smoke.json's checks).
         let smoke = krnative(["smoke", "--target", "musllinux-x86_64", "--volume", tarball, "--sysroot", Package.root + "/sysroots/smoke.json", "--store", store + "/smoke"])
@@ -62,6 +73,8 @@ struct RuntimeTests {
         #expect(smoke.stdout.contains("each found by the default context in /etc/ssl/certs"), "\(smoke.stdout)")
         // readline with patches/readline (its upstream patch 1): a locale that is not installed does not crash it.
         #expect(smoke.stdout.contains("readline with a locale that is not installed: ok"), "\(smoke.stdout)")
+        // pip runs from the read-only volume (the agent's Python kernel runs it in its build step).
+        #expect(smoke.stdout.contains("from /opt/backend.ai/lib/python3.13/site-packages/pip (python 3.13)"), "\(smoke.stdout)")
 
         // Again elsewhere, forced: nothing compiled, the same outputs.
         let again = build(lock: lock, store: store, out: work.path + "/again", ["--force"])

@@ -103,7 +103,27 @@ struct VerifyTests {
         (result, violations) = audit("musllinux-x86_64")
         #expect(violations.contains { $0.hasPrefix("bin/python3: needs libc.so.6, which musllinux_1_2 does not allow") })
 
-        // Nothing wrong: a volume of just a static, stripped ttyd passes.
+        // Scripts in bin/: the build's interpreter is flagged; the volume's, /bin/sh and env are not.
+        let scripts = [
+            "pydoc3.13": "#!/install/bin/python3.13\nimport pydoc\n", "jupyter": "#!/opt/backend.ai/bin/python3\n",
+            "idle3.13": #"#!/bin/sh\n'''exec' "$(dirname -- "$(realpath -- "$0")")/python3.13" "$0" "$@"\n' '''\n"#, "tool": "#! /usr/bin/env python3\n",
+        ]
+        for (name, text) in scripts { try text.write(toFile: volume + "/bin/" + name, atomically: false, encoding: .utf8) }
+        (result, violations) = audit("musllinux-x86_64")
+        #expect(violations.contains { $0.hasPrefix("bin/pydoc3.13: is a script for /install/bin/python3.13, which is neither in the volume (/opt/backend.ai)") })
+        #expect(!violations.contains { ["bin/jupyter", "bin/idle3.13", "bin/tool"].contains(String($0.prefix { $0 != ":" })) }, "\(violations)")
+        try FileManager.default.removeItem(atPath: volume + "/bin/pydoc3.13")
+
+        // A dynamic executable at a fixed address (e_type EXEC, as Zig links without -pie); Debian's ls is PIE.
+        var fixed = try Data(contentsOf: URL(fileURLWithPath: "/bin/ls"))
+        fixed[16] = 2
+        try fixed.write(to: URL(fileURLWithPath: volume + "/bin/python3.13"))
+        (result, violations) = audit("manylinux-x86_64")
+        #expect(violations.contains("bin/python3.13: is an executable at a fixed address, not position-independent (link it with -pie, as python-build-standalone's are)"))
+        #expect(!violations.contains { $0.hasPrefix("bin/python3:") && $0.contains("fixed address") }, "\(violations)")
+        try FileManager.default.removeItem(atPath: volume + "/bin/python3.13")
+
+        // Nothing wrong: a volume of just a static, stripped ttyd (and scripts that run) passes.
         try FileManager.default.removeItem(atPath: volume + "/bin/python3")
         try FileManager.default.removeItem(atPath: volume + "/bin/ttyd")
         try FileManager.default.copyItem(atPath: "/usr/bin/qemu-aarch64-static", toPath: volume + "/bin/ttyd")

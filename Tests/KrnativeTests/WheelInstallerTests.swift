@@ -95,6 +95,41 @@ struct WheelInstallerTests {
         }
     }
 
+    /// A runtime without pip (one compiled from source) gets the pip wheel CPython bundles for
+    /// ensurepip, with the launchers pip writes when it installs itself (`pip`, `pip3`, `pip3.13`);
+    /// a runtime with pip is left alone; one with neither is refused, naming the runtime.
+    @Test(.enabled(if: python313 != nil, "no CPython 3.13 with pip on this machine (pyenv's 3.13 is used where present)"))
+    func aRuntimeWithoutPipGetsEnsurepipsWheel() throws {
+        let python = try #require(Self.python313)
+        let bundled = "lib/python3.13/ensurepip/_bundled"
+        let home = ((python as NSString).deletingLastPathComponent as NSString).deletingLastPathComponent
+        let wheel = try #require(try FileManager.default.contentsOfDirectory(atPath: home + "/" + bundled).first { $0.hasPrefix("pip-") })
+        let work = TemporaryDirectory()
+        let prefix = work.path + "/runtime"
+        try FileManager.default.createDirectory(atPath: prefix + "/" + bundled, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: home + "/" + bundled + "/" + wheel, toPath: prefix + "/" + bundled + "/" + wheel)
+        let layout = VolumeLayout(target: .musllinuxX86_64)
+        #expect(try layout.ensurePip(in: prefix, runtime: "runtime.tar.gz") == wheel)
+        #expect(try layout.ensurePip(in: prefix, runtime: "runtime.tar.gz") == nil, "pip is there now")
+        // What pip itself installs from the same wheel: the same files, the same launchers.
+        try ChildProcess.check(
+            [python, "-m", "pip", "install", "--ignore-installed", "--no-deps", "--no-compile", "--no-index", "--disable-pip-version-check", "--prefix", work.path + "/pip",
+             prefix + "/" + bundled + "/" + wheel])
+        let pip = try Self.listing(work.path + "/pip"), ours = try Self.listing(prefix).filter { !$0.key.hasPrefix("lib/python3.13/ensurepip") }
+        #expect(Set(ours.keys.filter { $0.hasPrefix("bin/") }) == ["bin/pip", "bin/pip3", "bin/pip3.13"])
+        #expect(Set(ours.keys.filter { $0.hasPrefix("bin/") }) == Set(pip.keys.filter { $0.hasPrefix("bin/") }))
+        let pipOnly = Set(pip.keys).subtracting(ours.keys)
+        #expect(pipOnly.allSatisfy { $0.hasSuffix("/REQUESTED") || $0.hasSuffix("/direct_url.json") }, "\(pipOnly.sorted())")
+
+        FileSystem.remove(prefix)
+        try FileManager.default.createDirectory(atPath: prefix + "/" + bundled, withIntermediateDirectories: true)
+        #expect {
+            try layout.ensurePip(in: prefix, runtime: "runtime.tar.gz")
+        } throws: { error in
+            "\(error)".contains("runtime.tar.gz") && "\(error)".contains("it has no pip, and 0 pip wheels")
+        }
+    }
+
     static let python313: String? = {
         let root = ProcessInfo.processInfo.environment["PYENV_ROOT"] ?? NSHomeDirectory() + "/.pyenv"
         let candidates = ((try? FileManager.default.contentsOfDirectory(atPath: root + "/versions")) ?? []).filter { $0.hasPrefix("3.13") }.sorted()
