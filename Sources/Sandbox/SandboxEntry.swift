@@ -171,8 +171,27 @@ public enum SandboxEntry {
         for entry in spec.mounts {
             try bind(entry.source, at: entry.target, under: root, writable: entry.writable, followLink: entry.followLink)
         }
+        if let emulator = spec.emulator { registerEmulator(emulator, under: root) }
         try bringUpLoopback()
         try check(sethostname(spec.hostname, spec.hostname.utf8.count), "cannot set the host name")
+    }
+
+    /// Registers `emulator` for its architecture's ELF executables with a binfmt_misc of the
+    /// sandbox's own user namespace (the host's registrations are untouched; nested namespaces,
+    /// the step's, find it), with `F`: the kernel opens the emulator now, before the root is
+    /// entered. Best effort: a kernel older than 6.7 mounts no binfmt_misc in a user namespace.
+    static func registerEmulator(_ emulator: SandboxSpec.Emulator, under root: String) {
+        let machine = [Architecture.x86_64: "\\x3e", .aarch64: "\\xb7"][emulator.arch]!
+        let magic = "\\x7fELF\\x02\\x01\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02\\x00" + machine + "\\x00"
+        let mask = "\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\x00\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xff\\xfe\\xff\\xff\\xff"
+        let binfmt = root + "/proc/sys/fs/binfmt_misc"
+        guard mount("binfmt_misc", binfmt, "binfmt_misc", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), nil) == 0 else { return }
+        let rule = ":krnative-\(emulator.arch.rawValue):M::\(magic):\(mask):\(root + emulator.path):F"
+        let register = open(binfmt + "/register", O_WRONLY | O_CLOEXEC)
+        guard register >= 0 else { return }
+        // One write(2): the kernel reads a rule from a single write.
+        _ = rule.withCString { write(register, $0, strlen($0)) }
+        close(register)
     }
 
     /// Covers, in the root's `/etc`, `/root` and `/home`, every file and directory that others may

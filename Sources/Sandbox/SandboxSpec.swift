@@ -43,11 +43,25 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
     public var hostname: String
     /// How many processes and how much memory the step may take.
     public var limits: StepLimits
+    /// For a root of another architecture: its emulator, mounted at `path` inside, which the
+    /// sandbox registers with binfmt_misc in its own user namespace (Linux 6.7 and later), so
+    /// that the programs the step starts run as they would on that machine. Where the kernel
+    /// mounts no binfmt_misc there, only a command that names the emulator runs.
+    public var emulator: Emulator?
+
+    public struct Emulator: Codable, Sendable, Equatable {
+        public var path: String
+        public var arch: Architecture
+        public init(path: String, arch: Architecture) {
+            self.path = path
+            self.arch = arch
+        }
+    }
 
     public init(
         argv: [String], environment: [String: String] = [:], mounts: [Mount] = [], rootDirectory: String? = nil,
         workingDirectory: String, home: String? = nil, path: String = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-        sourceDateEpoch: Int64 = 0, hostname: String = "krnative", limits: StepLimits = .standard
+        sourceDateEpoch: Int64 = 0, hostname: String = "krnative", limits: StepLimits = .standard, emulator: Emulator? = nil
     ) {
         self.argv = argv
         self.environment = environment
@@ -59,6 +73,7 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
         self.sourceDateEpoch = sourceDateEpoch
         self.hostname = hostname
         self.limits = limits
+        self.emulator = emulator
     }
 
     /// The complete environment of the step: the fixed variables, then the declared ones.

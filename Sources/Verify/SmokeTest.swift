@@ -25,6 +25,10 @@ public struct SmokeDescription: Codable, Sendable, SysrootDescription {
     public var mountPoint: String
     /// argv of each check, the program relative to the volume.
     public var checks: [[String]]
+    /// argv of the check that starts the kernel runner as the agent does (`--kernel-runner`), the
+    /// program relative to the volume; `KRNATIVE_SMOKE_LAUNCHER` names the emulator it starts the
+    /// runner with, if any.
+    public var kernelRunnerCheck: [String]?
 
     public static let defaultPath = "sysroots/smoke.json"
 
@@ -96,6 +100,10 @@ public struct SmokeTest: Sendable {
     public var description: SmokeDescription
     public var store: Store
     public var runner: SandboxRunner
+    /// A directory holding the agent's `ai/backend/kernel` and `ai/backend/helpers` (its
+    /// site-packages, or the `backend.ai-kernel` and `backend.ai-kernel-helper` wheels unpacked):
+    /// bound where the agent binds them, for the check that starts the kernel runner.
+    public var kernelRunner: String?
     /// Where the root file systems' packages come from: this machine's apt sources.
     public var aptSources = AptSources.host()
     public var log: @Sendable (String) -> Void = Reporting.note
@@ -267,6 +275,26 @@ public struct SmokeTest: Sendable {
         return "Debian \(suite)"
     }
 
+    /// The agent's kernel and helpers packages bound where the agent binds them
+    /// (`_prepare_python_lib_mounts`), or nil without `kernelRunner`; a directory without them is
+    /// a usage error naming what is missing and where to get it.
+    func kernelRunnerMounts() throws -> [SandboxSpec.Mount]? {
+        guard let kernelRunner else { return nil }
+        guard description.kernelRunnerCheck?.isEmpty == false else {
+            throw UsageError("\(SmokeDescription.defaultPath) has no kernelRunnerCheck to start the kernel runner with")
+        }
+        let sitePackages = "\(description.mountPoint)/lib/python3.13/site-packages/ai/backend"
+        return try ["kernel", "helpers"].map { package in
+            let path = kernelRunner + "/ai/backend/" + package
+            guard FileSystem.isDirectory(path) else {
+                throw UsageError(
+                    "--kernel-runner \(kernelRunner) has no ai/backend/\(package): give the agent's site-packages, or a directory where the "
+                        + "backend.ai-kernel and backend.ai-kernel-helper wheels are unpacked (pip download --no-deps --python-version 3.13 backend.ai-kernel backend.ai-kernel-helper)")
+            }
+            return .readOnly(path, at: sitePackages + "/" + package)
+        }
+    }
+
     /// Unpacks `volume` (a directory is used as it is) and runs every check in the root file system.
     public func run(volume: String) throws -> Report {
         // Before minutes of mmdebstrap: is there anything to try?
@@ -292,21 +320,30 @@ public struct SmokeTest: Sendable {
         for check in description.checks where lstat(tree + "/" + check[0], &info) != 0 {
             throw UsageError("\(volume) is not a \(target.rawValue) volume: it has no \(check[0]); give the krunner-env tar.xz or its unpacked directory")
         }
+        let kernelRunnerMounts = try kernelRunnerMounts()
         let rootfs = try rootFilesystem()
         var mounts: [SandboxSpec.Mount] = [.readOnly(tree, at: description.mountPoint)]
         if let emulator { mounts.append(.readOnly(emulator, at: Self.emulatorInside)) }
+        let launcher = emulator == nil ? [] : [Self.emulatorInside, "-L", "/"]
+        var planned = description.checks.map { (argv: launcher + [description.mountPoint + "/" + $0[0]] + $0.dropFirst(), mounts: mounts, home: nil as String?) }
+        let home = store.temporaryPath("smoke-home")
+        defer { FileSystem.remove(home) }
+        if let kernelRunnerMounts, let check = description.kernelRunnerCheck, !check.isEmpty {
+            // The agent's home for the runner: /home/work, writable.
+            try FileSystem.createDirectory(home + "/work")
+            planned.append((launcher + [description.mountPoint + "/" + check[0]] + check.dropFirst(), mounts + kernelRunnerMounts + [.writable(home, at: "/home")], "/home/work"))
+        }
         var checks: [Check] = []
-        for (number, check) in description.checks.enumerated() {
-            var argv = [description.mountPoint + "/" + check[0]] + check.dropFirst()
-            if emulator != nil { argv = [Self.emulatorInside, "-L", "/"] + argv }
+        for (number, check) in planned.enumerated() {
             // What is running; the result is the caller's to print, once.
-            log("smoke: check \(number + 1) of \(description.checks.count): \(Self.shown(argv))")
+            log("smoke: check \(number + 1) of \(planned.count): \(Self.shown(check.argv))")
             let spec = SandboxSpec(
-                argv: argv, environment: ["PYTHONDONTWRITEBYTECODE": "1"], mounts: mounts, rootDirectory: rootfs, workingDirectory: "/tmp",
-                hostname: "krnative-smoke")
+                argv: check.argv, environment: ["PYTHONDONTWRITEBYTECODE": "1", "KRNATIVE_SMOKE_LAUNCHER": launcher.joined(separator: " ")],
+                mounts: check.mounts, rootDirectory: rootfs, workingDirectory: "/tmp", home: check.home, hostname: "krnative-smoke",
+                emulator: emulator == nil ? nil : .init(path: Self.emulatorInside, arch: target.arch))
             let result = try runner.start(spec)
             let passed = result.termination == .exited(0)
-            checks.append(Check(argv: argv, termination: "\(result.termination)", passed: passed, output: result.outputTail))
+            checks.append(Check(argv: check.argv, termination: "\(result.termination)", passed: passed, output: result.outputTail))
         }
         return Report(
             target: target, volume: volume, rootFilesystem: rootfs, release: Self.release(of: rootfs, suite: try suite()), emulator: emulator,

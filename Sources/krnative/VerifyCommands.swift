@@ -149,14 +149,19 @@ struct SmokeCommand: ParsableCommand {
     @Option(help: "The volume: a directory or tar.xz. Default: the project's out/krunner-env.{distro}.{arch}.tar.xz.") var volume: String?
     @Option(name: .customLong("sysroot"), help: "The smoke description. Default: the project's sysroots/smoke.json.") var sysrootOption: String?
     var sysroot: String { inputs.project.file(sysrootOption, default: SmokeDescription.defaultPath) }
+    @Option(
+        help: ArgumentHelp(
+            "Also start the kernel runner as the agent does, with the agent's ai/backend/kernel and ai/backend/helpers from this directory, and ask its main loop for its status.",
+            valueName: "dir")) var kernelRunner: String?
     @OptionGroup var output: OutputOptions
 
     func run() throws {
         try perform("smoke") {
             let volume = inputs.project.file(volume, default: "out/krunner-env.\(target.defaultFlavour.distro).\(target.arch.rawValue).tar.xz")
-            let test = SmokeTest(
+            var test = SmokeTest(
                 target: target, description: try SmokeDescription.load(from: sysroot), store: try Store(root: inputs.storePath),
                 runner: SandboxRunner(entryExecutable: currentExecutable))
+            test.kernelRunner = kernelRunner
             let report = try test.run(volume: volume)
             if output.json { printJSON(report) }
             let failures = report.checks.filter { !$0.passed }

@@ -8,6 +8,7 @@ import Sandbox
 import Store
 import Testing
 import Toolchain
+import Verify
 import Layout
 
 extension Tag {
@@ -122,6 +123,19 @@ struct CompileTests {
         // Each check's result is printed once (stdout); stderr says which check is running.
         #expect((result.stdout + result.stderr).components(separatedBy: "ok  /opt/krnative-qemu").count == 2, "\(result.stdout)\n\(result.stderr)")
         #expect(result.stderr.contains("smoke: check 1 of 1: /opt/krnative-qemu -L / /opt/backend.ai/bin/ttyd --version"))
+
+        // Started directly, with no emulator in argv (as the kernel runner re-executes itself):
+        // the sandbox's own binfmt_misc runs it through the emulator; without one, the kernel cannot.
+        let qemu = "/usr/bin/qemu-\(target.arch.rawValue)-static"
+        let direct = SandboxSpec(
+            argv: ["/opt/ttyd", "--version"], mounts: [.readOnly(binary, at: "/opt/ttyd"), .readOnly(qemu, at: SmokeTest.emulatorInside)],
+            workingDirectory: "/tmp", emulator: .init(path: SmokeTest.emulatorInside, arch: target.arch))
+        let ran = try SandboxRunner(entryExecutable: Package.binary).start(direct)
+        #expect(ran.termination == .exited(0) && ran.outputTail.contains("ttyd version"), "\(ran.termination): \(ran.outputTail)")
+        var without = direct
+        without.emulator = nil
+        let refused = try SandboxRunner(entryExecutable: Package.binary).start(without)
+        #expect(refused.termination != .exited(0), "another architecture's program ran without its emulator: \(refused.outputTail)")
     }
 
     /// Starts the built ttyd on loopback and fetches its page.
