@@ -220,8 +220,12 @@ public struct VolumeBuild: Sendable {
         let (runtimeArchive, runtimeSize) = try runtimeArchive(lock: lock, staging: staging, needed: needed)
         settings.log("\(stage(.layout)) laying out the \(request.target.rawValue) volume")
         try layout.placeRuntime(runtimeArchive, into: prefix, recordedSize: runtimeSize)
-        if let pip = try layout.ensurePip(in: prefix, runtime: runtimeArchive) {
-            settings.log("the runtime has no pip: installed \(pip) from its ensurepip/_bundled, as python-build-standalone's runtimes carry it")
+        switch try layout.ensurePip(in: prefix, runtime: runtimeArchive) {
+        case .present: break
+        case .installed(let wheel):
+            settings.log("the runtime has no pip: installed \(wheel) from its ensurepip/_bundled, as python-build-standalone's runtimes carry it")
+        case .unavailable(let bundled):
+            settings.log("warning: the runtime \(runtimeArchive) has no pip and no pip wheel in \(bundled): the volume has no pip (python -m pip fails in it)")
         }
         try installWheels(needed.filter { $0.kind == .wheel }, into: prefix, staging: staging)
         try layout.placeTtyd(staging + "/" + name(.ttyd), into: prefix)

@@ -182,12 +182,15 @@ public struct RuntimeRecipe: Recipe {
     /// `bin/pydoc3.13`, the config directory's `python-config.py`) starts instead as a shell
     /// script that runs the `python3.13` found relative to the script's real place, so the tree
     /// works from any prefix. Run by the build Python; it fails on a Python interpreter line it
-    /// does not expect. Unlike python-build-standalone's, the path is relative to each script's
+    /// does not expect, and follows no link (an install tree that is one is the step boundary's
+    /// to refuse). Unlike python-build-standalone's, the path is relative to each script's
     /// directory (theirs names `python3.13` beside every script, which only `bin/` has).
     var relocatableScripts: [String] {
         let program = #"""
             import os, sys
             root = sys.argv[1]
+            if os.path.islink(root):
+                sys.exit(print(f'{root} is a link: not followed (the step boundary refuses it)'))
             python = os.path.join(root, 'bin', 'python3.13')
             for directory, names, files in os.walk(root):
                 names.sort()

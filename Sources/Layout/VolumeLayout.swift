@@ -72,23 +72,36 @@ public struct VolumeLayout: Sendable {
         }
     }
 
+    /// What `ensurePip` found and did.
+    public enum PipProvision: Equatable, Sendable {
+        /// The runtime carries pip (python-build-standalone's do).
+        case present
+        /// The runtime had none; this bundled wheel was installed.
+        case installed(wheel: String)
+        /// Neither pip nor a bundled wheel: the volume has no pip (smoke's pip check fails on it).
+        case unavailable(bundled: String)
+    }
+
     /// pip, when the runtime has none: the wheel CPython bundles for `ensurepip` (pinned with
     /// CPython's sources), installed as the lock's wheels are, with the `pip`, `pip3` and
     /// `pip3.13` launchers pip writes when it installs itself. python-build-standalone's archives
     /// carry pip (theirs pins the same wheel); a runtime compiled from source has none: its build
-    /// Python has no zlib to run pip from a wheel. Returns the wheel's name, nil when pip was there.
-    public func ensurePip(in prefix: String, runtime archive: String) throws -> String? {
-        guard !FileSystem.exists("\(prefix)/\(sitePackages)/pip/__init__.py") else { return nil }
+    /// Python has no zlib to run pip from a wheel. A runtime with neither is reported, not refused
+    /// (a runtime without pip is still a runtime); two wheels, or one that is not a regular file,
+    /// are refused.
+    public func ensurePip(in prefix: String, runtime archive: String) throws -> PipProvision {
+        guard !FileSystem.exists("\(prefix)/\(sitePackages)/pip/__init__.py") else { return .present }
         let bundled = "lib/python\(python.major).\(python.minor)/ensurepip/_bundled"
         let wheels = ((try? FileManager.default.contentsOfDirectory(atPath: prefix + "/" + bundled)) ?? []).filter {
             $0.hasPrefix("pip-") && $0.hasSuffix(".whl")
         }
-        guard wheels.count == 1, let wheel = wheels.first, FileSystem.kind(of: bundled + "/" + wheel, beneath: prefix) == S_IFREG else {
+        guard let wheel = wheels.first else { return .unavailable(bundled: bundled) }
+        guard wheels.count == 1, FileSystem.kind(of: bundled + "/" + wheel, beneath: prefix) == S_IFREG else {
             throw LayoutError.wrongRuntime(
                 archive: archive, problem: "it has no pip, and \(wheels.count) pip wheels (one regular file expected) in \(bundled) to install it from")
         }
         try WheelInstaller(target: target).install(prefix + "/" + bundled + "/" + wheel, into: prefix)
-        return wheel
+        return .installed(wheel: wheel)
     }
 
     /// `bin/ttyd` (0755) and the empty directories the agent bind-mounts into. The binary must be

@@ -319,21 +319,30 @@ final class ShellRecipeInputs {
         }
     }
 
-    /// The runtime recipe's ten sources, one shape for all: `configure`, perl's `Configure`, a
-    /// Makefile whose `install` runs `evil.sh "$(DESTDIR)"`, and the Makefile.pre.in lines the
-    /// recipe edits. Only cpython's install (with a DESTDIR) writes anything, unless `evil` says otherwise.
+    /// The runtime recipe's ten sources, one shape for all: `configure` (which notes its
+    /// `--prefix`), perl's `Configure`, a Makefile whose `install` runs `evil.sh "$(DESTDIR)"`, and
+    /// the Makefile.pre.in lines the recipe edits. Only cpython's installs write anything, unless
+    /// `evil` says otherwise: with no DESTDIR (the build Python) a `bin/python3.13` that runs this
+    /// machine's Python (the recipe's last command runs it), with one an installed tree.
     func addRuntimeSources(evil: [String: String] = [:]) throws {
         let honestInstall = """
             [ -n "$1" ] || exit 0
             mkdir -p "$1/install/bin" "$1/install/share/man/man1" && printf 'python\\n' > "$1/install/bin/python3.13"
 
             """
+        let buildPython = """
+            [ -z "$1" ] || exit 0
+            prefix=$(cat .prefix) && mkdir -p "$prefix/bin"
+            printf '#!/bin/sh\\nexec /usr/bin/python3 "$@"\\n' > "$prefix/bin/python3.13" && chmod 755 "$prefix/bin/python3.13"
+
+            """
+        let configure = "#!/bin/sh\nfor a; do case $a in --prefix=*) echo \"${a#--prefix=}\" > .prefix;; esac; done\n"
         for name in RuntimeRecipe.components {
             try addSource(
                 name, version: name == "cpython" ? "3.13.0" : "1.0",
                 files: [
-                    "configure": "#!/bin/sh\nexit 0\n", "Configure": "exit 0;\n",
-                    "Makefile": "all:\n\t@true\ninstall:\n\tsh ./evil.sh \"$(DESTDIR)\"\nbuild_libs:\n\t@true\ninstall_dev:\n\t@true\n",
+                    "configure": configure, "Configure": "exit 0;\n", "build-python.sh": name == "cpython" ? buildPython : ":\n",
+                    "Makefile": "all:\n\t@true\ninstall:\n\tsh ./build-python.sh \"$(DESTDIR)\"\n\tsh ./evil.sh \"$(DESTDIR)\"\nbuild_libs:\n\t@true\ninstall_dev:\n\t@true\n",
                     "Makefile.pre.in": "\t$(BLDSHARED) $(NO_AS_NEEDED) -o $@ -Wl,-h$@ $^\nLDFLAGS = -Wl,-h$(INSTSONAME)\n",
                     "evil.sh": evil[name] ?? (name == "cpython" ? honestInstall : ":\n"),
                 ])

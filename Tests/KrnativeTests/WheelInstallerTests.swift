@@ -97,7 +97,7 @@ struct WheelInstallerTests {
 
     /// A runtime without pip (one compiled from source) gets the pip wheel CPython bundles for
     /// ensurepip, with the launchers pip writes when it installs itself (`pip`, `pip3`, `pip3.13`);
-    /// a runtime with pip is left alone; one with neither is refused, naming the runtime.
+    /// a runtime with pip is left alone; one with neither is reported; two wheels are refused, naming the runtime.
     @Test(.enabled(if: python313 != nil, "no CPython 3.13 with pip on this machine (pyenv's 3.13 is used where present)"))
     func aRuntimeWithoutPipGetsEnsurepipsWheel() throws {
         let python = try #require(Self.python313)
@@ -109,8 +109,8 @@ struct WheelInstallerTests {
         try FileManager.default.createDirectory(atPath: prefix + "/" + bundled, withIntermediateDirectories: true)
         try FileManager.default.copyItem(atPath: home + "/" + bundled + "/" + wheel, toPath: prefix + "/" + bundled + "/" + wheel)
         let layout = VolumeLayout(target: .musllinuxX86_64)
-        #expect(try layout.ensurePip(in: prefix, runtime: "runtime.tar.gz") == wheel)
-        #expect(try layout.ensurePip(in: prefix, runtime: "runtime.tar.gz") == nil, "pip is there now")
+        #expect(try layout.ensurePip(in: prefix, runtime: "runtime.tar.gz") == .installed(wheel: wheel))
+        #expect(try layout.ensurePip(in: prefix, runtime: "runtime.tar.gz") == .present, "pip is there now")
         // What pip itself installs from the same wheel: the same files, the same launchers.
         try ChildProcess.check(
             [python, "-m", "pip", "install", "--ignore-installed", "--no-deps", "--no-compile", "--no-index", "--disable-pip-version-check", "--prefix", work.path + "/pip",
@@ -123,10 +123,14 @@ struct WheelInstallerTests {
 
         FileSystem.remove(prefix)
         try FileManager.default.createDirectory(atPath: prefix + "/" + bundled, withIntermediateDirectories: true)
+        #expect(try layout.ensurePip(in: prefix, runtime: "runtime.tar.gz") == .unavailable(bundled: bundled), "no pip, no wheel: reported")
+        for name in [wheel, "pip-0.0-py3-none-any.whl"] {
+            try FileManager.default.copyItem(atPath: home + "/" + bundled + "/" + wheel, toPath: prefix + "/" + bundled + "/" + name)
+        }
         #expect {
             try layout.ensurePip(in: prefix, runtime: "runtime.tar.gz")
         } throws: { error in
-            "\(error)".contains("runtime.tar.gz") && "\(error)".contains("it has no pip, and 0 pip wheels")
+            "\(error)".contains("runtime.tar.gz") && "\(error)".contains("it has no pip, and 2 pip wheels")
         }
     }
 
