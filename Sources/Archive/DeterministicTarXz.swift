@@ -68,6 +68,49 @@ public struct DeterministicTarXz: Sendable {
         return entries
     }
 
+    /// What decides the bytes `pack` would write for `directory`, without compressing anything:
+    /// the format and its settings (epoch, preset, block size), then every entry as `describe`
+    /// normalises its header (path, kind, mode, clamped mtime, size, link target) with each
+    /// regular file's sha256. Equal keys, equal archives — from the same packer: a cache of
+    /// packed volumes adds the packer's own identity (the krnative executable).
+    public func contentKey(of directory: String) throws(ArchiveError) -> SHA256Digest {
+        contentKey(of: try contentRecords(of: directory))
+    }
+
+    /// The key of `records` (`contentRecords`), as `contentKey(of:)` makes it.
+    public func contentKey(of records: [ContentRecord]) -> SHA256Digest {
+        var data = Data("krnative deterministic tar.xz v1\nepoch \(sourceDateEpoch) preset \(preset) block \(blockSize)\n".utf8)
+        for record in records { data += Data((record.line + "\n").utf8) }
+        return SHA256Digest.of(data)
+    }
+
+    /// One entry of a tree as it decides the archive's bytes: its archive path, and its header
+    /// and content in one line.
+    public struct ContentRecord: Sendable, Equatable {
+        public var path: String
+        public var line: String
+    }
+
+    /// Every entry of `directory` in archive order, as `contentKey` hashes it.
+    public func contentRecords(of directory: String) throws(ArchiveError) -> [ContentRecord] {
+        do {
+            var firstPathOfInode: [String: String] = [:]
+            return try Self.list(directory).map { item in
+                let header = archive_entry_new()
+                defer { archive_entry_free(header) }
+                var entry = try describe(item, as: header, root: directory, name: directory, firstPathOfInode: &firstPathOfInode)
+                if entry.kind == .file { entry.sha256 = try SHA256Digest.of(fileAt: directory + "/" + item.relative).digest }
+                let mtime = min(Int64(item.info.st_mtim.tv_sec), sourceDateEpoch)
+                let fields = "\(entry.kind.rawValue) \(String(entry.mode, radix: 8)) \(mtime) \(entry.size) \(entry.sha256?.hex ?? "-") \(entry.target ?? "")"
+                return ContentRecord(path: entry.path, line: fields + "\0" + entry.path + "\0")
+            }
+        } catch let error as ArchiveError {
+            throw error
+        } catch {
+            throw .cannotOpen(archive: directory, reason: "\(error)")
+        }
+    }
+
     struct Listed {
         var relative: String
         var info: stat

@@ -40,6 +40,10 @@ public struct VolumeBuild: Sendable {
         public var entryExecutable: String
         public var jobs = ProcessInfo.processInfo.activeProcessorCount
         public var packThreads = ProcessInfo.processInfo.activeProcessorCount
+        /// Whether what was made before from the same content — a tree's `.pyc`
+        /// (`CompiledBytecode`), a packed volume (`PackedVolumes`) — is copied from the store rather
+        /// than made again: off for `build --force`, the `--check` runs and `verify`.
+        public var reuseDerivedOutputs = true
         public var toolVersion = "0"
         /// The volume ledger the volume's number is checked against (nil: not checked, as in verify).
         public var ledger: VolumeLedgerCheck?
@@ -252,15 +256,27 @@ public struct VolumeBuild: Sendable {
         FileSystem.remove(staging + "/wheels")
     }
 
-    /// The volume tree packed into `staging`; its entries, in archive order.
+    /// The volume tree packed into `staging`; its entries, in archive order. A tree packed before
+    /// with the same content key (and krnative) is copied from the store's packed volumes, unless
+    /// the settings ask for it to be packed again (`build --force`, the `--check` runs, `verify`).
     func pack(_ prefix: String, into staging: String, lock: Lockfile) throws -> [DeterministicTarXz.Entry] {
         settings.log("\(stage(.pack)) packing \(name(.volume))")
         let started = Date()
         var packer = DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch, threads: settings.packThreads)
         if let preset = request.xzPreset { packer.preset = UInt32(preset) }
-        let packed = try packer.pack(prefix, to: staging + "/" + name(.volume))
+        let output = staging + "/" + name(.volume)
+        let packs = PackedVolumes(store: resolver.store, log: settings.log)
+        let key = try PackedVolumes.key(of: prefix, packer: packer, executable: settings.entryExecutable)
+        var how = "packed"
+        let packed: [DeterministicTarXz.Entry]
+        if settings.reuseDerivedOutputs, let kept = try packs.restore(key, to: output) {
+            (packed, how) = (kept, "copied (this tree was packed before: packs/\(key.hex.prefix(12)))")
+        } else {
+            packed = try packer.pack(prefix, to: output)
+            packs.keep(output, entries: packed, as: key)
+        }
         settings.log(
-            "packed \(counted(packed.count, "entry", "entries")) into \(FileSystem.size(of: staging + "/" + name(.volume)) ?? 0) bytes in "
+            "\(how) \(counted(packed.count, "entry", "entries")) into \(FileSystem.size(of: output) ?? 0) bytes in "
                 + String(format: "%.0f s", Date().timeIntervalSince(started)))
         return packed
     }
@@ -402,37 +418,73 @@ public struct VolumeBuild: Sendable {
     }
 
     /// `.pyc` for the volume, by the target's own runtime where it runs here, else by the host's
-    /// glibc runtime of the same Python version (the same magic number), mounted beside it.
+    /// glibc runtime of the same Python version (the same magic number), mounted beside it. The
+    /// `.pyc` of a tree compiled before by the same interpreter are copied from the store instead
+    /// (`CompiledBytecode`), unless the settings ask for them to be compiled again.
     func compileBytecode(layout: VolumeLayout, prefix: String, staging: String, lock: Lockfile) throws {
         guard request.isolation == .namespaces else {
             settings.log("\(stage(.bytecode)) SKIPPED .pyc: without the sandbox the volume is not at \(layout.mountPoint) to be compiled there")
             return
         }
+        guard let compiler = try bytecodeCompiler(layout: layout, staging: staging, lock: lock) else { return }
+        settings.log("\(stage(.bytecode)) compiling .pyc with \(compiler.name)")
+        let records = DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch)
+        let before = try records.contentRecords(of: prefix)
+        let kept = CompiledBytecode(store: resolver.store, log: settings.log)
+        let key = try CompiledBytecode.key(before: records.contentKey(of: before), compiler: compiler.identity, executable: settings.entryExecutable)
+        if settings.reuseDerivedOutputs, try kept.restore(key, into: prefix) {
+            settings.log("copied the .pyc (this tree was compiled before by the same interpreter: bytecode/\(key.hex.prefix(12)))")
+            return
+        }
+        try compiler.prepare()
+        defer { compiler.cleanUp() }
         let runner = SandboxRunner(entryExecutable: settings.entryExecutable, isolation: request.isolation)
-        guard let bytecode = Self.bytecodeTarget(for: request.target, host: .current) else { return }
+        try layout.compileBytecode(
+            in: prefix, runner: runner, interpreter: compiler.interpreter, extraMounts: compiler.mounts, sourceDateEpoch: lock.sourceDateEpoch)
+        guard let added = CompiledBytecode.added(before: before, after: try records.contentRecords(of: prefix)) else {
+            settings.log("the .pyc stage changed more than it added (a wheel's .pth?): its result is not kept for later builds")
+            return
+        }
+        kept.keep(added, from: prefix, as: key)
+    }
+
+    /// The interpreter that compiles a volume's `.pyc`, as `compileBytecode` runs it.
+    struct BytecodeCompiler {
+        /// For people: "the volume's own runtime".
+        var name: String
+        /// What identifies it in the key of its `.pyc` (`CompiledBytecode.key`).
+        var identity: String
+        /// Its path in the sandbox (nil: the volume's own `bin/python3.x`).
+        var interpreter: String?
+        var mounts: [SandboxSpec.Mount] = []
+        var prepare: () throws -> Void = {}
+        var cleanUp: () -> Void = {}
+    }
+
+    /// Who compiles the `.pyc` of this build's volume; nil when nothing on this host can.
+    func bytecodeCompiler(layout: VolumeLayout, staging: String, lock: Lockfile) throws -> BytecodeCompiler? {
+        guard let bytecode = Self.bytecodeTarget(for: request.target, host: .current) else { return nil }
+        let beside = "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)"
         if request.runtime == .source, bytecode != request.target {
             // The build Python the runtime was cross-compiled with: the same CPython, for this machine.
-            settings.log("\(stage(.bytecode)) compiling .pyc with the build Python of the runtime from source")
-            try layout.compileBytecode(
-                in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
-                extraMounts: [.readOnly(staging + "/runtime/build-python", at: "/opt/host-python", followLink: false)], sourceDateEpoch: lock.sourceDateEpoch)
-            return
+            let buildPython = staging + "/runtime/build-python"
+            return BytecodeCompiler(
+                name: "the build Python of the runtime from source", identity: "build Python, tree \(try TreeHash.ofDirectory(at: buildPython).hex)",
+                interpreter: beside, mounts: [.readOnly(buildPython, at: "/opt/host-python", followLink: false)])
         }
         if bytecode == request.target {
-            settings.log("\(stage(.bytecode)) compiling .pyc with the volume's own runtime")
-            try layout.compileBytecode(in: prefix, runner: runner, sourceDateEpoch: lock.sourceDateEpoch)
-            return
+            // The runtime is in the volume: the tree's content key covers it.
+            return BytecodeCompiler(name: "the volume's own runtime", identity: "the volume's runtime")
         }
-        guard let runtime = lock.inputs(for: [bytecode], host: .current).first(where: { $0.kind == .runtime }) else {
+        guard let runtime = lock.inputs(for: [bytecode], host: .current).first(where: { $0.kind == .runtime }), let digest = resolver.located(runtime) else {
             throw CompileError.missingInput(name: "the \(bytecode.rawValue) runtime (it compiles the .pyc)", lockPath: request.locations.lockPath)
         }
         let hostPython = staging + "/host-python"
-        try VolumeLayout(target: bytecode).placeRuntime(try path(of: runtime), into: hostPython, recordedSize: runtime.size)
-        defer { FileSystem.remove(hostPython) }
-        settings.log("\(stage(.bytecode)) compiling .pyc with \(runtime.name), which runs on this host")
-        try layout.compileBytecode(
-            in: prefix, runner: runner, interpreter: "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)",
-            extraMounts: [.readOnly(hostPython, at: "/opt/host-python", followLink: false)], sourceDateEpoch: lock.sourceDateEpoch)
+        return BytecodeCompiler(
+            name: "\(runtime.name), which runs on this host", identity: "\(runtime.name) sha256 \(digest.hex)", interpreter: beside,
+            mounts: [.readOnly(hostPython, at: "/opt/host-python", followLink: false)],
+            prepare: { try VolumeLayout(target: bytecode).placeRuntime(try path(of: runtime), into: hostPython, recordedSize: runtime.size) },
+            cleanUp: { FileSystem.remove(hostPython) })
     }
 }
 

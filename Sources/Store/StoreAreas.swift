@@ -23,6 +23,13 @@ extension Store {
         case zigCache = "zig-cache"
         /// Root file systems of `krnative smoke`.
         case sysroots
+        /// Packed volumes (`volume.tar.xz` and its entries) by what decides their bytes: the
+        /// tree's content key (`DeterministicTarXz.contentKey`) and the krnative that packed it.
+        /// A rebuild whose volume tree is unchanged copies the archive instead of compressing again.
+        case packs
+        /// The `.pyc` a volume's bytecode stage added, by the tree before it and the interpreter:
+        /// a rebuild of the same tree copies them instead of compiling again.
+        case bytecode
         /// Files that failed verification, kept for inspection.
         case quarantine
         /// Ingests in progress and resumable `.partial` downloads.
@@ -32,7 +39,7 @@ extension Store {
 
         /// Areas whose items are made from inputs and can be made again: gc removes the ones not
         /// used for a while.
-        public var isDerived: Bool { [.steps, .toolchains, .zigCache, .sysroots].contains(self) }
+        public var isDerived: Bool { [.steps, .toolchains, .zigCache, .sysroots, .packs, .bytecode].contains(self) }
     }
 
     public func directory(_ area: Area) -> String { root + "/" + area.rawValue }
@@ -122,7 +129,7 @@ extension Store {
             if name.hasSuffix(".partial") { return Self.treeBytes(item(area, name)) == 0 ? "an empty partial download" : nil }
             if let writer = Self.writingProcess(of: name), Self.isRunning(writer) { return nil }
             return "left by a process that is gone"
-        case .steps, .toolchains, .sysroots:
+        case .steps, .toolchains, .sysroots, .packs, .bytecode:
             if let writer = Self.writingProcess(of: name) {
                 return Self.isRunning(writer) ? nil : "an unfinished copy left by process \(writer), which is gone"
             }

@@ -56,7 +56,7 @@ extension Store {
             switch area {
             case .entries: areas.append(verifyEntries())
             case .trees: areas.append(verifyTreeRecords())
-            case .steps, .toolchains, .sysroots: areas.append(verifyDerived(area, treeHash: treeHash))
+            case .steps, .toolchains, .sysroots, .packs, .bytecode: areas.append(verifyDerived(area, treeHash: treeHash))
             case .zigCache: areas.append(verifyLeftovers(area, checks: "none should be here: krnative no longer writes this area"))
             case .quarantine:
                 // After every area that moves things there (Area order); what this run moved is

@@ -59,7 +59,7 @@ struct BuildCommand: ParsableCommand {
         name: .customLong("request"),
         help: "A build request file, as --check writes for its runs: the target, lock, patches and everything that decides the bytes, instead of those options.")
     var requestFile: String?
-    @Flag(help: "Build even when the output directory already holds this build's outputs.") var force = false
+    @Flag(help: "Build even when the output directory already holds this build's outputs, and compile the .pyc and pack the volume again rather than copy what the store kept from the same content.") var force = false
     @Option(parsing: .unconditional, help: "Parallel compile jobs (make -j). Default: the number of CPUs.") var compileJobs: Int?
     @Option(parsing: .unconditional, help: "xz compression threads; the bytes are the same for any number. Default: the number of CPUs.")
     var packThreads: Int?
@@ -174,6 +174,7 @@ struct BuildCommand: ParsableCommand {
         settings.ledger = try ledgerCheck()
         if let compileJobs { settings.jobs = max(1, compileJobs) }
         if let packThreads { settings.packThreads = max(1, packThreads) }
+        settings.reuseDerivedOutputs = !force
         settings.remoteCache = remoteCache
         settings.stepLimits = try limits.chosen()
         if let steps { settings.onTtydSteps = steps.record }

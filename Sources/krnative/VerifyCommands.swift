@@ -115,6 +115,7 @@ struct VerifyCommand: ParsableCommand {
             }.underLocalPolicy(try LocalPolicy.chosen(sandbox: sandbox, audit: audit), source: manifest, field: published.request == nil ? "" : "request")
             var settings = VolumeBuild.Settings(outputDirectory: out, entryExecutable: currentExecutable)
             settings.toolVersion = KrnativeVersion.current
+            settings.reuseDerivedOutputs = false  // verify makes every stage itself: its outputs are what it checks
             let build = VolumeBuild(request: request, settings: settings, resolver: InputResolver(store: try Store(root: inputs.storePath)))
             _ = try fetchInputs(
                 build.neededInputs(lock), for: "--target \(request.target.rawValue)", inputs: inputs, network: try NetworkOptions.parse(["--offline"]), json: false, summary: Reporting.note)

@@ -203,6 +203,7 @@ struct StoreTests {
         let entry = try store.ingest(copying: work.file("source.tar.gz", randomData(2000))).digest
         try store.recordTree(SHA256Digest.of(Data("tree".utf8)), file: entry)
         try completeItem(in: store, .steps, "step", files: ["bin/ttyd": randomData(3000)])
+        try completeItem(in: store, .packs, "packed", files: ["volume.tar.xz": randomData(3000), "entries.json": Data("[]".utf8)])
         makeTree(store.item(.toolchains, "unpacked-before-records"), files: ["bin/cc": randomData(100)])
         makeTree(store.item(.sysroots, "static-gnu-0123456789abcdef"), files: ["etc/os-release": Data("ID=debian\n".utf8)])
         makeTree(store.item(.steps, "next") + ".tmp-\(getpid())", files: ["lib/libz.a": randomData(100)])
@@ -215,9 +216,13 @@ struct StoreTests {
         #expect(report.areas.map(\.area) == Store.Area.allCases)
         let checked = Dictionary(uniqueKeysWithValues: report.areas.map { ($0.area.rawValue, $0.checked) })
         #expect(
-            checked == ["sha256": 1, "trees": 1, "steps": 1, "toolchains": 1, "zig-cache": 0, "sysroots": 1, "quarantine": 0, "tmp": 1, "locks": 1])
+            checked == [
+                "sha256": 1, "trees": 1, "steps": 1, "toolchains": 1, "zig-cache": 0, "sysroots": 1, "packs": 1, "bytecode": 0, "quarantine": 0, "tmp": 1,
+                "locks": 1,
+            ])
         let checks = Dictionary(uniqueKeysWithValues: report.areas.map { ($0.area, $0.checks) })
         #expect(checks[.steps] == "1 tree-hashed again against the record made with it")
+        #expect(checks[.packs] == "1 tree-hashed again against the record made with it")
         #expect(checks[.toolchains] == "1 complete, not verified by hash: nothing recorded")
         #expect(checks[.sysroots] == "1 complete, not verified by hash: nothing recorded")
     }
