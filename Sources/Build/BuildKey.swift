@@ -17,7 +17,7 @@ public enum BuildKey {
     /// under the patches directory ("patch NAME"). Files are there by their hash, never their path.
     public static func parts(of request: BuildRequest, lock: Lockfile, executable: String) throws -> [String: String] {
         var parts = try request.choices.keyParts()
-        parts["krnative executable"] = contents(try SHA256Digest.of(fileAt: executable).digest)
+        parts["krnative executable"] = contents(try SHA256Digest.ofExecutable(at: executable))
         parts["lock"] = contents(lock.digest)
         let patches = request.locations.patchesDirectory
         let names = (FileManager.default.enumerator(atPath: patches)?.allObjects as? [String] ?? []).sorted()

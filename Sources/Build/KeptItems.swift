@@ -41,7 +41,7 @@ struct KeptItems: Sendable {
 
     /// A key of `what` (its lines, naming what decides it) as the krnative at `executable` makes it.
     static func key(_ what: String, executable: String) throws -> SHA256Digest {
-        SHA256Digest.of(Data("\(what)krnative \(try SHA256Digest.of(fileAt: executable).digest.hex)\n".utf8))
+        SHA256Digest.of(Data("\(what)krnative \(try SHA256Digest.ofExecutable(at: executable).hex)\n".utf8))
     }
 
     /// Copies `source` to `destination` through a `.partial` beside it: whole or not at all.

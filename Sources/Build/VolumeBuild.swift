@@ -159,10 +159,10 @@ public struct VolumeBuild: Sendable {
         let staging = stagingDirectory.path
         let ttyd = try buildTtyd(lock: lock, into: staging)
         let prefix = staging + "/volume"
-        let layout = try layOut(into: prefix, staging: staging, lock: lock)
+        let (layout, records) = try layOut(into: prefix, staging: staging, lock: lock)
         let audit = try audit(prefix)
         let ledgerEntry = try admitToLedger(prefix, volume: request.volumeVersion)
-        let packed = try pack(prefix, into: staging, lock: lock)
+        let packed = try pack(prefix, records: records, into: staging, lock: lock)
         try writeSideFiles(layout: layout, licenses: prefix + "/licenses", into: staging, lock: lock)
         let manifest = try writeManifest(ttyd: ttyd, packed: packed, audit: audit, into: staging, lock: lock)
         if Cancellation.requested { throw ArchiveError.interrupted(archive: staging) }
@@ -217,8 +217,9 @@ public struct VolumeBuild: Sendable {
         return ttyd
     }
 
-    /// The volume tree in `prefix`: the runtime, the wheels, ttyd, the licenses, the `.pyc`.
-    func layOut(into prefix: String, staging: String, lock: Lockfile) throws -> VolumeLayout {
+    /// The volume tree in `prefix`: the runtime, the wheels, ttyd, the licenses, the `.pyc`; and
+    /// the tree's content records when the `.pyc` stage read them last (nil otherwise).
+    func layOut(into prefix: String, staging: String, lock: Lockfile) throws -> (VolumeLayout, [DeterministicTarXz.ContentRecord]?) {
         let needed = neededInputs(lock)
         let layout = VolumeLayout(target: request.target)
         let (runtimeArchive, runtimeSize) = try runtimeArchive(lock: lock, staging: staging, needed: needed)
@@ -238,8 +239,8 @@ public struct VolumeBuild: Sendable {
         for source in needed.filter({ $0.kind == .source }) {
             try layout.collectLicenses(ofArchive: try path(of: source), component: source.name, into: prefix)
         }
-        try compileBytecode(layout: layout, prefix: prefix, staging: staging, lock: lock)
-        return layout
+        let records = try compileBytecode(layout: layout, prefix: prefix, staging: staging, lock: lock)
+        return (layout, records)
     }
 
     /// The lock's wheels, in file name order, installed into `prefix`.
@@ -259,14 +260,16 @@ public struct VolumeBuild: Sendable {
     /// The volume tree packed into `staging`; its entries, in archive order. A tree packed before
     /// with the same content key (and krnative) is copied from the store's packed volumes, unless
     /// the settings ask for it to be packed again (`build --force`, the `--check` runs, `verify`).
-    func pack(_ prefix: String, into staging: String, lock: Lockfile) throws -> [DeterministicTarXz.Entry] {
+    /// `records` are the tree's content records as the last stage that wrote it read them, if it did.
+    func pack(_ prefix: String, records: [DeterministicTarXz.ContentRecord]?, into staging: String, lock: Lockfile) throws -> [DeterministicTarXz.Entry] {
         settings.log("\(stage(.pack)) packing \(name(.volume))")
         let started = Date()
         var packer = DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch, threads: settings.packThreads)
         if let preset = request.xzPreset { packer.preset = UInt32(preset) }
         let output = staging + "/" + name(.volume)
         let packs = PackedVolumes(store: resolver.store, log: settings.log)
-        let key = try PackedVolumes.key(of: prefix, packer: packer, executable: settings.entryExecutable)
+        let content = try records.map(packer.contentKey(of:)) ?? packer.contentKey(of: prefix)
+        let key = try PackedVolumes.key(content: content, executable: settings.entryExecutable)
         var how = "packed"
         let packed: [DeterministicTarXz.Entry]
         if settings.reuseDerivedOutputs, let kept = try packs.restore(key, to: output) {
@@ -420,13 +423,14 @@ public struct VolumeBuild: Sendable {
     /// `.pyc` for the volume, by the target's own runtime where it runs here, else by the host's
     /// glibc runtime of the same Python version (the same magic number), mounted beside it. The
     /// `.pyc` of a tree compiled before by the same interpreter are copied from the store instead
-    /// (`CompiledBytecode`), unless the settings ask for them to be compiled again.
-    func compileBytecode(layout: VolumeLayout, prefix: String, staging: String, lock: Lockfile) throws {
+    /// (`CompiledBytecode`), unless the settings ask for them to be compiled again. The tree's
+    /// content records after compiling, when they were read to keep the `.pyc` (nil otherwise).
+    func compileBytecode(layout: VolumeLayout, prefix: String, staging: String, lock: Lockfile) throws -> [DeterministicTarXz.ContentRecord]? {
         guard request.isolation == .namespaces else {
             settings.log("\(stage(.bytecode)) SKIPPED .pyc: without the sandbox the volume is not at \(layout.mountPoint) to be compiled there")
-            return
+            return nil
         }
-        guard let compiler = try bytecodeCompiler(layout: layout, staging: staging, lock: lock) else { return }
+        guard let compiler = try bytecodeCompiler(layout: layout, staging: staging, lock: lock) else { return nil }
         settings.log("\(stage(.bytecode)) compiling .pyc with \(compiler.name)")
         let records = DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch)
         let before = try records.contentRecords(of: prefix)
@@ -434,18 +438,20 @@ public struct VolumeBuild: Sendable {
         let key = try CompiledBytecode.key(before: records.contentKey(of: before), compiler: compiler.identity, executable: settings.entryExecutable)
         if settings.reuseDerivedOutputs, try kept.restore(key, into: prefix) {
             settings.log("copied the .pyc (this tree was compiled before by the same interpreter: bytecode/\(key.hex.prefix(12)))")
-            return
+            return nil
         }
         try compiler.prepare()
         defer { compiler.cleanUp() }
         let runner = SandboxRunner(entryExecutable: settings.entryExecutable, isolation: request.isolation)
         try layout.compileBytecode(
             in: prefix, runner: runner, interpreter: compiler.interpreter, extraMounts: compiler.mounts, sourceDateEpoch: lock.sourceDateEpoch)
-        guard let added = CompiledBytecode.added(before: before, after: try records.contentRecords(of: prefix)) else {
+        let after = try records.contentRecords(of: prefix)
+        guard let added = CompiledBytecode.added(before: before, after: after) else {
             settings.log("the .pyc stage changed more than it added (a wheel's .pth?): its result is not kept for later builds")
-            return
+            return after
         }
         kept.keep(added, from: prefix, as: key)
+        return after
     }
 
     /// The interpreter that compiles a volume's `.pyc`, as `compileBytecode` runs it.

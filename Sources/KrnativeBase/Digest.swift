@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Synchronization
 
 /// A sha256 digest, written as 64 lowercase hex digits everywhere krnative shows or stores one.
 public struct SHA256Digest: Hashable, Sendable, Comparable, CustomStringConvertible, Codable {
@@ -55,6 +56,18 @@ public struct SHA256Digest: Hashable, Sendable, Comparable, CustomStringConverti
         hasher.update(data)
         return hasher.finalize()
     }
+
+    /// The digest of the program at `path` (krnative's own executable, in every key that covers
+    /// it), read once per process while the file stays the same (`FileSystem.stamp`): the keys of
+    /// one build all name the program that runs it.
+    public static func ofExecutable(at path: String) throws(FileSystemError) -> SHA256Digest {
+        let stamp = FileSystem.stamp(of: path)
+        if let stamp, let known = executables.withLock({ $0[path] }), known.stamp == stamp { return known.digest }
+        let digest = try of(fileAt: path).digest
+        if let stamp { executables.withLock { $0[path] = (stamp, digest) } }
+        return digest
+    }
+    private static let executables = Mutex<[String: (stamp: SHA256Digest, digest: SHA256Digest)]>([:])
 
     /// The digest and size of a file, read in chunks.
     public static func of(fileAt path: String) throws(FileSystemError) -> (digest: SHA256Digest, size: Int64) {

@@ -191,6 +191,27 @@ public enum FileSystem {
         return lstat(path, &info) == 0
     }
 
+    /// What changes when anything in the tree at `path` is written, replaced, renamed or has its
+    /// mode changed — each entry's path, device, inode, mode, size, modification and change times,
+    /// links not followed — without reading a byte of content: whether a tree checked before is
+    /// still the one that was checked. A directory's own times are left out (marking a store item
+    /// used touches them); its entries' are in. Nil when `path` is gone.
+    public static func stamp(of path: String) -> SHA256Digest? {
+        var hasher = StreamingSHA256()
+        func add(_ relative: String) -> Bool {
+            var info = stat()
+            guard lstat(path + relative, &info) == 0 else { return false }
+            let directory = info.st_mode & S_IFMT == S_IFDIR
+            let times = directory && relative.isEmpty ? "" : " \(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec) \(info.st_ctim.tv_sec).\(info.st_ctim.tv_nsec)"
+            hasher.update(Data("\(relative)\0\(info.st_dev) \(info.st_ino) \(info.st_mode) \(info.st_size)\(times)\n".utf8))
+            if directory {
+                for name in ((try? FileManager.default.contentsOfDirectory(atPath: path + relative)) ?? []).sorted() { _ = add(relative + "/" + name) }
+            }
+            return true
+        }
+        return add("") ? hasher.finalize() : nil
+    }
+
     /// Whether `path` is a directory (following symlinks).
     public static func isDirectory(_ path: String) -> Bool {
         var info = stat()

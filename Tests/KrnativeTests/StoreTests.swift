@@ -332,6 +332,44 @@ struct StoreTests {
         #expect(lines.count == 2 && lines[0].contains("no longer hashes to its recorded tree") && lines[1].contains("has no tree-hash record"), "\(lines)")
     }
 
+    /// Issue #26: an item is hashed once per process while nothing in it changes — a second use,
+    /// through another `Store` value too, takes its stamp alone. A touched file (same bytes) is
+    /// hashed again and still intact; a rewritten one (same size) is hashed again and quarantined.
+    @Test func anItemIsHashedOncePerProcessUntilItChanges() throws {
+        let work = TemporaryDirectory()
+        let store = try Store(root: work.path + "/store")
+        try completeItem(in: store, .toolchains, "zig", files: ["bin/zig": randomData(4000), "lib/std.zig": randomData(300)])
+        var hashed = 0
+        func use(_ store: Store) -> String? {
+            store.intactItem(.toolchains, "zig", treeHash: { path throws(FileSystemError) in
+                hashed += 1
+                return try TreeHash.ofDirectory(at: path)
+            }, log: { _ in })
+        }
+        let path = store.item(.toolchains, "zig")
+        #expect(use(store) == path && hashed == 1)
+        #expect(use(store) == path && hashed == 1, "hashed again though nothing changed")
+        #expect(use(try Store(root: store.root)) == path && hashed == 1, "another Store value of the same root")
+
+        #expect(utimensat(AT_FDCWD, path + "/lib/std.zig", nil, 0) == 0)
+        #expect(use(store) == path && hashed == 2, "a touched file is hashed again, and its bytes are as recorded")
+        #expect(use(store) == path && hashed == 2)
+
+        let file = path + "/bin/zig"
+        chmod(file, 0o644)
+        try randomData(4000).write(to: URL(fileURLWithPath: file))
+        #expect(use(store) == nil && hashed == 3, "a rewritten file of the same size was not hashed again")
+        #expect(!FileSystem.exists(path))
+
+        // The executable's digest in every key: read once, and again when the file is replaced.
+        let executable = work.file("krnative", "krnative one\n")
+        let first = try SHA256Digest.ofExecutable(at: executable)
+        #expect(try SHA256Digest.ofExecutable(at: executable) == first)
+        _ = work.file("krnative", "krnative two\n")
+        #expect(try SHA256Digest.ofExecutable(at: executable) == SHA256Digest.of(fileAt: executable).digest)
+        #expect(try SHA256Digest.ofExecutable(at: executable) != first, "the same size written over the same path")
+    }
+
     @Test func defaultRootFollowsEnvironment() {
         #expect(Store.defaultRoot(environment: ["KRNATIVE_STORE": "/s", "HOME": "/h"]) == "/s")
         #expect(Store.defaultRoot(environment: ["XDG_CACHE_HOME": "/c", "HOME": "/h"]) == "/c/krnative/store")
