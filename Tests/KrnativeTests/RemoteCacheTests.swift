@@ -153,6 +153,26 @@ struct RemoteCacheTests {
         #expect(try TreeHash.ofDirectory(at: b.store.item(.steps, key.hex)) == TreeHash.ofDirectory(at: tree.path))
         #expect(b.store.recordedTreeHash(.steps, key.hex) == (try TreeHash.ofDirectory(at: tree.path)))
 
+        // Uploaded at the upload preset (issue #26: fast to make); one made at the volume's
+        // preset 6, as earlier krnatives uploaded, restores alike.
+        func packed(preset: UInt32) throws -> Data {
+            var packer = DeterministicTarXz(sourceDateEpoch: 1_700_000_000, threads: 1)
+            packer.preset = preset
+            let archive = work.path + "/step-\(preset).tar.xz"
+            _ = try packer.pack(tree.path, to: archive)
+            return try Data(contentsOf: URL(fileURLWithPath: archive))
+        }
+        let uploaded = try packed(preset: RemoteSteps.uploadPreset)
+        #expect(FileManager.default.fileExists(atPath: cache.data + "/cas/" + SHA256Digest.of(uploaded).hex), "not uploaded at preset \(RemoteSteps.uploadPreset)")
+        let older = try packed(preset: 6)
+        #expect(older != uploaded)
+        try older.write(to: URL(fileURLWithPath: cache.data + "/cas/" + SHA256Digest.of(older).hex))
+        let olderRecord = #"{"format":"krnative step v1","sha256":"\#(SHA256Digest.of(older).hex)","size":\#(older.count)}"#
+        try cache.signer.sign(Data(olderRecord.utf8), key: key).write(to: URL(fileURLWithPath: cache.data + "/ac/" + key.hex))
+        let c = try steps("c")
+        #expect(c.restore(key, component: "zlib"))
+        #expect(try TreeHash.ofDirectory(at: c.store.item(.steps, key.hex)) == TreeHash.ofDirectory(at: tree.path))
+
         let record = cache.data + "/ac/" + key.hex
         let escaping = TemporaryDirectory()
         try FileManager.default.createSymbolicLink(atPath: escaping.path + "/lib", withDestinationPath: "../../../etc")
