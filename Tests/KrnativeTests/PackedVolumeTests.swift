@@ -11,7 +11,7 @@ import Testing
 
 /// Issue #26: a rebuild whose volume tree is unchanged copies the packed volume from the store
 /// instead of compressing the tree again. The key is what decides the archive's bytes.
-@Suite("Packed volumes and .pyc: the same tree is compiled and packed once", .timeLimit(.minutes(10)))
+@Suite("Packed volumes and .pyc: the same tree is compiled and packed once", .timeLimit(.minutes(60)))
 struct PackedVolumeTests {
     let epoch: Int64 = 1_786_665_600
 
@@ -141,7 +141,7 @@ struct PackedVolumeTests {
     }
 }
 
-@Suite("Packed volumes through the real binary", .timeLimit(.minutes(30)), .tags(.process, .namespaces), .endToEnd, .serialized, .needsNamespaces)
+@Suite("Packed volumes through the real binary", .timeLimit(.minutes(60)), .tags(.process, .namespaces), .endToEnd, .serialized, .needsNamespaces)
 struct PackedVolumeBuildTests {
     /// A second build of the same target into an empty output directory (what CI and a second
     /// checkout see) copies the `.pyc` and the volume the first compiled and packed: the same
