@@ -14,15 +14,17 @@ public enum BuildKey {
 
     /// Everything that decides a build's outputs, by name: the request's choices (each field a
     /// part, `BuildRequest.Choices.keyParts`), the krnative executable, the lock, and each file
-    /// under the patches directory ("patch NAME"). Files are there by their hash, never their path.
+    /// under the patches directory ("patch NAME") and the recipes directory ("recipe NAME"). Files
+    /// are there by their hash, never their path.
     public static func parts(of request: BuildRequest, lock: Lockfile, executable: String) throws -> [String: String] {
         var parts = try request.choices.keyParts()
         parts["krnative executable"] = contents(try SHA256Digest.ofExecutable(at: executable))
         parts["lock"] = contents(lock.digest)
-        let patches = request.locations.patchesDirectory
-        let names = (FileManager.default.enumerator(atPath: patches)?.allObjects as? [String] ?? []).sorted()
-        for name in names where !FileSystem.isDirectory(patches + "/" + name) {
-            parts["patch " + name] = contents(try SHA256Digest.of(fileAt: patches + "/" + name).digest)
+        for (kind, directory) in [("patch", request.locations.patchesDirectory), ("recipe", request.locations.recipesDirectory)] {
+            let names = (FileManager.default.enumerator(atPath: directory)?.allObjects as? [String] ?? []).sorted()
+            for name in names where !FileSystem.isDirectory(directory + "/" + name) {
+                parts[kind + " " + name] = contents(try SHA256Digest.of(fileAt: directory + "/" + name).digest)
+            }
         }
         return parts
     }

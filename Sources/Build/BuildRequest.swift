@@ -81,16 +81,26 @@ public struct BuildRequest: Codable, Sendable, Equatable {
     public struct Locations: Codable, Sendable, Equatable {
         public var lockPath: String
         public var patchesDirectory: String
+        /// The recipes (`recipes/<name>.json`); a request written before they were files has none: the built-in ones.
+        public var recipesDirectory: String
 
-        public init(lockPath: String = Lockfile.defaultFileName, patchesDirectory: String) {
+        public init(lockPath: String = Lockfile.defaultFileName, patchesDirectory: String, recipesDirectory: String = RecipeFile.builtIn) {
             self.lockPath = lockPath
             self.patchesDirectory = patchesDirectory
+            self.recipesDirectory = recipesDirectory
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            self.init(
+                lockPath: try container.decode(String.self, forKey: .lockPath), patchesDirectory: try container.decode(String.self, forKey: .patchesDirectory),
+                recipesDirectory: try container.decodeIfPresent(String.self, forKey: .recipesDirectory) ?? RecipeFile.builtIn)
         }
 
         /// The same locations, absolute against the current directory (for a child elsewhere).
         public var absolute: Locations {
             func absolute(_ path: String) -> String { path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path }
-            return Locations(lockPath: absolute(lockPath), patchesDirectory: absolute(patchesDirectory))
+            return Locations(lockPath: absolute(lockPath), patchesDirectory: absolute(patchesDirectory), recipesDirectory: absolute(recipesDirectory))
         }
     }
 

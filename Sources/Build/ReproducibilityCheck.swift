@@ -122,7 +122,10 @@ public struct ReproducibilityCheck: Sendable {
     /// This machine now, as the plan of a run of `variations` needs it.
     func circumstances(for variations: [Variation]) -> CheckCircumstances {
         // The check user must reach the lock, the executable and its own run directory.
-        let reachable = [("-r", options.request.locations.lockPath), ("-x", options.executable), ("-x", options.workDirectory)]
+        let reachable = [
+            ("-r", options.request.locations.lockPath), ("-r", options.request.locations.recipesDirectory), ("-x", options.executable),
+            ("-x", options.workDirectory),
+        ]
         return .probe(for: variations, user: options.user, reachable: reachable, jobs: (options.compileJobs, options.packThreads))
     }
 
@@ -177,7 +180,9 @@ public struct ReproducibilityCheck: Sendable {
         let store = try Store(root: root)
         let request = options.request
         let lock = try Lockfile.load(from: request.locations.lockPath)
-        for input in VolumeBuild.inputs(of: request.target, in: lock, host: .current, toolchain: request.toolchain, runtime: request.runtime) {
+        let inputs = try VolumeBuild.inputs(
+            of: request.target, in: lock, host: .current, toolchain: request.toolchain, runtime: request.runtime, recipes: request.locations.recipesDirectory)
+        for input in inputs {
             guard let digest = source.located(input) else {
                 throw UsageError("the check needs \(input.name) in the store \(options.store); run `krnative fetch --target \(options.target.rawValue)` first")
             }

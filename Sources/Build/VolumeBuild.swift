@@ -64,11 +64,21 @@ public struct VolumeBuild: Sendable {
     public let request: BuildRequest
     public let settings: Settings
     public let resolver: InputResolver
+    /// How many steps ttyd's recipe has, and the runtime's when it is compiled here (for `[k/n]`).
+    let recipeSteps: (ttyd: Int, runtime: Int)
 
-    public init(request: BuildRequest, settings: Settings, resolver: InputResolver) {
+    /// A build of `request`; its recipes are read (and checked) here.
+    public init(request: BuildRequest, settings: Settings, resolver: InputResolver) throws {
         self.request = request
         self.settings = settings
         self.resolver = resolver
+        let recipes = request.locations.recipesDirectory
+        func steps(_ name: String) throws -> Int {
+            let context = RecipeFile.Context(
+                layout: .sandboxed, target: request.target, buildArch: HostPlatform.current.arch, triple: request.target.ttydTriple, jobs: 1, versions: [:])
+            return try RecipeFile.load(name, from: recipes).recipe(for: context).steps.count
+        }
+        recipeSteps = (try steps(TtydBuild.name), request.runtime == .source ? try steps(RuntimeBuild.name) : 0)
     }
 
     /// Everything a build of `target` on `host` with `toolchain` needs: the target's runtime,
@@ -76,12 +86,14 @@ public struct VolumeBuild: Sendable {
     /// run on this host — the host's manylinux runtime of the same Python, to compile the `.pyc`.
     /// With the runtime from source: its sources and Zig instead of any runtime archive.
     public static func inputs(
-        of target: Target, in lock: Lockfile, host: HostPlatform, toolchain: ToolchainKind, runtime: RuntimeSource = .pbs
-    ) -> [LockedInput] {
+        of target: Target, in lock: Lockfile, host: HostPlatform, toolchain: ToolchainKind, runtime: RuntimeSource = .pbs,
+        recipes: String = RecipeFile.builtIn
+    ) throws -> [LockedInput] {
         let toolchainNames =
             [toolchain.lockName(triple: target.ttydTriple, host: host)]
             + (runtime == .source ? [ToolchainKind.zig.lockName(triple: "", host: host)] : [])
-        let runtimeOnly = Set(RuntimeRecipe.components).subtracting(TtydRecipe.components)
+        let runtimeOnly = Set(try RecipeFile.load(RuntimeBuild.name, from: recipes).components)
+            .subtracting(try RecipeFile.load(TtydBuild.name, from: recipes).components)
         var needed = lock.inputs(for: [target], host: host).filter { input in
             switch input.kind {
             case .toolchain: toolchainNames.contains(input.name)
@@ -139,8 +151,9 @@ public struct VolumeBuild: Sendable {
     func names(_ outputs: [BuildOutput]) -> [String] { outputs.map(name) }
 
     /// The lock's inputs this build uses (`inputs(of:in:host:toolchain:runtime:)` for its request).
-    public func neededInputs(_ lock: Lockfile) -> [LockedInput] {
-        Self.inputs(of: request.target, in: lock, host: .current, toolchain: request.toolchain, runtime: request.runtime)
+    public func neededInputs(_ lock: Lockfile) throws -> [LockedInput] {
+        try Self.inputs(
+            of: request.target, in: lock, host: .current, toolchain: request.toolchain, runtime: request.runtime, recipes: request.locations.recipesDirectory)
     }
 
     /// Where the store holds `input`.
@@ -175,6 +188,7 @@ public struct VolumeBuild: Sendable {
     /// isolation, lock and patches; the settings' executable, jobs, remote cache and log.
     func stepSettings(firstStep: Int) -> StepRunner.Settings {
         var step = StepRunner.Settings(entryExecutable: settings.entryExecutable, patchesDirectory: request.locations.patchesDirectory)
+        step.recipesDirectory = request.locations.recipesDirectory
         step.numbering = .init(first: firstStep, total: stageCount.total)
         step.isolation = request.isolation
         step.lockPath = request.locations.lockPath
@@ -193,10 +207,7 @@ public struct VolumeBuild: Sendable {
     /// How many steps the build counts in its `[k/n]`: ttyd's, the runtime's when it is compiled
     /// here, then the stages.
     var stageCount: (ttyd: Int, runtime: Int, total: Int) {
-        let ttyd = TtydRecipe.components.count
-        let runtime =
-            request.runtime == .source
-            ? RuntimeRecipe(layout: .sandboxed, target: request.target, buildArch: HostPlatform.current.arch, jobs: 1).steps.count : 0
+        let (ttyd, runtime) = recipeSteps
         return (ttyd, runtime, ttyd + runtime + Stage.allCases.count)
     }
 
@@ -220,7 +231,7 @@ public struct VolumeBuild: Sendable {
     /// The volume tree in `prefix`: the runtime, the wheels, ttyd, the licenses, the `.pyc`; and
     /// the tree's content records when the `.pyc` stage read them last (nil otherwise).
     func layOut(into prefix: String, staging: String, lock: Lockfile) throws -> (VolumeLayout, [DeterministicTarXz.ContentRecord]?) {
-        let needed = neededInputs(lock)
+        let needed = try neededInputs(lock)
         let layout = VolumeLayout(target: request.target)
         let (runtimeArchive, runtimeSize) = try runtimeArchive(lock: lock, staging: staging, needed: needed)
         settings.log("\(stage(.layout)) laying out the \(request.target.rawValue) volume")
@@ -304,7 +315,7 @@ public struct VolumeBuild: Sendable {
             let (digest, size) = try SHA256Digest.of(fileAt: staging + "/" + file)
             return BuildManifest.Output(file: file, sha256: digest, size: size)
         }
-        let inputs = neededInputs(lock).compactMap { input in
+        let inputs = try neededInputs(lock).compactMap { input in
             resolver.located(input).map {
                 BuildManifest.Input(name: input.name, kind: input.kind, version: input.version, sha256: $0, treeSha256: input.treeSha256, license: input.license)
             }

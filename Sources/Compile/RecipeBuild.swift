@@ -22,11 +22,11 @@ public struct RecipeBuildOptions: Sendable {
 }
 
 /// A build of one target from a recipe, `TtydBuild` or `RuntimeBuild`: the toolchain, the work
-/// directory, the steps, and the recipe's commands as a plain script.
+/// directory, the steps (`recipes/<name>.json`), and the recipe's commands as a plain script.
 public protocol RecipeBuild: Sendable {
-    associatedtype Steps: Recipe
     associatedtype Report: RecipeBuildReport
-    /// Names the work directory (`<name>-<triple>`); `krnative build-<name>` runs the build.
+    /// Names the recipe (`recipes/<name>.json`) and the work directory (`<name>-<triple>`);
+    /// `krnative build-<name>` runs the build.
     static var name: String { get }
     /// What the build makes, for the plain script's title.
     static var product: String { get }
@@ -37,7 +37,6 @@ public protocol RecipeBuild: Sendable {
     var triple: String { get }
     /// The build machine's triple, when the recipe also compiles for it (`build-cc`, …).
     var buildTriple: String? { get }
-    func recipe(lock: Lockfile, layout: BuildLayout) -> Steps
     /// Builds (or, with `prepareOnly`, prepares) and leaves the output and its report in the output directory.
     func run(lock: Lockfile) throws -> Report
 }
@@ -56,6 +55,17 @@ extension RecipeBuild {
 
     var stepRunner: StepRunner { StepRunner(settings: options.settings, resolver: resolver) }
 
+    /// The recipe's steps for this build: `recipes/<name>.json` of the settings' recipes directory,
+    /// for the target, this machine, the toolchain's triple, the jobs and the lock's versions.
+    public func recipe(lock: Lockfile, layout: BuildLayout) throws -> RenderedRecipe {
+        let file = try RecipeFile.load(Self.name, from: options.settings.recipesDirectory)
+        let versions = Dictionary(uniqueKeysWithValues: file.components.compactMap { name in lock[name].map { (name, $0.version) } })
+        let context = RecipeFile.Context(
+            layout: layout, target: options.target, buildArch: options.settings.host.arch, triple: triple, jobs: options.settings.jobs,
+            versions: versions)
+        return try file.recipe(for: context)
+    }
+
     /// The toolchain, unpacked into the store, when it runs on this machine.
     func toolchain(lock: Lockfile) throws -> Toolchain {
         let host = options.settings.host
@@ -71,7 +81,7 @@ extension RecipeBuild {
         let settings = options.settings
         return try runner.withWorkDirectory(settings.workDirectory, name: "\(Self.name)-\(triple)", keep: settings.keepWork) { work in
             let space = try runner.prepare(toolchain, work: work, buildTriple: buildTriple)
-            return try finish(space, try runner.run(recipe(lock: lock, layout: space.layout), lock: lock, in: space))
+            return try finish(space, try runner.run(try recipe(lock: lock, layout: space.layout), lock: lock, in: space))
         }
     }
 
@@ -85,7 +95,7 @@ extension RecipeBuild {
         let toolchain = try toolchain(lock: lock)
         let layout = BuildLayout(build: work, toolchain: toolchain.hostRoot, zigCache: BuildLayout.zigCache(inWork: work))
         return StepRunner.plainScript(
-            recipe(lock: lock, layout: layout), layout: layout,
+            try recipe(lock: lock, layout: layout), layout: layout,
             title: "\(Self.product) for \(triple), the recipe's commands without krnative (written by krnative build-\(Self.name) --print-script)",
             epoch: epoch)
     }

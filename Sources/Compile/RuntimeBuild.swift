@@ -12,11 +12,11 @@ import Toolchain
 public enum RuntimeSource: String, Sendable, Codable, CaseIterable {
     /// python-build-standalone's `install_only_stripped` archive, pinned in the lock.
     case pbs
-    /// CPython and its libraries compiled here from the lock's sources (`RuntimeRecipe`).
+    /// CPython and its libraries compiled here from the lock's sources (`recipes/runtime.json`).
     case source
 }
 
-/// Builds a target's CPython from the lock's sources with `RuntimeRecipe`, and packs it as
+/// Builds a target's CPython from the lock's sources with `recipes/runtime.json`, and packs it as
 /// python-build-standalone's `install_only_stripped` archive (`python/…`), so the volume's
 /// layout stage takes it as it takes a downloaded one.
 public struct RuntimeBuild: RecipeBuild {
@@ -51,16 +51,17 @@ public struct RuntimeBuild: RecipeBuild {
     }
 
     public var toolchainKind: ToolchainKind { .zig }
-    public var triple: String { RuntimeRecipe.zigTriple(for: options.target) }
+    public var triple: String { Self.zigTriple(for: options.target) }
+
+    /// Zig's target for `target`: manylinux2014's glibc, or musl (dynamic, so musllinux wheels load).
+    public static func zigTriple(for target: Target) -> String {
+        "\(target.arch.rawValue)-linux-" + (target.libc == .gnu ? "gnu.2.17" : "musl")
+    }
     public var buildTriple: String? { "\(options.settings.host.arch.rawValue)-linux-gnu" }
 
     /// The archive's file name: python-build-standalone's pattern, with `krnative` as the build.
     public static func archiveName(for target: Target, version: String) -> String {
-        "cpython-\(version)-\(RuntimeRecipe.zigTriple(for: target))-krnative-install_only_stripped.tar.xz"
-    }
-
-    public func recipe(lock: Lockfile, layout: BuildLayout) -> RuntimeRecipe {
-        RuntimeRecipe(layout: layout, target: options.target, buildArch: options.settings.host.arch, jobs: options.settings.jobs)
+        "cpython-\(version)-\(zigTriple(for: target))-krnative-install_only_stripped.tar.xz"
     }
 
     public func run(lock: Lockfile) throws -> Report {

@@ -25,6 +25,8 @@ public struct StepRunner: Sendable {
         /// The krnative executable that runs inside the sandbox.
         public var entryExecutable: String
         public var patchesDirectory: String
+        /// Where the recipes are (`recipes/<name>.json`).
+        public var recipesDirectory = RecipeFile.builtIn
         /// Compile every step even when the step cache has its result (the result is cached again).
         public var rebuild = false
         /// Unpack and patch every source into the work directory, and compile nothing.

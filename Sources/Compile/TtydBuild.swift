@@ -82,11 +82,6 @@ public struct TtydBuild: RecipeBuild {
 
     public var triple: String { options.target.ttydTriple }
 
-    public func recipe(lock: Lockfile, layout: BuildLayout) -> TtydRecipe {
-        let versions = Dictionary(uniqueKeysWithValues: TtydRecipe.components.compactMap { name in lock[name].map { (name, $0.version) } })
-        return TtydRecipe(layout: layout, triple: triple, jobs: options.settings.jobs, versions: versions)
-    }
-
     public func run(lock: Lockfile) throws -> Report {
         try runSteps(lock: lock) { space, outcome in
             var report = Report(

@@ -97,7 +97,7 @@ struct BuildCommand: ParsableCommand {
     var optionsTheRequestHolds: [String] {
         let given: [(String, Bool)] = [
             ("--target", !targets.isEmpty), ("--all", all), ("--lock", inputs.lock != nil), ("--config", choices.config != nil),
-            ("--patches", patchesOption != nil), ("--policy", policyOption != nil), ("--toolchain", choices.toolchain != nil),
+            ("--patches", patchesOption != nil), ("--recipes", choices.recipes != nil), ("--policy", policyOption != nil), ("--toolchain", choices.toolchain != nil),
             ("--runtime", choices.runtime != nil), ("--xz-preset", xzPreset != nil), ("--flavour", !flavour.isEmpty),
         ]
         return given.filter(\.1).map(\.0)
@@ -164,7 +164,8 @@ struct BuildCommand: ParsableCommand {
             target: target, flavour: flavour, config: krunner, toolchain: choices.toolchain(for: .current),
             runtime: choices.runtime, isolation: try Isolation.chosen(sandbox), auditMode: audit ?? .enforce, auditPolicy: try AuditPolicy.load(from: policy))
         chosen.xzPreset = xzPreset
-        return BuildRequest(choices: chosen, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches))
+        return BuildRequest(
+            choices: chosen, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches, recipesDirectory: inputs.project.recipes(choices.recipes)))
     }
 
     /// How the options ask to run a build (none of it changes the bytes).
@@ -184,7 +185,7 @@ struct BuildCommand: ParsableCommand {
     /// One request: the no-op check, else the build, and with --check the variations. With
     /// `steps`, one of several: its JSON goes into the table, not out on its own.
     func build(_ request: BuildRequest, lock: Lockfile, store: Store, remoteCache: RemoteCache?, steps: StepCounts? = nil) throws {
-        let build = VolumeBuild(request: request, settings: try settings(remoteCache: remoteCache, steps: steps), resolver: InputResolver(store: store))
+        let build = try VolumeBuild(request: request, settings: try settings(remoteCache: remoteCache, steps: steps), resolver: InputResolver(store: store))
         let runs = try checkRuns()
         let manifest: BuildManifest
         let verdict = force ? nil : try build.upToDate(lock: lock)
@@ -371,6 +372,7 @@ struct InputChoiceOptions: ParsableArguments {
             "pbs: python-build-standalone's archive from the lock; source: CPython compiled here from the lock's sources. Default: krunner.json's runtime, else pbs."
     )
     var runtime: RuntimeSource?
+    @Option(help: "The recipes directory (recipes/<name>.json: each native build's steps as data). Default: the project's recipes/, else those krnative was built with.") var recipes: String?
 
     func configPath(in project: Project) -> String { project.file(config, default: KrunnerConfig.defaultFileName) }
 
@@ -389,15 +391,16 @@ struct InputChoiceOptions: ParsableArguments {
     /// The inputs the builds of `targets` on `host` with these choices use, and the options that
     /// name those builds on the machine that runs them (`--target T --toolchain zig --runtime pbs`).
     func buildInputs(of targets: [Target], host: HostPlatform, lock: Lockfile, project: Project) throws -> (inputs: [LockedInput], options: String) {
-        try Self.buildInputs(of: targets, host: host, toolchain: toolchain(for: host), runtime: runtime(in: project), lock: lock)
+        try Self.buildInputs(
+            of: targets, host: host, toolchain: toolchain(for: host), runtime: runtime(in: project), recipes: project.recipes(recipes), lock: lock)
     }
 
     static func buildInputs(
-        of targets: [Target], host: HostPlatform, toolchain: ToolchainKind, runtime: RuntimeSource, lock: Lockfile
-    ) -> (inputs: [LockedInput], options: String) {
+        of targets: [Target], host: HostPlatform, toolchain: ToolchainKind, runtime: RuntimeSource, recipes: String, lock: Lockfile
+    ) throws -> (inputs: [LockedInput], options: String) {
         var inputs: [LockedInput] = []
         for target in targets {
-            for input in VolumeBuild.inputs(of: target, in: lock, host: host, toolchain: toolchain, runtime: runtime)
+            for input in try VolumeBuild.inputs(of: target, in: lock, host: host, toolchain: toolchain, runtime: runtime, recipes: recipes)
             where !inputs.contains(where: { $0.name == input.name }) {
                 inputs.append(input)
             }

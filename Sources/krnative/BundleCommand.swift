@@ -58,14 +58,16 @@ struct BundleCommand: ParsableCommand {
                 return (targets, host, try choices.buildInputs(of: targets, host: host, lock: lock, project: inputs.project), lock, inputs.lockPath)
             }
             let given = [("--target", !selection.targets.isEmpty), ("--all", selection.all), ("--lock", inputs.lock != nil),
-                ("--config", choices.config != nil), ("--toolchain", choices.toolchain != nil), ("--runtime", choices.runtime != nil)]
+                ("--config", choices.config != nil), ("--toolchain", choices.toolchain != nil), ("--runtime", choices.runtime != nil),
+                ("--recipes", choices.recipes != nil)]
                 .filter(\.1).map(\.0)
             guard given.isEmpty else { throw UsageError("--request FILE names the build and its lock: drop \(given.joined(separator: ", "))") }
             let request = try BuildRequest.load(from: requestFile)
             let host = try selection.resolvedHost()
             let lock = try Lockfile.load(from: request.locations.lockPath)
-            let build = InputChoiceOptions.buildInputs(
-                of: [request.target], host: host, toolchain: request.toolchain, runtime: request.runtime, lock: lock)
+            let build = try InputChoiceOptions.buildInputs(
+                of: [request.target], host: host, toolchain: request.toolchain, runtime: request.runtime,
+                recipes: request.locations.recipesDirectory, lock: lock)
             return ([request.target], host, build, lock, request.locations.lockPath)
         }
     }

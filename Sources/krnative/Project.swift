@@ -1,4 +1,6 @@
+import Compile
 import Foundation
+import KrnativeBase
 import Lock
 
 /// The project krnative works in: the nearest directory holding `krnative.lock.json`, found from
@@ -24,5 +26,11 @@ struct Project {
     /// The path the user gave, else `relative` inside the project.
     func file(_ explicit: String?, default relative: String) -> String {
         explicit ?? root + "/" + relative
+    }
+
+    /// The recipes directory: the one given, else the project's `recipes/` when it has one, else
+    /// the recipes this krnative was built with.
+    func recipes(_ explicit: String?) -> String {
+        explicit ?? (FileSystem.isDirectory(root + "/recipes") ? root + "/recipes" : RecipeFile.builtIn)
     }
 }

@@ -16,6 +16,7 @@ struct RecipeBuildArguments: ParsableArguments {
     @OptionGroup var inputs: InputOptions
     @Option(name: .customLong("out"), help: "Where the output and its report go. Default: the project's out/.") var outOption: String?
     @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
+    @Option(help: "The recipes directory (recipes/<name>.json: each native build's steps as data). Default: the project's recipes/, else those krnative was built with.") var recipes: String?
     @Option(help: "namespaces, or none to build without isolation. Default: namespaces; env KRNATIVE_SANDBOX.") var sandbox: Isolation?
     @Option(parsing: .unconditional, help: "Parallel compile jobs. Default: the number of CPUs.") var jobs: Int?
     @Option(help: "Build in this directory instead of a temporary one (kept).") var workdir: String?
@@ -41,6 +42,7 @@ struct RecipeBuildArguments: ParsableArguments {
     /// What these options ask of a build of `target`.
     func options(for target: Target) throws -> RecipeBuildOptions {
         var settings = StepRunner.Settings(entryExecutable: currentExecutable, patchesDirectory: patches)
+        settings.recipesDirectory = inputs.project.recipes(recipes)
         settings.isolation = try Isolation.chosen(sandbox)
         if let jobs { settings.jobs = jobs }
         settings.workDirectory = workdir

@@ -86,6 +86,7 @@ struct VerifyCommand: ParsableCommand {
     @Option(help: "The published krnative-manifest.{distro}.{arch}.json.") var manifest: String
     @Option(name: .customLong("out"), help: "Where the rebuild goes. Default: the project's verify.out/.") var outOption: String?
     @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
+    @Option(help: "The recipes directory (recipes/<name>.json: each native build's steps as data). Default: the project's recipes/, else those krnative was built with.") var recipes: String?
     @Option(
         name: .customLong("policy"),
         help: "The audit policy, for a manifest older than its recorded request. Default: the project's sysroots/audit-policy.json.")
@@ -110,15 +111,16 @@ struct VerifyCommand: ParsableCommand {
                     "\(manifest) was built from a lock with sha256 \(published.lockSha256); \(inputs.lockPath) has \(lock.digest). "
                         + "Check out the lock it was built from, or pass it with --lock")
             }
-            let request = try BuildRequest(recordedIn: published, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches)) {
+            let locations = BuildRequest.Locations(lockPath: inputs.lockPath, patchesDirectory: patches, recipesDirectory: inputs.project.recipes(recipes))
+            let request = try BuildRequest(recordedIn: published, locations: locations) {
                 try AuditPolicy.load(from: policy)
             }.underLocalPolicy(try LocalPolicy.chosen(sandbox: sandbox, audit: audit), source: manifest, field: published.request == nil ? "" : "request")
             var settings = VolumeBuild.Settings(outputDirectory: out, entryExecutable: currentExecutable)
             settings.toolVersion = KrnativeVersion.current
             settings.reuseDerivedOutputs = false  // verify makes every stage itself: its outputs are what it checks
-            let build = VolumeBuild(request: request, settings: settings, resolver: InputResolver(store: try Store(root: inputs.storePath)))
+            let build = try VolumeBuild(request: request, settings: settings, resolver: InputResolver(store: try Store(root: inputs.storePath)))
             _ = try fetchInputs(
-                build.neededInputs(lock), for: "--target \(request.target.rawValue)", inputs: inputs, network: try NetworkOptions.parse(["--offline"]), json: false, summary: Reporting.note)
+                try build.neededInputs(lock), for: "--target \(request.target.rawValue)", inputs: inputs, network: try NetworkOptions.parse(["--offline"]), json: false, summary: Reporting.note)
             let rebuilt = try build.run(lock: lock)
             identical = show(ManifestComparison.compare(published, at: manifest, with: rebuilt, at: out), json: output.json)
             if identical && !keep {

@@ -80,7 +80,7 @@ struct AirGapTests {
         let exported = krnative(["bundle", "export", bundle, "--target", target.rawValue, "--lock", a.lock, "--store", a.store, "--json"])
         try #require(exported.succeeded, "\(exported.stderr)")
         let manifest = try JSONDecoder().decode(BundleManifest.self, from: Data(exported.stdout.utf8))
-        let used = VolumeBuild.inputs(of: target, in: try Lockfile.load(from: a.lock), host: .current, toolchain: .zig, runtime: .pbs)
+        let used = try VolumeBuild.inputs(of: target, in: try Lockfile.load(from: a.lock), host: .current, toolchain: .zig, runtime: .pbs)
         #expect(manifest.inputs.map(\.name).sorted() == used.map(\.name).sorted())
         #expect(!manifest.inputs.contains { ["bzip2", "openssl"].contains($0.name) || $0.name.hasPrefix("musl-cross") })
         #expect(manifest.build == "--target \(target.rawValue) --toolchain zig --runtime pbs")

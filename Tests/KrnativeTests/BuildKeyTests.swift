@@ -34,7 +34,7 @@ struct BuildKeyTests {
         change(&request)
         var settings = VolumeBuild.Settings(outputDirectory: out, entryExecutable: directory.path + "/krnative")
         setUp(&settings)
-        return VolumeBuild(request: request, settings: settings, resolver: InputResolver(store: try Store(root: directory.path + "/store")))
+        return try VolumeBuild(request: request, settings: settings, resolver: InputResolver(store: try Store(root: directory.path + "/store")))
     }
 
     /// Stand-ins for `build`'s outputs in `out` (a small real volume, the wheel carrying it, the

@@ -10,7 +10,7 @@ import Toolchain
 /// The recipe and the toolchain files are values: checked here without running anything.
 @Suite("ttyd recipe", .timeLimit(.minutes(60)))
 struct RecipeTests {
-    let recipe = TtydRecipe(
+    let recipe = ttydRecipe(
         layout: .sandboxed, triple: "aarch64-linux-musl", jobs: 2,
         versions: ["zlib": "1.3.1", "json-c": "0.17", "libuv": "1.44.2", "mbedtls": "2.28.5", "libwebsockets": "4.3.3", "ttyd": "1.7.7"])
 
@@ -18,7 +18,7 @@ struct RecipeTests {
 
     @Test func followsCrossBuildShInOrder() {
         #expect(recipe.steps.map(\.component) == ["zlib", "json-c", "libuv", "mbedtls", "libwebsockets", "ttyd"])
-        #expect(TtydRecipe.components == recipe.steps.map(\.component))
+        #expect(ttydRecipeFile.components == recipe.steps.map(\.component))
         #expect(step("zlib").commands[0] == ["./configure", "--static", "--archs=-fPIC", "--prefix=/build/stage"])
         #expect(step("zlib").environment["CHOST"] == "aarch64-linux-musl")
         #expect(step("zlib").environment["CC"] == "/build/wrappers/cc")
@@ -42,15 +42,14 @@ struct RecipeTests {
         let old = step("libuv").commands
         #expect(old.contains(["cmake", "--build", "build", "-j", "2", "--target", "uv_a"]))
         #expect(old.contains(["cmake", "-E", "copy", "build/libuv_a.a", "/build/stage/lib/libuv.a"]))
-        var newer = recipe
-        newer.versions["libuv"] = "1.50.0"
+        let newer = ttydRecipe(layout: .sandboxed, triple: "aarch64-linux-musl", jobs: 2, versions: ["libuv": "1.50.0"])
         let commands = newer.steps.first { $0.component == "libuv" }!.commands
         #expect(commands[0].contains("-DLIBUV_BUILD_SHARED=OFF"))
         #expect(commands.last == ["cmake", "--install", "build"])
     }
 
     @Test func hostPathsAreMappedAwayWithoutTheSandbox() {
-        let unsandboxed = TtydRecipe(
+        let unsandboxed = ttydRecipe(
             layout: BuildLayout(build: "/home/me/work", toolchain: "/store/toolchains/x", zigCache: "/store/zig"), triple: "x86_64-linux-musl",
             jobs: 1, versions: [:])
         let flags = unsandboxed.steps.last!.commands[0].first { $0.hasPrefix("-DCMAKE_C_FLAGS=") }!
@@ -79,13 +78,13 @@ struct RecipeTests {
 /// The runtime recipe is a value too: its steps, flags and answers, checked without compiling.
 @Suite("runtime recipe", .timeLimit(.minutes(60)))
 struct RuntimeRecipeTests {
-    func recipe(_ target: Target) -> RuntimeRecipe { RuntimeRecipe(layout: .sandboxed, target: target, buildArch: .x86_64, jobs: 2) }
+    func recipe(_ target: Target) -> RenderedRecipe { runtimeRecipe(layout: .sandboxed, target: target, buildArch: .x86_64, jobs: 2) }
     func step(_ name: String, of target: Target = .musllinuxX86_64) -> BuildStep { recipe(target).steps.first { $0.name == name }! }
 
     @Test func buildPythonFirstThenTheLibrariesThenCPython() {
         let steps = recipe(.musllinuxAarch64).steps
         #expect(steps.map(\.name) == ["cpython-build", "zlib", "bzip2", "xz", "libffi", "util-linux", "ncurses", "readline", "sqlite", "openssl", "cpython"])
-        #expect(Set(steps.map(\.component)) == Set(RuntimeRecipe.components))
+        #expect(Set(steps.map(\.component)) == Set(runtimeRecipeFile.components))
         #expect(steps.allSatisfy { $0.adaptation != nil }, "every step says why it is built as it is")
         // The build Python is compiled for this machine, never the target, and used by the cross build.
         #expect(step("cpython-build").environment["CC"] == "/build/wrappers/build-cc")
@@ -97,10 +96,10 @@ struct RuntimeRecipeTests {
     }
 
     @Test func zigTriplesAreManylinux2014GlibcAndMusl() {
-        #expect(RuntimeRecipe.zigTriple(for: .manylinuxX86_64) == "x86_64-linux-gnu.2.17")
-        #expect(RuntimeRecipe.zigTriple(for: .manylinuxAarch64) == "aarch64-linux-gnu.2.17")
-        #expect(RuntimeRecipe.zigTriple(for: .musllinuxX86_64) == "x86_64-linux-musl")
-        #expect(RuntimeRecipe.zigTriple(for: .musllinuxAarch64) == "aarch64-linux-musl")
+        #expect(RuntimeBuild.zigTriple(for: .manylinuxX86_64) == "x86_64-linux-gnu.2.17")
+        #expect(RuntimeBuild.zigTriple(for: .manylinuxAarch64) == "aarch64-linux-gnu.2.17")
+        #expect(RuntimeBuild.zigTriple(for: .musllinuxX86_64) == "x86_64-linux-musl")
+        #expect(RuntimeBuild.zigTriple(for: .musllinuxAarch64) == "aarch64-linux-musl")
         #expect(RuntimeBuild.archiveName(for: .musllinuxX86_64, version: "3.13.15") == "cpython-3.13.15-x86_64-linux-musl-krnative-install_only_stripped.tar.xz")
     }
 
@@ -175,7 +174,7 @@ struct RuntimeRecipeTests {
 
     @Test func theTtydStepsKeepTheirJSON() throws {
         // `directory` is new and absent from ttyd's steps: their JSON is as before.
-        let ttyd = TtydRecipe(layout: .sandboxed, triple: "x86_64-linux-musl", jobs: 2, versions: [:])
+        let ttyd = ttydRecipe(layout: .sandboxed, triple: "x86_64-linux-musl", jobs: 2, versions: [:])
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         let json = String(decoding: try encoder.encode(ttyd.steps[0]), as: UTF8.self)
@@ -192,7 +191,7 @@ struct RuntimeRecipeTests {
     /// Issue #23: a step's key covers the whole environment its commands get, from the spec the
     /// sandbox runs them with: the fixed variables (SOURCE_DATE_EPOCH among them) and the step's.
     @Test func aStepsKeyCoversTheEnvironmentItsCommandsGet() {
-        let ttyd = TtydRecipe(layout: .sandboxed, triple: "x86_64-linux-musl", jobs: 2, versions: [:])
+        let ttyd = ttydRecipe(layout: .sandboxed, triple: "x86_64-linux-musl", jobs: 2, versions: [:])
         let tree = SHA256Digest.of(Data("tree".utf8))
         for step in ttyd.steps {
             let spec = StepRunner.commandSpec(step.commands[0], of: step, in: .sandboxed, epoch: 1_700_000_000)

@@ -34,7 +34,7 @@ struct RuntimeTests {
         let manifest = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: out + "/krnative-manifest.\(Self.distro).x86_64.json")))
         #expect(manifest.runtime == .source)
         #expect(manifest.audit?.mode == .enforce && manifest.audit?.violations.isEmpty == true)
-        for component in RuntimeRecipe.components {
+        for component in runtimeRecipeFile.components {
             #expect(manifest.inputs.contains { $0.name == component }, "\(component) is not in the manifest's inputs")
         }
         let tarball = out + "/krunner-env.\(Self.distro).x86_64.tar.xz"
@@ -118,8 +118,8 @@ struct BuildRuntimeCommandTests {
         let common = ["build-runtime", "--lock", lock, "--store", CompileTests.store.path, "--target", "musllinux-x86_64", "--sandbox", "none", "--workdir", prepared]
         let prepare = krnative(common + ["--prepare-only"])
         try #require(prepare.succeeded, "\(prepare.stderr.suffix(3000))")
-        #expect(prepare.stdout.contains("prepared \(RuntimeRecipe.components.count) sources in \(prepared)"), "\(prepare.stdout)")
-        let steps = ["cpython-build"] + RuntimeRecipe.components.dropFirst() + ["cpython"]
+        #expect(prepare.stdout.contains("prepared \(runtimeRecipeFile.components.count) sources in \(prepared)"), "\(prepare.stdout)")
+        let steps = ["cpython-build"] + runtimeRecipeFile.components.dropFirst() + ["cpython"]
         let sources = try FileManager.default.contentsOfDirectory(atPath: prepared + "/src")
         #expect(Set(sources) == Set(steps), "one directory a step: \(sources.sorted())")
         #expect(try FileManager.default.contentsOfDirectory(atPath: prepared + "/stage").isEmpty, "nothing compiled")

@@ -337,7 +337,7 @@ final class ShellRecipeInputs {
 
             """
         let configure = "#!/bin/sh\nfor a; do case $a in --prefix=*) echo \"${a#--prefix=}\" > .prefix;; esac; done\n"
-        for name in RuntimeRecipe.components {
+        for name in runtimeRecipeFile.components {
             try addSource(
                 name, version: name == "cpython" ? "3.13.0" : "1.0",
                 files: [

@@ -1,4 +1,5 @@
 import Archive
+import Compile
 import Fetch
 import Foundation
 import KrnativeBase
@@ -289,4 +290,19 @@ func writeServedSourceLock(to path: String, server: FaultServer) throws -> Locke
         treeSha256: try TreeHash.ofDirectory(at: tree.path + "/lib-1.0"), urls: [server.url("files/lib.tar.gz")])
     try Lockfile(sourceDateEpoch: 1_700_000_000, inputs: [source]).write(to: path)
     return source
+}
+
+/// The project's recipes (`recipes/`), as a build reads them.
+let ttydRecipeFile = try! RecipeFile.load("ttyd", from: Package.root + "/recipes")
+let runtimeRecipeFile = try! RecipeFile.load("runtime", from: Package.root + "/recipes")
+
+/// ttyd's recipe for the musl target of `triple`'s architecture.
+func ttydRecipe(layout: BuildLayout, triple: String, jobs: Int, versions: [String: String]) -> RenderedRecipe {
+    let target: Target = triple.hasPrefix("aarch64") ? .musllinuxAarch64 : .musllinuxX86_64
+    return try! ttydRecipeFile.recipe(for: .init(layout: layout, target: target, buildArch: .x86_64, triple: triple, jobs: jobs, versions: versions))
+}
+
+/// The runtime's recipe for `target`, built on a `buildArch` machine.
+func runtimeRecipe(layout: BuildLayout, target: Target, buildArch: Architecture, jobs: Int) -> RenderedRecipe {
+    try! runtimeRecipeFile.recipe(for: .init(layout: layout, target: target, buildArch: buildArch, triple: RuntimeBuild.zigTriple(for: target), jobs: jobs, versions: [:]))
 }
