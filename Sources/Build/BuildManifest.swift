@@ -92,7 +92,7 @@ extension BuildManifest {
         outputs: [Output], volume: [VolumeEntry]
     ) {
         self.init(
-            tool: .init(version: toolVersion), target: request.target, lockSha256: lock.digest, sourceDateEpoch: lock.sourceDateEpoch,
+            tool: .init(version: toolVersion), target: request.target, lockSha256: lock.digest, sourceDateEpoch: request.sourceDateEpoch ?? lock.sourceDateEpoch,
             isolation: request.isolation, packageVersion: request.packageVersion, volumeVersion: request.volumeVersion, inputs: inputs,
             patches: patches, outputs: outputs, volume: volume, buildKey: BuildKey.digest(of: key), buildKeyParts: key,
             toolchain: request.toolchain, runtime: request.runtime, request: request)

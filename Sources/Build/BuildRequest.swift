@@ -39,6 +39,9 @@ public struct BuildRequest: Codable, Sendable, Equatable {
         /// The package the volume ships as (nil: the target's default flavour, as every build
         /// before flavours; a default flavour is always recorded as nil, so its keys stay as they were).
         public var flavour: Flavour?
+        /// The SOURCE_DATE_EPOCH every step gets and every output's times are clamped to (nil:
+        /// the lock's `sourceDateEpoch`, as every build before this choice).
+        public var sourceDateEpoch: Int64?
 
         /// The flavour this build makes.
         public var chosenFlavour: Flavour { flavour ?? target.defaultFlavour }
@@ -106,6 +109,9 @@ public struct BuildRequest: Codable, Sendable, Equatable {
 
     public var choices: Choices
     public var locations: Locations
+
+    /// The epoch a build of this request from `lock` uses: the request's, else the lock's.
+    public func epoch(of lock: Lockfile) -> Int64 { choices.sourceDateEpoch ?? lock.sourceDateEpoch }
 
     public init(choices: Choices, locations: Locations) {
         self.choices = choices

@@ -189,6 +189,7 @@ public struct VolumeBuild: Sendable {
     func stepSettings(firstStep: Int) -> StepRunner.Settings {
         var step = StepRunner.Settings(entryExecutable: settings.entryExecutable, patchesDirectory: request.locations.patchesDirectory)
         step.recipesDirectory = request.locations.recipesDirectory
+        step.sourceDateEpoch = request.sourceDateEpoch
         step.numbering = .init(first: firstStep, total: stageCount.total)
         step.isolation = request.isolation
         step.lockPath = request.locations.lockPath
@@ -275,7 +276,7 @@ public struct VolumeBuild: Sendable {
     func pack(_ prefix: String, records: [DeterministicTarXz.ContentRecord]?, into staging: String, lock: Lockfile) throws -> [DeterministicTarXz.Entry] {
         settings.log("\(stage(.pack)) packing \(name(.volume))")
         let started = Date()
-        var packer = DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch, threads: settings.packThreads)
+        var packer = DeterministicTarXz(sourceDateEpoch: request.epoch(of: lock), threads: settings.packThreads)
         if let preset = request.xzPreset { packer.preset = UInt32(preset) }
         let output = staging + "/" + name(.volume)
         let packs = PackedVolumes(store: resolver.store, log: settings.log)
@@ -302,7 +303,7 @@ public struct VolumeBuild: Sendable {
         try FileSystem.writeAtomically(Data("\(request.chosenFlavour.distro)\n".utf8), to: staging + "/" + name(.versions))
         let payload = wheelPayload(in: staging)
         settings.log("\(stage(.wheel)) writing the plugin wheel, version \(request.packageVersion)")
-        _ = try PluginWheel(target: request.target, flavour: request.chosenFlavour, version: request.packageVersion, sourceDateEpoch: lock.sourceDateEpoch)
+        _ = try PluginWheel(target: request.target, flavour: request.chosenFlavour, version: request.packageVersion, sourceDateEpoch: request.epoch(of: lock))
             .write(into: staging, payload: payload, licenses: licenses)
     }
 
@@ -443,7 +444,7 @@ public struct VolumeBuild: Sendable {
         }
         guard let compiler = try bytecodeCompiler(layout: layout, staging: staging, lock: lock) else { return nil }
         settings.log("\(stage(.bytecode)) compiling .pyc with \(compiler.name)")
-        let records = DeterministicTarXz(sourceDateEpoch: lock.sourceDateEpoch)
+        let records = DeterministicTarXz(sourceDateEpoch: request.epoch(of: lock))
         let before = try records.contentRecords(of: prefix)
         let kept = CompiledBytecode(store: resolver.store, log: settings.log)
         let key = try CompiledBytecode.key(before: records.contentKey(of: before), compiler: compiler.identity, executable: settings.entryExecutable)
@@ -455,7 +456,7 @@ public struct VolumeBuild: Sendable {
         defer { compiler.cleanUp() }
         let runner = SandboxRunner(entryExecutable: settings.entryExecutable, isolation: request.isolation)
         try layout.compileBytecode(
-            in: prefix, runner: runner, interpreter: compiler.interpreter, extraMounts: compiler.mounts, sourceDateEpoch: lock.sourceDateEpoch)
+            in: prefix, runner: runner, interpreter: compiler.interpreter, extraMounts: compiler.mounts, sourceDateEpoch: request.epoch(of: lock))
         let after = try records.contentRecords(of: prefix)
         guard let added = CompiledBytecode.added(before: before, after: after) else {
             settings.log("the .pyc stage changed more than it added (a wheel's .pth?): its result is not kept for later builds")

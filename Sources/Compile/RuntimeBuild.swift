@@ -67,7 +67,7 @@ public struct RuntimeBuild: RecipeBuild {
     public func run(lock: Lockfile) throws -> Report {
         try runSteps(lock: lock) { space, outcome in
             var report = Report(
-                target: options.target, triple: triple, toolchain: space.toolchain.identity, sourceDateEpoch: lock.sourceDateEpoch,
+                target: options.target, triple: triple, toolchain: space.toolchain.identity, sourceDateEpoch: options.settings.epoch(lock),
                 sources: outcome.sources, patches: outcome.patches, steps: outcome.steps)
             if outcome.stoppedEarly { return report }
             if let destination = buildPythonDirectory {
@@ -81,7 +81,7 @@ public struct RuntimeBuild: RecipeBuild {
             try pack(
                 StepResultTree("stage/runtime/install", in: space.work, madeBy: "the cpython step", seenAs: space.layout.stage + "/runtime/install"),
                 into: space.work + "/pack",
-                as: options.outputDirectory + "/" + name, epoch: lock.sourceDateEpoch)
+                as: options.outputDirectory + "/" + name, epoch: options.settings.epoch(lock))
             report.archive = name
             report.sha256 = try SHA256Digest.of(fileAt: options.outputDirectory + "/" + name).0
             try writeReport(report, to: options.outputDirectory + "/" + name + ".json")

@@ -27,6 +27,8 @@ public struct StepRunner: Sendable {
         public var patchesDirectory: String
         /// Where the recipes are (`recipes/<name>.json`).
         public var recipesDirectory = RecipeFile.builtIn
+        /// The SOURCE_DATE_EPOCH the steps get and the outputs are clamped to (nil: the lock's).
+        public var sourceDateEpoch: Int64?
         /// Compile every step even when the step cache has its result (the result is cached again).
         public var rebuild = false
         /// Unpack and patch every source into the work directory, and compile nothing.
@@ -49,6 +51,9 @@ public struct StepRunner: Sendable {
         /// Where the recipe's steps stand in the `[k/n]` of a larger build; nil: the recipe's own count.
         public var numbering: StepNumbering?
         public var log: @Sendable (String) -> Void = Reporting.note
+
+        /// The epoch a build from `lock` uses: the one asked for, else the lock's.
+        public func epoch(_ lock: Lockfile) -> Int64 { sourceDateEpoch ?? lock.sourceDateEpoch }
 
         public init(entryExecutable: String, patchesDirectory: String) {
             self.entryExecutable = entryExecutable
@@ -217,7 +222,7 @@ public struct StepRunner: Sendable {
             let patches =
                 try SourcePatch.series(for: step.component, in: settings.patchesDirectory).filter { $0.applies(to: input.version) }
                 + (step.edits.map { [SourcePatch.recipeEdits($0, step: step.name)] } ?? [])
-            let environment = Self.commandSpec([], of: step, in: space.layout, epoch: lock.sourceDateEpoch).fullEnvironment
+            let environment = Self.commandSpec([], of: step, in: space.layout, epoch: settings.epoch(lock)).fullEnvironment
             let key = Self.cacheKey(previous: previousKey, step: step, tree: tree, patches: patches, environment: environment)
             let source = Source(name: input.name, version: input.version, treeSha256: tree, fileSha256: resolver.located(input)!)
             if !outcome.sources.contains(source) { outcome.sources.append(source) }
@@ -235,7 +240,7 @@ public struct StepRunner: Sendable {
                 settings.log("\(counter) \(step.name) \(input.version): \(fromRemote ? "from the remote cache" : "cached") (\(key.hex.prefix(12)))")
                 // A result made before uploads were asked for reaches the cache too.
                 if !fromRemote, let remoteSteps, remoteSteps.cache.upload, !remoteSteps.cache.hasActionResult(key) {
-                    remoteSteps.upload(cached, key: key, component: step.name, epoch: lock.sourceDateEpoch, threads: settings.jobs)
+                    remoteSteps.upload(cached, key: key, component: step.name, epoch: settings.epoch(lock), threads: settings.jobs)
                 }
             } else {
                 let verb = settings.prepareOnly ? "preparing" : "building"
@@ -257,14 +262,14 @@ public struct StepRunner: Sendable {
                 if !settings.prepareOnly {
                     // Begun here, ended on both paths below: no status outlives its step.
                     progress.begin(label)
-                    do { try runCommands(step, in: space, runner: runner, epoch: lock.sourceDateEpoch, progress: progress) } catch {
+                    do { try runCommands(step, in: space, runner: runner, epoch: settings.epoch(lock), progress: progress) } catch {
                         progress.end("\(counter) \(step.name) \(input.version): failed after \(Console.duration(Date().timeIntervalSince(started)))")
                         throw error
                     }
                     progress.end("\(counter) \(step.name) \(input.version): built in \(Console.duration(Date().timeIntervalSince(started)))")
                     try Self.checkWorkDirectory(space.work, layout: space.layout, after: step.name)
                     try snapshot(StepResultTree("stage", in: space.work, madeBy: "the \(step.name) step", seenAs: space.layout.stage), as: key)
-                    remoteSteps?.upload(cached, key: key, component: step.name, epoch: lock.sourceDateEpoch, threads: settings.jobs)
+                    remoteSteps?.upload(cached, key: key, component: step.name, epoch: settings.epoch(lock), threads: settings.jobs)
                 }
             }
             if settings.prepareOnly { continue }

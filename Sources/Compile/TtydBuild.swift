@@ -85,7 +85,7 @@ public struct TtydBuild: RecipeBuild {
     public func run(lock: Lockfile) throws -> Report {
         try runSteps(lock: lock) { space, outcome in
             var report = Report(
-                triple: triple, toolchain: space.toolchain.identity, isolation: options.settings.isolation, sourceDateEpoch: lock.sourceDateEpoch,
+                triple: triple, toolchain: space.toolchain.identity, isolation: options.settings.isolation, sourceDateEpoch: options.settings.epoch(lock),
                 sources: outcome.sources, patches: outcome.patches, steps: outcome.steps)
             if outcome.stoppedEarly { return report }
             report.output = try publish(StepResultTree("stage", in: space.work, madeBy: "the ttyd step"), report: report)

@@ -64,6 +64,12 @@ struct BuildCommand: ParsableCommand {
     @Option(parsing: .unconditional, help: "xz compression threads; the bytes are the same for any number. Default: the number of CPUs.")
     var packThreads: Int?
     @Option(help: "The xz preset the volume is compressed with, 0 to 9 (in the build key). Default: 6.") var xzPreset: Int?
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "The SOURCE_DATE_EPOCH every step gets and every output's times are clamped to, in seconds since 1970 (in the build key and the manifest; verify and --check rebuild with it), e.g. $(git log -1 --format=%ct). Default: the lock's sourceDateEpoch.",
+            valueName: "seconds"))
+    var sourceDateEpoch: Int64?
     @Flag(help: "Then build again elsewhere with the circumstances varied, offline, and compare every output (exit 1 when they differ).")
     var check = false
     @Option(
@@ -80,6 +86,7 @@ struct BuildCommand: ParsableCommand {
     func validate() throws {
         try requirePositive(["--compile-jobs": compileJobs, "--pack-threads": packThreads])
         if let xzPreset, !(0...9).contains(xzPreset) { throw ValidationError("--xz-preset takes a whole number from 0 to 9 (got \(xzPreset))") }
+        try Self.validateEpoch(sourceDateEpoch)
         if requestFile != nil {
             let given = optionsTheRequestHolds
             guard given.isEmpty else { throw ValidationError("--request FILE holds the target and what decides the bytes: drop \(given.joined(separator: ", "))") }
@@ -99,6 +106,7 @@ struct BuildCommand: ParsableCommand {
             ("--target", !targets.isEmpty), ("--all", all), ("--lock", inputs.lock != nil), ("--config", choices.config != nil),
             ("--patches", patchesOption != nil), ("--recipes", choices.recipes != nil), ("--policy", policyOption != nil), ("--toolchain", choices.toolchain != nil),
             ("--runtime", choices.runtime != nil), ("--xz-preset", xzPreset != nil), ("--flavour", !flavour.isEmpty),
+            ("--source-date-epoch", sourceDateEpoch != nil),
         ]
         return given.filter(\.1).map(\.0)
     }
@@ -164,6 +172,7 @@ struct BuildCommand: ParsableCommand {
             target: target, flavour: flavour, config: krunner, toolchain: choices.toolchain(for: .current),
             runtime: choices.runtime, isolation: try Isolation.chosen(sandbox), auditMode: audit ?? .enforce, auditPolicy: try AuditPolicy.load(from: policy))
         chosen.xzPreset = xzPreset
+        chosen.sourceDateEpoch = sourceDateEpoch
         return BuildRequest(
             choices: chosen, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches, recipesDirectory: inputs.project.recipes(choices.recipes)))
     }
@@ -316,6 +325,13 @@ extension RuntimeSource: ExpressibleByArgument {}
 extension Flavour: ExpressibleByArgument {}
 
 extension BuildCommand {
+    /// A `--source-date-epoch` every output can record (the lock's range), else a usage error.
+    static func validateEpoch(_ epoch: Int64?) throws {
+        guard let epoch, !Lockfile.sourceDateEpochRange.contains(epoch) else { return }
+        let range = Lockfile.sourceDateEpochRange
+        throw ValidationError("--source-date-epoch \(epoch) is outside \(range.lowerBound)...\(range.upperBound): a zip records no time beyond 2106")
+    }
+
     var out: String { inputs.project.file(outOption, default: "out") }
     var config: String { choices.configPath(in: inputs.project) }
     var patches: String { inputs.project.file(patchesOption, default: "patches") }

@@ -19,6 +19,10 @@ struct RecipeBuildArguments: ParsableArguments {
     @Option(help: "The recipes directory (recipes/<name>.json: each native build's steps as data). Default: the project's recipes/, else those krnative was built with.") var recipes: String?
     @Option(help: "namespaces, or none to build without isolation. Default: namespaces; env KRNATIVE_SANDBOX.") var sandbox: Isolation?
     @Option(parsing: .unconditional, help: "Parallel compile jobs. Default: the number of CPUs.") var jobs: Int?
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp("The SOURCE_DATE_EPOCH every step gets (in each step's key), in seconds since 1970. Default: the lock's sourceDateEpoch.", valueName: "seconds"))
+    var sourceDateEpoch: Int64?
     @Option(help: "Build in this directory instead of a temporary one (kept).") var workdir: String?
     @OptionGroup var limits: StepLimitOptions
     @Flag(help: "Compile every step even when the step cache holds its result.") var rebuild = false
@@ -32,6 +36,7 @@ struct RecipeBuildArguments: ParsableArguments {
 
     func validate() throws {
         try requirePositive(["--jobs": jobs])
+        try BuildCommand.validateEpoch(sourceDateEpoch)
         if prepareOnly && printScript { throw ValidationError("--prepare-only and --print-script contradict each other: prepare first, then print the script") }
         if prepareOnly && workdir == nil { throw ValidationError("--prepare-only needs --workdir DIR, where the sources are left") }
         if printScript && workdir == nil {
@@ -43,6 +48,7 @@ struct RecipeBuildArguments: ParsableArguments {
     func options(for target: Target) throws -> RecipeBuildOptions {
         var settings = StepRunner.Settings(entryExecutable: currentExecutable, patchesDirectory: patches)
         settings.recipesDirectory = inputs.project.recipes(recipes)
+        settings.sourceDateEpoch = sourceDateEpoch
         settings.isolation = try Isolation.chosen(sandbox)
         if let jobs { settings.jobs = jobs }
         settings.workDirectory = workdir
@@ -59,7 +65,7 @@ struct RecipeBuildArguments: ParsableArguments {
             let lock = try Lockfile.load(from: inputs.lockPath)
             let started = Date()
             let build = make(try options(for: target), InputResolver(store: try Store(root: inputs.storePath)))
-            if printScript { return print(try build.plainScript(lock: lock, epoch: lock.sourceDateEpoch), terminator: "") }
+            if printScript { return print(try build.plainScript(lock: lock, epoch: sourceDateEpoch ?? lock.sourceDateEpoch), terminator: "") }
             let report = try build.run(lock: lock)
             if prepareOnly { return print("prepared \(report.sources.count) sources in \(workdir ?? "")") }
             if json { return printJSON(report) }

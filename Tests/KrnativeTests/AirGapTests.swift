@@ -67,6 +67,35 @@ struct AirGapTests {
         #expect(built.stderr.contains("[10/10] writing the plugin wheel"), "\(built.stderr)")
     }
 
+    /// Issue #23's probe, `--source-date-epoch N`: the volume's and the wheel's times are clamped
+    /// to N, not the lock's epoch; the manifest records N; verify rebuilds the same bytes from it.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs the host's /usr/bin/python3"))
+    func aSourceDateEpochOnTheCommandLineDecidesEveryTime() throws {
+        let work = TemporaryDirectory("krnative-airgap")
+        let a = try machineA(work)
+        let out = work.path + "/out"
+        let built = krnative(buildArguments(lock: a.lock, store: a.store, out: out, patches: a.patches) + ["--source-date-epoch", "1600000000"])
+        try #require(built.succeeded, "\(built.stderr.suffix(2000))")
+        let names = try FileManager.default.contentsOfDirectory(atPath: out)
+        let volume = try #require(names.first { $0.hasPrefix("krunner-env.") && $0.hasSuffix(".tar.xz") })
+        let wheel = try #require(names.first { $0.hasSuffix(".whl") })
+        let manifest = try #require(names.first { $0.hasPrefix("krnative-manifest.") })
+        let times = try ChildProcess.check([
+            "/usr/bin/python3", "-c",
+            "import sys, tarfile, zipfile, calendar; print(max(m.mtime for m in tarfile.open(sys.argv[1])), "
+                + "max(calendar.timegm(i.date_time + (0, 0, 0)) for i in zipfile.ZipFile(sys.argv[2]).infolist()))",
+            out + "/" + volume, out + "/" + wheel,
+        ]).stdout.split(separator: " ").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        #expect(times == ["1600000000", "1600000000"], "the lock says 1700000000")
+        let recorded = try JSONDecoder().decode(BuildManifest.self, from: Data(contentsOf: URL(fileURLWithPath: out + "/" + manifest)))
+        #expect(recorded.sourceDateEpoch == 1_600_000_000 && recorded.request?.sourceDateEpoch == 1_600_000_000)
+        let verified = krnative([
+            "verify", "--manifest", out + "/" + manifest, "--lock", a.lock, "--store", a.store, "--out", work.path + "/verify", "--patches", a.patches,
+            "--audit", "report",
+        ])
+        #expect(verified.termination == .exited(0), "\(verified.stdout)\(verified.stderr.suffix(2000))")
+    }
+
     @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"), "needs the host's /usr/bin/python3"))
     func aBuildsInputsCrossAndBBuildsTheSameBytesWithNoNetwork() throws {
         let work = TemporaryDirectory("krnative-airgap")

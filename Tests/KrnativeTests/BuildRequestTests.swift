@@ -55,6 +55,22 @@ struct BuildRequestTests {
         #expect(BuildKey.differences(from: try parts(request), to: after) == ["xz preset added"])
     }
 
+    /// Issue #23's probe: `--source-date-epoch` is a choice like the preset — a named key part
+    /// when given, none when not (every key made before stays as it was), and the manifest
+    /// records the epoch the build used and the request that asked for it.
+    @Test func theEpochIsAChoiceThatOverridesTheLocksByName() throws {
+        var earlier = request
+        earlier.sourceDateEpoch = 1_600_000_000
+        #expect(try parts(request)["source date epoch"] == nil)
+        #expect(BuildKey.differences(from: try parts(request), to: try parts(earlier)) == ["source date epoch added"])
+        #expect(request.epoch(of: lock) == lock.sourceDateEpoch && earlier.epoch(of: lock) == 1_600_000_000)
+        let manifest = BuildManifest(
+            request: earlier.choices, toolVersion: "0", lock: lock, key: try parts(earlier), inputs: [], patches: [], outputs: [], volume: [])
+        let read = try JSONDecoder().decode(BuildManifest.self, from: try manifest.encoded())
+        #expect(read.sourceDateEpoch == 1_600_000_000 && read.lockSha256 == lock.digest)
+        #expect(try BuildRequest(recordedIn: read, locations: earlier.locations) { nil } == earlier)
+    }
+
     /// The manifest records the request; verify's request is the recorded one at its own locations.
     @Test func theManifestRecordsTheRequestAndVerifyRebuildsIt() throws {
         var original = request

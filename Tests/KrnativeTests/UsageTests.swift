@@ -36,6 +36,12 @@ struct UsageTests {
             arguments: ["build", "--target", "musllinux-x86_64", "--check"],
             message: "--check compares the builds of one volume; musllinux-x86_64 ships as alpine and static-musl: name one with --flavour"),
         Case(arguments: ["build", "--target", "manylinux-x86_64", "--xz-preset", "12"], message: "--xz-preset takes a whole number from 0 to 9 (got 12)"),
+        Case(
+            arguments: ["build", "--target", "manylinux-x86_64", "--source-date-epoch", "4294967296"],
+            message: "--source-date-epoch 4294967296 is outside 0...4294967295: a zip records no time beyond 2106"),
+        Case(
+            arguments: ["build-ttyd", "--target", "manylinux-x86_64", "--source-date-epoch", "-1"],
+            message: "--source-date-epoch -1 is outside 0...4294967295: a zip records no time beyond 2106"),
         Case(arguments: ["build", "--request", "/nonexistent/request.json"], message: "cannot read the build request /nonexistent/request.json"),
         Case(
             arguments: ["build", "--target", "musllinux-aarch64", "--flavour", "alpine", "--check", "--variations", "umask,path+usr"],
