@@ -139,19 +139,28 @@ public struct CompiledBytecode: Sendable {
         return before.count + added.count == after.count ? added : nil
     }
 
-    /// Copies the `.pyc` kept under `key` into `prefix`; false when there are none kept.
+    /// Copies the `.pyc` kept under `key` into `prefix`, all or none; false when there are none
+    /// kept, or when one would not land as a new file in a real directory of the tree: a link on
+    /// the way (`lib64 -> lib`, or one that leads out) is never written through, and the `.pyc`
+    /// are compiled instead.
     public func restore(_ key: SHA256Digest, into prefix: String) throws -> Bool {
         try kept.restore(key) { item -> Bool? in
             let tree = item + "/tree"
-            for relative in (FileManager.default.enumerator(atPath: tree)?.allObjects as? [String] ?? []).sorted() {
-                let (source, destination) = (tree + "/" + relative, prefix + "/" + relative)
-                if FileSystem.isDirectory(source) {
-                    guard FileSystem.exists(destination) else { try FileSystem.createDirectory(destination); continue }
-                    guard FileSystem.kind(of: relative, beneath: prefix) == S_IFDIR else { return nil }
-                } else {
-                    guard !FileSystem.exists(destination) else { return nil }
-                    try KeptItems.copy(source, to: destination)
+            let entries = (FileManager.default.enumerator(atPath: tree)?.allObjects as? [String] ?? []).sorted()
+                .map { (relative: $0, isDirectory: FileSystem.isDirectory(tree + "/" + $0)) }
+            var made: Set<String> = []
+            for entry in entries {
+                let parent = (entry.relative as NSString).deletingLastPathComponent
+                guard parent.isEmpty || made.contains(parent) || FileSystem.kind(of: parent, beneath: prefix) == S_IFDIR else { return nil }
+                switch FileSystem.kind(of: entry.relative, beneath: prefix) {
+                case nil where !FileSystem.exists(prefix + "/" + entry.relative): if entry.isDirectory { made.insert(entry.relative) }
+                case S_IFDIR? where entry.isDirectory: continue
+                default: return nil
                 }
+            }
+            for entry in entries where !(entry.isDirectory && !made.contains(entry.relative)) {
+                let destination = prefix + "/" + entry.relative
+                if entry.isDirectory { try FileSystem.createDirectory(destination) } else { try KeptItems.copy(tree + "/" + entry.relative, to: destination) }
             }
             return true
         } ?? false

@@ -107,6 +107,48 @@ struct PackedVolumeTests {
         #expect(notes.text.contains("packs/\(key.hex.prefix(12))") && notes.text.contains("quarantine"), "\(notes.text)")
     }
 
+    /// Kept `.pyc` go only into real directories of the tree, all or none: where a directory on
+    /// the way is a link (into the tree or out of it) or a file is already there, nothing is
+    /// written — not even the entries before it — and the stage compiles instead.
+    @Test func keptBytecodeIsNeverWrittenThroughALinkAndComesBackWholeOrNotAtAll() throws {
+        let work = TemporaryDirectory()
+        let store = try Store(root: work.path + "/store")
+        let kept = CompiledBytecode(store: store, log: { _ in })
+        let key = SHA256Digest.of(Data("bytecode".utf8))
+        _ = work.file("made/lib/a/__pycache__/a.cpython-313.pyc", "a\n")
+        _ = work.file("made/lib/pkg/__pycache__/p.cpython-313.pyc", "p\n")
+        let added = try DeterministicTarXz(sourceDateEpoch: epoch, threads: 1).contentRecords(of: work.path + "/made")
+            .filter { $0.path.contains("__pycache__") }
+        kept.keep(added, from: work.path + "/made", as: key)
+
+        func tree(_ name: String, pkg: (String) throws -> Void) throws -> String {
+            let root = work.path + "/" + name
+            _ = work.file(name + "/lib/a/a.py", "a = 1\n")
+            try FileManager.default.createDirectory(atPath: root + "/lib/real", withIntermediateDirectories: true)
+            try pkg(root + "/lib/pkg")
+            return root
+        }
+        let outside = work.path + "/outside"
+        try FileManager.default.createDirectory(atPath: outside, withIntermediateDirectories: true)
+        let trees = [
+            try tree("out") { try FileManager.default.createSymbolicLink(atPath: $0, withDestinationPath: outside) },
+            try tree("in") { try FileManager.default.createSymbolicLink(atPath: $0, withDestinationPath: "real") },
+            try tree("taken") { _ = work.file(String($0.dropFirst(work.path.count + 1)) + "/__pycache__/p.cpython-313.pyc", "mine\n") },
+        ]
+        for root in trees {
+            #expect(try !kept.restore(key, into: root), "\(root)")
+            #expect(!FileSystem.exists(root + "/lib/a/__pycache__"), "\(root): an entry before the refused one was written")
+        }
+        #expect(try FileManager.default.contentsOfDirectory(atPath: outside).isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: work.path + "/in/lib/real").isEmpty)
+        #expect(try String(contentsOfFile: work.path + "/taken/lib/pkg/__pycache__/p.cpython-313.pyc", encoding: .utf8) == "mine\n")
+
+        let honest = try tree("honest") { try FileManager.default.createDirectory(atPath: $0, withIntermediateDirectories: true) }
+        #expect(try kept.restore(key, into: honest))
+        #expect(try String(contentsOfFile: honest + "/lib/pkg/__pycache__/p.cpython-313.pyc", encoding: .utf8) == "p\n")
+        #expect(try String(contentsOfFile: honest + "/lib/a/__pycache__/a.cpython-313.pyc", encoding: .utf8) == "a\n")
+    }
+
     /// The `.pyc` a stage added are kept and come back into a tree with the same content, giving
     /// the tree the stage made; a stage that changed anything else is not kept.
     @Test func compiledBytecodeIsKeptOnlyWhenTheStageOnlyAddedIt() throws {
