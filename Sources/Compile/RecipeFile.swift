@@ -13,7 +13,8 @@ import Patch
 /// `below`/`atLeast` one). In a string `{name}` is a variable — the recipe's, or a build's own:
 /// `build`, `stage`, `wrappers`, `toolchain`, `toolchainFile`, `jobs`, `triple`, `arch`,
 /// `buildArch`, `libc` —, `{file:path}` the text of a file beside the recipe, and an argument
-/// that is exactly `{name...}` a list, spliced. Anything else in braces (find's `{}`) is text.
+/// that is exactly `{name...}` a list, spliced. Anything else in braces (find's `{}`) is text, and
+/// `{{` is a brace (`${{HOME}` is the shell's `${HOME}`).
 /// Unknown fields, variables, lists and templates are errors naming the file and the field.
 public struct RecipeFile: Sendable {
     /// `ttyd`, `runtime`: the file's name without `.json`.
@@ -327,8 +328,17 @@ extension RecipeFile {
             var rest = Substring(text)
             while let open = rest.firstIndex(of: "{") {
                 result += rest[..<open]
-                guard let close = rest[open...].firstIndex(of: "}") else { break }
-                let name = String(rest[rest.index(after: open)..<close])
+                let next = rest.index(after: open)
+                if next < rest.endIndex, rest[next] == "{" {  // `{{`: a brace, for text that means one (`${{HOME}`)
+                    result += "{"
+                    rest = rest[rest.index(after: next)...]
+                    continue
+                }
+                guard let close = rest[open...].firstIndex(of: "}") else {
+                    result += rest[open...]
+                    return result
+                }
+                let name = String(rest[next..<close])
                 if name.hasPrefix("file:") {
                     guard let file = recipe.files[String(name.dropFirst(5))] else { throw error(field, "{\(name)} was not read with the recipe") }
                     result += Self.withoutFinalNewline(file)
