@@ -1,3 +1,4 @@
+import Archive
 import Foundation
 import Inputs
 import KrnativeBase
@@ -28,6 +29,8 @@ public protocol RecipeBuild: Sendable {
     /// Names the recipe (`recipes/<name>.json`) and the work directory (`<name>-<triple>`);
     /// `krnative build-<name>` runs the build.
     static var name: String { get }
+    /// The recipe this build reads (`Self.name`, unless the build runs any recipe).
+    var recipeName: String { get }
     /// What the build makes, for the plain script's title.
     static var product: String { get }
     var options: RecipeBuildOptions { get }
@@ -50,6 +53,7 @@ public protocol RecipeBuildReport: Sendable, Encodable {
 
 extension RecipeBuild {
     public var buildTriple: String? { nil }
+    public var recipeName: String { Self.name }
 
     var store: Store { resolver.store }
 
@@ -58,7 +62,7 @@ extension RecipeBuild {
     /// The recipe's steps for this build: `recipes/<name>.json` of the settings' recipes directory,
     /// for the target, this machine, the toolchain's triple, the jobs and the lock's versions.
     public func recipe(lock: Lockfile, layout: BuildLayout) throws -> RenderedRecipe {
-        let file = try RecipeFile.load(Self.name, from: options.settings.recipesDirectory)
+        let file = try RecipeFile.load(recipeName, from: options.settings.recipesDirectory)
         let versions = Dictionary(uniqueKeysWithValues: file.components.compactMap { name in lock[name].map { (name, $0.version) } })
         let context = RecipeFile.Context(
             layout: layout, target: options.target, buildArch: options.settings.host.arch, triple: triple, jobs: options.settings.jobs,
@@ -79,7 +83,7 @@ extension RecipeBuild {
         let runner = stepRunner
         let toolchain = try toolchain(lock: lock)
         let settings = options.settings
-        return try runner.withWorkDirectory(settings.workDirectory, name: "\(Self.name)-\(triple)", keep: settings.keepWork) { work in
+        return try runner.withWorkDirectory(settings.workDirectory, name: "\(recipeName)-\(triple)", keep: settings.keepWork) { work in
             let space = try runner.prepare(toolchain, work: work, buildTriple: buildTriple)
             return try finish(space, try runner.run(try recipe(lock: lock, layout: space.layout), lock: lock, in: space))
         }
@@ -96,8 +100,21 @@ extension RecipeBuild {
         let layout = BuildLayout(build: work, toolchain: toolchain.hostRoot, zigCache: BuildLayout.zigCache(inWork: work))
         return StepRunner.plainScript(
             try recipe(lock: lock, layout: layout), layout: layout,
-            title: "\(Self.product) for \(triple), the recipe's commands without krnative (written by krnative build-\(Self.name) --print-script)",
+            title: "\(Self.product) for \(triple), the recipe's commands without krnative (written by krnative build-\(Self.name) --print-script)"
+                .replacingOccurrences(of: "build-recipe", with: "build-recipe \(recipeName)"),
             epoch: epoch)
+    }
+
+    /// Copies `relative` of the install tree (a regular file reached through real directories) to
+    /// the output directory as `name`, executable, whole or not at all; its digest and size.
+    func publish(_ relative: String, of stage: StepResultTree, as name: String) throws -> (SHA256Digest, Int64) {
+        try FileSystem.createDirectory(options.outputDirectory)
+        let temp = options.outputDirectory + "/.\(name).partial"
+        FileSystem.remove(temp)
+        try stage.copyFile(relative, to: temp, mode: 0o755)
+        let (digest, size) = try SHA256Digest.of(fileAt: temp)
+        try FileSystem.rename(temp, to: options.outputDirectory + "/" + name)
+        return (digest, size)
     }
 
     /// Writes a report as sorted, indented JSON, whole or not at all.

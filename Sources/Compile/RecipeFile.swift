@@ -64,6 +64,30 @@ public struct RecipeFile: Sendable {
         return recipe
     }
 
+    /// The toolchain's target triple for `target`: the recipe's `triple`, else `{arch}-linux-musl`.
+    public func triple(for target: Target) throws(RecipeError) -> String {
+        let context = Context(layout: .sandboxed, target: target, buildArch: .x86_64, triple: "", jobs: 1, versions: [:])
+        return try Scope(recipe: self, context: context, step: nil).expand(document.triple ?? "{arch}-linux-musl", at: "triple")
+    }
+
+    /// The files a build of the recipe leaves (`outputs`: each a file name and its path in the
+    /// install tree), for `context`; none when the recipe names none.
+    public func outputs(for context: Context) throws(RecipeError) -> [(file: String, from: String)] {
+        let scope = Scope(recipe: self, context: context, step: nil)
+        var outputs: [(file: String, from: String)] = []
+        for (index, output) in (document.outputs ?? []).enumerated() {
+            let file = try scope.expand(output.file, at: "outputs[\(index)].file")
+            let from = try scope.expand(output.from, at: "outputs[\(index)].from")
+            guard !file.isEmpty, !file.contains("/"), !file.hasPrefix("."),
+                !from.hasPrefix("/"), !from.split(separator: "/").contains(".."), !from.isEmpty
+            else {
+                throw RecipeError(path: path, field: "outputs[\(index)]", problem: "\(file) from \(from): a file name (no /) from a path inside the install tree")
+            }
+            outputs.append((file, from))
+        }
+        return outputs
+    }
+
     /// Every `{file:…}` in a recipe's text.
     static func fileReferences(in text: String) -> Set<String> {
         var references: Set<String> = []
@@ -215,6 +239,15 @@ extension RecipeFile {
         var environment: [String: String]?
         var templates: [String: [Command]]?
         var steps: [Step]
+        /// The toolchain's triple (default `{arch}-linux-musl`), for a recipe `build-recipe` runs.
+        var triple: String?
+        /// What a `build-recipe` build leaves in its output directory.
+        var outputs: [Output]?
+
+        struct Output: Decodable {
+            var file: String
+            var from: String
+        }
 
         struct Values: Decodable {
             var variables: [String: String]?
@@ -278,13 +311,13 @@ extension RecipeFile {
         let variables: [String: String]
         let lists: [String: [String]]
 
-        init(recipe: RecipeFile, context: Context, step: Document.Step) {
+        init(recipe: RecipeFile, context: Context, step: Document.Step?) {
             let document = recipe.document
             let libc = document.byLibc?[context.target.libc.rawValue]
             self.recipe = recipe
             variables = context.variables.merging(document.variables ?? [:]) { $1 }.merging(libc?.variables ?? [:]) { $1 }
-                .merging(step.variables ?? [:]) { $1 }
-            lists = (document.lists ?? [:]).merging(libc?.lists ?? [:]) { $1 }.merging(step.lists ?? [:]) { $1 }
+                .merging(step?.variables ?? [:]) { $1 }
+            lists = (document.lists ?? [:]).merging(libc?.lists ?? [:]) { $1 }.merging(step?.lists ?? [:]) { $1 }
         }
 
         func error(_ field: String, _ problem: String) -> RecipeError { RecipeError(path: recipe.path, field: field, problem: problem) }
@@ -367,7 +400,8 @@ extension RecipeFile {
 
     /// The fields each level of a recipe file may have: any other is refused, naming it.
     enum Schema {
-        static let top = ["about", "seed", "defaultVersions", "variables", "lists", "byLibc", "environment", "templates", "steps"]
+        static let top = ["about", "seed", "defaultVersions", "variables", "lists", "byLibc", "environment", "templates", "steps", "triple", "outputs"]
+        static let output = ["file", "from"]
         static let values = ["variables", "lists"]
         static let step = [
             "component", "directory", "when", "commands", "variables", "lists", "environment", "ownEnvironment", "dropEnvironment", "edits", "adaptation",
@@ -381,6 +415,9 @@ extension RecipeFile {
                 throw RecipeError(path: path, field: nil, problem: "is not a JSON object")
             }
             try keys(top, allowed: Self.top, at: "", path: path)
+            for (index, output) in (top["outputs"] as? [Any] ?? []).enumerated() {
+                try keys(output, allowed: Self.output, at: "outputs[\(index)].", path: path)
+            }
             for (libc, values) in top["byLibc"] as? [String: Any] ?? [:] {
                 guard Target.Libc(rawValue: libc) != nil else {
                     throw RecipeError(path: path, field: "byLibc.\(libc)", problem: "not a libc; byLibc takes gnu and musl")

@@ -88,7 +88,7 @@ public struct StepRunner: Sendable {
         public var adaptation: String?
     }
     /// What the steps used and did.
-    public struct Outcome: Sendable {
+    public struct Outcome: Sendable, Codable {
         public var sources: [Source] = []
         public var patches: [AppliedPatch] = []
         public var steps: [Step] = []

@@ -96,13 +96,8 @@ public struct TtydBuild: RecipeBuild {
     /// Copies the binary (`bin/ttyd` of the stage: a regular file reached through real
     /// directories) to the output directory, whole or not at all, with the report beside it.
     func publish(_ stage: StepResultTree, report: Report) throws -> Report.Output {
-        try FileSystem.createDirectory(options.outputDirectory)
         let name = "ttyd_linux.\(options.target.arch.rawValue).bin"
-        let temp = options.outputDirectory + "/.\(name).partial"
-        FileSystem.remove(temp)
-        try stage.copyFile("bin/ttyd", to: temp, mode: 0o755)
-        let (digest, size) = try SHA256Digest.of(fileAt: temp)
-        try FileSystem.rename(temp, to: options.outputDirectory + "/" + name)
+        let (digest, size) = try publish("bin/ttyd", of: stage, as: name)
         var report = report
         report.output = .init(file: name, sha256: digest, size: size)
         try writeReport(report, to: options.outputDirectory + "/ttyd_linux.\(options.target.arch.rawValue).json")

@@ -60,11 +60,11 @@ struct RecipeBuildArguments: ParsableArguments {
     }
 
     /// Builds, prepares or prints the script, as the options say, with the build `make` returns.
-    func run<Build: RecipeBuild>(target: Target, _ make: (RecipeBuildOptions, InputResolver) -> Build) throws {
+    func run<Build: RecipeBuild>(target: Target, _ make: (RecipeBuildOptions, InputResolver) throws -> Build) throws {
         try perform("build-\(Build.name)") {
             let lock = try Lockfile.load(from: inputs.lockPath)
             let started = Date()
-            let build = make(try options(for: target), InputResolver(store: try Store(root: inputs.storePath)))
+            let build = try make(try options(for: target), InputResolver(store: try Store(root: inputs.storePath)))
             if printScript { return print(try build.plainScript(lock: lock, epoch: sourceDateEpoch ?? lock.sourceDateEpoch), terminator: "") }
             let report = try build.run(lock: lock)
             if prepareOnly { return print("prepared \(report.sources.count) sources in \(workdir ?? "")") }
@@ -108,5 +108,23 @@ struct BuildRuntimeCommand: ParsableCommand {
 
     func run() throws {
         try build.run(target: target) { RuntimeBuild(options: $0, resolver: $1) }
+    }
+}
+
+struct BuildRecipeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build-recipe",
+        abstract: "Build any recipe under recipes/ that names its outputs, for a target, with Zig (leaves its outputs and <recipe>.<arch>.json).",
+        discussion: helpText(
+            "A recipe is a file: recipes/NAME.json, its steps as data and the files it leaves (`outputs`: a file name and its path in the "
+                + "install tree). A new native component needs a recipe file, its sources in the lock, and no code.",
+            examples: "krnative build-recipe ttyd --target musllinux-aarch64 --out ttyd-out"))
+
+    @Argument(help: "The recipe: recipes/NAME.json.") var name: String
+    @Option(help: "The target to build for.") var target: Target
+    @OptionGroup var build: RecipeBuildArguments
+
+    func run() throws {
+        try build.run(target: target) { try GenericRecipeBuild(recipe: name, options: $0, resolver: $1) }
     }
 }

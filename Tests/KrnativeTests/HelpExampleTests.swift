@@ -26,6 +26,7 @@ extension HelpTests {
         "krnative build --all --remote-cache https://cache.internal:8080 --remote-cache-upload": (66, "offline (no cache either), empty store"),
         "krnative build-ttyd --target musllinux-aarch64 --out ttyd-out": (66, "empty store"),
         "krnative build-runtime --target musllinux-x86_64 --out runtime-out": (66, "empty store"),
+        "krnative build-recipe ttyd --target musllinux-aarch64 --out ttyd-out": (66, "empty store"),
         "krnative store ls": (0, ""),
         "krnative store ls --store ~/krnative-store --json": (0, ""),
         "krnative store verify": (0, ""),

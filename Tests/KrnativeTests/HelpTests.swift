@@ -71,7 +71,14 @@ struct HelpTests {
                 if word == "|" {
                     expectingAlternative = true
                 } else if word.range(of: "^[a-z][a-z0-9-]*$", options: .regularExpression) != nil {
-                    if expectingAlternative { alternatives.append(word) } else if alternatives.isEmpty { prefix.append(word) } else { break }
+                    // After a command that has no subcommands, a word is its argument (`build-recipe ttyd`).
+                    if expectingAlternative {
+                        alternatives.append(word)
+                    } else if alternatives.isEmpty && !HelpTests.commands.contains(prefix) {
+                        prefix.append(word)
+                    } else {
+                        break
+                    }
                     expectingAlternative = false
                 } else {
                     break

@@ -1,0 +1,61 @@
+import Foundation
+import KrnativeBase
+import Testing
+
+/// `krnative build-recipe NAME`: any recipe under `recipes/` that names its outputs, through the
+/// real binary and sandbox, with stand-in sources whose build scripts are shell.
+@Suite("build-recipe: any recipe, through the real binary", .timeLimit(.minutes(60)), .tags(.process, .namespaces), .endToEnd, .serialized, .needsNamespaces)
+struct GenericRecipeBuildTests {
+    var target: Target { HostPlatform.current.arch == .x86_64 ? .manylinuxX86_64 : .manylinuxAarch64 }
+
+    func buildRecipe(_ name: String, _ inputs: ShellRecipeInputs, out: String, _ extra: [String] = []) -> ChildProcess.Result {
+        krnative(
+            ["build-recipe", name, "--target", target.rawValue, "--lock", inputs.lock, "--store", inputs.store, "--out", out, "--patches", inputs.patches,
+             "--jobs", "1"] + extra)
+    }
+
+    /// ttyd's recipe run by the generic runner leaves the binary `build-ttyd` leaves, from the
+    /// same cached steps (the keys are the recipe's, whoever runs it).
+    @Test func ttydsRecipeGivesTheSameBinaryAsBuildTtyd() throws {
+        let work = TemporaryDirectory("krnative-recipe")
+        let inputs = try ShellRecipeInputs(work)
+        try inputs.addTtydSources()
+        try inputs.writeLock()
+        let generic = buildRecipe("ttyd", inputs, out: work.path + "/generic")
+        try #require(generic.succeeded, "\(generic.stderr)")
+        let name = "ttyd_linux.\(target.arch.rawValue).bin"
+        #expect(try String(contentsOfFile: work.path + "/generic/" + name, encoding: .utf8) == "not really ttyd\n")
+        #expect(FileSystem.exists(work.path + "/generic/ttyd.\(target.arch.rawValue).json"))
+        let specific = krnative(
+            ["build-ttyd", "--target", target.rawValue, "--lock", inputs.lock, "--store", inputs.store, "--out", work.path + "/specific",
+             "--patches", inputs.patches, "--jobs", "1"])
+        try #require(specific.succeeded, "\(specific.stderr)")
+        #expect(!specific.stderr.contains("building for"), "build-ttyd compiled what build-recipe ttyd had: \(specific.stderr)")
+        #expect(try SHA256Digest.of(fileAt: work.path + "/specific/" + name).digest == SHA256Digest.of(fileAt: work.path + "/generic/" + name).digest)
+    }
+
+    /// A component krnative has no code for: a recipe file in `--recipes`, its source in the lock.
+    /// A recipe that names no outputs is refused, naming the file and what to add.
+    @Test func aNewRecipeFileBuildsWithNoCode() throws {
+        let work = TemporaryDirectory("krnative-recipe")
+        let inputs = try ShellRecipeInputs(work)
+        try inputs.addTtydSources()
+        try inputs.writeLock()
+        _ = work.file("recipes/hello.json", """
+            {
+              "about": "a greeting, from zlib's stand-in source", "seed": "hello v1", "triple": "{arch}-linux-musl",
+              "outputs": [{ "file": "hello.{arch}.bin", "from": "bin/hello" }],
+              "steps": [{ "component": "zlib", "commands": [["sh", "-c", "mkdir -p {stage}/bin && printf 'hello from {arch}\\\\n' > {stage}/bin/hello"]] }]
+            }
+            """)
+        let built = buildRecipe("hello", inputs, out: work.path + "/out", ["--recipes", work.path + "/recipes"])
+        try #require(built.succeeded, "\(built.stderr)")
+        #expect(try String(contentsOfFile: work.path + "/out/hello.\(target.arch.rawValue).bin", encoding: .utf8) == "hello from \(target.arch.rawValue)\n")
+        #expect(built.stdout.contains("hello.\(target.arch.rawValue).bin"), "\(built.stdout)")
+
+        _ = work.file("recipes/silent.json", #"{ "about": "a", "seed": "s", "steps": [{ "component": "zlib", "commands": [["true"]] }] }"#)
+        let silent = buildRecipe("silent", inputs, out: work.path + "/silent", ["--recipes", work.path + "/recipes"])
+        #expect(silent.termination == .exited(ExitStatus.usage), "\(silent.stderr)")
+        #expect(silent.stderr.contains("recipes/silent.json: outputs: names no file for build-recipe to leave"), "\(silent.stderr)")
+    }
+}
