@@ -41,6 +41,10 @@ public struct BuildStep: Sendable, Codable, Equatable {
     /// Edits of the source the recipe makes before the commands run (after `patches/`), each
     /// checked as a structured patch's edit is: the step fails when a `find` is not there `count` times.
     public var edits: [PatchEdit]? = nil
+    /// The step compiles for the machine that builds (the build Python), not the target: as the
+    /// first step of a recipe, its key names the toolchain and this machine, not the target, so
+    /// the four targets' builds on one machine share it.
+    public var forBuildMachine: Bool? = nil
 
     /// The step's name: its directory under `src/`, its log, its line in the report.
     public var name: String { directory ?? component }

@@ -172,7 +172,7 @@ public struct RecipeFile: Sendable {
         return BuildStep(
             component: step.component, commands: commands, environment: expanded,
             adaptation: try step.adaptation.map { text throws(RecipeError) in try scope.expand(text, at: "\(field).adaptation") },
-            directory: step.directory, edits: edits)
+            directory: step.directory, edits: edits, forBuildMachine: step.forBuildMachine)
     }
 
     /// Whether `condition` holds for `context` (no condition always does).
@@ -302,6 +302,7 @@ extension RecipeFile {
             var dropEnvironment: [String]?
             var edits: [Edit]?
             var adaptation: String?
+            var forBuildMachine: Bool?
         }
     }
 
@@ -405,6 +406,7 @@ extension RecipeFile {
         static let values = ["variables", "lists"]
         static let step = [
             "component", "directory", "when", "commands", "variables", "lists", "environment", "ownEnvironment", "dropEnvironment", "edits", "adaptation",
+            "forBuildMachine",
         ]
         static let condition = ["libc", "version"]
         static let version = ["of", "below", "atLeast"]

@@ -114,6 +114,8 @@ public struct StepRunner: Sendable {
         /// (`held`, removed with the workspace); with `--sandbox none`, `zig-cache/` in the work directory.
         public var zigCache: String
         let held: StagingDirectory?
+        /// The build machine's triple, when the recipe also compiles for it (`build-cc`, …).
+        public var buildTriple: String? = nil
         public var stage: String { work + "/stage" }
     }
 
@@ -203,13 +205,14 @@ public struct StepRunner: Sendable {
         try FileSystem.writeAtomically(Data(file.utf8), to: work + "/toolchain.cmake")
         try FileSystem.createDirectory(work + "/stage")
         try FileSystem.createDirectory(zigCache)
-        return Workspace(work: work, layout: layout, toolchain: toolchain, zigCache: zigCache, held: held)
+        return Workspace(work: work, layout: layout, toolchain: toolchain, zigCache: zigCache, held: held, buildTriple: buildTriple)
     }
 
     /// Runs `recipe`'s steps in `space`, each from its cache when it is there.
     public func run(_ recipe: some Recipe, lock: Lockfile, in space: Workspace) throws -> Outcome {
         var outcome = Outcome()
-        var previousKey = SHA256Digest.of(Data("\(recipe.seed) \(space.toolchain.identity)".utf8))
+        let targetSeed = SHA256Digest.of(Data("\(recipe.seed) \(space.toolchain.identity)".utf8))
+        var previousKey = targetSeed
         let runner = SandboxRunner(entryExecutable: settings.entryExecutable, isolation: settings.isolation)
         let remoteSteps = settings.remoteCache.map { RemoteSteps(cache: $0, store: store, log: settings.log) }
         let progress = StepProgress(emit: settings.log)
@@ -223,7 +226,8 @@ public struct StepRunner: Sendable {
                 try SourcePatch.series(for: step.component, in: settings.patchesDirectory).filter { $0.applies(to: input.version) }
                 + (step.edits.map { [SourcePatch.recipeEdits($0, step: step.name)] } ?? [])
             let environment = Self.commandSpec([], of: step, in: space.layout, epoch: settings.epoch(lock)).fullEnvironment
-            let key = Self.cacheKey(previous: previousKey, step: step, tree: tree, patches: patches, environment: environment)
+            let hostSeed = Self.buildMachineSeed(of: recipe, step: step, at: index, in: space)
+            let key = Self.cacheKey(previous: hostSeed ?? previousKey, step: step, tree: tree, patches: patches, environment: environment)
             let source = Source(name: input.name, version: input.version, treeSha256: tree, fileSha256: resolver.located(input)!)
             if !outcome.sources.contains(source) { outcome.sources.append(source) }
             let started = Date()
@@ -245,9 +249,7 @@ public struct StepRunner: Sendable {
             } else {
                 let verb = settings.prepareOnly ? "preparing" : "building"
                 // The build Python is compiled by the build-machine wrappers, for this machine.
-                let machine =
-                    step.environment["CC"]?.hasSuffix("/build-cc") == true
-                    ? "the build machine (\(HostPlatform.current))" : space.toolchain.triple
+                let machine = step.forBuildMachine == true ? "the build machine (\(HostPlatform.current))" : space.toolchain.triple
                 let label = "\(counter) \(step.name) \(input.version): \(verb) for \(machine) with \(space.toolchain.kind.rawValue)"
                 if settings.prepareOnly { settings.log(label) }
                 let directory = space.work + "/src/" + step.name
@@ -277,7 +279,8 @@ public struct StepRunner: Sendable {
                 .init(
                     component: step.name, key: key, cached: wasCached, remote: fromRemote ? true : nil,
                     seconds: Date().timeIntervalSince(started), adaptation: step.adaptation))
-            previousKey = key
+            // After a step keyed by the build machine, the target comes back into the chain.
+            previousKey = hostSeed == nil ? key : SHA256Digest.of(Data("\(targetSeed.hex) \(key.hex)".utf8))
             if step.name == settings.stopAfter || step.component == settings.stopAfter {
                 outcome.stoppedEarly = true
                 return outcome
@@ -285,6 +288,14 @@ public struct StepRunner: Sendable {
         }
         outcome.stoppedEarly = settings.prepareOnly
         return outcome
+    }
+
+    /// The first key of a recipe's first step when it compiles for the build machine: the recipe,
+    /// the toolchain without its target triple, and the build machine's triple (nil otherwise).
+    static func buildMachineSeed(of recipe: some Recipe, step: BuildStep, at index: Int, in space: Workspace) -> SHA256Digest? {
+        guard index == 0, step.forBuildMachine == true, let buildTriple = space.buildTriple else { return nil }
+        let toolchain = space.toolchain
+        return SHA256Digest.of(Data("\(recipe.seed) \(toolchain.kind.rawValue) \(toolchain.version) \(toolchain.archiveSha256.hex) build machine \(buildTriple)".utf8))
     }
 
     /// The key of a step's install tree: the previous step's key (so a change below rebuilds

@@ -344,6 +344,8 @@ final class ShellRecipeInputs {
                     "configure": configure, "Configure": "exit 0;\n", "build-python.sh": name == "cpython" ? buildPython : ":\n",
                     "Makefile": "all:\n\t@true\ninstall:\n\tsh ./build-python.sh \"$(DESTDIR)\"\n\tsh ./evil.sh \"$(DESTDIR)\"\nbuild_libs:\n\t@true\ninstall_dev:\n\t@true\n",
                     "Makefile.pre.in": "\t$(BLDSHARED) $(NO_AS_NEEDED) -o $@ -Wl,-h$@ $^\nLDFLAGS = -Wl,-h$(INSTSONAME)\n",
+                    // The line the recipe edits for musl targets.
+                    "Misc/platform_triplet.c": "#  ifdef __DEFINED_va_list\n",
                     "evil.sh": evil[name] ?? (name == "cpython" ? honestInstall : ":\n"),
                 ])
         }
@@ -600,6 +602,31 @@ struct StepBoundaryTests {
         manual.expectUntouched()
         interpreter.expectUntouched()
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []).allSatisfy { !$0.hasSuffix(".tar.xz") })
+    }
+
+    /// Issue #23: the build Python is keyed by this machine, not the target: a second target's
+    /// runtime build in the same store takes it from the step cache and compiles the rest, whose
+    /// keys still name their target.
+    @Test(.timeLimit(.minutes(60))) func theBuildPythonIsBuiltOncePerMachine() throws {
+        let work = TemporaryDirectory("krnative-boundary")
+        let inputs = try ShellRecipeInputs(work)
+        try inputs.addRuntimeSources()
+        try inputs.writeLock()
+        let musl: Target = target.arch == .x86_64 ? .musllinuxX86_64 : .musllinuxAarch64
+        func build(_ target: Target) throws -> [[String: Any]] {
+            let result = krnative([
+                "build-runtime", "--target", target.rawValue, "--lock", inputs.lock, "--store", inputs.store, "--out", work.path + "/" + target.rawValue,
+                "--patches", inputs.patches, "--jobs", "1", "--json",
+            ])
+            try #require(result.succeeded, "\(result.stderr)")
+            let report = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+            return try #require(report?["steps"] as? [[String: Any]])
+        }
+        let first = try build(target), second = try build(musl)
+        #expect(first.map { $0["cached"] as? Bool } == Array(repeating: false, count: 11))
+        #expect(second.map { $0["cached"] as? Bool } == [true] + Array(repeating: false, count: 10), "\(second)")
+        #expect(first[0]["key"] as? String == second[0]["key"] as? String)
+        #expect(Set(zip(first, second).dropFirst().map { ($0["key"] as? String) == ($1["key"] as? String) }) == [false])
     }
 
     /// The runtime recipe's shell stand-ins build honestly: the boundary takes an honest install
