@@ -35,6 +35,9 @@ public struct RecipeFile: Sendable {
     /// Reads and checks `directory/<name>.json`.
     public static func load(_ name: String, from directory: String) throws(RecipeError) -> RecipeFile {
         let path = directory + "/" + name + ".json"
+        guard Scope.isName(name.replacingOccurrences(of: "-", with: "_")) else {
+            throw RecipeError(path: path, field: nil, problem: "\(name) is not a recipe's name: letters, digits, - and _, starting with a letter")
+        }
         let data: Data
         do { data = try FileSystem.readRegularFile(path, limit: 4 << 20) } catch {
             throw RecipeError(path: path, field: nil, problem: "cannot be read (\(error)); --recipes names the directory of krnative's recipes")

@@ -70,6 +70,7 @@ struct RecipeFileTests {
             """)
         let file = try RecipeFile.load("hello", from: work.path + "/recipes")
         #expect(file.components == ["hello"])
+        #expect(throws: RecipeError.self, "a name is not a path") { try RecipeFile.load("../recipes/hello", from: work.path + "/recipes") }
         let musl = try file.recipe(for: .init(layout: .sandboxed, target: .musllinuxAarch64, buildArch: .x86_64, triple: "t", jobs: 3, versions: [:]))
         #expect(musl.seed == "hello v1")
         #expect(musl.steps.map(\.name) == ["hello"])
