@@ -88,8 +88,8 @@ public struct StepResultTree: Sendable {
     public func check() throws(StepResultError) {
         let root = try openRoot()
         defer { close(root) }
-        var none: [(path: String, data: Data)] = []
-        try walk(root, [], root: root, purpose: .check, into: -1, files: &none)
+        var none = Found()
+        try walk(root, [], root: root, purpose: .check, into: -1, found: &none)
     }
 
     /// Copies the tree into `destination` (which must not exist; its parent is krnative's): the
@@ -106,8 +106,8 @@ public struct StepResultTree: Sendable {
             let copy = open(destination, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             guard copy >= 0 else { throw .cannotCopy(path: destination, reason: Self.errorText()) }
             defer { close(copy) }
-            var none: [(path: String, data: Data)] = []
-            try walk(root, [], root: root, purpose: .copy, into: copy, files: &none)
+            var none = Found()
+            try walk(root, [], root: root, purpose: .copy, into: copy, found: &none)
             Self.finishDirectory(copy, like: info)
         } catch {
             FileSystem.remove(destination)
@@ -153,9 +153,9 @@ public struct StepResultTree: Sendable {
     public func regularFiles() throws(StepResultError) -> [(path: String, data: Data)] {
         let root = try openRoot()
         defer { close(root) }
-        var files: [(path: String, data: Data)] = []
-        try walk(root, [], root: root, purpose: .read, into: -1, files: &files)
-        return files.sorted { $0.path < $1.path }
+        var found = Found()
+        try walk(root, [], root: root, purpose: .read, into: -1, found: &found)
+        return found.files.sorted { $0.path < $1.path }
     }
 
     /// What is at `path`, not following it, in words: "a symbolic link to '/etc'", "a regular file", "nothing".
@@ -172,9 +172,30 @@ public struct StepResultTree: Sendable {
         return kind(of: info.st_mode)
     }
 
+    /// Copies the tree into the directory `destination` (krnative's), over what is there: a
+    /// directory of the tree goes into one of the same name, a file or link replaces what stands at
+    /// its name (never followed; a directory there is refused). Returns every file and link written,
+    /// relative to the tree, and whether it replaced one: the composed stage of a step graph.
+    public func merge(into destination: String) throws(StepResultError) -> [(path: String, replaced: Bool)] {
+        let root = try openRoot()
+        defer { close(root) }
+        let target = open(destination, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard target >= 0 else { throw .cannotCopy(path: destination, reason: Self.errorText()) }
+        defer { close(target) }
+        var found = Found()
+        try walk(root, [], root: root, purpose: .merge, into: target, found: &found)
+        return found.merged
+    }
+
     // MARK: Walking
 
-    private enum Purpose { case check, copy, read }
+    private enum Purpose { case check, copy, merge, read }
+
+    /// What a walk collects: the files read (`read`), the entries written over (`merge`).
+    private struct Found {
+        var files: [(path: String, data: Data)] = []
+        var merged: [(path: String, replaced: Bool)] = []
+    }
 
     /// Opens the tree's root through `base`'s real directories only.
     private func openRoot() throws(StepResultError) -> Int32 {
@@ -199,7 +220,7 @@ public struct StepResultTree: Sendable {
     /// Visits the directory open at `directory`, `relative` below the tree's root (open at `root`):
     /// checks it, copies it into the directory open at `destination`, or reads its files into `files`.
     private func walk(
-        _ directory: Int32, _ relative: [String], root: Int32, purpose: Purpose, into destination: Int32, files: inout [(path: String, data: Data)]
+        _ directory: Int32, _ relative: [String], root: Int32, purpose: Purpose, into destination: Int32, found: inout Found
     ) throws(StepResultError) {
         for name in try names(in: directory, relative) {
             let inner = relative + [name]
@@ -212,20 +233,26 @@ public struct StepResultTree: Sendable {
                 guard source >= 0 else { throw .cannotCopy(path: shown, reason: Self.errorText()) }
                 defer { close(source) }
                 var copy: Int32 = -1
-                if purpose == .copy {
-                    guard mkdirat(destination, name, 0o700) == 0 else { throw .cannotCopy(path: shown, reason: Self.errorText()) }
+                if purpose == .copy || purpose == .merge {
+                    // Merging, the directory may be there already: then it must be a real one.
+                    guard mkdirat(destination, name, 0o700) == 0 || (purpose == .merge && errno == EEXIST) else {
+                        throw .cannotCopy(path: shown, reason: Self.errorText())
+                    }
                     copy = openat(destination, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                    guard copy >= 0 else { throw .cannotCopy(path: shown, reason: Self.errorText()) }
+                    guard copy >= 0 else { throw .cannotCopy(path: shown, reason: "where it goes stands no directory (\(Self.errorText()))") }
                 }
                 defer { if copy >= 0 { close(copy) } }
-                try walk(source, inner, root: root, purpose: purpose, into: copy, files: &files)
+                try walk(source, inner, root: root, purpose: purpose, into: copy, found: &found)
                 if copy >= 0 { Self.finishDirectory(copy, like: info) }
             case S_IFREG:
                 switch purpose {
                 case .check: break
                 case .copy:
                     try Self.copyRegularFile(name, in: directory, shownAs: shown, to: destination, as: name, shownAs: shown, mode: info.st_mode & 0o777)
-                case .read: files.append((inner.joined(separator: "/"), try Self.read(name, in: directory, shownAs: shown)))
+                case .merge:
+                    found.merged.append((inner.joined(separator: "/"), try Self.clear(name, in: destination, shownAs: shown)))
+                    try Self.copyRegularFile(name, in: directory, shownAs: shown, to: destination, as: name, shownAs: shown, mode: info.st_mode & 0o777)
+                case .read: found.files.append((inner.joined(separator: "/"), try Self.read(name, in: directory, shownAs: shown)))
                 }
             case S_IFLNK:
                 let target = SafeExtractor.readLink(directory, name) ?? ""
@@ -235,11 +262,21 @@ public struct StepResultTree: Sendable {
                 if let problem = SafeExtractor.resolve(inner, root: root, seenAs: seenAs) {
                     throw .refusedLink(maker: maker, path: shown, target: target, reason: "\(problem) \(path)")
                 }
-                if purpose == .copy, symlinkat(target, destination, name) != 0 { throw .cannotCopy(path: shown, reason: Self.errorText()) }
+                if purpose == .merge { found.merged.append((inner.joined(separator: "/"), try Self.clear(name, in: destination, shownAs: shown))) }
+                if purpose == .copy || purpose == .merge, symlinkat(target, destination, name) != 0 {
+                    throw .cannotCopy(path: shown, reason: Self.errorText())
+                }
             default:
                 throw .refusedFile(maker: maker, path: shown, kind: Self.kind(of: info.st_mode))
             }
         }
+    }
+
+    /// Removes the file or link at `name` in `directory` (not a directory); whether there was one.
+    private static func clear(_ name: String, in directory: Int32, shownAs shown: String) throws(StepResultError) -> Bool {
+        if unlinkat(directory, name, 0) == 0 { return true }
+        guard errno == ENOENT else { throw .cannotCopy(path: shown, reason: "what stands where it goes cannot be replaced (\(errorText()))") }
+        return false
     }
 
     /// The names in the directory open at `directory`, sorted (so the first refusal is the same on every run).

@@ -45,6 +45,10 @@ public struct BuildStep: Sendable, Codable, Equatable {
     /// first step of a recipe, its key names the toolchain and this machine, not the target, so
     /// the four targets' builds on one machine share it.
     public var forBuildMachine: Bool? = nil
+    /// The steps (by name, each before this one) whose install trees this step builds on: it
+    /// sees those and theirs, nothing else, and its key hashes theirs only. Nil: every step
+    /// before it (a chain).
+    public var needs: [String]? = nil
 
     /// The step's name: its directory under `src/`, its log, its line in the report.
     public var name: String { directory ?? component }

@@ -55,7 +55,7 @@ public struct GenericRecipeBuild: RecipeBuild {
             if outcome.stoppedEarly { return report }
             let context = RecipeFile.Context(
                 layout: space.layout, target: options.target, buildArch: options.settings.host.arch, triple: triple, jobs: options.settings.jobs, versions: [:])
-            let stage = StepResultTree("stage", in: space.work, madeBy: "the \(recipeName) recipe's last step", seenAs: space.layout.stage)
+            let stage = StepResultTree("stage", in: space.work, madeBy: "the \(recipeName) recipe's steps", seenAs: space.layout.stage)
             for output in try file.outputs(for: context) {
                 let (digest, size) = try publish(output.from, of: stage, as: output.file)
                 report.outputs.append(.init(file: output.file, sha256: digest, size: size))

@@ -26,11 +26,14 @@ public struct RecipeFile: Sendable {
 
     /// The directory of the recipes this krnative was built with (`recipes/` of its checkout):
     /// what a build reads unless told otherwise (`--recipes`, a project's own `recipes/`).
-    public static let builtIn: String = {
+    public static let builtIn = builtInSibling("recipes")
+
+    /// `name` in the checkout this krnative was built from (`patches`, `recipes`).
+    public static func builtInSibling(_ name: String) -> String {
         var directory = URL(fileURLWithPath: #filePath)
         for _ in 0..<3 { directory.deleteLastPathComponent() }
-        return directory.path + "/recipes"
-    }()
+        return directory.path + "/" + name
+    }
 
     /// Reads and checks `directory/<name>.json`.
     public static func load(_ name: String, from directory: String) throws(RecipeError) -> RecipeFile {
@@ -145,8 +148,17 @@ public struct RecipeFile: Sendable {
             steps.append(try render(step, at: "steps[\(index)]", context))
         }
         var names: Set<String> = []
-        for step in steps where !names.insert(step.name).inserted {
-            throw RecipeError(path: path, field: "steps", problem: "two steps named \(step.name) for \(context.target.rawValue); a step's `directory` tells them apart")
+        for (index, step) in steps.enumerated() {
+            guard names.insert(step.name).inserted else {
+                throw RecipeError(path: path, field: "steps", problem: "two steps named \(step.name) for \(context.target.rawValue); a step's `directory` tells them apart")
+            }
+            // A step needs steps before it: so the recipe's order is an order the graph allows.
+            for need in step.needs ?? [] where !steps[..<index].contains(where: { $0.name == need }) {
+                let known = steps[..<index].map(\.name).joined(separator: ", ")
+                throw RecipeError(
+                    path: path, field: "steps (\(step.name)).needs",
+                    problem: "\(need) is no step before \(step.name) for \(context.target.rawValue) (the steps before it: \(known.isEmpty ? "none" : known))")
+            }
         }
         return RenderedRecipe(seed: document.seed, steps: steps)
     }
@@ -175,7 +187,7 @@ public struct RecipeFile: Sendable {
         return BuildStep(
             component: step.component, commands: commands, environment: expanded,
             adaptation: try step.adaptation.map { text throws(RecipeError) in try scope.expand(text, at: "\(field).adaptation") },
-            directory: step.directory, edits: edits, forBuildMachine: step.forBuildMachine)
+            directory: step.directory, edits: edits, forBuildMachine: step.forBuildMachine, needs: step.needs)
     }
 
     /// Whether `condition` holds for `context` (no condition always does).
@@ -306,6 +318,7 @@ extension RecipeFile {
             var edits: [Edit]?
             var adaptation: String?
             var forBuildMachine: Bool?
+            var needs: [String]?
         }
     }
 
@@ -409,7 +422,7 @@ extension RecipeFile {
         static let values = ["variables", "lists"]
         static let step = [
             "component", "directory", "when", "commands", "variables", "lists", "environment", "ownEnvironment", "dropEnvironment", "edits", "adaptation",
-            "forBuildMachine",
+            "forBuildMachine", "needs",
         ]
         static let condition = ["libc", "version"]
         static let version = ["of", "below", "atLeast"]

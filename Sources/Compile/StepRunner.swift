@@ -7,6 +7,7 @@ import Lock
 import Patch
 import Sandbox
 import Store
+import Synchronization
 import Toolchain
 
 /// A build as a value: its steps in order, and what seeds the first step's cache key.
@@ -41,6 +42,9 @@ public struct StepRunner: Sendable {
         public var remoteCache: RemoteCache?
         /// Parallel jobs for the steps' `make`, and threads for packing step results.
         public var jobs = ProcessInfo.processInfo.activeProcessorCount
+        /// How many steps that do not need one another may compile at the same time (each with
+        /// `jobs`): configure scripts run on one core, so two steps keep two cores busier than one.
+        public var concurrentSteps = 2
         /// The machine that builds: which toolchain archive runs here, and the build triple.
         public var host: HostPlatform = .current
         /// Where to build; a fresh temporary directory when nil (removed afterwards unless `keepWork`).
@@ -111,12 +115,22 @@ public struct StepRunner: Sendable {
         /// Zig's cache for this build alone (`ZIG_GLOBAL_CACHE_DIR`: the runtime libraries Zig
         /// builds per target, every object `zig cc` compiles). Steps write it, so no other build
         /// may read it: in the sandbox, a directory in the store's `tmp/` held by this run
-        /// (`held`, removed with the workspace); with `--sandbox none`, `zig-cache/` in the work directory.
+        /// (`held`, removed with the workspace) that holds a cache per step; with `--sandbox none`,
+        /// `zig-cache/` in the work directory, the steps' one cache.
         public var zigCache: String
         let held: StagingDirectory?
         /// The build machine's triple, when the recipe also compiles for it (`build-cc`, …).
         public var buildTriple: String? = nil
+        /// krnative's files every build directory has: the compiler wrappers (`wrappers/<name>`)
+        /// and the CMake toolchain file, as the steps see them.
+        var buildFiles: [(path: String, text: String, mode: mode_t)] = []
         public var stage: String { work + "/stage" }
+
+        /// Writes `buildFiles` into `directory`, a build directory krnative made.
+        func writeBuildFiles(into directory: String) throws {
+            try FileSystem.createDirectory(directory + "/wrappers")
+            for file in buildFiles { try FileSystem.writeAtomically(Data(file.text.utf8), to: directory + "/" + file.path, mode: file.mode) }
+        }
     }
 
     public let settings: Settings
@@ -191,111 +205,309 @@ public struct StepRunner: Sendable {
         inLayout.hostRoot = layout.toolchain
         // A work directory kept from an earlier build (`--workdir`) holds what its steps left.
         try Self.checkWorkDirectory(work, layout: layout, after: nil)
-        try FileSystem.createDirectory(work + "/wrappers")
         var wrappers = inLayout.wrappers(root: layout.toolchain)
         if let buildTriple {
             var native = inLayout
             native.triple = buildTriple
             for (name, script) in native.wrappers(root: layout.toolchain) { wrappers["build-" + name] = script }
         }
-        for (name, script) in wrappers {
-            try FileSystem.writeAtomically(Data(script.utf8), to: work + "/wrappers/" + name, mode: 0o755)
-        }
-        let file = inLayout.cmakeToolchainFile(wrappers: layout.wrappers, stage: layout.stage)
-        try FileSystem.writeAtomically(Data(file.utf8), to: work + "/toolchain.cmake")
-        try FileSystem.createDirectory(work + "/stage")
+        var space = Workspace(work: work, layout: layout, toolchain: toolchain, zigCache: zigCache, held: held, buildTriple: buildTriple)
+        space.buildFiles = wrappers.sorted { $0.key < $1.key }.map { ("wrappers/" + $0.key, $0.value, 0o755) }
+        space.buildFiles.append(("toolchain.cmake", inLayout.cmakeToolchainFile(wrappers: layout.wrappers, stage: layout.stage), 0o644))
+        try space.writeBuildFiles(into: work)
+        for name in ["stage", "steps"] { try FileSystem.createDirectory(work + "/" + name) }
         try FileSystem.createDirectory(zigCache)
-        return Workspace(work: work, layout: layout, toolchain: toolchain, zigCache: zigCache, held: held, buildTriple: buildTriple)
+        return space
     }
 
-    /// Runs `recipe`'s steps in `space`, each from its cache when it is there.
+    /// A step of a run resolved against the lock: its source, patches and key, and the steps below it.
+    struct PlannedStep: Sendable {
+        var index: Int
+        var step: BuildStep
+        var input: LockedInput
+        var archive: String
+        var patches: [SourcePatch]
+        var key: SHA256Digest
+        /// The steps it needs (indices into the plan).
+        var needs: [Int]
+        /// Those and all they need, in the recipe's order: what its stage is made of.
+        var below: [Int]
+        var source: Source
+    }
+
+    /// Runs `recipe`'s steps in `space` as a graph: each step whose result the step cache (or the
+    /// remote cache) holds is taken from it; the others compile, as many at once as
+    /// `concurrentSteps` allows, each once the steps it needs are done. The install tree
+    /// (`stage/`) is then every step's result, in the recipe's order.
+    ///
+    /// In the sandbox each step has a build directory of its own (`steps/<name>/`, seen as
+    /// `/build`): its source, krnative's wrappers, and a stage made of the results of the steps
+    /// it needs, nothing else; and a Zig cache of its own, a copy of one krnative warmed. What a
+    /// step could leave for another (in a shared stage, wrappers or Zig cache) reaches only steps
+    /// whose keys name it. A step's result is what it added to or changed in its stage.
     public func run(_ recipe: some Recipe, lock: Lockfile, in space: Workspace) throws -> Outcome {
+        let plan = try self.plan(recipe, lock: lock, in: space)
+        var selected = Array(plan.indices)
+        let stop = plan.firstIndex { $0.step.name == settings.stopAfter || $0.step.component == settings.stopAfter }
+        if let stop { selected = plan[stop].below + [stop] }
         var outcome = Outcome()
-        let targetSeed = SHA256Digest.of(Data("\(recipe.seed) \(space.toolchain.identity)".utf8))
-        var previousKey = targetSeed
-        let runner = SandboxRunner(entryExecutable: settings.entryExecutable, isolation: settings.isolation)
+        for index in selected where !outcome.sources.contains(plan[index].source) { outcome.sources.append(plan[index].source) }
+        let numbering = settings.numbering ?? StepNumbering(first: 1, total: plan.count)
+        let counter: @Sendable (Int) -> String = { index in "[\(numbering.first + index)/\(numbering.total)]" }
+        if settings.prepareOnly {
+            for index in selected {
+                settings.log(label(plan[index], counter: counter(index), space: space, verb: "preparing"))
+                outcome.patches += try unpack(plan[index], into: space.work + "/src/" + plan[index].step.name)
+            }
+            outcome.stoppedEarly = true
+            return outcome
+        }
         let remoteSteps = settings.remoteCache.map { RemoteSteps(cache: $0, store: store, log: settings.log) }
-        let progress = StepProgress(emit: settings.log)
+        var fromRemote: [Int: Bool] = [:]
+        for index in selected where !settings.rebuild {
+            let (step, key) = (plan[index].step, plan[index].key)
+            if store.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) != nil {
+                fromRemote[index] = false
+                // A result made before uploads were asked for reaches the cache too.
+                if let remoteSteps, remoteSteps.cache.upload, !remoteSteps.cache.hasActionResult(key) {
+                    remoteSteps.upload(store.item(.steps, key.hex), key: key, component: step.name, epoch: settings.epoch(lock), threads: settings.jobs)
+                }
+            } else if remoteSteps?.restore(key, component: step.name) == true {
+                fromRemote[index] = true
+            } else {
+                continue
+            }
+            let origin = fromRemote[index]! ? "from the remote cache" : "cached"
+            settings.log("\(counter(index)) \(step.name) \(plan[index].input.version): \(origin) (\(key.hex.prefix(12)))")
+        }
+        let compile = selected.filter { fromRemote[$0] == nil }
+        var built: [Int: Built] = [:]
+        if !compile.isEmpty {
+            let warm = settings.isolation == .namespaces ? try warmZigCache(space, epoch: settings.epoch(lock)) : nil
+            // Without the sandbox the steps share one work directory: one at a time.
+            let limit = warm == nil ? 1 : max(1, settings.concurrentSteps)
+            built = try Self.schedule(compile, needs: { plan[$0].needs }, done: Set(fromRemote.keys), limit: limit) { index in
+                try build(plan[index], of: plan, in: space, warm: warm, counter: counter(index), lock: lock, remoteSteps: remoteSteps)
+            }
+        }
+        FileSystem.remove(space.stage)
+        try FileSystem.createDirectory(space.stage)
+        try compose(selected, of: plan, into: space.stage, seenAs: space.layout.stage)
+        for index in selected {
+            let planned = plan[index]
+            outcome.patches += built[index]?.patches ?? planned.patches.map(\.summary)
+            outcome.steps.append(
+                .init(
+                    component: planned.step.name, key: planned.key, cached: built[index] == nil, remote: fromRemote[index] == true ? true : nil,
+                    seconds: built[index]?.seconds ?? 0, adaptation: planned.step.adaptation))
+        }
+        outcome.stoppedEarly = stop != nil
+        return outcome
+    }
+
+    /// The recipe's steps resolved against the lock, keyed: each key hashes the keys of the
+    /// steps it needs (with the recipe and the toolchain), never a step it does not.
+    func plan(_ recipe: some Recipe, lock: Lockfile, in space: Workspace) throws -> [PlannedStep] {
+        let targetSeed = SHA256Digest.of(Data("\(recipe.seed) \(space.toolchain.identity)".utf8))
+        var plan: [PlannedStep] = []
         for (index, step) in recipe.steps.enumerated() {
-            let numbering = settings.numbering ?? StepNumbering(first: 1, total: recipe.steps.count)
-            let counter = "[\(numbering.first + index)/\(numbering.total)]"
             guard let input = lock[step.component], input.kind == .source, let tree = input.treeSha256,
-                let archive = try resolver.path(of: input)
+                let archive = try resolver.path(of: input), let fileSha256 = resolver.located(input)
             else { throw CompileError.missingInput(name: step.component, lockPath: settings.lockPath) }
             let patches =
                 try SourcePatch.series(for: step.component, in: settings.patchesDirectory).filter { $0.applies(to: input.version) }
                 + (step.edits.map { [SourcePatch.recipeEdits($0, step: step.name)] } ?? [])
+            var needs: [Int] = []
+            for name in step.needs ?? plan.map(\.step.name) {
+                guard let need = plan.firstIndex(where: { $0.step.name == name }) else {
+                    throw CompileError.unknownNeed(step: step.name, needs: name, before: plan.map(\.step.name))
+                }
+                needs.append(need)
+            }
+            let below = Set(needs.flatMap { plan[$0].below + [$0] }).sorted()
+            let seed =
+                Self.buildMachineSeed(of: recipe, step: step, needs: needs, in: space)
+                ?? (needs.isEmpty ? targetSeed : SHA256Digest.of(Data(([targetSeed] + needs.map { plan[$0].key }).map(\.hex).joined(separator: " ").utf8)))
             let environment = Self.commandSpec([], of: step, in: space.layout, epoch: settings.epoch(lock)).fullEnvironment
-            let hostSeed = Self.buildMachineSeed(of: recipe, step: step, at: index, in: space)
-            let key = Self.cacheKey(previous: hostSeed ?? previousKey, step: step, tree: tree, patches: patches, environment: environment)
-            let source = Source(name: input.name, version: input.version, treeSha256: tree, fileSha256: resolver.located(input)!)
-            if !outcome.sources.contains(source) { outcome.sources.append(source) }
-            let started = Date()
-            let cached = store.item(.steps, key.hex)
-            let mayReuse = !settings.rebuild && !settings.prepareOnly
-            let intact = mayReuse && store.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) != nil
-            let fromRemote = mayReuse && !intact && remoteSteps?.restore(key, component: step.name) == true
-            let wasCached = intact || fromRemote
-            if wasCached {
-                FileSystem.remove(space.stage)
-                try StepResultTree(key.hex, in: store.directory(.steps), madeBy: "the \(step.name) step (its cached result)", seenAs: space.layout.stage)
-                    .copy(to: space.stage)
-                outcome.patches += patches.map(\.summary)
-                settings.log("\(counter) \(step.name) \(input.version): \(fromRemote ? "from the remote cache" : "cached") (\(key.hex.prefix(12)))")
-                // A result made before uploads were asked for reaches the cache too.
-                if !fromRemote, let remoteSteps, remoteSteps.cache.upload, !remoteSteps.cache.hasActionResult(key) {
-                    remoteSteps.upload(cached, key: key, component: step.name, epoch: settings.epoch(lock), threads: settings.jobs)
-                }
-            } else {
-                let verb = settings.prepareOnly ? "preparing" : "building"
-                // The build Python is compiled by the build-machine wrappers, for this machine.
-                let machine = step.forBuildMachine == true ? "the build machine (\(HostPlatform.current))" : space.toolchain.triple
-                let label = "\(counter) \(step.name) \(input.version): \(verb) for \(machine) with \(space.toolchain.kind.rawValue)"
-                if settings.prepareOnly { settings.log(label) }
-                let directory = space.work + "/src/" + step.name
-                FileSystem.remove(directory)
-                try SafeExtractor(stripComponents: 1, limits: .forArchive(recordedSize: input.size)).extract(archive, into: directory)
-                // What was extracted is what the lock pins, before any patch touches it.
-                let extracted = try TreeHash.ofDirectory(at: directory)
-                guard extracted == tree else {
-                    throw CompileError.treeMismatch(component: step.component, archive: archive, expected: tree, actual: extracted)
-                }
-                outcome.patches += try PatchApplier().apply(patches, to: directory, version: input.version)
-                if !settings.prepareOnly {
-                    // Begun here, ended on both paths below: no status outlives its step.
-                    progress.begin(label)
-                    do { try runCommands(step, in: space, runner: runner, epoch: settings.epoch(lock), progress: progress) } catch {
-                        progress.end("\(counter) \(step.name) \(input.version): failed after \(Console.duration(Date().timeIntervalSince(started)))")
-                        throw error
-                    }
-                    progress.end("\(counter) \(step.name) \(input.version): built in \(Console.duration(Date().timeIntervalSince(started)))")
-                    try Self.checkWorkDirectory(space.work, layout: space.layout, after: step.name)
-                    try snapshot(StepResultTree("stage", in: space.work, madeBy: "the \(step.name) step", seenAs: space.layout.stage), as: key)
-                    remoteSteps?.upload(cached, key: key, component: step.name, epoch: settings.epoch(lock), threads: settings.jobs)
-                }
-            }
-            if settings.prepareOnly { continue }
-            outcome.steps.append(
-                .init(
-                    component: step.name, key: key, cached: wasCached, remote: fromRemote ? true : nil,
-                    seconds: Date().timeIntervalSince(started), adaptation: step.adaptation))
-            // After a step keyed by the build machine, the target comes back into the chain.
-            previousKey = hostSeed == nil ? key : SHA256Digest.of(Data("\(targetSeed.hex) \(key.hex)".utf8))
-            if step.name == settings.stopAfter || step.component == settings.stopAfter {
-                outcome.stoppedEarly = true
-                return outcome
-            }
+            let key = Self.cacheKey(previous: seed, step: step, tree: tree, patches: patches, environment: environment)
+            let source = Source(name: input.name, version: input.version, treeSha256: tree, fileSha256: fileSha256)
+            plan.append(
+                PlannedStep(index: index, step: step, input: input, archive: archive, patches: patches, key: key, needs: needs, below: below, source: source))
         }
-        outcome.stoppedEarly = settings.prepareOnly
-        return outcome
+        return plan
     }
 
-    /// The first key of a recipe's first step when it compiles for the build machine: the recipe,
-    /// the toolchain without its target triple, and the build machine's triple (nil otherwise).
-    static func buildMachineSeed(of recipe: some Recipe, step: BuildStep, at index: Int, in space: Workspace) -> SHA256Digest? {
-        guard index == 0, step.forBuildMachine == true, let buildTriple = space.buildTriple else { return nil }
+    /// What compiling a step gave: the patches applied, and the time it took.
+    struct Built: Sendable {
+        var patches: [AppliedPatch]
+        var seconds: Double
+    }
+
+    /// Runs `body` for each of `indices` (in their order) once the steps it `needs` are done, at
+    /// most `limit` at a time, each on a thread of its own. After a failure no step starts; the
+    /// running ones finish (their results are cached), and the first failure in the recipe's
+    /// order is thrown.
+    static func schedule(
+        _ indices: [Int], needs: (Int) -> [Int], done: Set<Int>, limit: Int, _ body: @escaping @Sendable (Int) throws -> Built
+    ) throws -> [Int: Built] {
+        let finished = Mutex<[(Int, Result<Built, any Error>)]>([])
+        let signal = DispatchSemaphore(value: 0)
+        var (waiting, running, done) = (indices, Set<Int>(), done)
+        var results: [Int: Built] = [:]
+        var failures: [(Int, any Error)] = []
+        while !waiting.isEmpty || !running.isEmpty {
+            while failures.isEmpty && running.count < limit, let next = waiting.firstIndex(where: { needs($0).allSatisfy(done.contains) }) {
+                let index = waiting.remove(at: next)
+                running.insert(index)
+                let thread = Thread {
+                    let result = Result { try body(index) }
+                    finished.withLock { $0.append((index, result)) }
+                    signal.signal()
+                }
+                thread.name = "krnative step \(index)"
+                thread.stackSize = 8 << 20
+                thread.start()
+            }
+            if running.isEmpty { break }
+            signal.wait()
+            for (index, result) in finished.withLock({ list in defer { list = [] }; return list }) {
+                running.remove(index)
+                switch result {
+                case .success(let built):
+                    results[index] = built
+                    done.insert(index)
+                case .failure(let error): failures.append((index, error))
+                }
+            }
+        }
+        if let first = failures.min(by: { $0.0 < $1.0 }) { throw first.1 }
+        return results
+    }
+
+    /// The line that says what a step does: `[3/6] mbedtls 2.28.3: building for x86_64-linux-musl with zig`.
+    func label(_ planned: PlannedStep, counter: String, space: Workspace, verb: String) -> String {
+        // The build Python is compiled by the build-machine wrappers, for this machine.
+        let machine = planned.step.forBuildMachine == true ? "the build machine (\(HostPlatform.current))" : space.toolchain.triple
+        return "\(counter) \(planned.step.name) \(planned.input.version): \(verb) for \(machine) with \(space.toolchain.kind.rawValue)"
+    }
+
+    /// Unpacks the step's source into `directory` and applies its patches; what was extracted is
+    /// what the lock pins, before any patch touches it.
+    func unpack(_ planned: PlannedStep, into directory: String) throws -> [AppliedPatch] {
+        FileSystem.remove(directory)
+        try SafeExtractor(stripComponents: 1, limits: .forArchive(recordedSize: planned.input.size)).extract(planned.archive, into: directory)
+        let extracted = try TreeHash.ofDirectory(at: directory)
+        guard extracted == planned.source.treeSha256 else {
+            throw CompileError.treeMismatch(
+                component: planned.step.component, archive: planned.archive, expected: planned.source.treeSha256, actual: extracted)
+        }
+        return try PatchApplier().apply(planned.patches, to: directory, version: planned.input.version)
+    }
+
+    /// Compiles one step and keeps what it added to or changed in its stage as its result (`steps/<key>`).
+    func build(
+        _ planned: PlannedStep, of plan: [PlannedStep], in space: Workspace, warm: String?, counter: String, lock: Lockfile, remoteSteps: RemoteSteps?
+    ) throws -> Built {
+        let started = Date()
+        let name = planned.step.name
+        // In the sandbox, a build directory and a Zig cache of the step's own; without it, the work directory's.
+        let directory = warm == nil ? space.work : space.work + "/steps/" + name
+        let zigCache = warm == nil ? space.zigCache : space.zigCache + "/" + name
+        if let warm {
+            FileSystem.remove(directory)
+            try FileSystem.createDirectory(directory)
+            try space.writeBuildFiles(into: directory)
+            FileSystem.remove(zigCache)
+            try StepResultTree(root: warm, madeBy: "krnative's Zig warm-up").copy(to: zigCache)
+        }
+        defer { if warm != nil { FileSystem.remove(zigCache) } }
+        let stage = directory + "/stage"
+        FileSystem.remove(stage)
+        try FileSystem.createDirectory(stage)
+        try compose(planned.below, of: plan, into: stage, seenAs: space.layout.stage)
+        let patches = try unpack(planned, into: directory + "/src/" + name)
+        let before = FileSystem.entryStamps(of: stage)
+        let progress = StepProgress(emit: settings.log)
+        let done = "\(counter) \(name) \(planned.input.version):"
+        // Begun here, ended on both paths below: no status outlives its step.
+        progress.begin(label(planned, counter: counter, space: space, verb: "building"))
+        do {
+            try runCommands(planned.step, in: space, directory: directory, zigCache: zigCache, epoch: settings.epoch(lock), progress: progress)
+        } catch {
+            progress.end("\(done) failed after \(Console.duration(Date().timeIntervalSince(started)))")
+            throw error
+        }
+        progress.end("\(done) built in \(Console.duration(Date().timeIntervalSince(started)))")
+        try Self.checkWorkDirectory(directory, layout: space.layout, after: name, isolated: warm != nil)
+        let result = StepResultTree("stage", in: directory, madeBy: "the \(name) step", seenAs: space.layout.stage)
+        try snapshot(result, as: planned.key, keepingOnlyChangesFrom: before)
+        remoteSteps?.upload(store.item(.steps, planned.key.hex), key: planned.key, component: name, epoch: settings.epoch(lock), threads: settings.jobs)
+        if warm != nil { FileSystem.remove(directory) }
+        return Built(patches: patches, seconds: Date().timeIntervalSince(started))
+    }
+
+    /// Copies the results of steps `indices` (in the recipe's order) into `stage`. A step may
+    /// change what a step it needs installed; two steps that do not need one another may not
+    /// write the same file, or the stage would depend on their order.
+    func compose(_ indices: [Int], of plan: [PlannedStep], into stage: String, seenAs: String) throws {
+        var writer: [String: Int] = [:]
+        for index in indices {
+            let planned = plan[index]
+            let result = StepResultTree(planned.key.hex, in: store.directory(.steps), madeBy: "the \(planned.step.name) step (its cached result)", seenAs: seenAs)
+            for (path, replaced) in try result.merge(into: stage) {
+                if replaced, let earlier = writer[path], !planned.below.contains(earlier) {
+                    throw CompileError.stepsCollide(path: path, first: plan[earlier].step.name, second: planned.step.name)
+                }
+                writer[path] = index
+            }
+        }
+    }
+
+    /// Zig's runtime libraries (libc, compiler-rt, libc++) for the target and, when the recipe
+    /// compiles for it, the build machine, at the optimisation levels builds ask for: compiled
+    /// once per toolchain and machine by krnative's own two-line programs, kept in the step cache,
+    /// and copied into each step's Zig cache so that no step compiles them again.
+    func warmZigCache(_ space: Workspace, epoch: Int64) throws -> String {
         let toolchain = space.toolchain
-        return SHA256Digest.of(Data("\(recipe.seed) \(toolchain.kind.rawValue) \(toolchain.version) \(toolchain.archiveSha256.hex) build machine \(buildTriple)".utf8))
+        let key = SHA256Digest.of(Data("krnative Zig warm-up v1 \(toolchain.identity) build machine \(space.buildTriple ?? "none")".utf8))
+        let item = store.item(.steps, key.hex)
+        if store.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) != nil { return item }
+        let started = Date()
+        let directory = space.work + "/steps/.zig-warm-up"
+        let zigCache = space.zigCache + "/.zig-warm-up"
+        for path in [directory, zigCache] { FileSystem.remove(path) }
+        defer { for path in [directory, zigCache] { FileSystem.remove(path) } }
+        try FileSystem.createDirectory(directory + "/stage")
+        try FileSystem.createDirectory(directory + "/src/warm-up")
+        try FileSystem.createDirectory(zigCache)
+        try space.writeBuildFiles(into: directory)
+        try FileSystem.writeAtomically(Data("int main(void) { return 0; }\n".utf8), to: directory + "/src/warm-up/c.c")
+        try FileSystem.writeAtomically(
+            Data("#include <string>\nint main() { return int(std::string(\"k\").size()) - 1; }\n".utf8), to: directory + "/src/warm-up/cxx.cc")
+        let wrappers = space.layout.wrappers
+        var commands: [[String]] = []
+        for prefix in [""] + (space.buildTriple == nil ? [] : ["build-"]) {
+            for level in ["-O0", "-O2", "-Os"] {
+                commands.append([wrappers + "/" + prefix + "cc", level, "c.c", "-o", "c"])
+                commands.append([wrappers + "/" + prefix + "c++", level, "cxx.cc", "-o", "cxx"])
+            }
+            commands.append([wrappers + "/" + prefix + "cc", "-O2", "-fPIC", "-shared", "c.c", "-o", "c.so"])
+        }
+        let step = BuildStep(component: "warm-up", commands: commands, environment: [:])
+        settings.log("warming Zig's cache for \(toolchain.triple)\(space.buildTriple.map { " and \($0)" } ?? "") (once per toolchain and machine)")
+        try runCommands(step, in: space, directory: directory, zigCache: zigCache, epoch: epoch)
+        try snapshot(StepResultTree(root: zigCache, madeBy: "Zig, warming its cache"), as: key)
+        settings.log("Zig's cache warmed in \(Console.duration(Date().timeIntervalSince(started)))")
+        return item
+    }
+
+    /// The first key of a step that compiles for the build machine and needs no step: the recipe,
+    /// the toolchain without its target triple, and the build machine's triple (nil otherwise).
+    static func buildMachineSeed(of recipe: some Recipe, step: BuildStep, needs: [Int], in space: Workspace) -> SHA256Digest? {
+        guard needs.isEmpty, step.forBuildMachine == true, let buildTriple = space.buildTriple else { return nil }
+        let toolchain = space.toolchain
+        return SHA256Digest.of(
+            Data("\(recipe.seed) \(toolchain.kind.rawValue) \(toolchain.version) \(toolchain.archiveSha256.hex) build machine \(buildTriple)".utf8))
     }
 
     /// The key of a step's install tree: the previous step's key (so a change below rebuilds
@@ -324,13 +536,18 @@ public struct StepRunner: Sendable {
             home: layout.build, sourceDateEpoch: epoch)
     }
 
-    func runCommands(_ step: BuildStep, in space: Workspace, runner: SandboxRunner, epoch: Int64, progress: StepProgress? = nil) throws {
+    /// Runs `step`'s commands with `directory` as the build directory (`/build` in the sandbox)
+    /// and `zigCache` as Zig's; the output goes to `logs/<step>.log` of the work directory.
+    func runCommands(
+        _ step: BuildStep, in space: Workspace, directory: String, zigCache: String, epoch: Int64, progress: StepProgress? = nil
+    ) throws {
         let layout = space.layout
+        let runner = SandboxRunner(entryExecutable: settings.entryExecutable, isolation: settings.isolation)
         let mounts: [SandboxSpec.Mount] =
             settings.isolation == .namespaces
             ? [
-                .writable(space.work, at: layout.build), .readOnly(space.toolchain.hostRoot, at: layout.toolchain),
-                .writable(space.zigCache, at: layout.zigCache),
+                .writable(directory, at: layout.build), .readOnly(space.toolchain.hostRoot, at: layout.toolchain),
+                .writable(zigCache, at: layout.zigCache),
             ]
             : []
         // Without its log a failed step could not be looked into: no log, no step.
@@ -371,28 +588,50 @@ public struct StepRunner: Sendable {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    /// Keeps the stage as the cached result of step `key`, whole or not at all, with its tree hash
-    /// beside it for `store verify`; what the step left is copied as untrusted input.
-    func snapshot(_ stage: StepResultTree, as key: SHA256Digest) throws {
+    /// Keeps the tree as the cached result of step `key`, whole or not at all, with its tree hash
+    /// beside it for `store verify`; what the step left is copied as untrusted input. With
+    /// `before` (the stage's `FileSystem.entryStamps` before the step), only what the step added
+    /// or changed is kept: a file or link whose stamp is the same is left out, and so is a
+    /// directory that was there and holds nothing the step made. A step may not remove what a
+    /// step it needs installed (the result could not say so).
+    func snapshot(_ tree: StepResultTree, as key: SHA256Digest, keepingOnlyChangesFrom before: [String: String]? = nil) throws {
         try FileSystem.createDirectory(store.directory(.steps))
         let itemLock = try store.lock(.steps, key.hex)
         defer { itemLock.unlock() }
-        let temp = store.item(.steps, key.hex) + ".tmp-\(getpid())"
+        let temp = store.item(.steps, key.hex) + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         FileSystem.remove(temp)
-        try stage.copy(to: temp)
+        try tree.copy(to: temp)
+        if let before {
+            let after = FileSystem.entryStamps(of: tree.path)
+            if let gone = before.keys.sorted().first(where: { after[$0] == nil }) {
+                FileSystem.remove(temp)
+                throw CompileError.removedFromStage(step: tree.maker, path: tree.path + gone)
+            }
+            // Deepest first, so that a directory is emptied before it is looked at.
+            for (relative, stamp) in after.sorted(by: { $0.key > $1.key }) where !relative.isEmpty {
+                guard let earlier = before[relative] else { continue }
+                if FileSystem.kind(of: String(relative.dropFirst()), beneath: temp) == S_IFDIR {
+                    rmdir(temp + relative)  // fails, as it should, when the step put something in it
+                } else if earlier == stamp {
+                    unlink(temp + relative)
+                }
+            }
+        }
         try store.complete(.steps, key.hex, from: temp, treeHash: TreeHash.ofDirectory(at:))
     }
 
     /// The directories krnative makes in the work directory for the steps: a step may fill them,
     /// never replace them.
-    static let hostDirectories = ["src", "logs", "stage", "wrappers"]
+    static let hostDirectories = ["src", "logs", "stage", "wrappers", "steps"]
+    /// Those of a step's own build directory.
+    static let stepDirectories = ["src", "stage", "wrappers"]
 
     /// Refuses the work directory when one of `hostDirectories` is no longer a real directory (a
     /// symbolic link, a file, gone), naming `step` and the path; before the first step of a
     /// build (`step` nil) those not made yet may be absent. The sandbox is a PID namespace, so
     /// nothing of a step outlives it: what this sees stays so until krnative runs the next step.
-    static func checkWorkDirectory(_ work: String, layout: BuildLayout, after step: String?) throws(StepResultError) {
-        for name in hostDirectories {
+    static func checkWorkDirectory(_ work: String, layout: BuildLayout, after step: String?, isolated: Bool = false) throws(StepResultError) {
+        for name in isolated ? stepDirectories : hostDirectories {
             let path = work + "/" + name
             if step == nil && !FileSystem.exists(path) { continue }
             guard FileSystem.kind(of: name, beneath: work) != S_IFDIR else { continue }

@@ -15,6 +15,12 @@ public enum CompileError: KrnativeError {
     case toolchainCannotRun(ToolchainKind, host: HostPlatform)
     case noOutput(path: String)
     case treeMismatch(component: String, archive: String, expected: SHA256Digest, actual: SHA256Digest)
+    /// A recipe's step needs a step the recipe has not (or not before it).
+    case unknownNeed(step: String, needs: String, before: [String])
+    /// Two steps that do not need one another both wrote `path` of the stage.
+    case stepsCollide(path: String, first: String, second: String)
+    /// A step removed from its stage what a step it needs installed.
+    case removedFromStage(step: String, path: String)
 
     public var description: String {
         switch self {
@@ -27,6 +33,15 @@ public enum CompileError: KrnativeError {
             "the steps finished but left no \(path)"
         case .treeMismatch(let component, let archive, let expected, let actual):
             "\(component): \(archive) unpacked to tree \(actual), but the lock pins \(expected); the extraction differs from the tree hash (report this)"
+        case .unknownNeed(let step, let needs, let before):
+            "the \(step) step needs \(needs), which is no step before it (\(before.isEmpty ? "it is the first" : "those: " + before.joined(separator: ", "))); "
+                + "fix the step's `needs` in its recipe"
+        case .stepsCollide(let path, let first, let second):
+            "the \(first) and \(second) steps both installed \(path), and neither needs the other, so the install tree would depend on their order; "
+                + "make one need the other in the recipe (`needs`), or keep them from writing the same file"
+        case .removedFromStage(let step, let path):
+            "\(step) removed \(path), which a step it needs installed; a step may add to and change the install tree, not take from it "
+                + "(its result could not say so): change the step's commands, or merge the two steps"
         }
     }
     public var exitCode: Int32 {
@@ -35,6 +50,8 @@ public enum CompileError: KrnativeError {
         case .toolchainCannotRun: ExitStatus.usage
         case .noOutput: ExitStatus.process
         case .treeMismatch: ExitStatus.integrity
+        case .unknownNeed: ExitStatus.usage
+        case .stepsCollide, .removedFromStage: ExitStatus.process
         }
     }
 }

@@ -198,18 +198,34 @@ public enum FileSystem {
     /// used touches them); its entries' are in. Nil when `path` is gone.
     public static func stamp(of path: String) -> SHA256Digest? {
         var hasher = StreamingSHA256()
+        let found = walkStamps(path) { relative, line in hasher.update(Data("\(relative)\0\(line)\n".utf8)) }
+        return found ? hasher.finalize() : nil
+    }
+
+    /// `stamp(of:)` entry by entry: each entry's path relative to `path` ("" for itself) and what
+    /// changes when it is written, replaced or has its mode changed. Directories' entries only
+    /// while they are real directories: no link is followed.
+    public static func entryStamps(of path: String) -> [String: String] {
+        var stamps: [String: String] = [:]
+        _ = walkStamps(path) { relative, line in stamps[relative] = line }
+        return stamps
+    }
+
+    /// Visits `path` and, below its real directories, every entry in sorted order with its
+    /// stamp line (`relative` starts with "/" below `path`); false when `path` is gone.
+    private static func walkStamps(_ path: String, _ visit: (String, String) -> Void) -> Bool {
         func add(_ relative: String) -> Bool {
             var info = stat()
             guard lstat(path + relative, &info) == 0 else { return false }
             let directory = info.st_mode & S_IFMT == S_IFDIR
             let times = directory && relative.isEmpty ? "" : " \(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec) \(info.st_ctim.tv_sec).\(info.st_ctim.tv_nsec)"
-            hasher.update(Data("\(relative)\0\(info.st_dev) \(info.st_ino) \(info.st_mode) \(info.st_size)\(times)\n".utf8))
+            visit(relative, "\(info.st_dev) \(info.st_ino) \(info.st_mode) \(info.st_size)\(times)")
             if directory {
                 for name in ((try? FileManager.default.contentsOfDirectory(atPath: path + relative)) ?? []).sorted() { _ = add(relative + "/" + name) }
             }
             return true
         }
-        return add("") ? hasher.finalize() : nil
+        return add("")
     }
 
     /// Whether `path` is a directory (following symlinks).

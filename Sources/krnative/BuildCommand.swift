@@ -36,7 +36,7 @@ struct BuildCommand: ParsableCommand {
             "The package a volume ships as (repeatable): static-gnu (glibc targets); alpine or static-musl (musl targets: static-musl is the one the agent selects for Alpine images). Default: krunner.json's flavours for the target, else every flavour of it that krunner.json numbers.",
             valueName: "flavour"))
     var flavour: [Flavour] = []
-    @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
+    @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/, else those krnative was built with.") var patchesOption: String?
     @Option(help: "The volume ledger (the tree hash each volume number holds), or none to not check. Default: krunner-volumes.json beside --config.")
     var ledger: String?
     @Flag(
@@ -334,7 +334,7 @@ extension BuildCommand {
 
     var out: String { inputs.project.file(outOption, default: "out") }
     var config: String { choices.configPath(in: inputs.project) }
-    var patches: String { inputs.project.file(patchesOption, default: "patches") }
+    var patches: String { inputs.project.patches(patchesOption) }
     var policy: String { inputs.project.file(policyOption, default: AuditPolicy.defaultPath) }
 }
 

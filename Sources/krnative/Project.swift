@@ -30,7 +30,13 @@ struct Project {
 
     /// The recipes directory: the one given, else the project's `recipes/` when it has one, else
     /// the recipes this krnative was built with.
-    func recipes(_ explicit: String?) -> String {
-        explicit ?? (FileSystem.isDirectory(root + "/recipes") ? root + "/recipes" : RecipeFile.builtIn)
+    func recipes(_ explicit: String?) -> String { builtInUnlessGiven(explicit, "recipes", builtIn: RecipeFile.builtIn) }
+
+    /// The patches directory, found as the recipes are: a lock outside the project (`--lock
+    /// elsewhere/krnative.lock.json`) no longer builds ttyd without its patches.
+    func patches(_ explicit: String?) -> String { builtInUnlessGiven(explicit, "patches", builtIn: RecipeFile.builtInSibling("patches")) }
+
+    private func builtInUnlessGiven(_ explicit: String?, _ name: String, builtIn: String) -> String {
+        explicit ?? (FileSystem.isDirectory(root + "/" + name) ? root + "/" + name : builtIn)
     }
 }

@@ -15,7 +15,7 @@ extension ToolchainKind: ExpressibleByArgument {}
 struct RecipeBuildArguments: ParsableArguments {
     @OptionGroup var inputs: InputOptions
     @Option(name: .customLong("out"), help: "Where the output and its report go. Default: the project's out/.") var outOption: String?
-    @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
+    @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/, else those krnative was built with.") var patchesOption: String?
     @Option(help: "The recipes directory (recipes/<name>.json: each native build's steps as data). Default: the project's recipes/, else those krnative was built with.") var recipes: String?
     @Option(help: "namespaces, or none to build without isolation. Default: namespaces; env KRNATIVE_SANDBOX.") var sandbox: Isolation?
     @Option(parsing: .unconditional, help: "Parallel compile jobs. Default: the number of CPUs.") var jobs: Int?
@@ -32,7 +32,7 @@ struct RecipeBuildArguments: ParsableArguments {
     var printScript = false
 
     var out: String { inputs.project.file(outOption, default: "out") }
-    var patches: String { inputs.project.file(patchesOption, default: "patches") }
+    var patches: String { inputs.project.patches(patchesOption) }
 
     func validate() throws {
         try requirePositive(["--jobs": jobs])

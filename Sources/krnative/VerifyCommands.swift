@@ -85,14 +85,14 @@ struct VerifyCommand: ParsableCommand {
     @OptionGroup var inputs: InputOptions
     @Option(help: "The published krnative-manifest.{distro}.{arch}.json.") var manifest: String
     @Option(name: .customLong("out"), help: "Where the rebuild goes. Default: the project's verify.out/.") var outOption: String?
-    @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/.") var patchesOption: String?
+    @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/, else those krnative was built with.") var patchesOption: String?
     @Option(help: "The recipes directory (recipes/<name>.json: each native build's steps as data). Default: the project's recipes/, else those krnative was built with.") var recipes: String?
     @Option(
         name: .customLong("policy"),
         help: "The audit policy, for a manifest older than its recorded request. Default: the project's sysroots/audit-policy.json.")
     var policyOption: String?
     var out: String { inputs.project.file(outOption, default: "verify.out") }
-    var patches: String { inputs.project.file(patchesOption, default: "patches") }
+    var patches: String { inputs.project.patches(patchesOption) }
     var policy: String { inputs.project.file(policyOption, default: AuditPolicy.defaultPath) }
     @Flag(help: "Keep the rebuild even when it matches.") var keep = false
     @Option(help: "namespaces, or none to rebuild without isolation; never taken from the manifest. Default: namespaces; env KRNATIVE_SANDBOX.")

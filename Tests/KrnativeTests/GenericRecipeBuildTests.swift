@@ -58,4 +58,30 @@ struct GenericRecipeBuildTests {
         #expect(silent.termination == .exited(ExitStatus.usage), "\(silent.stderr)")
         #expect(silent.stderr.contains("recipes/silent.json: outputs: names no file for build-recipe to leave"), "\(silent.stderr)")
     }
+
+    /// A lock outside any project (`--lock elsewhere/krnative.lock.json`, run from elsewhere):
+    /// before, its directory's absent `patches/` meant no patches, and ttyd was built without
+    /// libwebsockets' edits, silently. Now the patches krnative was built with apply, as its
+    /// recipes do; the report lists them.
+    @Test func aLockOutsideTheProjectStillGetsKrnativesPatches() throws {
+        let work = TemporaryDirectory("krnative-recipe")
+        let inputs = try ShellRecipeInputs(work)
+        try inputs.addTtydSources()
+        // libwebsockets 4.x with the text every built-in patch of it edits, once.
+        var files = ["CMakeLists.txt": ShellRecipeInputs.cmakeProject, "evil.sh": ":\n"]
+        let folder = Package.root + "/patches/libwebsockets"
+        for name in try FileManager.default.contentsOfDirectory(atPath: folder) where name.hasSuffix(".json") {
+            let patch = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/" + name))) as! [String: Any]
+            for edit in patch["edits"] as! [[String: Any]] { files[edit["file"] as! String, default: ""] += (edit["find"] as! String) + "\n" }
+        }
+        try inputs.replaceSource("libwebsockets", version: "4.3.5", files: files)
+        try inputs.writeLock()
+        let elsewhere = work.path + "/elsewhere"
+        try FileSystem.createDirectory(elsewhere)
+        let arguments = ["build-ttyd", "--target", target.rawValue, "--lock", inputs.lock, "--store", inputs.store, "--out", work.path + "/out", "--jobs", "1"]
+        let built = ChildProcess.run(["sh", "-c", "cd \"$0\" && exec \"$@\"", elsewhere, Package.binary] + arguments)
+        try #require(built.succeeded, "\(built.stderr)")
+        let report = try String(contentsOfFile: work.path + "/out/ttyd_linux.\(target.arch.rawValue).json", encoding: .utf8)
+        #expect(report.contains("libwebsockets/05-static-link.json") && report.contains("libwebsockets/10-ping-pong.json"), "\(report)")
+    }
 }
