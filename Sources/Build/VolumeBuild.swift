@@ -39,6 +39,8 @@ public struct VolumeBuild: Sendable {
         /// The krnative executable that runs inside the sandbox (in the build key by its hash).
         public var entryExecutable: String
         public var jobs = ProcessInfo.processInfo.activeProcessorCount
+        /// How many independent steps compile at once (`StepRunner.Settings.concurrentSteps`).
+        public var concurrentSteps = 2
         public var packThreads = ProcessInfo.processInfo.activeProcessorCount
         /// Whether what was made before from the same content — a tree's `.pyc`
         /// (`CompiledBytecode`), a packed volume (`PackedVolumes`) — is copied from the store rather
@@ -195,6 +197,7 @@ public struct VolumeBuild: Sendable {
         step.lockPath = request.locations.lockPath
         step.remoteCache = settings.remoteCache
         step.jobs = settings.jobs
+        step.concurrentSteps = settings.concurrentSteps
         step.stepLimits = settings.stepLimits
         step.log = settings.log
         return step

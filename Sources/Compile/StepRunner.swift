@@ -471,7 +471,8 @@ public struct StepRunner: Sendable {
         let toolchain = space.toolchain
         let key = SHA256Digest.of(Data("krnative Zig warm-up v1 \(toolchain.identity) build machine \(space.buildTriple ?? "none")".utf8))
         let item = store.item(.steps, key.hex)
-        if store.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) != nil { return item }
+        // `--rebuild` compiles it again too, as it does every step.
+        if !settings.rebuild, store.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) != nil { return item }
         let started = Date()
         let directory = space.work + "/steps/.zig-warm-up"
         let zigCache = space.zigCache + "/.zig-warm-up"

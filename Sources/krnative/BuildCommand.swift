@@ -61,6 +61,8 @@ struct BuildCommand: ParsableCommand {
     var requestFile: String?
     @Flag(help: "Build even when the output directory already holds this build's outputs, and compile the .pyc and pack the volume again rather than copy what the store kept from the same content.") var force = false
     @Option(parsing: .unconditional, help: "Parallel compile jobs (make -j). Default: the number of CPUs.") var compileJobs: Int?
+    @Option(parsing: .unconditional, help: "How many steps that need nothing of one another compile at once, each with --compile-jobs. Default: 2.")
+    var concurrentSteps: Int?
     @Option(parsing: .unconditional, help: "xz compression threads; the bytes are the same for any number. Default: the number of CPUs.")
     var packThreads: Int?
     @Option(help: "The xz preset the volume is compressed with, 0 to 9 (in the build key). Default: 6.") var xzPreset: Int?
@@ -84,7 +86,7 @@ struct BuildCommand: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
-        try requirePositive(["--compile-jobs": compileJobs, "--pack-threads": packThreads])
+        try requirePositive(["--compile-jobs": compileJobs, "--pack-threads": packThreads, "--concurrent-steps": concurrentSteps])
         if let xzPreset, !(0...9).contains(xzPreset) { throw ValidationError("--xz-preset takes a whole number from 0 to 9 (got \(xzPreset))") }
         try Self.validateEpoch(sourceDateEpoch)
         if requestFile != nil {
@@ -183,6 +185,7 @@ struct BuildCommand: ParsableCommand {
         settings.toolVersion = KrnativeVersion.current
         settings.ledger = try ledgerCheck()
         if let compileJobs { settings.jobs = max(1, compileJobs) }
+        if let concurrentSteps { settings.concurrentSteps = concurrentSteps }
         if let packThreads { settings.packThreads = max(1, packThreads) }
         settings.reuseDerivedOutputs = !force
         settings.remoteCache = remoteCache

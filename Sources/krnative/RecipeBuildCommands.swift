@@ -19,6 +19,8 @@ struct RecipeBuildArguments: ParsableArguments {
     @Option(help: "The recipes directory (recipes/<name>.json: each native build's steps as data). Default: the project's recipes/, else those krnative was built with.") var recipes: String?
     @Option(help: "namespaces, or none to build without isolation. Default: namespaces; env KRNATIVE_SANDBOX.") var sandbox: Isolation?
     @Option(parsing: .unconditional, help: "Parallel compile jobs. Default: the number of CPUs.") var jobs: Int?
+    @Option(parsing: .unconditional, help: "How many steps that need nothing of one another compile at once, each with --jobs. Default: 2.")
+    var concurrentSteps: Int?
     @Option(
         parsing: .unconditional,
         help: ArgumentHelp("The SOURCE_DATE_EPOCH every step gets (in each step's key), in seconds since 1970. Default: the lock's sourceDateEpoch.", valueName: "seconds"))
@@ -35,7 +37,7 @@ struct RecipeBuildArguments: ParsableArguments {
     var patches: String { inputs.project.patches(patchesOption) }
 
     func validate() throws {
-        try requirePositive(["--jobs": jobs])
+        try requirePositive(["--jobs": jobs, "--concurrent-steps": concurrentSteps])
         try BuildCommand.validateEpoch(sourceDateEpoch)
         if prepareOnly && printScript { throw ValidationError("--prepare-only and --print-script contradict each other: prepare first, then print the script") }
         if prepareOnly && workdir == nil { throw ValidationError("--prepare-only needs --workdir DIR, where the sources are left") }
@@ -51,6 +53,7 @@ struct RecipeBuildArguments: ParsableArguments {
         settings.sourceDateEpoch = sourceDateEpoch
         settings.isolation = try Isolation.chosen(sandbox)
         if let jobs { settings.jobs = jobs }
+        if let concurrentSteps { settings.concurrentSteps = concurrentSteps }
         settings.workDirectory = workdir
         settings.rebuild = rebuild
         settings.prepareOnly = prepareOnly
