@@ -469,7 +469,7 @@ public struct StepRunner: Sendable {
     /// and copied into each step's Zig cache so that no step compiles them again.
     func warmZigCache(_ space: Workspace, epoch: Int64) throws -> String {
         let toolchain = space.toolchain
-        let key = SHA256Digest.of(Data("krnative Zig warm-up v1 \(toolchain.identity) build machine \(space.buildTriple ?? "none")".utf8))
+        let key = SHA256Digest.of(Data("krnative Zig warm-up v2 \(toolchain.identity) build machine \(space.buildTriple ?? "none")".utf8))
         let item = store.item(.steps, key.hex)
         // `--rebuild` compiles it again too, as it does every step.
         if !settings.rebuild, store.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) != nil { return item }
@@ -485,21 +485,41 @@ public struct StepRunner: Sendable {
         try FileSystem.writeAtomically(Data("int main(void) { return 0; }\n".utf8), to: directory + "/src/warm-up/c.c")
         try FileSystem.writeAtomically(
             Data("#include <string>\nint main() { return int(std::string(\"k\").size()) - 1; }\n".utf8), to: directory + "/src/warm-up/cxx.cc")
-        let wrappers = space.layout.wrappers
-        var commands: [[String]] = []
-        for prefix in [""] + (space.buildTriple == nil ? [] : ["build-"]) {
-            for level in ["-O0", "-O2", "-Os"] {
-                commands.append([wrappers + "/" + prefix + "cc", level, "c.c", "-o", "c"])
-                commands.append([wrappers + "/" + prefix + "c++", level, "cxx.cc", "-o", "cxx"])
-            }
-            commands.append([wrappers + "/" + prefix + "cc", "-O2", "-fPIC", "-shared", "c.c", "-o", "c.so"])
-        }
-        let step = BuildStep(component: "warm-up", commands: commands, environment: [:])
+        let step = BuildStep(component: "warm-up", commands: [Self.warmUpCommand(wrappers: space.layout.wrappers, buildMachine: space.buildTriple != nil)], environment: [:])
         settings.log("warming Zig's cache for \(toolchain.triple)\(space.buildTriple.map { " and \($0)" } ?? "") (once per toolchain and machine)")
         try runCommands(step, in: space, directory: directory, zigCache: zigCache, epoch: epoch)
         try snapshot(StepResultTree(root: zigCache, madeBy: "Zig, warming its cache"), as: key)
         settings.log("Zig's cache warmed in \(Console.duration(Date().timeIntervalSince(started)))")
         return item
+    }
+
+    /// What warming Zig's cache compiles, as one shell command: a C program for every variant of
+    /// the C library and compiler runtime Zig builds for the steps — optimized for speed (-O0 to
+    /// -O3 share it) or size, position-dependent or not (a step's `-fPIC` links its configure
+    /// tests against another libc.a), a shared library —, and a C++ program at -O2 (libc++); for
+    /// the build machine too when there is one, where only speed matters. Each output has a name of
+    /// its own, and the groups that share no library (C, C++, the build machine's) run at once:
+    /// Zig builds a compiler runtime on one thread.
+    static func warmUpCommand(wrappers: String, buildMachine: Bool) -> [String] {
+        func compile(_ compiler: String, _ flags: String, _ source: String, _ output: String) -> String {
+            "'\(wrappers)/\(compiler)' \(flags) \(source) -o \(output)"
+        }
+        var groups = [
+            [
+                compile("cc", "-O2", "c.c", "c-fast"), compile("cc", "-O0", "c.c", "c-debug"), compile("cc", "-Os", "c.c", "c-small"),
+                compile("cc", "-O2 -fPIC", "c.c", "c-fast-pic"), compile("cc", "-O2 -fPIC -shared", "c.c", "c-fast.so"),
+            ],
+            [compile("c++", "-O2", "cxx.cc", "cxx-fast")],
+        ]
+        if buildMachine {
+            groups.append([
+                compile("build-cc", "-O2", "c.c", "build-c-fast"), compile("build-cc", "-O0", "c.c", "build-c-debug"),
+                compile("build-cc", "-O2 -fPIC", "c.c", "build-c-fast-pic"), compile("build-cc", "-O2 -fPIC -shared", "c.c", "build-c-fast.so"),
+            ])
+        }
+        // Each group in the background; the command fails if any compile does.
+        let background = groups.map { "( " + $0.joined(separator: " && ") + " ) & pids=\"$pids $!\"" }
+        return ["sh", "-c", "pids=; " + background.joined(separator: "; ") + "; for pid in $pids; do wait $pid || exit 1; done"]
     }
 
     /// The first key of a step that compiles for the build machine and needs no step: the recipe,
