@@ -94,13 +94,14 @@ public struct VolumeBuild: Sendable {
         let toolchainNames =
             [toolchain.lockName(triple: target.ttydTriple, host: host)]
             + (runtime == .source ? [ToolchainKind.zig.lockName(triple: "", host: host)] : [])
-        let runtimeOnly = Set(try RecipeFile.load(RuntimeBuild.name, from: recipes).components)
-            .subtracting(try RecipeFile.load(TtydBuild.name, from: recipes).components)
+        // The sources of the recipes a volume is built by (the lock's others, the runner binaries', are not).
+        var sources = Set(try RecipeFile.load(TtydBuild.name, from: recipes).components)
+        if runtime == .source { sources.formUnion(try RecipeFile.load(RuntimeBuild.name, from: recipes).components) }
         var needed = lock.inputs(for: [target], host: host).filter { input in
             switch input.kind {
             case .toolchain: toolchainNames.contains(input.name)
             case .runtime: runtime == .pbs
-            case .source: runtime == .source || !runtimeOnly.contains(input.name)
+            case .source: sources.contains(input.name)
             default: true
             }
         }

@@ -1,3 +1,5 @@
+import Build
+import Compile
 import Foundation
 import KrnativeBase
 import Lock
@@ -17,7 +19,8 @@ struct LockTests {
     @Test func theRepositoryLockIsValidAndPinsEveryInput() throws {
         let lock = try Lockfile.load(from: Package.root + "/krnative.lock.json")
         #expect(lock.inputs.filter { $0.kind == .runtime }.count == 4)
-        #expect(Set(lock.inputs.filter { $0.kind == .source }.map(\.name)) == ["ttyd", "zlib", "json-c", "mbedtls", "libuv", "libwebsockets"])
+        #expect(
+            Set(lock.inputs.filter { $0.kind == .source }.map(\.name)) == ["ttyd", "zlib", "json-c", "mbedtls", "libuv", "libwebsockets", "dropbear", "openssh"])
         #expect(lock.inputs.filter { $0.kind == .source }.allSatisfy { $0.treeSha256 != nil })
         for target in Target.allCases {
             let needed = lock.inputs(for: [target], host: HostPlatform(arch: .x86_64))
@@ -28,6 +31,12 @@ struct LockTests {
         }
         let onArm = lock.inputs(for: [.musllinuxAarch64], host: HostPlatform(arch: .aarch64))
         #expect(onArm.filter { $0.kind == .toolchain }.map(\.name) == ["zig-aarch64-linux"])
+        // The runner binaries' sources (dropbear, OpenSSH) are the lock's, not a volume's: a volume
+        // build neither needs them in the store nor has them in its key.
+        for runtime in [RuntimeSource.pbs, .source] {
+            let volume = try VolumeBuild.inputs(of: .musllinuxAarch64, in: lock, host: HostPlatform(arch: .x86_64), toolchain: .zig, runtime: runtime)
+            #expect(Set(volume.filter { $0.kind == .source }.map(\.name)) == ["ttyd", "zlib", "json-c", "mbedtls", "libuv", "libwebsockets"])
+        }
     }
 
     @Test func encodingRoundTripsAndIsStable() throws {

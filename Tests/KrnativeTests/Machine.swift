@@ -9,22 +9,29 @@ import Testing
 enum Machine {
     /// Debian's upstream tarballs of ttyd and its libraries (`scripts/debian-sources`), named by
     /// the lock's component names, with the upstream version read from the file name.
-    static let testSources: [String: (file: String, version: String)] = {
+    static let testSources = debianTarballs([
+        "zlib": "zlib_", "json-c": "json-c_", "libuv": "libuv1_", "mbedtls": "mbedtls_", "libwebsockets": "libwebsockets_", "ttyd": "ttyd_",
+    ])
+
+    /// The tarballs in KRNATIVE_TEST_SOURCES whose names start with the prefixes given (a package
+    /// name, `_`, perhaps the start of a version: the directory may hold other versions), by
+    /// component, with the upstream version read from the file name.
+    static func debianTarballs(_ prefixes: [String: String]) -> [String: (file: String, version: String)] {
         guard let directory = ProcessInfo.processInfo.environment["KRNATIVE_TEST_SOURCES"],
             let names = try? FileManager.default.contentsOfDirectory(atPath: directory)
         else { return [:] }
-        let packages = ["zlib": "zlib_", "json-c": "json-c_", "libuv": "libuv1_", "mbedtls": "mbedtls_", "libwebsockets": "libwebsockets_", "ttyd": "ttyd_"]
         var found: [String: (String, String)] = [:]
-        for (component, prefix) in packages {
+        for (component, prefix) in prefixes {
             guard let name = names.first(where: { $0.hasPrefix(prefix) && $0.contains(".orig.tar.") && !$0.hasSuffix(".asc") }) else { continue }
             // zlib_1.3.dfsg+really1.3.1.orig.tar.gz → 1.3.1; json-c_0.18+ds → 0.18
-            var version = name.dropFirst(prefix.count).components(separatedBy: ".orig").first ?? ""
+            let package = prefix.prefix { $0 != "_" } + "_"
+            var version = name.dropFirst(package.count).components(separatedBy: ".orig").first ?? ""
             if let really = version.range(of: "really") { version = String(version[really.upperBound...]) }
             version = version.components(separatedBy: "+").first ?? version
             found[component] = (directory + "/" + name, version)
         }
         return found
-    }()
+    }
 
     /// All six source tarballs are at hand.
     static var hasTestSources: Bool { testSources.count == 6 }
@@ -61,27 +68,11 @@ extension Trait where Self == ConditionTrait {
 extension Machine {
     /// Debian's upstream tarballs of CPython and its libraries (`scripts/debian-sources`), by the
     /// runtime recipe's component names.
-    static let runtimeSources: [String: (file: String, version: String)] = {
-        guard let directory = ProcessInfo.processInfo.environment["KRNATIVE_TEST_SOURCES"],
-            let names = try? FileManager.default.contentsOfDirectory(atPath: directory)
-        else { return [:] }
-        // With the versions scripts/debian-sources pins: the directory may hold others.
-        let packages = [
-            "cpython": "python3.13_3.13.15", "zlib": "zlib_1.3", "bzip2": "bzip2_1.0.8", "xz": "xz-utils_5.8.1", "libffi": "libffi_3.4.4",
-            "util-linux": "util-linux_2.41.5", "ncurses": "ncurses_6.5+", "readline": "readline_8.2", "sqlite": "sqlite3_3.46.1",
-            "openssl": "openssl_3.5.7",
-        ]
-        var found: [String: (String, String)] = [:]
-        for (component, prefix) in packages {
-            guard let name = names.first(where: { $0.hasPrefix(prefix) && $0.contains(".orig.tar.") && !$0.hasSuffix(".asc") }) else { continue }
-            let package = prefix.prefix { $0 != "_" } + "_"
-            var version = name.dropFirst(package.count).components(separatedBy: ".orig").first ?? ""
-            if let really = version.range(of: "really") { version = String(version[really.upperBound...]) }
-            version = version.components(separatedBy: "+").first ?? version
-            found[component] = (directory + "/" + name, version)
-        }
-        return found
-    }()
+    static let runtimeSources = debianTarballs([
+        "cpython": "python3.13_3.13.15", "zlib": "zlib_1.3", "bzip2": "bzip2_1.0.8", "xz": "xz-utils_5.8.1", "libffi": "libffi_3.4.4",
+        "util-linux": "util-linux_2.41.5", "ncurses": "ncurses_6.5+", "readline": "readline_8.2", "sqlite": "sqlite3_3.46.1",
+        "openssl": "openssl_3.5.7",
+    ])
 
     /// All ten sources of the runtime recipe, and the sandbox.
     static var canCompileRuntime: Bool { runtimeSources.count == 10 && userNamespaces }
@@ -92,6 +83,24 @@ extension Trait where Self == ConditionTrait {
         .enabled(
             if: Machine.canCompileRuntime,
             "needs KRNATIVE_TEST_SOURCES with Debian's CPython 3.13, OpenSSL, SQLite, libffi, xz, bzip2, ncurses, readline, util-linux and zlib tarballs (scripts/debian-sources) and user namespaces"
+        )
+    }
+}
+
+extension Machine {
+    /// Debian's upstream tarballs of the agent's other runner binaries and what they link
+    /// (`scripts/debian-sources`), by their recipes' component names.
+    static let runnerSources = debianTarballs(["zlib": "zlib_1.3", "dropbear": "dropbear_2025.89", "openssh": "openssh_10.0p1"])
+
+    /// OpenSSH's client (Debian's: ssh, scp, sftp, ssh-keygen), which logs in to the built dropbear.
+    static var hasOpenSSH: Bool { ["ssh", "scp", "sftp", "ssh-keygen"].allSatisfy { hasExecutable("/usr/bin/" + $0) } }
+}
+
+extension Trait where Self == ConditionTrait {
+    static var needsRunnerSources: Self {
+        .enabled(
+            if: Machine.runnerSources.count == 3 && Machine.userNamespaces && Machine.hasOpenSSH,
+            "needs KRNATIVE_TEST_SOURCES with Debian's dropbear, OpenSSH and zlib tarballs (scripts/debian-sources), OpenSSH's client (scripts/setup) and user namespaces"
         )
     }
 }
