@@ -142,7 +142,7 @@ struct CompileTests {
 
     /// Starts the built ttyd on loopback and fetches its page.
     func serveAPage(_ binary: String) throws {
-        let port = 20_000 + Int(getpid() % 20_000)
+        let port = try freeLoopbackPort()
         let server = Process()
         server.executableURL = URL(fileURLWithPath: binary)
         server.arguments = ["-i", "lo", "-p", String(port), "true"]

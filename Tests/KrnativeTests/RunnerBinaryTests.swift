@@ -47,7 +47,7 @@ struct RunnerBinaryTests {
         try ChildProcess.check(run + ["dropbearkey", "-t", "ed25519", "-f", hostKey])
         try ChildProcess.check(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", identity])
 
-        let port = 30_000 + Int(getpid() % 10_000) + (arch == .x86_64 ? 0 : 1)
+        let port = try freeLoopbackPort()
         // Another architecture's sftp-server is started by the session's shell through qemu.
         var subsystem = sftpServer[0]
         if sftpServer.count > 1 {
