@@ -483,11 +483,10 @@ struct StepBoundaryTests {
     @Test(.timeLimit(.minutes(60)), arguments: ["src", "wrappers"])
     func stepReplacingAWorkDirectoryWithALinkStopsTheBuild(directory: String) throws {
         let work = TemporaryDirectory("krnative-boundary")
-        let victim = Victim(work, "host-directory/json-c/keep", mode: 0o644)
-        let hostDirectory = work.path + "/host-directory"
+        let (victim, hostDirectory, inputs) = try hostDirectoryAndAStep(work, keeping: "json-c/keep") {
+            "cd / && rm -rf /build/\(directory) && ln -s '\($0)' /build/\(directory)\n"
+        }
         let before = treeListing(hostDirectory)
-        let inputs = try ShellRecipeInputs(work)
-        try inputs.addTtydSources(evil: ["zlib": "cd / && rm -rf /build/\(directory) && ln -s '\(hostDirectory)' /build/\(directory)\n"])
         try inputs.writeLock()
         let result = buildTtyd(inputs, out: work.path + "/out")
         #expect(result.termination == .exited(ExitStatus.archive), "\(result.stderr)")
@@ -500,16 +499,25 @@ struct StepBoundaryTests {
         #expect(!FileSystem.exists(work.path + "/out/ttyd_linux.\(target.arch.rawValue).bin"))
     }
 
+    /// A host directory `host-directory/` with a file that must stay as it is (`keeping`), and
+    /// stand-in ttyd sources whose zlib step runs `zlib(the directory's path)`.
+    func hostDirectoryAndAStep(
+        _ work: TemporaryDirectory, keeping file: String = "keep", zlib: (String) -> String
+    ) throws -> (victim: Victim, directory: String, inputs: ShellRecipeInputs) {
+        let victim = Victim(work, "host-directory/" + file, mode: 0o644)
+        let directory = work.path + "/host-directory"
+        let inputs = try ShellRecipeInputs(work)
+        try inputs.addTtydSources(evil: ["zlib": zlib(directory)])
+        return (victim, directory, inputs)
+    }
+
     /// The steps' logs are the host's: item 3's `/build/logs` link, before the step graph, took
     /// every later step's log into a host directory. Now `/build` is the step's own build
     /// directory, which has no `logs/`: what a step puts there krnative neither reads nor follows
     /// (it removes the directory, links unfollowed), and the logs stay in the work directory.
     @Test(.timeLimit(.minutes(60))) func aStepCannotReachTheBuildsLogs() throws {
         let work = TemporaryDirectory("krnative-boundary")
-        let victim = Victim(work, "host-directory/keep", mode: 0o644)
-        let hostDirectory = work.path + "/host-directory"
-        let inputs = try ShellRecipeInputs(work)
-        try inputs.addTtydSources(evil: ["zlib": "[ ! -e /build/logs ] || exit 9\nln -s '\(hostDirectory)' /build/logs\n"])
+        let (victim, hostDirectory, inputs) = try hostDirectoryAndAStep(work) { "[ ! -e /build/logs ] || exit 9\nln -s '\($0)' /build/logs\n" }
         try inputs.writeLock()
         let result = buildTtyd(inputs, out: work.path + "/out", ["--workdir", work.path + "/kept"])
         #expect(result.succeeded, "\(result.stderr)")
@@ -525,10 +533,7 @@ struct StepBoundaryTests {
     /// not following it), and stops after the step again; nothing reaches the host directory.
     @Test(.timeLimit(.minutes(60))) func aKeptWorkDirectoryIsNotWrittenThroughALinkAStepLeft() throws {
         let work = TemporaryDirectory("krnative-boundary")
-        let victim = Victim(work, "host-directory/keep", mode: 0o644)
-        let hostDirectory = work.path + "/host-directory"
-        let inputs = try ShellRecipeInputs(work)
-        try inputs.addTtydSources(evil: ["zlib": "rm -rf /build/wrappers && ln -s '\(hostDirectory)' /build/wrappers\n"])
+        let (victim, hostDirectory, inputs) = try hostDirectoryAndAStep(work) { "rm -rf /build/wrappers && ln -s '\($0)' /build/wrappers\n" }
         try inputs.writeLock()
         let workDirectory = work.path + "/kept"
         let first = buildTtyd(inputs, out: work.path + "/out", ["--workdir", workDirectory])
