@@ -442,7 +442,8 @@ public struct StepRunner: Sendable {
         let result = StepResultTree("stage", in: directory, madeBy: "the \(name) step", seenAs: space.layout.stage)
         try snapshot(result, as: planned.key, keepingOnlyChangesFrom: before)
         remoteSteps?.upload(store.item(.steps, planned.key.hex), key: planned.key, component: name, epoch: settings.epoch(lock), threads: settings.jobs)
-        if warm != nil { FileSystem.remove(directory) }
+        // A work directory the user named (`--workdir`) is kept whole, each step's sources too.
+        if warm != nil, settings.workDirectory == nil { FileSystem.remove(directory) }
         return Built(patches: patches, seconds: Date().timeIntervalSince(started))
     }
 

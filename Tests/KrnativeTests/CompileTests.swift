@@ -66,7 +66,8 @@ struct CompileTests {
         #expect(report.steps.allSatisfy { !$0.cached })
         let pingPong = try #require(report.patches.first { $0.patch.hasSuffix("libwebsockets/10-ping-pong.json") })
         #expect(pingPong.edits == 2)
-        let context = try String(contentsOfFile: work.path + "/build/src/libwebsockets/lib/core/context.c", encoding: .utf8)
+        // Each step built in a directory of its own, kept with the work directory.
+        let context = try String(contentsOfFile: work.path + "/build/steps/libwebsockets/src/libwebsockets/lib/core/context.c", encoding: .utf8)
         #expect(context.contains("secs_since_valid_ping = 20") && context.contains("secs_since_valid_hangup = 30"))
         #expect(FileManager.default.fileExists(atPath: work.path + "/build/stage/lib/libwebsockets.a"))
         let archive = try Data(contentsOf: URL(fileURLWithPath: work.path + "/build/stage/lib/libuv.a"))
