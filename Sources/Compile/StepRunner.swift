@@ -480,47 +480,55 @@ public struct StepRunner: Sendable {
         for path in [directory, zigCache] { FileSystem.remove(path) }
         defer { for path in [directory, zigCache] { FileSystem.remove(path) } }
         try FileSystem.createDirectory(directory + "/stage")
-        try FileSystem.createDirectory(directory + "/src/warm-up")
         try FileSystem.createDirectory(zigCache)
         try space.writeBuildFiles(into: directory)
-        try FileSystem.writeAtomically(Data("int main(void) { return 0; }\n".utf8), to: directory + "/src/warm-up/c.c")
-        try FileSystem.writeAtomically(
-            Data("#include <string>\nint main() { return int(std::string(\"k\").size()) - 1; }\n".utf8), to: directory + "/src/warm-up/cxx.cc")
-        let step = BuildStep(component: "warm-up", commands: [Self.warmUpCommand(wrappers: space.layout.wrappers, buildMachine: space.buildTriple != nil)], environment: [:])
+        let groups = Self.warmUpGroups(wrappers: space.layout.wrappers, buildMachine: space.buildTriple != nil)
+        for group in groups {
+            try FileSystem.createDirectory(directory + "/src/" + group.name)
+            try FileSystem.writeAtomically(Data("int main(void) { return 0; }\n".utf8), to: directory + "/src/\(group.name)/c.c")
+            try FileSystem.writeAtomically(
+                Data("#include <string>\nint main() { return int(std::string(\"k\").size()) - 1; }\n".utf8), to: directory + "/src/\(group.name)/cxx.cc")
+        }
         settings.log("warming Zig's cache for \(toolchain.triple)\(space.buildTriple.map { " and \($0)" } ?? "") (once per toolchain and machine)")
-        try runCommands(step, in: space, directory: directory, zigCache: zigCache, epoch: epoch)
+        // The groups share no library: all at once, each its own sandbox run and log, one Zig cache.
+        _ = try Self.schedule(Array(groups.indices), needs: { _ in [] }, done: [], limit: groups.count) { [self] index in
+            try runCommands(groups[index], in: space, directory: directory, zigCache: zigCache, epoch: epoch)
+            return Built(patches: [], seconds: 0)
+        }
         try snapshot(StepResultTree(root: zigCache, madeBy: "Zig, warming its cache"), as: key)
         settings.log("Zig's cache warmed in \(Console.duration(Date().timeIntervalSince(started)))")
         return item
     }
 
-    /// What warming Zig's cache compiles, as one shell command: a C program for every variant of
-    /// the C library and compiler runtime Zig builds for the steps — optimized for speed (-O0 to
-    /// -O3 share it) or size, position-dependent or not (a step's `-fPIC` links its configure
-    /// tests against another libc.a), a shared library —, and a C++ program at -O2 (libc++); for
-    /// the build machine too when there is one, where only speed matters. Each output has a name of
-    /// its own, and the groups that share no library (C, C++, the build machine's) run at once:
-    /// Zig builds a compiler runtime on one thread.
-    static func warmUpCommand(wrappers: String, buildMachine: Bool) -> [String] {
-        func compile(_ compiler: String, _ flags: String, _ source: String, _ output: String) -> String {
-            "'\(wrappers)/\(compiler)' \(flags) \(source) -o \(output)"
+    /// What warming Zig's cache compiles: a C program for every variant of the C library and
+    /// compiler runtime Zig builds for the steps — optimized for speed (-O0 to -O3 share it) or
+    /// size, position-dependent or not (a step's `-fPIC` links its configure tests against another
+    /// libc.a), a shared library —, and a C++ program at -O2 (libc++); for the build machine too
+    /// when there is one, where only speed matters. Three groups that share no library (C, C++, the
+    /// build machine's), run at once: Zig builds a compiler runtime on one thread.
+    static func warmUpGroups(wrappers: String, buildMachine: Bool) -> [BuildStep] {
+        func compile(_ compiler: String, _ flags: [String], _ source: String, _ output: String) -> [String] {
+            [wrappers + "/" + compiler] + flags + [source, "-o", output]
         }
         var groups = [
-            [
-                compile("cc", "-O2", "c.c", "c-fast"), compile("cc", "-O0", "c.c", "c-debug"), compile("cc", "-Os", "c.c", "c-small"),
-                compile("cc", "-O2 -fPIC", "c.c", "c-fast-pic"), compile("cc", "-O2 -fPIC -shared", "c.c", "c-fast.so"),
-            ],
-            [compile("c++", "-O2", "cxx.cc", "cxx-fast")],
+            BuildStep(
+                component: "warm-up-c",
+                commands: [
+                    compile("cc", ["-O2"], "c.c", "c-fast"), compile("cc", ["-O0"], "c.c", "c-debug"), compile("cc", ["-Os"], "c.c", "c-small"),
+                    compile("cc", ["-O2", "-fPIC"], "c.c", "c-fast-pic"), compile("cc", ["-O2", "-fPIC", "-shared"], "c.c", "c-fast.so"),
+                ], environment: [:]),
+            BuildStep(component: "warm-up-cxx", commands: [compile("c++", ["-O2"], "cxx.cc", "cxx-fast")], environment: [:]),
         ]
         if buildMachine {
-            groups.append([
-                compile("build-cc", "-O2", "c.c", "build-c-fast"), compile("build-cc", "-O0", "c.c", "build-c-debug"),
-                compile("build-cc", "-O2 -fPIC", "c.c", "build-c-fast-pic"), compile("build-cc", "-O2 -fPIC -shared", "c.c", "build-c-fast.so"),
-            ])
+            groups.append(
+                BuildStep(
+                    component: "warm-up-build-machine",
+                    commands: [
+                        compile("build-cc", ["-O2"], "c.c", "c-fast"), compile("build-cc", ["-O0"], "c.c", "c-debug"),
+                        compile("build-cc", ["-O2", "-fPIC"], "c.c", "c-fast-pic"), compile("build-cc", ["-O2", "-fPIC", "-shared"], "c.c", "c-fast.so"),
+                    ], environment: [:]))
         }
-        // Each group in the background; the command fails if any compile does.
-        let background = groups.map { "( " + $0.joined(separator: " && ") + " ) & pids=\"$pids $!\"" }
-        return ["sh", "-c", "pids=; " + background.joined(separator: "; ") + "; for pid in $pids; do wait $pid || exit 1; done"]
+        return groups
     }
 
     /// The first key of a step that compiles for the build machine and needs no step: the recipe,
