@@ -32,6 +32,9 @@ public struct StepRunner: Sendable {
         public var sourceDateEpoch: Int64?
         /// Compile every step even when the step cache has its result (the result is cached again).
         public var rebuild = false
+        /// Warm Zig's cache again even when the step cache holds it (`--rebuild` sets it too; a
+        /// library caller that wants its steps compiled, not Zig's libc, leaves it off).
+        public var rewarmZig = false
         /// Unpack and patch every source into the work directory, and compile nothing.
         public var prepareOnly = false
         /// Stop after the step that builds this directory (or component).
@@ -472,8 +475,13 @@ public struct StepRunner: Sendable {
         let toolchain = space.toolchain
         let key = SHA256Digest.of(Data("krnative Zig warm-up v2 \(toolchain.identity) build machine \(space.buildTriple ?? "none")".utf8))
         let item = store.item(.steps, key.hex)
-        // `--rebuild` compiles it again too, as it does every step.
-        if !settings.rebuild, store.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) != nil { return item }
+        let warmed = { [self] in store.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) != nil }
+        if !settings.rewarmZig, warmed() { return item }
+        // One warm-up at a time for a key: a second build (another target's, another process's)
+        // waits for it and takes its result instead of compiling the same libraries beside it.
+        let warmUpLock = try store.lock("zig-warm-up-\(key.hex)")
+        defer { warmUpLock.unlock() }
+        if !settings.rewarmZig, warmed() { return item }
         let started = Date()
         let directory = space.work + "/steps/.zig-warm-up"
         let zigCache = space.zigCache + "/.zig-warm-up"

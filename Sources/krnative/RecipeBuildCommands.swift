@@ -27,7 +27,7 @@ struct RecipeBuildArguments: ParsableArguments {
     var sourceDateEpoch: Int64?
     @Option(help: "Build in this directory instead of a temporary one (kept).") var workdir: String?
     @OptionGroup var limits: StepLimitOptions
-    @Flag(help: "Compile every step even when the step cache holds its result.") var rebuild = false
+    @Flag(help: "Compile every step, and warm Zig's cache, even when the step cache holds their results.") var rebuild = false
     @Flag(help: "Print the report as JSON on stdout.") var json = false
     @Flag(help: "Unpack and patch the sources into --workdir, and compile nothing.") var prepareOnly = false
     @Flag(help: "Build nothing: print the recipe's commands as a plain bash script for --workdir (prepared by --sandbox none --prepare-only).")
@@ -56,6 +56,7 @@ struct RecipeBuildArguments: ParsableArguments {
         if let concurrentSteps { settings.concurrentSteps = concurrentSteps }
         settings.workDirectory = workdir
         settings.rebuild = rebuild
+        settings.rewarmZig = rebuild
         settings.prepareOnly = prepareOnly
         settings.lockPath = inputs.lockPath
         settings.stepLimits = try limits.chosen()

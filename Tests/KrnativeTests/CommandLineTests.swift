@@ -151,8 +151,9 @@ struct CommandLineTests {
             LockedInput(
                 name: "runtime", kind: .runtime, version: "1", filename: "r.whl", sha256: wheelDigest,
                 urls: [server.url("files/r.whl")], targets: [.manylinuxX86_64]),
+            // A source of the volume's recipes (zlib, ttyd's): a bundle carries the build's inputs only.
             LockedInput(
-                name: "src", kind: .source, version: "2.0", filename: "src-2.0.tar.gz",
+                name: "zlib", kind: .source, version: "2.0", filename: "src-2.0.tar.gz",
                 treeSha256: try TreeHashProbe.directory(tree.path + "/src-2.0"), urls: [server.url("files/src.tar.gz")]),
             LockedInput(
                 name: "other", kind: .runtime, version: "1", filename: "o.whl", sha256: SHA256Digest.of(Data("o".utf8)),
