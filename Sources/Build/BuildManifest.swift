@@ -111,8 +111,15 @@ extension BuildManifest {
 /// An SPDX 2.3 JSON document listing every component that ships in the volume.
 enum SBOM {
     static func document(for manifest: BuildManifest, name: String) throws -> Data {
+        try document(
+            inputs: manifest.inputs, lockSha256: manifest.lockSha256, sourceDateEpoch: manifest.sourceDateEpoch, toolVersion: manifest.tool.version,
+            name: name)
+    }
+
+    /// The document named `name` for `inputs` (the toolchains left out: nothing of them ships).
+    static func document(inputs: [BuildManifest.Input], lockSha256: SHA256Digest, sourceDateEpoch: Int64, toolVersion: String, name: String) throws -> Data {
         var packages: [[String: Any]] = []
-        for (index, input) in manifest.inputs.enumerated() where input.kind != .toolchain {
+        for (index, input) in inputs.enumerated() where input.kind != .toolchain {
             var package: [String: Any] = [
                 "SPDXID": "SPDXRef-Package-\(index)", "name": input.name, "versionInfo": input.version,
                 "downloadLocation": "NOASSERTION", "filesAnalyzed": false,
@@ -124,10 +131,10 @@ enum SBOM {
         }
         let document: [String: Any] = [
             "spdxVersion": "SPDX-2.3", "dataLicense": "CC0-1.0", "SPDXID": "SPDXRef-DOCUMENT", "name": name,
-            "documentNamespace": "https://spdx.org/spdxdocs/krnative/\(manifest.lockSha256.hex)/\(name)",
+            "documentNamespace": "https://spdx.org/spdxdocs/krnative/\(lockSha256.hex)/\(name)",
             "creationInfo": [
-                "created": ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(manifest.sourceDateEpoch))),
-                "creators": ["Tool: krnative-\(manifest.tool.version)"],
+                "created": ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: TimeInterval(sourceDateEpoch))),
+                "creators": ["Tool: krnative-\(toolVersion)"],
             ],
             "packages": packages,
             "relationships": packages.map { ["spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": $0["SPDXID"]!] },

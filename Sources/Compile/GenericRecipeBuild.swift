@@ -46,6 +46,7 @@ public struct GenericRecipeBuild: RecipeBuild {
     }
 
     public var toolchainKind: ToolchainKind { .zig }
+    public var buildTriple: String? { file.compilesForBuildMachine ? Self.buildMachineTriple(host: options.settings.host) : nil }
 
     public func run(lock: Lockfile) throws -> Report {
         try runSteps(lock: lock) { space, outcome in

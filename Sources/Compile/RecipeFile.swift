@@ -105,6 +105,9 @@ public struct RecipeFile: Sendable {
         return references
     }
 
+    /// Whether the recipe also compiles for the build machine (`buildMachine`: `build-cc`, …).
+    public var compilesForBuildMachine: Bool { document.buildMachine ?? false }
+
     /// The lock sources the recipe builds, each once, in the order of its steps.
     public var components: [String] {
         var seen: [String] = []
@@ -256,6 +259,9 @@ extension RecipeFile {
         var steps: [Step]
         /// The toolchain's triple (default `{arch}-linux-musl`), for a recipe `build-recipe` runs.
         var triple: String?
+        /// Whether the recipe also compiles for the build machine (`{wrappers}/build-cc`, …), as
+        /// a cross build of ncurses does for the table generators it runs.
+        var buildMachine: Bool?
         /// What a `build-recipe` build leaves in its output directory.
         var outputs: [Output]?
 
@@ -417,7 +423,9 @@ extension RecipeFile {
 
     /// The fields each level of a recipe file may have: any other is refused, naming it.
     enum Schema {
-        static let top = ["about", "seed", "defaultVersions", "variables", "lists", "byLibc", "environment", "templates", "steps", "triple", "outputs"]
+        static let top = [
+            "about", "seed", "defaultVersions", "variables", "lists", "byLibc", "environment", "templates", "steps", "triple", "buildMachine", "outputs",
+        ]
         static let output = ["file", "from"]
         static let values = ["variables", "lists"]
         static let step = [

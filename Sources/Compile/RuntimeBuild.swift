@@ -57,7 +57,7 @@ public struct RuntimeBuild: RecipeBuild {
     public static func zigTriple(for target: Target) -> String {
         "\(target.arch.rawValue)-linux-" + (target.libc == .gnu ? "gnu.2.17" : "musl")
     }
-    public var buildTriple: String? { "\(options.settings.host.arch.rawValue)-linux-gnu" }
+    public var buildTriple: String? { Self.buildMachineTriple(host: options.settings.host) }
 
     /// The archive's file name: python-build-standalone's pattern, with `krnative` as the build.
     public static func archiveName(for target: Target, version: String) -> String {

@@ -21,7 +21,7 @@ struct Krnative: ParsableCommand {
         version: KrnativeVersion.current,
         subcommands: [
             TargetsCommand.self, FetchCommand.self, BuildCommand.self, StoreCommand.self, BundleCommand.self,
-            LockCommand.self, BuildTtydCommand.self, BuildRuntimeCommand.self, BuildRecipeCommand.self, PackCommand.self, WheelCommand.self, SandboxCommand.self, SandboxEntryCommand.self, DoctorCommand.self,
+            LockCommand.self, BuildTtydCommand.self, BuildRuntimeCommand.self, BuildRecipeCommand.self, BuildRunnerCommand.self, PackCommand.self, WheelCommand.self, SandboxCommand.self, SandboxEntryCommand.self, DoctorCommand.self,
             DiffCommand.self, AuditCommand.self, VerifyCommand.self, SmokeCommand.self, VariationExecCommand.self,
         ])
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Build
 import Compile
 import Foundation
 import Inputs
@@ -9,6 +10,7 @@ import Store
 import Toolchain
 
 extension ToolchainKind: ExpressibleByArgument {}
+extension Architecture: ExpressibleByArgument {}
 
 /// The options of the commands that build one target from a recipe's steps (build-ttyd,
 /// build-runtime), and what they do with them.
@@ -130,5 +132,70 @@ struct BuildRecipeCommand: ParsableCommand {
 
     func run() throws {
         try build.run(target: target) { try GenericRecipeBuild(recipe: name, options: $0, resolver: $1) }
+    }
+}
+
+struct BuildRunnerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "build-runner",
+        abstract: "Build the agent's runner binaries for an architecture (ttyd_linux, dropbearmulti, sftp-server, tmux: <name>.<arch>.bin) "
+            + "with their manifest and SBOM.",
+        discussion: helpText(
+            """
+            Each binary is built by its recipe (recipes/ttyd.json, dropbear.json, sftp-server.json, tmux.json) with Zig for static \
+            musl, in the sandbox, each step cached, under the file name lablup/backend.ai's src/ai/backend/runner/ uses. Beside \
+            them: krnative-runner-manifest.<arch>.json (every binary's sha256, recipe, sources and patches) and \
+            krnative-runner-sbom.<arch>.spdx.json. --check then builds the set again with every step compiled afresh, in a \
+            directory of its own, and compares: exit status 0 when every binary has the same bytes, 1 when not (the second build \
+            is kept then). `krnative verify --manifest krnative-runner-manifest.<arch>.json` rebuilds a published set the same way.
+            """,
+            examples: "krnative build-runner --arch aarch64", "krnative build-runner --arch x86_64 --only dropbear,sftp-server --check"))
+
+    @Option(help: "x86_64 or aarch64.") var arch: Architecture
+    @Option(help: ArgumentHelp("Build only these recipes (comma-separated). Default: \(RunnerSet.recipes.joined(separator: ",")).", valueName: "recipes"))
+    var only: String?
+    @Flag(help: "Build the set a second time, every step compiled afresh, and compare the bytes.") var check = false
+    @OptionGroup var build: RecipeBuildArguments
+
+    func validate() throws {
+        if build.prepareOnly || build.printScript { throw ValidationError("--prepare-only and --print-script take one recipe: use build-recipe NAME") }
+        if build.workdir != nil { throw ValidationError("--workdir takes one recipe's build: use build-recipe NAME --workdir DIR") }
+    }
+
+    func run() throws {
+        var identical = true
+        try perform("build-runner") {
+            let lock = try Lockfile.load(from: build.inputs.lockPath)
+            let resolver = InputResolver(store: try Store(root: build.inputs.storePath))
+            let recipes = only.map { $0.split(separator: ",").map(String.init) } ?? RunnerSet.recipes
+            var set = try RunnerSet(arch: arch, only: recipes, options: try build.options(for: .musllinuxX86_64), resolver: resolver)
+            set.toolVersion = KrnativeVersion.current
+            let manifest = try set.run(lock: lock)
+            if !build.json { Self.show(manifest, in: build.out) }
+            guard check else { return build.json ? printJSON(manifest) : () }
+            let again = try set.rebuilt(into: build.out + "/check.\(arch.rawValue)", lock: lock)
+            identical = Self.compare(manifest, at: build.out, with: again, json: build.json)
+            if identical { FileSystem.remove(again.directory) }
+        }
+        if !identical { throw ExitCode(1) }
+    }
+
+    static func show(_ manifest: RunnerManifest, in directory: String) {
+        for binary in manifest.binaries { print("\(directory)/\(binary.file): \(binary.size) bytes, sha256 \(binary.sha256)") }
+        print("\(directory)/\(RunnerManifest.fileName(arch: manifest.arch)), \(RunnerManifest.sbomName(arch: manifest.arch))")
+    }
+
+    /// Prints whether `again` (built in its directory) made the same bytes as `published` (in `source`); whether it did.
+    static func compare(_ published: RunnerManifest, at source: String, with again: (manifest: RunnerManifest, directory: String), json: Bool) -> Bool {
+        let differing = published.differences(from: again.manifest)
+        struct Verdict: Encodable { var identical: Bool, differing: [String], rebuild: String }
+        if json {
+            printJSON(Verdict(identical: differing.isEmpty, differing: differing, rebuild: again.directory))
+        } else if differing.isEmpty {
+            print("same bytes: every binary of \(source) (\(published.binaries.map(\.file).joined(separator: ", "))) built again, every step compiled afresh")
+        } else {
+            print("differ: \(differing.joined(separator: ", ")) (\(source) against \(again.directory), kept)")
+        }
+        return differing.isEmpty
     }
 }

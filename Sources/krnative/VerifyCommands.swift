@@ -1,5 +1,6 @@
 import ArgumentParser
 import Build
+import Compile
 import Fetch
 import Foundation
 import Inputs
@@ -104,13 +105,9 @@ struct VerifyCommand: ParsableCommand {
     func run() throws {
         var identical = true
         try perform("verify") {
+            if RunnerManifest.isNamed(manifest) { return identical = try verifyRunnerSet() }
             let published = try ManifestComparison.load(manifest)
-            let lock = try Lockfile.load(from: inputs.lockPath)
-            guard lock.digest == published.lockSha256 else {
-                throw UsageError(
-                    "\(manifest) was built from a lock with sha256 \(published.lockSha256); \(inputs.lockPath) has \(lock.digest). "
-                        + "Check out the lock it was built from, or pass it with --lock")
-            }
+            let lock = try lock(builtFrom: published.lockSha256)
             let locations = BuildRequest.Locations(lockPath: inputs.lockPath, patchesDirectory: patches, recipesDirectory: inputs.project.recipes(recipes))
             let request = try BuildRequest(recordedIn: published, locations: locations) {
                 try AuditPolicy.load(from: policy)
@@ -129,6 +126,38 @@ struct VerifyCommand: ParsableCommand {
             }
         }
         if !identical { throw ExitCode(1) }
+    }
+
+    /// This machine's lock, which must be the one the manifest was built from.
+    func lock(builtFrom digest: SHA256Digest) throws -> Lockfile {
+        let lock = try Lockfile.load(from: inputs.lockPath)
+        guard lock.digest == digest else {
+            throw UsageError(
+                "\(manifest) was built from a lock with sha256 \(digest); \(inputs.lockPath) has \(lock.digest). "
+                    + "Check out the lock it was built from, or pass it with --lock")
+        }
+        return lock
+    }
+
+    /// A runner set's manifest (`build-runner`): the same recipes built again for its arch and
+    /// epoch, every step compiled afresh, into --out; whether every binary has the same bytes.
+    func verifyRunnerSet() throws -> Bool {
+        let published = try RunnerManifest.load(from: manifest)
+        let lock = try lock(builtFrom: published.lockSha256)
+        var settings = StepRunner.Settings(entryExecutable: currentExecutable, patchesDirectory: patches)
+        settings.recipesDirectory = inputs.project.recipes(recipes)
+        settings.sourceDateEpoch = published.sourceDateEpoch
+        settings.isolation = try Isolation.chosen(sandbox)
+        settings.lockPath = inputs.lockPath
+        var set = try RunnerSet(
+            arch: published.arch, only: published.binaries.map(\.recipe),
+            options: RecipeBuildOptions(target: .musllinuxX86_64, outputDirectory: out, settings: settings),
+            resolver: InputResolver(store: try Store(root: inputs.storePath)))
+        set.toolVersion = KrnativeVersion.current
+        let again = try set.rebuilt(into: out, lock: lock)
+        let identical = BuildRunnerCommand.compare(published, at: manifest, with: again, json: output.json)
+        if identical && !keep { FileSystem.remove(out) }
+        return identical
     }
 }
 

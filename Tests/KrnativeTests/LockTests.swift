@@ -20,7 +20,9 @@ struct LockTests {
         let lock = try Lockfile.load(from: Package.root + "/krnative.lock.json")
         #expect(lock.inputs.filter { $0.kind == .runtime }.count == 4)
         #expect(
-            Set(lock.inputs.filter { $0.kind == .source }.map(\.name)) == ["ttyd", "zlib", "json-c", "mbedtls", "libuv", "libwebsockets", "dropbear", "openssh"])
+            Set(lock.inputs.filter { $0.kind == .source }.map(\.name)) == [
+                "ttyd", "zlib", "json-c", "mbedtls", "libuv", "libwebsockets", "dropbear", "openssh", "libevent", "ncurses", "tmux",
+            ])
         #expect(lock.inputs.filter { $0.kind == .source }.allSatisfy { $0.treeSha256 != nil })
         for target in Target.allCases {
             let needed = lock.inputs(for: [target], host: HostPlatform(arch: .x86_64))
@@ -31,11 +33,13 @@ struct LockTests {
         }
         let onArm = lock.inputs(for: [.musllinuxAarch64], host: HostPlatform(arch: .aarch64))
         #expect(onArm.filter { $0.kind == .toolchain }.map(\.name) == ["zig-aarch64-linux"])
-        // The runner binaries' sources (dropbear, OpenSSH) are the lock's, not a volume's: a volume
-        // build neither needs them in the store nor has them in its key.
-        for runtime in [RuntimeSource.pbs, .source] {
+        // The runner binaries' sources (dropbear, OpenSSH, tmux, libevent) are the lock's, not a
+        // volume's: a volume build neither needs them in the store nor has them in its key. ncurses
+        // is tmux's and the runtime recipe's: a volume whose runtime is compiled here takes it.
+        let ttyds: Set = ["ttyd", "zlib", "json-c", "mbedtls", "libuv", "libwebsockets"]
+        for (runtime, sources) in [(RuntimeSource.pbs, ttyds), (.source, ttyds.union(["ncurses"]))] {
             let volume = try VolumeBuild.inputs(of: .musllinuxAarch64, in: lock, host: HostPlatform(arch: .x86_64), toolchain: .zig, runtime: runtime)
-            #expect(Set(volume.filter { $0.kind == .source }.map(\.name)) == ["ttyd", "zlib", "json-c", "mbedtls", "libuv", "libwebsockets"])
+            #expect(Set(volume.filter { $0.kind == .source }.map(\.name)) == sources, "\(runtime)")
         }
     }
 

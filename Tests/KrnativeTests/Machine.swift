@@ -90,7 +90,10 @@ extension Trait where Self == ConditionTrait {
 extension Machine {
     /// Debian's upstream tarballs of the agent's other runner binaries and what they link
     /// (`scripts/debian-sources`), by their recipes' component names.
-    static let runnerSources = debianTarballs(["zlib": "zlib_1.3", "dropbear": "dropbear_2025.89", "openssh": "openssh_10.0p1"])
+    static let runnerSources = debianTarballs([
+        "zlib": "zlib_1.3", "dropbear": "dropbear_2025.89", "openssh": "openssh_10.0p1", "libevent": "libevent_2.1.12", "ncurses": "ncurses_6.5",
+        "tmux": "tmux_3.5a",
+    ])
 
     /// OpenSSH's client (Debian's: ssh, scp, sftp, ssh-keygen), which logs in to the built dropbear.
     static var hasOpenSSH: Bool { ["ssh", "scp", "sftp", "ssh-keygen"].allSatisfy { hasExecutable("/usr/bin/" + $0) } }
@@ -99,8 +102,8 @@ extension Machine {
 extension Trait where Self == ConditionTrait {
     static var needsRunnerSources: Self {
         .enabled(
-            if: Machine.runnerSources.count == 3 && Machine.userNamespaces && Machine.hasOpenSSH,
-            "needs KRNATIVE_TEST_SOURCES with Debian's dropbear, OpenSSH and zlib tarballs (scripts/debian-sources), OpenSSH's client (scripts/setup) and user namespaces"
+            if: Machine.runnerSources.count == 6 && Machine.userNamespaces && Machine.hasOpenSSH,
+            "needs KRNATIVE_TEST_SOURCES with Debian's dropbear, OpenSSH, zlib, tmux, libevent and ncurses tarballs (scripts/debian-sources), OpenSSH's client (scripts/setup) and user namespaces"
         )
     }
 }

@@ -1,3 +1,4 @@
+import Build
 import Foundation
 import KrnativeBase
 import Layout
@@ -86,6 +87,80 @@ struct RunnerBinaryTests {
         let sftp = ChildProcess.run(["sftp"] + options + ["-P", String(port), "-b", batch, "root@127.0.0.1"])
         #expect(sftp.succeeded, "sftp through /opt/kernel/sftp-server failed: \(sftp.stderr)")
         #expect(try SHA256Digest.of(fileAt: work.path + "/big-downloaded").digest == SHA256Digest.of(fileAt: big).digest)
+    }
+
+    /// tmux as the agent runs it in a kernel: a detached session runs a command, `ls` lists the
+    /// session and `capture-pane` shows what the command printed; the terminal database is the
+    /// machine's (/usr/share/terminfo, where the recipe's ncurses looks).
+    @Test(arguments: [Architecture.x86_64, .aarch64])
+    func tmuxRunsADetachedSession(arch: Architecture) throws {
+        let work = TemporaryDirectory("krnative-tmux")
+        let (_, lock) = try CompileTests.makeLock(in: work, sources: Machine.runnerSources)
+        let tmux = try build("tmux", arch, output: "tmux", lock: lock, work: work)
+        let version = ChildProcess.run(tmux + ["-V"])
+        let pinned = try #require(Machine.runnerSources["tmux"]).version
+        #expect(version.stdout == "tmux \(pinned)\n", "\(version.stdout)\(version.stderr)")
+
+        let session = tmux + ["-S", work.path + "/socket", "-f", "/dev/null"]
+        var environment = ProcessInfo.processInfo.environment
+        environment["TERM"] = "xterm-256color"
+        let started = ChildProcess.run(
+            session + ["new-session", "-d", "-s", "krnative", "-x", "100", "-y", "30", "echo made by a $((6 * 7))-byte tmux; exec sleep 300"],
+            environment: environment)
+        try #require(started.succeeded, "tmux new-session failed: \(started.stderr)")
+        defer { _ = ChildProcess.run(session + ["kill-server"], environment: environment) }
+        let listed = ChildProcess.run(session + ["ls"], environment: environment)
+        #expect(listed.stdout.hasPrefix("krnative: 1 windows"), "\(listed.stdout)\(listed.stderr)")
+        var pane = ChildProcess.run(session + ["capture-pane", "-p", "-t", "krnative"], environment: environment)
+        for _ in 0..<50 where !pane.stdout.contains("made by a 42-byte tmux") {
+            usleep(200_000)
+            pane = ChildProcess.run(session + ["capture-pane", "-p", "-t", "krnative"], environment: environment)
+        }
+        #expect(pane.stdout.contains("made by a 42-byte tmux"), "the pane shows: \(pane.stdout)\(pane.stderr)")
+    }
+
+    /// `build-runner`: the agent's file names, a manifest whose hashes are the files', an SBOM
+    /// naming every source; `--check` builds again with every step compiled and finds the same
+    /// bytes; `verify` of a manifest whose hash is not the binary's says which file differs.
+    /// Last in the suite: the binaries' steps are in the step cache by then (sftp-server is the
+    /// one compiled again, the cheapest).
+    @Test func buildRunnerLeavesTheAgentsFilesAManifestAndAnSBOM() throws {
+        let work = TemporaryDirectory("krnative-runner-set")
+        let (_, lock) = try CompileTests.makeLock(in: work, sources: Machine.runnerSources.merging(Machine.testSources) { runner, _ in runner })
+        let common = ["--arch", "x86_64", "--lock", lock, "--store", CompileTests.store.path]
+        let out = work.path + "/out"
+        let built = krnative(["build-runner", "--out", out] + common)
+        try #require(built.succeeded, "\(built.stderr)")
+        let names = try FileManager.default.contentsOfDirectory(atPath: out).sorted()
+        #expect(
+            names == [
+                "dropbearmulti.x86_64.bin", "krnative-runner-manifest.x86_64.json", "krnative-runner-sbom.x86_64.spdx.json", "sftp-server.x86_64.bin",
+                "tmux.x86_64.bin", "ttyd_linux.x86_64.bin",
+            ])
+        let manifest = try RunnerManifest.load(from: out + "/krnative-runner-manifest.x86_64.json")
+        #expect(manifest.binaries.map(\.recipe) == RunnerSet.recipes)
+        for binary in manifest.binaries {
+            #expect(try SHA256Digest.of(fileAt: out + "/" + binary.file).digest == binary.sha256, "\(binary.file)")
+        }
+        #expect(manifest.binaries.first { $0.recipe == "tmux" }?.sources.map(\.name) == ["libevent", "ncurses", "tmux"])
+        #expect(manifest.binaries.first { $0.recipe == "dropbear" }?.patches.count == 6)
+        let sbom = try JSONSerialization.jsonObject(with: FileSystem.readRegularFile(out + "/krnative-runner-sbom.x86_64.spdx.json")) as? [String: Any]
+        let packages = Set((sbom?["packages"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String })
+        #expect(packages.isSuperset(of: ["ttyd", "libwebsockets", "dropbear", "zlib", "openssh", "tmux", "libevent", "ncurses"]), "\(packages)")
+
+        let checked = krnative(["build-runner", "--only", "sftp-server", "--check", "--out", work.path + "/checked"] + common)
+        #expect(checked.succeeded, "\(checked.stdout)\(checked.stderr)")
+        #expect(checked.stdout.contains("same bytes: every binary of"), "\(checked.stdout)")
+        #expect(!FileSystem.exists(work.path + "/checked/check.x86_64"))
+
+        // A published manifest that another sftp-server went into: verify names it and exits 1.
+        let published = work.path + "/checked/krnative-runner-manifest.x86_64.json"
+        let text = try String(contentsOfFile: published, encoding: .utf8)
+        let real = try #require(try RunnerManifest.load(from: published).binaries.first?.sha256.hex)
+        try text.replacingOccurrences(of: real, with: String(repeating: "0", count: 64)).write(toFile: published, atomically: true, encoding: .utf8)
+        let verified = krnative(["verify", "--manifest", published, "--lock", lock, "--store", CompileTests.store.path, "--out", work.path + "/verify"])
+        #expect(verified.termination == .exited(1), "\(verified.stdout)\(verified.stderr)")
+        #expect(verified.stdout.contains("differ: sftp-server.x86_64.bin"), "\(verified.stdout)")
     }
 
     /// Starts `argv` in a mount namespace of its own where a tmpfs on /opt holds `sftpServer` as /opt/kernel/sftp-server and
