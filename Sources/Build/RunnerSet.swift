@@ -40,11 +40,17 @@ public struct RunnerSet: Sendable {
     /// The target whose toolchain triple the binaries are built for: static musl of the arch.
     public var target: Target { arch == .x86_64 ? .musllinuxX86_64 : .musllinuxAarch64 }
 
-    /// Builds every recipe of the set into the output directory, then writes the manifest and
-    /// the SBOM (each whole or not at all); the manifest.
+    /// Builds every recipe of the set, then puts the binaries into the output directory with
+    /// the manifest and the SBOM (the manifest last); the manifest. The builds write into a
+    /// directory beside them (their own reports stay there, and go): a set that fails leaves
+    /// nothing of itself.
     public func run(lock: Lockfile) throws -> RunnerManifest {
+        let staging = options.outputDirectory + "/.build-runner.\(arch.rawValue).partial"
+        FileSystem.remove(staging)
+        defer { FileSystem.remove(staging) }
         var options = options
         options.target = target
+        options.outputDirectory = staging
         var binaries: [RunnerManifest.Binary] = []
         for recipe in only {
             let (file, digest, sources, patches): (String, SHA256Digest, [StepRunner.Source], [AppliedPatch])
@@ -57,13 +63,16 @@ public struct RunnerSet: Sendable {
                 guard report.outputs.count == 1, let output = report.outputs.first else { throw Self.noSingleOutput(recipe) }
                 (file, digest, sources, patches) = (output.file, output.sha256, report.sources, report.outcome.patches)
             }
-            let size = FileSystem.size(of: options.outputDirectory + "/" + file) ?? 0
+            let size = FileSystem.size(of: staging + "/" + file) ?? 0
             binaries.append(.init(file: file, sha256: digest, size: size, recipe: recipe, sources: sources, patches: patches))
         }
         let manifest = RunnerManifest(
             tool: .init(version: toolVersion), arch: arch, lockSha256: lock.digest, sourceDateEpoch: options.settings.epoch(lock),
             isolation: options.settings.isolation, binaries: binaries)
-        try manifest.write(into: options.outputDirectory, lock: lock)
+        let out = self.options.outputDirectory
+        FileSystem.remove(out + "/" + RunnerManifest.fileName(arch: arch))
+        for binary in binaries { try FileSystem.rename(staging + "/" + binary.file, to: out + "/" + binary.file) }
+        try manifest.write(into: out, lock: lock)
         return manifest
     }
 }
@@ -118,7 +127,7 @@ public struct RunnerManifest: Codable, Sendable {
         return seen.keys.sorted().compactMap { seen[$0] }
     }
 
-    /// Writes the manifest and its SBOM into `directory`, each whole or not at all.
+    /// Writes the SBOM, then the manifest, into `directory`, each whole or not at all.
     func write(into directory: String, lock: Lockfile) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
