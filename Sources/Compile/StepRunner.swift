@@ -409,7 +409,7 @@ public struct StepRunner: Sendable {
 
     /// Compiles one step and keeps what it added to or changed in its stage as its result (`steps/<key>`).
     func build(
-        _ planned: PlannedStep, of plan: [PlannedStep], in space: Workspace, warm: String?, counter: String, lock: Lockfile, remoteSteps: RemoteSteps?
+        _ planned: PlannedStep, of plan: [PlannedStep], in space: Workspace, warm: [String]?, counter: String, lock: Lockfile, remoteSteps: RemoteSteps?
     ) throws -> Built {
         let started = Date()
         let name = planned.step.name
@@ -421,7 +421,8 @@ public struct StepRunner: Sendable {
             try FileSystem.createDirectory(directory)
             try space.writeBuildFiles(into: directory)
             FileSystem.remove(zigCache)
-            try StepResultTree(root: warm, madeBy: "krnative's Zig warm-up").copy(to: zigCache)
+            try FileSystem.createDirectory(zigCache)
+            for item in warm { _ = try StepResultTree(root: item, madeBy: "krnative's Zig warm-up").merge(into: zigCache) }
         }
         defer { if warm != nil { FileSystem.remove(zigCache) } }
         let stage = directory + "/stage"
@@ -468,45 +469,59 @@ public struct StepRunner: Sendable {
     }
 
     /// Zig's runtime libraries (libc, compiler-rt, libc++) for the target and, when the recipe
-    /// compiles for it, the build machine, at the optimisation levels builds ask for: compiled
-    /// once per toolchain and machine by krnative's own two-line programs, kept in the step cache,
-    /// and copied into each step's Zig cache so that no step compiles them again.
-    func warmZigCache(_ space: Workspace, epoch: Int64) throws -> String {
+    /// compiles for it, the build machine, at the optimisation levels builds ask for: compiled by
+    /// krnative's own two-line programs in groups (`warmUpGroups`), each kept in the step cache on
+    /// its own — the target's per toolchain and triple, the build machine's per toolchain and
+    /// machine, so that another target's build on this machine takes it as it is — and merged
+    /// into each step's Zig cache so that no step compiles them again. Returns the groups' items.
+    func warmZigCache(_ space: Workspace, epoch: Int64) throws -> [String] {
         let toolchain = space.toolchain
-        let key = SHA256Digest.of(Data("krnative Zig warm-up v2 \(toolchain.identity) build machine \(space.buildTriple ?? "none")".utf8))
-        let item = store.item(.steps, key.hex)
+        let groups = Self.warmUpGroups(wrappers: space.layout.wrappers, buildMachine: space.buildTriple != nil)
+        let keys = groups.map { group in
+            let compilesFor = group.component == Self.buildMachineWarmUp
+                ? "\(toolchain.kind.rawValue) \(toolchain.version) \(toolchain.archiveSha256.hex) build machine \(space.buildTriple ?? "")"
+                : toolchain.identity
+            return SHA256Digest.of(Data("krnative Zig warm-up v3 \(group.component) \(compilesFor)".utf8))
+        }
+        // The groups share no library: those not warmed yet, all at once, each its own sandbox run and log.
+        _ = try Self.schedule(Array(groups.indices), needs: { _ in [] }, done: [], limit: groups.count) { [self] index in
+            try warm(groups[index], as: keys[index], in: space, epoch: epoch)
+            return Built(patches: [], seconds: 0)
+        }
+        return keys.map { store.item(.steps, $0.hex) }
+    }
+
+    /// Warms one group's Zig cache and keeps it as the step result `key`, unless the step cache
+    /// holds it (`--rebuild`: again). One warm-up at a time for a key: a second build (another
+    /// target's, another process's) waits for it and takes its result instead of compiling the
+    /// same libraries beside it.
+    func warm(_ group: BuildStep, as key: SHA256Digest, in space: Workspace, epoch: Int64) throws {
         let warmed = { [self] in store.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) != nil }
-        if !settings.rewarmZig, warmed() { return item }
-        // One warm-up at a time for a key: a second build (another target's, another process's)
-        // waits for it and takes its result instead of compiling the same libraries beside it.
+        if !settings.rewarmZig, warmed() { return }
         let warmUpLock = try store.lock("zig-warm-up-\(key.hex)")
         defer { warmUpLock.unlock() }
-        if !settings.rewarmZig, warmed() { return item }
+        if !settings.rewarmZig, warmed() { return }
         let started = Date()
-        let directory = space.work + "/steps/.zig-warm-up"
-        let zigCache = space.zigCache + "/.zig-warm-up"
+        let directory = space.work + "/steps/.zig-\(group.component)"
+        let zigCache = space.zigCache + "/.zig-\(group.component)"
         for path in [directory, zigCache] { FileSystem.remove(path) }
         defer { for path in [directory, zigCache] { FileSystem.remove(path) } }
         try FileSystem.createDirectory(directory + "/stage")
         try FileSystem.createDirectory(zigCache)
         try space.writeBuildFiles(into: directory)
-        let groups = Self.warmUpGroups(wrappers: space.layout.wrappers, buildMachine: space.buildTriple != nil)
-        for group in groups {
-            try FileSystem.createDirectory(directory + "/src/" + group.name)
-            try FileSystem.writeAtomically(Data("int main(void) { return 0; }\n".utf8), to: directory + "/src/\(group.name)/c.c")
-            try FileSystem.writeAtomically(
-                Data("#include <string>\nint main() { return int(std::string(\"k\").size()) - 1; }\n".utf8), to: directory + "/src/\(group.name)/cxx.cc")
-        }
-        settings.log("warming Zig's cache for \(toolchain.triple)\(space.buildTriple.map { " and \($0)" } ?? "") (once per toolchain and machine)")
-        // The groups share no library: all at once, each its own sandbox run and log, one Zig cache.
-        _ = try Self.schedule(Array(groups.indices), needs: { _ in [] }, done: [], limit: groups.count) { [self] index in
-            try runCommands(groups[index], in: space, directory: directory, zigCache: zigCache, epoch: epoch)
-            return Built(patches: [], seconds: 0)
-        }
+        try FileSystem.createDirectory(directory + "/src/" + group.name)
+        try FileSystem.writeAtomically(Data("int main(void) { return 0; }\n".utf8), to: directory + "/src/\(group.name)/c.c")
+        try FileSystem.writeAtomically(
+            Data("#include <string>\nint main() { return int(std::string(\"k\").size()) - 1; }\n".utf8), to: directory + "/src/\(group.name)/cxx.cc")
+        let machine = group.component == Self.buildMachineWarmUp ? "the build machine, \(space.buildTriple ?? "")" : space.toolchain.triple
+        settings.log("warming Zig's cache for \(machine): \(group.component) (once per toolchain and machine)")
+        try runCommands(group, in: space, directory: directory, zigCache: zigCache, epoch: epoch)
         try snapshot(StepResultTree(root: zigCache, madeBy: "Zig, warming its cache"), as: key)
-        settings.log("Zig's cache warmed in \(Console.duration(Date().timeIntervalSince(started)))")
-        return item
+        settings.log("Zig's cache warmed for \(machine) (\(group.component)) in \(Console.duration(Date().timeIntervalSince(started)))")
     }
+
+    /// The warm-up group that compiles for the build machine (kept per machine, not per target).
+    static let buildMachineWarmUp = "warm-up-build-machine"
 
     /// What warming Zig's cache compiles: a C program for every variant of the C library and
     /// compiler runtime Zig builds for the steps — optimized for speed (-O0 to -O3 share it) or
@@ -530,7 +545,7 @@ public struct StepRunner: Sendable {
         if buildMachine {
             groups.append(
                 BuildStep(
-                    component: "warm-up-build-machine",
+                    component: buildMachineWarmUp,
                     commands: [
                         compile("build-cc", ["-O2"], "c.c", "c-fast"), compile("build-cc", ["-O0"], "c.c", "c-debug"),
                         compile("build-cc", ["-O2", "-fPIC"], "c.c", "c-fast-pic"), compile("build-cc", ["-O2", "-fPIC", "-shared"], "c.c", "c-fast.so"),
