@@ -10,13 +10,14 @@ import Verify
 /// The product end to end: `krnative build --target manylinux-x86_64` from stand-in inputs
 /// (scripts/standin-lock: a PBS-layout CPython 3.13 from this machine, Debian's ttyd sources, the
 /// real wheels and Zig through pip), twice, then the agent's view of the plugin wheel.
-@Suite("Volume and plugin wheel", .timeLimit(.minutes(60)), .tags(.compile, .namespaces, .pypi), .endToEnd, .serialized)
+// 80 minutes: the one test below is the product end to end (standin lock, machine A and B, ten
+// variation builds, two of them from an empty step cache, audit, smoke, the agent), and it shares
+// two cores with every other compiling suite of the cold run.
+@Suite("Volume and plugin wheel", .timeLimit(.minutes(80)), .tags(.compile, .namespaces, .pypi), .endToEnd, .serialized)
 struct VolumeTests {
-    static let store: String = {
-        if let shared = ProcessInfo.processInfo.environment["KRNATIVE_TEST_STORE"], !shared.isEmpty { return shared }
-        var template = Array((NSTemporaryDirectory() + "/krnative-volume-store.XXXXXX").utf8CString)
-        return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
-    }()
+    /// The compile tests' store: ttyd's steps (the same sources, toolchain and epoch) and Zig's
+    /// warmed libraries are made once for both suites.
+    static var store: String { CompileTests.store.path }
 
     /// A copy of the committed ledger: the stand-in volume is recorded there, never in krunner-volumes.json.
     static let ledger: String = {
