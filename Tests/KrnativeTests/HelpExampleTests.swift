@@ -27,6 +27,8 @@ extension HelpTests {
         "krnative build-ttyd --target musllinux-aarch64 --out ttyd-out": (66, "empty store"),
         "krnative build-runtime --target musllinux-x86_64 --out runtime-out": (66, "empty store"),
         "krnative build-recipe ttyd --target musllinux-aarch64 --out ttyd-out": (66, "empty store"),
+        "krnative build-runner --arch aarch64": (66, "empty store"),
+        "krnative build-runner --arch x86_64 --only dropbear,sftp-server --check": (66, "empty store"),
         "krnative store ls": (0, ""),
         "krnative store ls --store ~/krnative-store --json": (0, ""),
         "krnative store verify": (0, ""),
