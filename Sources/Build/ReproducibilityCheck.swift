@@ -1,3 +1,4 @@
+import Archive
 import Compile
 import Fetch
 import Foundation
@@ -188,6 +189,31 @@ public struct ReproducibilityCheck: Sendable {
             }
             try store.ingest(copying: source.store.path(for: digest), expected: digest)
             if let tree = input.treeSha256 { try store.recordTree(tree, file: digest) }
+        }
+        try seedZigWarmUp(from: source.store, into: store, toolchains: inputs.filter { $0.kind == .toolchain })
+    }
+
+    /// Copies Zig's warmed libraries (`StepRunner.warmUpKeys`) that `source` holds for the
+    /// request's builds into the fresh store: a run from an empty step cache compiles every step
+    /// of its recipes again, not Zig's C library and compiler runtime, which the sandbox builds at
+    /// the same paths whatever the run's path or user.
+    func seedZigWarmUp(from source: Store, into store: Store, toolchains: [LockedInput]) throws {
+        let request = options.request
+        guard request.toolchain == .zig, let zig = toolchains.first(where: { $0.name == ToolchainKind.zig.lockName(triple: "", host: .current) }),
+            let digest = zig.sha256
+        else { return }
+        var builds: [(triple: String, buildTriple: String?)] = [(request.target.ttydTriple, nil)]
+        if request.runtime == .source { builds.append((RuntimeBuild.zigTriple(for: request.target), RuntimeBuild.buildMachineTriple(host: .current))) }
+        for build in builds {
+            let toolchain = Toolchain(kind: .zig, version: zig.version, archiveSha256: digest, triple: build.triple, hostRoot: "")
+            for key in StepRunner.warmUpKeys(toolchain, buildTriple: build.buildTriple)
+            where !FileSystem.exists(store.item(.steps, key.hex))
+                && source.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: { _ in }) != nil {
+                let temp = store.temporaryPath("warm-up")
+                try StepResultTree(root: source.item(.steps, key.hex), madeBy: "krnative's Zig warm-up").copy(to: temp)
+                try FileSystem.createDirectory(store.directory(.steps))
+                try store.complete(.steps, key.hex, from: temp, treeHash: TreeHash.ofDirectory(at:))
+            }
         }
     }
 

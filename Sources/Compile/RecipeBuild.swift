@@ -55,7 +55,7 @@ extension RecipeBuild {
     public var buildTriple: String? { nil }
 
     /// Zig's triple for the build machine `host` (glibc: the tools a build runs there).
-    static func buildMachineTriple(host: HostPlatform) -> String { "\(host.arch.rawValue)-linux-gnu" }
+    public static func buildMachineTriple(host: HostPlatform) -> String { "\(host.arch.rawValue)-linux-gnu" }
     public var recipeName: String { Self.name }
 
     var store: Store { resolver.store }

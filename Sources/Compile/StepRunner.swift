@@ -475,20 +475,26 @@ public struct StepRunner: Sendable {
     /// machine, so that another target's build on this machine takes it as it is — and merged
     /// into each step's Zig cache so that no step compiles them again. Returns the groups' items.
     func warmZigCache(_ space: Workspace, epoch: Int64) throws -> [String] {
-        let toolchain = space.toolchain
         let groups = Self.warmUpGroups(wrappers: space.layout.wrappers, buildMachine: space.buildTriple != nil)
-        let keys = groups.map { group in
-            let compilesFor = group.component == Self.buildMachineWarmUp
-                ? "\(toolchain.kind.rawValue) \(toolchain.version) \(toolchain.archiveSha256.hex) build machine \(space.buildTriple ?? "")"
-                : toolchain.identity
-            return SHA256Digest.of(Data("krnative Zig warm-up v3 \(group.component) \(compilesFor)".utf8))
-        }
+        let keys = Self.warmUpKeys(space.toolchain, buildTriple: space.buildTriple)
         // The groups share no library: those not warmed yet, all at once, each its own sandbox run and log.
         _ = try Self.schedule(Array(groups.indices), needs: { _ in [] }, done: [], limit: groups.count) { [self] index in
             try warm(groups[index], as: keys[index], in: space, epoch: epoch)
             return Built(patches: [], seconds: 0)
         }
         return keys.map { store.item(.steps, $0.hex) }
+    }
+
+    /// The step-cache keys of Zig's warm-up groups (`warmUpGroups`' order) for `toolchain` and,
+    /// given its triple, the build machine: the target's per toolchain and triple, the build
+    /// machine's per toolchain and machine. `build --check` copies them into a run's fresh store.
+    public static func warmUpKeys(_ toolchain: Toolchain, buildTriple: String?) -> [SHA256Digest] {
+        warmUpGroups(wrappers: "", buildMachine: buildTriple != nil).map { group in
+            let compilesFor = group.component == buildMachineWarmUp
+                ? "\(toolchain.kind.rawValue) \(toolchain.version) \(toolchain.archiveSha256.hex) build machine \(buildTriple ?? "")"
+                : toolchain.identity
+            return SHA256Digest.of(Data("krnative Zig warm-up v3 \(group.component) \(compilesFor)".utf8))
+        }
     }
 
     /// Warms one group's Zig cache and keeps it as the step result `key`, unless the step cache

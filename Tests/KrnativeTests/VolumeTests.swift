@@ -10,10 +10,7 @@ import Verify
 /// The product end to end: `krnative build --target manylinux-x86_64` from stand-in inputs
 /// (scripts/standin-lock: a PBS-layout CPython 3.13 from this machine, Debian's ttyd sources, the
 /// real wheels and Zig through pip), twice, then the agent's view of the plugin wheel.
-// 80 minutes: the one test below is the product end to end (standin lock, machine A and B, ten
-// variation builds, two of them from an empty step cache, audit, smoke, the agent), and it shares
-// two cores with every other compiling suite of the cold run.
-@Suite("Volume and plugin wheel", .timeLimit(.minutes(80)), .tags(.compile, .namespaces, .pypi), .endToEnd, .serialized)
+@Suite("Volume and plugin wheel", .timeLimit(.minutes(60)), .tags(.compile, .namespaces, .pypi), .endToEnd, .serialized)
 struct VolumeTests {
     /// The compile tests' store: ttyd's steps (the same sources, toolchain and epoch) and Zig's
     /// warmed libraries are made once for both suites.
