@@ -27,6 +27,7 @@ public struct RunnerSet: Sendable {
         if let unknown = only.first(where: { !Self.recipes.contains($0) }) {
             throw UsageError("\(unknown) is not a runner binary's recipe; the recipes are \(Self.recipes.joined(separator: ", "))")
         }
+        guard !only.isEmpty else { throw UsageError("no runner binary's recipe named; the recipes are \(Self.recipes.joined(separator: ", "))") }
         self.arch = arch
         self.only = Self.recipes.filter(only.contains)
         self.options = options

@@ -56,6 +56,11 @@ struct UsageTests {
         Case(
             arguments: ["build-runtime", "--target", "musllinux-x86_64", "--workdir", "w", "--prepare-only", "--print-script"],
             message: "--prepare-only and --print-script contradict each other"),
+        Case(
+            arguments: ["build-runner", "--arch", "x86_64", "--only", "dropbear,su-exec"],
+            message: "su-exec is not a runner binary's recipe; the recipes are ttyd, dropbear, sftp-server, tmux"),
+        Case(arguments: ["build-runner", "--arch", "riscv64"], message: "The value 'riscv64' is invalid for '--arch <arch>'"),
+        Case(arguments: ["build-runner", "--arch", "x86_64", "--workdir", "w"], message: "--workdir takes one recipe's build: use build-recipe NAME --workdir DIR"),
     ]
 
     @Test(arguments: cases)
