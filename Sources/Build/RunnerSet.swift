@@ -79,10 +79,9 @@ public struct RunnerSet: Sendable {
 }
 
 extension RunnerSet {
-    /// The set built again into `directory` (emptied first), every step compiled afresh (Zig's
-    /// warmed libraries kept: they are not the binaries' code); its manifest and directory.
+    /// The set built again into `directory`, every step compiled afresh (Zig's warmed libraries
+    /// kept: they are not the binaries' code); its manifest and directory.
     public func rebuilt(into directory: String, lock: Lockfile) throws -> (manifest: RunnerManifest, directory: String) {
-        FileSystem.remove(directory)
         var options = options
         options.outputDirectory = directory
         options.settings.rebuild = true
@@ -145,6 +144,9 @@ public struct RunnerManifest: Codable, Sendable {
             throw UsageError("\(path) is not a runner manifest krnative wrote (\(error))")
         }
     }
+
+    /// The files a runner set's build leaves: its binaries, the SBOM and the manifest.
+    public var files: [String] { binaries.map(\.file) + [Self.sbomName(arch: arch), Self.fileName(arch: arch)] }
 
     /// The binaries whose hash differs from `other`'s (or that only one of the two has), by file name.
     public func differences(from other: RunnerManifest) -> [String] {

@@ -173,7 +173,9 @@ struct BuildRunnerCommand: ParsableCommand {
             let manifest = try set.run(lock: lock)
             if !build.json { Self.show(manifest, in: build.out) }
             guard check else { return build.json ? printJSON(manifest) : () }
-            let again = try set.rebuilt(into: build.out + "/check.\(arch.rawValue)", lock: lock)
+            let checkDirectory = build.out + "/check.\(arch.rawValue)"  // krnative's own: a stale one goes
+            FileSystem.remove(checkDirectory)
+            let again = try set.rebuilt(into: checkDirectory, lock: lock)
             identical = Self.compare(manifest, at: build.out, with: again, json: build.json)
             if identical { FileSystem.remove(again.directory) }
         }

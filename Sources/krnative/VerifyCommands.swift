@@ -156,7 +156,11 @@ struct VerifyCommand: ParsableCommand {
         set.toolVersion = KrnativeVersion.current
         let again = try set.rebuilt(into: out, lock: lock)
         let identical = BuildRunnerCommand.compare(published, at: manifest, with: again, json: output.json)
-        if identical && !keep { FileSystem.remove(out) }
+        // What the rebuild wrote goes, by name; the directory only if nothing else is in it.
+        if identical && !keep {
+            for name in again.manifest.files { FileSystem.remove(out + "/" + name) }
+            rmdir(out)
+        }
         return identical
     }
 }
