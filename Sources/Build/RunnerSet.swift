@@ -5,6 +5,7 @@ import KrnativeBase
 import Lock
 import Patch
 import Sandbox
+import Toolchain
 
 /// The agent's runner binaries for one architecture (lablup/backend.ai's
 /// `src/ai/backend/runner/NAME.ARCH.bin`): ttyd and the recipes beside it, each built from its
@@ -39,7 +40,30 @@ public struct RunnerSet: Sendable {
     }
 
     /// The target whose toolchain triple the binaries are built for: static musl of the arch.
-    public var target: Target { arch == .x86_64 ? .musllinuxX86_64 : .musllinuxAarch64 }
+    public var target: Target { Self.target(for: arch) }
+
+    static func target(for arch: Architecture) -> Target { arch == .x86_64 ? .musllinuxX86_64 : .musllinuxAarch64 }
+
+    /// The lock's inputs this set is built from here.
+    public func neededInputs(_ lock: Lockfile) throws -> [LockedInput] {
+        try Self.inputs(of: only, arch: arch, host: .current, lock: lock, recipesDirectory: options.settings.recipesDirectory)
+    }
+
+    /// The lock's inputs `recipes` for `arch` are built from on `host`: their sources and Zig
+    /// (what `fetch --runner` fetches and `bundle export --runner` carries).
+    public static func inputs(
+        of recipes: [String] = RunnerSet.recipes, arch: Architecture, host: HostPlatform, lock: Lockfile, recipesDirectory: String
+    ) throws -> [LockedInput] {
+        let sources = Set(try recipes.flatMap { try RecipeFile.load($0, from: recipesDirectory).components })
+        let zig = ToolchainKind.zig.lockName(triple: "", host: host)
+        return lock.inputs(for: [target(for: arch)], host: host).filter { input in
+            switch input.kind {
+            case .source: sources.contains(input.name)
+            case .toolchain: input.name == zig
+            default: false
+            }
+        }
+    }
 
     /// Builds every recipe of the set, then puts the binaries into the output directory with
     /// the manifest and the SBOM (the manifest last); the manifest. The builds write into a

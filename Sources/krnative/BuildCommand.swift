@@ -404,13 +404,21 @@ struct InputChoiceOptions: ParsableArguments {
         return try KrunnerConfig.load(from: configPath(in: project)).runtime ?? .pbs
     }
 
+    @Flag(help: "The builds of the agent's runner binaries (build-runner, for the targets' arches) instead of the volumes'.") var runner = false
+
     /// Whether the choices narrow what a command takes to one build's inputs.
-    var given: Bool { toolchain != nil || runtime != nil }
+    var given: Bool { toolchain != nil || runtime != nil || runner }
 
     /// The inputs the builds of `targets` on `host` with these choices use, and the options that
     /// name those builds on the machine that runs them (`--target T --toolchain zig --runtime pbs`).
     func buildInputs(of targets: [Target], host: HostPlatform, lock: Lockfile, project: Project) throws -> (inputs: [LockedInput], options: String) {
-        try Self.buildInputs(
+        if runner {
+            guard toolchain == nil && runtime == nil else {
+                throw UsageError("--runner builds the runner binaries, always with Zig and from sources: drop --toolchain and --runtime")
+            }
+            return try Self.runnerInputs(of: targets, host: host, recipes: project.recipes(recipes), lock: lock)
+        }
+        return try Self.buildInputs(
             of: targets, host: host, toolchain: toolchain(for: host), runtime: runtime(in: project), recipes: project.recipes(recipes), lock: lock)
     }
 
@@ -425,5 +433,16 @@ struct InputChoiceOptions: ParsableArguments {
             }
         }
         return (inputs, Target.options(for: targets) + " --toolchain \(toolchain.rawValue) --runtime \(runtime.rawValue)")
+    }
+
+    /// The inputs of `build-runner` for the arches of `targets` on `host`, and the options that name them (`--target T --runner`).
+    static func runnerInputs(of targets: [Target], host: HostPlatform, recipes: String, lock: Lockfile) throws -> (inputs: [LockedInput], options: String) {
+        var inputs: [LockedInput] = []
+        for arch in Architecture.allCases where targets.contains(where: { $0.arch == arch }) {
+            for input in try RunnerSet.inputs(arch: arch, host: host, lock: lock, recipesDirectory: recipes) where !inputs.contains(where: { $0.name == input.name }) {
+                inputs.append(input)
+            }
+        }
+        return (inputs, Target.options(for: targets) + " --runner")
     }
 }

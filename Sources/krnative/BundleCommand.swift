@@ -21,10 +21,11 @@ struct BundleCommand: ParsableCommand {
             discussion: helpText(
                 """
                 The build is named as for `krnative build`: --target (or --all), --toolchain, --runtime \
-                and --config, or --request FILE; the bundle holds exactly the inputs it uses. --host: \
-                the machine that will build, when it is not this one.
+                and --config, or --request FILE; or --runner: `build-runner`'s, for the targets' arches. \
+                The bundle holds exactly the inputs it uses. --host: the machine that will build, when it \
+                is not this one.
                 """,
-                examples: "krnative bundle export inputs.tar --all", "krnative bundle export arm.tar --target musllinux-aarch64 --runtime source",
+                examples: "krnative bundle export inputs.tar --all", "krnative bundle export arm.tar --target musllinux-aarch64 --runtime source", "krnative bundle export runner.tar --target musllinux-aarch64 --runner",
                 "krnative bundle export arm.tar --target musllinux-aarch64 --host aarch64-linux"))
         @OptionGroup var inputs: InputOptions
         @OptionGroup var selection: TargetSelection
@@ -59,7 +60,7 @@ struct BundleCommand: ParsableCommand {
             }
             let given = [("--target", !selection.targets.isEmpty), ("--all", selection.all), ("--lock", inputs.lock != nil),
                 ("--config", choices.config != nil), ("--toolchain", choices.toolchain != nil), ("--runtime", choices.runtime != nil),
-                ("--recipes", choices.recipes != nil)]
+                ("--recipes", choices.recipes != nil), ("--runner", choices.runner)]
                 .filter(\.1).map(\.0)
             guard given.isEmpty else { throw UsageError("--request FILE names the build and its lock: drop \(given.joined(separator: ", "))") }
             let request = try BuildRequest.load(from: requestFile)
@@ -108,21 +109,22 @@ struct BundleCommand: ParsableCommand {
                 print("admitted \(counted(report.admitted.count, "input")), \(report.alreadyPresent.count) already present")
                 if let text = manifest.build {
                     // The manifest is the bundle's word: only options krnative writes are said, rebuilt from their values.
-                    guard let build = Self.buildOptions(text) else {
+                    guard let commands = Self.buildCommands(text) else {
                         return print("the bundle's build options are not ones krnative writes; not shown (`\(file)`'s manifest says: \(String(text.prefix(200)).debugDescription))")
                     }
                     let lockOption = inputs.lock == nil ? "" : " --lock \(ChildProcess.quote(lockPath))"
                     let storeOption = inputs.store == nil ? "" : " --store \(ChildProcess.quote(inputs.storePath))"
-                    print("build them with: krnative build \(build)\(lockOption)\(storeOption) --offline")
+                    for command in commands { print("build them with: krnative \(command)\(lockOption)\(storeOption) --offline") }
                 }
             }
         }
 
-        /// `text` as `bundle export` writes it — `--target T` … or `--all`, then `--toolchain K
-        /// --runtime R`, each value a known one — written again from the values; nil otherwise.
-        static func buildOptions(_ text: String) -> String? {
+        /// The commands that build what a bundle carries, from `text` as `bundle export` writes it —
+        /// `--target T` … or `--all`, then `--toolchain K --runtime R`, or `--runner` (one
+        /// `build-runner` per arch), each value a known one — written again from the values; nil otherwise.
+        static func buildCommands(_ text: String) -> [String]? {
             var targets: [Target] = []
-            var (toolchain, runtime): (ToolchainKind?, RuntimeSource?) = (nil, nil)
+            var (toolchain, runtime, runner): (ToolchainKind?, RuntimeSource?, Bool) = (nil, nil, false)
             var words = text.split(separator: " ").map(String.init)[...]
             while let option = words.popFirst() {
                 switch option {
@@ -130,11 +132,17 @@ struct BundleCommand: ParsableCommand {
                 case "--target": guard let target = words.popFirst().flatMap(Target.init(rawValue:)) else { return nil }; targets.append(target)
                 case "--toolchain" where toolchain == nil: toolchain = words.popFirst().flatMap(ToolchainKind.init(rawValue:))
                 case "--runtime" where runtime == nil: runtime = words.popFirst().flatMap(RuntimeSource.init(rawValue:))
+                case "--runner" where !runner: runner = true
                 default: return nil
                 }
             }
-            guard !targets.isEmpty, let toolchain, let runtime else { return nil }
-            return Target.options(for: targets) + " --toolchain \(toolchain.rawValue) --runtime \(runtime.rawValue)"
+            guard !targets.isEmpty else { return nil }
+            if runner {
+                guard toolchain == nil, runtime == nil else { return nil }
+                return Architecture.allCases.filter { arch in targets.contains { $0.arch == arch } }.map { "build-runner --arch \($0.rawValue)" }
+            }
+            guard let toolchain, let runtime else { return nil }
+            return ["build " + Target.options(for: targets) + " --toolchain \(toolchain.rawValue) --runtime \(runtime.rawValue)"]
         }
     }
 }

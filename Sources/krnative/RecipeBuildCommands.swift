@@ -149,12 +149,15 @@ struct BuildRunnerCommand: ParsableCommand {
             directory of its own, and compares: exit status 0 when every binary has the same bytes, 1 when not (the second build \
             is kept then). `krnative verify --manifest krnative-runner-manifest.<arch>.json` rebuilds a published set the same way.
             """,
-            examples: "krnative build-runner --arch aarch64", "krnative build-runner --arch x86_64 --only dropbear,sftp-server --check"))
+            examples: "krnative build-runner --arch aarch64", "krnative build-runner --arch x86_64 --only dropbear,sftp-server --check",
+            "krnative build-runner --arch aarch64 --offline"))
 
     @Option(help: "x86_64 or aarch64.") var arch: Architecture
     @Option(help: ArgumentHelp("Build only these recipes (comma-separated). Default: \(RunnerSet.recipes.joined(separator: ",")).", valueName: "recipes"))
     var only: String?
     @Flag(help: "Build the set a second time, every step compiled afresh, and compare the bytes.") var check = false
+    @Flag(help: "Open no socket and run no pip: take every input from the store, naming what it lacks. Default: off; env KRNATIVE_OFFLINE (1, true, yes, on).")
+    var offline = false
     @OptionGroup var build: RecipeBuildArguments
 
     func validate() throws {
@@ -170,6 +173,10 @@ struct BuildRunnerCommand: ParsableCommand {
             let recipes = only.map { $0.split(separator: ",").map(String.init) } ?? RunnerSet.recipes
             var set = try RunnerSet(arch: arch, only: recipes, options: try build.options(for: .musllinuxX86_64), resolver: resolver)
             set.toolVersion = KrnativeVersion.current
+            // What the set is built from, fetched first (or, --offline, named when the store lacks it).
+            _ = try fetchInputs(
+                set.neededInputs(lock), for: "--target \(set.target.rawValue) --runner", inputs: build.inputs,
+                network: try NetworkOptions.parse(offline ? ["--offline"] : []), json: false, summary: { Reporting.note($0) })
             let manifest = try set.run(lock: lock)
             if !build.json { Self.show(manifest, in: build.out) }
             guard check else { return build.json ? printJSON(manifest) : () }
