@@ -18,7 +18,7 @@ struct KeptItems: Sendable {
         guard FileSystem.exists(store.item(area, key.hex)) else { return nil }
         let itemLock = try store.lock(area, key.hex)
         defer { itemLock.unlock() }
-        guard let item = store.intactItem(area, key.hex, treeHash: TreeHash.ofDirectory(at:), log: log) else { return nil }
+        guard let item = store.intactItem(area, key.hex, log: log) else { return nil }
         return try use(item)
     }
 
@@ -32,7 +32,7 @@ struct KeptItems: Sendable {
             FileSystem.remove(temp)
             try FileSystem.createDirectory(temp)
             try fill(temp)
-            try store.complete(area, key.hex, from: temp, treeHash: TreeHash.ofDirectory(at:))
+            try store.complete(area, key.hex, from: temp)
         } catch {
             FileSystem.remove(temp)
             log("\(what) was not kept in \(store.directory(area)) for later builds (\(error)); this build goes on")

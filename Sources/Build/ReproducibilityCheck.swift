@@ -208,11 +208,11 @@ public struct ReproducibilityCheck: Sendable {
             let toolchain = Toolchain(kind: .zig, version: zig.version, archiveSha256: digest, triple: build.triple, hostRoot: "")
             for key in StepRunner.warmUpKeys(toolchain, buildTriple: build.buildTriple)
             where !FileSystem.exists(store.item(.steps, key.hex))
-                && source.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: { _ in }) != nil {
+                && source.intactItem(.steps, key.hex, log: { _ in }) != nil {
                 let temp = store.temporaryPath("warm-up")
                 try StepResultTree(root: source.item(.steps, key.hex), madeBy: "krnative's Zig warm-up").copy(to: temp)
                 try FileSystem.createDirectory(store.directory(.steps))
-                try store.complete(.steps, key.hex, from: temp, treeHash: TreeHash.ofDirectory(at:))
+                try store.complete(.steps, key.hex, from: temp)
             }
         }
     }

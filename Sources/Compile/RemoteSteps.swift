@@ -58,7 +58,7 @@ public struct RemoteSteps: Sendable {
             try FileSystem.createDirectory(store.directory(.steps))
             let itemLock = try store.lock(.steps, key.hex)
             defer { itemLock.unlock() }
-            try store.complete(.steps, key.hex, from: unpacked, treeHash: TreeHash.ofDirectory(at:))
+            try store.complete(.steps, key.hex, from: unpacked)
         } catch {
             cache.reject("\(cache.base)/cas/\(record.sha256.hex) (\(what)) could not be unpacked: \(error); ignored")
             return false

@@ -179,7 +179,7 @@ public struct StepRunner: Sendable {
             throw CompileError.missingInput(name: name, lockPath: settings.lockPath)
         }
         let root = store.item(.toolchains, digest.hex)
-        if store.intactItem(.toolchains, digest.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) == nil {
+        if store.intactItem(.toolchains, digest.hex, log: settings.log) == nil {
             let entryLock = try store.lock(.toolchains, digest.hex)
             defer { entryLock.unlock() }
             if !FileSystem.exists(root) {
@@ -189,7 +189,7 @@ public struct StepRunner: Sendable {
                     .extract(try store.verifiedPath(for: digest), into: temp)
                 if kind == .zig { chmod(temp + "/ziglang/zig", 0o755) }  // wheels may not keep the mode
                 try FileSystem.createDirectory(store.directory(.toolchains))
-                try store.complete(.toolchains, digest.hex, from: temp, treeHash: TreeHash.ofDirectory(at:))
+                try store.complete(.toolchains, digest.hex, from: temp)
             }
         }
         return Toolchain(kind: kind, version: input.version, archiveSha256: digest, triple: triple, hostRoot: root)
@@ -269,7 +269,7 @@ public struct StepRunner: Sendable {
         var fromRemote: [Int: Bool] = [:]
         for index in selected where !settings.rebuild {
             let (step, key) = (plan[index].step, plan[index].key)
-            if store.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) != nil {
+            if store.intactItem(.steps, key.hex, log: settings.log) != nil {
                 fromRemote[index] = false
                 // A result made before uploads were asked for reaches the cache too.
                 if let remoteSteps, remoteSteps.cache.upload, !remoteSteps.cache.hasActionResult(key) {
@@ -502,7 +502,7 @@ public struct StepRunner: Sendable {
     /// target's, another process's) waits for it and takes its result instead of compiling the
     /// same libraries beside it.
     func warm(_ group: BuildStep, as key: SHA256Digest, in space: Workspace, epoch: Int64) throws {
-        let warmed = { [self] in store.intactItem(.steps, key.hex, treeHash: TreeHash.ofDirectory(at:), log: settings.log) != nil }
+        let warmed = { [self] in store.intactItem(.steps, key.hex, log: settings.log) != nil }
         if !settings.rewarmZig, warmed() { return }
         let warmUpLock = try store.lock("zig-warm-up-\(key.hex)")
         defer { warmUpLock.unlock() }
@@ -676,7 +676,7 @@ public struct StepRunner: Sendable {
                 }
             }
         }
-        try store.complete(.steps, key.hex, from: temp, treeHash: TreeHash.ofDirectory(at:))
+        try store.complete(.steps, key.hex, from: temp)
     }
 
     /// The directories krnative makes in the work directory for the steps: a step may fill them,

@@ -68,13 +68,10 @@ extension Store {
     /// Puts a finished staging copy (a directory on the store's file system) in place as
     /// `area/name` and records its tree hash beside it. The hash is taken before the rename; an
     /// older item and its record go first and the new record is written last, so a record never
-    /// stands beside contents it does not describe. `treeHash` computes a directory's tree hash
-    /// (Archive's `TreeHash.ofDirectory`: the store comes before Archive in the pipeline); nil
-    /// records none, for items the tree hash cannot describe (a smoke root's device files).
-    public func complete(
-        _ area: Area, _ name: String, from staging: String, treeHash: ((String) throws(FileSystemError) -> SHA256Digest)?
-    ) throws(FileSystemError) {
-        let digest = try treeHash?(staging)
+    /// stands beside contents it does not describe. `recordingTreeHash` false records none, for
+    /// items the tree hash cannot describe (a smoke root's device files).
+    public func complete(_ area: Area, _ name: String, from staging: String, recordingTreeHash: Bool = true) throws(FileSystemError) {
+        let digest = recordingTreeHash ? try TreeHash.ofDirectory(at: staging) : nil
         let destination = item(area, name)
         unlink(treeHashRecord(area, name))
         FileSystem.removeTree(destination)
@@ -89,9 +86,11 @@ extension Store {
     /// caller makes it again rather than building on contents nobody vouches for. An item this
     /// process found intact before is hashed again only when its stamp (`FileSystem.stamp`: every
     /// entry's inode, size and times) or its record changed since: a toolchain of 14,690 files
-    /// that every recipe of a build uses is read once.
+    /// that every recipe of a build uses is read once. `treeHash` is `TreeHash.ofDirectory` but
+    /// where a test counts the readings.
     public func intactItem(
-        _ area: Area, _ name: String, treeHash: (String) throws(FileSystemError) -> SHA256Digest, log: (String) -> Void = Reporting.note
+        _ area: Area, _ name: String, treeHash: (String) throws(FileSystemError) -> SHA256Digest = TreeHash.ofDirectory(at:),
+        log: (String) -> Void = Reporting.note
     ) -> String? {
         let path = item(area, name)
         guard FileSystem.exists(path) else { return nil }

@@ -49,14 +49,13 @@ extension Store {
     /// Checks every area: entries are hashed again against their names, derived items against the
     /// tree hash recorded when they were made (where one was), and leftovers are reported with the
     /// command that removes them. Corrupted entries and items are moved to `quarantine/`.
-    /// `treeHash` computes a directory's tree hash (Archive's `TreeHash.ofDirectory`).
-    public func verify(treeHash: (String) throws(FileSystemError) -> SHA256Digest) -> Verification {
+    public func verify() -> Verification {
         var areas: [AreaVerification] = []
         for area in Area.allCases {
             switch area {
             case .entries: areas.append(verifyEntries())
             case .trees: areas.append(verifyTreeRecords())
-            case .steps, .toolchains, .sysroots, .packs, .bytecode: areas.append(verifyDerived(area, treeHash: treeHash))
+            case .steps, .toolchains, .sysroots, .packs, .bytecode: areas.append(verifyDerived(area))
             case .zigCache: areas.append(verifyLeftovers(area, checks: "none should be here: krnative no longer writes this area"))
             case .quarantine:
                 // After every area that moves things there (Area order); what this run moved is
@@ -118,7 +117,7 @@ extension Store {
     /// under its own name is complete; one with a tree-hash record is hashed again against it, and
     /// on a mismatch moved to `quarantine/` so the next build makes it again. Unfinished copies and
     /// records without their item are leftovers.
-    func verifyDerived(_ area: Area, treeHash: (String) throws(FileSystemError) -> SHA256Digest) -> AreaVerification {
+    func verifyDerived(_ area: Area) -> AreaVerification {
         var problems: [Problem] = []
         var hashed = 0
         var unrecorded = 0
@@ -139,7 +138,7 @@ extension Store {
             let finding: String
             let reason: String
             do {
-                let found = try treeHash(path)
+                let found = try TreeHash.ofDirectory(at: path)
                 if found == recorded { continue }
                 finding = "tree hash \(found), where \(recorded) was recorded when it was made"
                 reason = "found-tree-\(found.hex)"

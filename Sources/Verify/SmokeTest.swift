@@ -185,7 +185,7 @@ public struct SmokeTest: Sendable {
         try makeWithRetries(argv, into: temporary)
         try finish(root: temporary)
         // No tree-hash record: mmdebstrap's root holds device files, which a tree hash refuses.
-        try store.complete(.sysroots, name, from: temporary, treeHash: nil)
+        try store.complete(.sysroots, name, from: temporary, recordingTreeHash: false)
         return root
     }
 

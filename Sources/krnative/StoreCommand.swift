@@ -60,7 +60,7 @@ struct StoreCommand: ParsableCommand {
 
         func run() throws {
             try perform("store verify") {
-                let report = try Store(root: inputs.storePath).verify(treeHash: TreeHash.ofDirectory(at:))
+                let report = try Store(root: inputs.storePath).verify()
                 if output.json {
                     printJSON(report)
                 } else {

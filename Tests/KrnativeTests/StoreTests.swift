@@ -320,7 +320,7 @@ struct StoreTests {
         try completeItem(in: store, .toolchains, "unrecorded", files: ["bin/cc": randomData(100)])
         unlink(store.treeHashRecord(.toolchains, "unrecorded"))
         var lines: [String] = []
-        let use = { (area: Store.Area, name: String) in store.intactItem(area, name, treeHash: TreeHash.ofDirectory(at:)) { lines.append($0) } }
+        let use = { (area: Store.Area, name: String) in store.intactItem(area, name, log: { lines.append($0) }) }
 
         #expect(use(.steps, "good") == store.item(.steps, "good"))
         #expect(use(.steps, "changed") == nil)
@@ -398,6 +398,6 @@ private func makeTree(_ path: String, files: [String: Data]) {
 private func completeItem(in store: Store, _ area: Store.Area, _ name: String, files: [String: Data]) throws -> SHA256Digest {
     let staging = store.item(area, name) + ".tmp-\(getpid())"
     makeTree(staging, files: files)
-    try store.complete(area, name, from: staging, treeHash: TreeHash.ofDirectory(at:))
+    try store.complete(area, name, from: staging)
     return try #require(store.recordedTreeHash(area, name))
 }
