@@ -1,3 +1,4 @@
+import CSystemCalls
 import Foundation
 
 #if canImport(Glibc)
@@ -82,6 +83,15 @@ public enum FileSystem {
         guard fd >= 0 else { throw .cannotOpen(path: path, errno: errno) }
         defer { close(fd) }
         guard Glibc.fsync(fd) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+    }
+
+    /// Starts writing `length` bytes of `fd` from `offset` to disk and returns at once
+    /// (`sync_file_range`). A large file written block by block, each block started this way,
+    /// finds little left to flush by the fsync that admits it: the disk wrote while the next
+    /// blocks arrived (a 300 MB download's fsync took 0.13 s of its 0.55 s without). A file system
+    /// that cannot is no error: the fsync does it all then.
+    public static func startWriteback(_ fd: Int32, offset: Int64, length: Int) {
+        _ = krn_start_writeback(fd, offset, Int64(length))
     }
 
     /// Renames within one file system and flushes the directory, so the rename survives a crash.

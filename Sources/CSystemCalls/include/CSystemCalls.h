@@ -77,4 +77,8 @@ int krn_no_new_privs(void);
 /// O_PATH (glibc defines it only under _GNU_SOURCE, which Swift's Glibc module is not built with).
 extern const int krn_o_path;
 
+/// sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE): starts writing that range to disk
+/// without waiting for it (a GNU call, declared only under _GNU_SOURCE).
+int krn_start_writeback(int fd, long long offset, long long length);
+
 #endif
