@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.11.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
     ],
     targets: [
         // C libraries from Debian, one thin module each.
@@ -40,6 +41,7 @@ let package = Package(
             name: "KrnativeBase",
             dependencies: [
                 "CSystemCalls", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .target(name: "Lock", dependencies: ["KrnativeBase"]),
         .target(name: "Store", dependencies: ["KrnativeBase"]),

@@ -308,15 +308,9 @@ final class XzFileSink {
             return nil
         }
         let produced = output.count - stream.avail_out
-        var offset = 0
-        while offset < produced {
-            let written = Glibc.write(fd, output.baseAddress! + offset, produced - offset)
-            if written < 0 {
-                if errno == EINTR { continue }
-                failure = String(cString: strerror(errno))
-                return nil
-            }
-            offset += written
+        if let code = FileSystem.writeAll(fd, UnsafeRawBufferPointer(rebasing: output[0..<produced])) {
+            failure = String(cString: strerror(code))
+            return nil
         }
         return status
     }

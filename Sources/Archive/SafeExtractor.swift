@@ -204,15 +204,7 @@ public struct SafeExtractor: Sendable {
                 let blockEnd = offset + Int64(buffer.count)
                 guard offset >= 0, total + max(declared, blockEnd) <= limits.maxBytes else { throw tooLarge }
                 end = max(end, blockEnd)
-                var done = 0
-                while done < buffer.count {
-                    let written = pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
-                    if written < 0 {
-                        if errno == EINTR { continue }
-                        throw reject("cannot write: \(Self.errorText())")
-                    }
-                    done += written
-                }
+                if let failure = FileSystem.writeAll(fd, buffer, at: offset) { throw reject("cannot write: \(String(cString: strerror(failure)))") }
             }
         } catch let error as ArchiveError {
             throw error

@@ -313,12 +313,8 @@ public struct StepResultTree: Sendable {
             if count < 0 && errno == EINTR { continue }
             guard count >= 0 else { throw .cannotCopy(path: shown, reason: errorText()) }
             if count == 0 { break }
-            var done = 0
-            while done < count {
-                let written = write(copy, buffer.baseAddress! + done, count - done)
-                if written < 0 && errno == EINTR { continue }
-                guard written > 0 else { throw .cannotCopy(path: copyShown, reason: errorText()) }
-                done += written
+            if let failure = FileSystem.writeAll(copy, UnsafeRawBufferPointer(rebasing: buffer[0..<count])) {
+                throw .cannotCopy(path: copyShown, reason: String(cString: strerror(failure)))
             }
         }
         guard fchmod(copy, mode) == 0 else { throw .cannotCopy(path: copyShown, reason: errorText()) }

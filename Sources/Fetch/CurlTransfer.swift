@@ -341,19 +341,7 @@ final class BodyWriter: @unchecked Sendable {
         let full = block
         block = Data(capacity: Self.blockSize)
         let start = lseek(fd, 0, SEEK_CUR)
-        let failed = full.withUnsafeBytes { bytes -> Int32? in
-            var offset = 0
-            while offset < bytes.count {
-                let written = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    return errno
-                }
-                offset += written
-            }
-            return nil
-        }
-        if failed != nil { return failed }
+        if let failed = full.withUnsafeBytes({ FileSystem.writeAll(fd, $0) }) { return failed }
         if start >= 0 { FileSystem.startWriteback(fd, offset: Int64(start), length: full.count) }
         waiting.wait()
         hashing.async {

@@ -1,5 +1,6 @@
 import CSystemCalls
 import Foundation
+import SystemPackage
 
 #if canImport(Glibc)
     import Glibc
@@ -85,6 +86,17 @@ public enum FileSystem {
         guard Glibc.fsync(fd) == 0 else { throw .cannotWrite(path: path, errno: errno) }
     }
 
+    /// Writes every byte of `bytes` to `fd`, at `offset` or else where the descriptor stands:
+    /// swift-system's `writeAll`, which goes on after a short write and retries on EINTR. Nil, or
+    /// the errno that stopped it.
+    public static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: Int64? = nil) -> Int32? {
+        let descriptor = FileDescriptor(rawValue: fd)
+        do {
+            if let offset { try descriptor.writeAll(toAbsoluteOffset: offset, bytes) } else { try descriptor.writeAll(bytes) }
+            return nil
+        } catch { return (error as? Errno)?.rawValue ?? EIO }
+    }
+
     /// Starts writing `length` bytes of `fd` from `offset` to disk and returns at once
     /// (`sync_file_range`). A large file written block by block, each block started this way,
     /// finds little left to flush by the fsync that admits it: the disk wrote while the next
@@ -111,19 +123,7 @@ public enum FileSystem {
         let temp = (directory.isEmpty ? "." : directory) + "/.\((path as NSString).lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode)
         guard fd >= 0 else { throw .cannotWrite(path: path, errno: errno) }
-        var failure: Int32 = 0
-        data.withUnsafeBytes { buffer in
-            var offset = 0
-            while offset < buffer.count {
-                let written = write(fd, buffer.baseAddress! + offset, buffer.count - offset)
-                if written < 0 {
-                    if errno == EINTR { continue }
-                    failure = errno
-                    return
-                }
-                offset += written
-            }
-        }
+        var failure = data.withUnsafeBytes { writeAll(fd, $0) } ?? 0
         if failure == 0, Glibc.fsync(fd) != 0 { failure = errno }
         fchmod(fd, mode)
         close(fd)

@@ -99,16 +99,7 @@ public enum Console {
 
     /// Nil when every byte went out, else the errno.
     static func write(_ data: Data, to descriptor: Int32) -> Int32? {
-        data.withUnsafeBytes { bytes -> Int32? in
-            var offset = 0
-            while offset < bytes.count {
-                let written = Glibc.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
-                if written < 0 && errno == EINTR { continue }
-                guard written > 0 else { return written < 0 ? errno : EIO }
-                offset += written
-            }
-            return nil
-        }
+        data.withUnsafeBytes { FileSystem.writeAll(descriptor, $0) }
     }
 }
 
