@@ -130,14 +130,8 @@ public struct WheelInstaller: Sendable {
                 try reader.readData(entry: entry.path) { chunk in
                     hasher.update(chunk)
                     size += Int64(chunk.count)
-                    var written = 0
-                    while written < chunk.count {
-                        let count = Glibc.write(descriptor, chunk.baseAddress! + written, chunk.count - written)
-                        if count < 0 && errno == EINTR { continue }
-                        guard count > 0 else {
-                            throw WheelError.io(wheel: filename, reason: "cannot write \(destination): \(String(cString: strerror(errno)))")
-                        }
-                        written += count
+                    if let failure = FileSystem.writeAll(descriptor, chunk) {
+                        throw WheelError.io(wheel: filename, reason: "cannot write \(destination): \(String(cString: strerror(failure)))")
                     }
                 }
                 fchmod(descriptor, mode)  // whatever the umask
