@@ -43,7 +43,7 @@ public struct VolumeBuild: Sendable {
         public var concurrentSteps = 2
         public var packThreads = ProcessInfo.processInfo.activeProcessorCount
         /// Whether what was made before from the same content — a tree's `.pyc`
-        /// (`CompiledBytecode`), a packed volume (`PackedVolumes`) — is copied from the store rather
+        /// (`CompiledBytecode`), a packed volume or runtime (`PackedArchives`) — is copied from the store rather
         /// than made again: off for `build --force`, the `--check` runs and `verify`.
         public var reuseDerivedOutputs = true
         public var toolVersion = "0"
@@ -201,6 +201,7 @@ public struct VolumeBuild: Sendable {
         step.concurrentSteps = settings.concurrentSteps
         step.stepLimits = settings.stepLimits
         step.log = settings.log
+        step.reuseDerivedOutputs = settings.reuseDerivedOutputs
         return step
     }
 
@@ -283,17 +284,10 @@ public struct VolumeBuild: Sendable {
         var packer = DeterministicTarXz(sourceDateEpoch: request.epoch(of: lock), threads: settings.packThreads)
         if let preset = request.xzPreset { packer.preset = UInt32(preset) }
         let output = staging + "/" + name(.volume)
-        let packs = PackedVolumes(store: resolver.store, log: settings.log)
-        let content = try records.map(packer.contentKey(of:)) ?? packer.contentKey(of: prefix)
-        let key = try PackedVolumes.key(content: content, executable: settings.entryExecutable)
-        var how = "packed"
-        let packed: [DeterministicTarXz.Entry]
-        if settings.reuseDerivedOutputs, let kept = try packs.restore(key, to: output) {
-            (packed, how) = (kept, "copied (this tree was packed before: packs/\(key.hex.prefix(12)))")
-        } else {
-            packed = try packer.pack(prefix, to: output)
-            packs.keep(output, entries: packed, as: key)
-        }
+        let packs = PackedArchives(store: resolver.store, log: settings.log)
+        let (packed, copied, key) = try packs.pack(
+            prefix, with: packer, to: output, executable: settings.entryExecutable, reuse: settings.reuseDerivedOutputs, records: records)
+        let how = copied ? "copied (this tree was packed before: packs/\(key.hex.prefix(12)))" : "packed"
         settings.log(
             "\(how) \(counted(packed.count, "entry", "entries")) into \(FileSystem.size(of: output) ?? 0) bytes in "
                 + String(format: "%.0f s", Date().timeIntervalSince(started)))

@@ -103,6 +103,11 @@ public struct RuntimeBuild: RecipeBuild {
         FileSystem.remove(python + "/share/man")
         try FileSystem.createDirectory(python + "/lib/python3.13/site-packages")
         try FileSystem.createDirectory(options.outputDirectory)
-        try DeterministicTarXz(sourceDateEpoch: epoch, threads: options.settings.jobs).pack(directory, to: archive)
+        // Packed before from the same tree (a rebuild whose steps are all cached): copied, not compressed again.
+        let settings = options.settings
+        let (_, copied, key) = try PackedArchives(store: resolver.store, log: settings.log).pack(
+            directory, with: DeterministicTarXz(sourceDateEpoch: epoch, threads: settings.jobs), to: archive, executable: settings.entryExecutable,
+            reuse: settings.reuseDerivedOutputs && !settings.rebuild)
+        if copied { settings.log("copied the runtime archive (this tree was packed before: packs/\(key.hex.prefix(12)))") }
     }
 }

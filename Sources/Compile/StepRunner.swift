@@ -35,6 +35,9 @@ public struct StepRunner: Sendable {
         /// Warm Zig's cache again even when the step cache holds it (`--rebuild` sets it too; a
         /// library caller that wants its steps compiled, not Zig's libc, leaves it off).
         public var rewarmZig = false
+        /// Copy what is derived from cached steps (a runtime's packed archive) from the store's
+        /// packs when the same content was packed before, rather than pack it again.
+        public var reuseDerivedOutputs = true
         /// Unpack and patch every source into the work directory, and compile nothing.
         public var prepareOnly = false
         /// Stop after the step that builds this directory (or component).

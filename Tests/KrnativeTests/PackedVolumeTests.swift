@@ -1,5 +1,6 @@
 import Archive
 import Build
+import Compile
 import Foundation
 import KrnativeBase
 import Store
@@ -75,12 +76,12 @@ struct PackedVolumeTests {
         let work = TemporaryDirectory()
         try PackTests().makeVolume(work.path + "/tree")
         let store = try Store(root: work.path + "/store")
-        let packs = PackedVolumes(store: store, log: { _ in })
+        let packs = PackedArchives(store: store, log: { _ in })
         let packer = DeterministicTarXz(sourceDateEpoch: epoch, threads: 1)
         let archive = work.path + "/volume.tar.xz"
         let entries = try packer.pack(work.path + "/tree", to: archive)
         let executable = work.file("krnative", "stand-in executable\n")
-        let key = try PackedVolumes.key(of: work.path + "/tree", packer: packer, executable: executable)
+        let key = try PackedArchives.key(of: work.path + "/tree", packer: packer, executable: executable)
         #expect(try packs.restore(key, to: work.path + "/miss.tar.xz") == nil)
         #expect(!FileSystem.exists(work.path + "/miss.tar.xz"))
         packs.keep(archive, entries: entries, as: key)
@@ -91,20 +92,42 @@ struct PackedVolumeTests {
         #expect(!FileSystem.exists(restored + ".partial"))
 
         _ = work.file("krnative", "another krnative\n")
-        #expect(try PackedVolumes.key(of: work.path + "/tree", packer: packer, executable: executable) != key, "another packer, another key")
+        #expect(try PackedArchives.key(of: work.path + "/tree", packer: packer, executable: executable) != key, "another packer, another key")
 
-        let kept = store.item(.packs, key.hex) + "/" + PackedVolumes.archiveName
+        let kept = store.item(.packs, key.hex) + "/" + PackedArchives.archiveName
         chmod(kept, 0o644)
         let handle = try #require(FileHandle(forWritingAtPath: kept))
         try handle.seek(toOffset: 100)
         handle.write(Data([0x42]))
         try handle.close()
         let notes = MessageLog()
-        let noting = PackedVolumes(store: store, log: { notes.append($0 + "\n") })
+        let noting = PackedArchives(store: store, log: { notes.append($0 + "\n") })
         #expect(try noting.restore(key, to: work.path + "/altered.tar.xz") == nil)
         #expect(!FileSystem.exists(work.path + "/altered.tar.xz"))
         #expect(!FileSystem.exists(store.item(.packs, key.hex)), "the altered item stayed in place")
         #expect(notes.text.contains("packs/\(key.hex.prefix(12))") && notes.text.contains("quarantine"), "\(notes.text)")
+    }
+
+    /// `pack` compresses a tree once: the same content again (the runtime a rebuild takes from
+    /// cached steps, the volume) is copied with the same bytes; `reuse: false` (`--force`,
+    /// `--rebuild`, the check runs) packs again; another tree is another key.
+    @Test func packingTheSameTreeAgainCopiesTheArchive() throws {
+        let work = TemporaryDirectory()
+        try PackTests().makeVolume(work.path + "/tree")
+        let packs = PackedArchives(store: try Store(root: work.path + "/store"), log: { _ in })
+        let packer = DeterministicTarXz(sourceDateEpoch: epoch, threads: 1)
+        let executable = work.file("krnative", "stand-in executable\n")
+        let first = try packs.pack(work.path + "/tree", with: packer, to: work.path + "/first.tar.xz", executable: executable, reuse: true)
+        #expect(!first.copied)
+        let again = try packs.pack(work.path + "/tree", with: packer, to: work.path + "/again.tar.xz", executable: executable, reuse: true)
+        #expect(again.copied && again.key == first.key && again.entries == first.entries)
+        #expect(try SHA256Digest.of(fileAt: work.path + "/again.tar.xz").digest == SHA256Digest.of(fileAt: work.path + "/first.tar.xz").digest)
+        let forced = try packs.pack(work.path + "/tree", with: packer, to: work.path + "/forced.tar.xz", executable: executable, reuse: false)
+        #expect(!forced.copied)
+        #expect(try SHA256Digest.of(fileAt: work.path + "/forced.tar.xz").digest == SHA256Digest.of(fileAt: work.path + "/first.tar.xz").digest)
+        _ = work.file("tree/added.txt", "one more file\n")
+        let other = try packs.pack(work.path + "/tree", with: packer, to: work.path + "/other.tar.xz", executable: executable, reuse: true)
+        #expect(!other.copied && other.key != first.key)
     }
 
     /// Kept `.pyc` go only into real directories of the tree, all or none: where a directory on
