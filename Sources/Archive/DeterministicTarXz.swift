@@ -72,7 +72,7 @@ public struct DeterministicTarXz: Sendable {
     /// the format and its settings (epoch, preset, block size), then every entry as `describe`
     /// normalises its header (path, kind, mode, clamped mtime, size, link target) with each
     /// regular file's sha256. Equal keys, equal archives — from the same packer: a cache of
-    /// packed volumes adds the packer's own identity (the krnative executable).
+    /// packed archives adds the packer's own identity (the krnative executable).
     public func contentKey(of directory: String) throws(ArchiveError) -> SHA256Digest {
         contentKey(of: try contentRecords(of: directory))
     }

@@ -275,7 +275,7 @@ public struct VolumeBuild: Sendable {
     }
 
     /// The volume tree packed into `staging`; its entries, in archive order. A tree packed before
-    /// with the same content key (and krnative) is copied from the store's packed volumes, unless
+    /// with the same content key (and krnative) is copied from the store's packed archives, unless
     /// the settings ask for it to be packed again (`build --force`, the `--check` runs, `verify`).
     /// `records` are the tree's content records as the last stage that wrote it read them, if it did.
     func pack(_ prefix: String, records: [DeterministicTarXz.ContentRecord]?, into staging: String, lock: Lockfile) throws -> [DeterministicTarXz.Entry] {
