@@ -404,21 +404,13 @@ struct InputChoiceOptions: ParsableArguments {
         return try KrunnerConfig.load(from: configPath(in: project)).runtime ?? .pbs
     }
 
-    @Flag(help: "The builds of the agent's runner binaries (build-runner, for the targets' arches) instead of the volumes'.") var runner = false
-
     /// Whether the choices narrow what a command takes to one build's inputs.
-    var given: Bool { toolchain != nil || runtime != nil || runner }
+    var given: Bool { toolchain != nil || runtime != nil }
 
     /// The inputs the builds of `targets` on `host` with these choices use, and the options that
     /// name those builds on the machine that runs them (`--target T --toolchain zig --runtime pbs`).
     func buildInputs(of targets: [Target], host: HostPlatform, lock: Lockfile, project: Project) throws -> (inputs: [LockedInput], options: String) {
-        if runner {
-            guard toolchain == nil && runtime == nil else {
-                throw UsageError("--runner builds the runner binaries, always with Zig and from sources: drop --toolchain and --runtime")
-            }
-            return try Self.runnerInputs(of: targets, host: host, recipes: project.recipes(recipes), lock: lock)
-        }
-        return try Self.buildInputs(
+        try Self.buildInputs(
             of: targets, host: host, toolchain: toolchain(for: host), runtime: runtime(in: project), recipes: project.recipes(recipes), lock: lock)
     }
 
@@ -434,12 +426,23 @@ struct InputChoiceOptions: ParsableArguments {
         }
         return (inputs, Target.options(for: targets) + " --toolchain \(toolchain.rawValue) --runtime \(runtime.rawValue)")
     }
+}
 
-    /// The inputs of `build-runner` for the arches of `targets` on `host`, and the options that name them (`--target T --runner`).
-    static func runnerInputs(of targets: [Target], host: HostPlatform, recipes: String, lock: Lockfile) throws -> (inputs: [LockedInput], options: String) {
+/// `--runner` of `fetch` and `bundle export`: the inputs of `build-runner` instead of a volume's build.
+struct RunnerChoice: ParsableArguments {
+    @Flag(help: "The builds of the agent's runner binaries (build-runner, for the targets' arches) instead of the volumes'.") var runner = false
+
+    /// The inputs the options name and the options that name them: build-runner's with --runner
+    /// (`--target T --runner`), else the volume builds' when `choices` narrow to one; nil when nothing narrows.
+    func buildInputs(
+        of targets: [Target], host: HostPlatform, lock: Lockfile, project: Project, choices: InputChoiceOptions
+    ) throws -> (inputs: [LockedInput], options: String)? {
+        guard runner else { return choices.given ? try choices.buildInputs(of: targets, host: host, lock: lock, project: project) : nil }
+        guard !choices.given else { throw UsageError("--runner builds the runner binaries, always with Zig and from sources: drop --toolchain and --runtime") }
         var inputs: [LockedInput] = []
         for arch in Architecture.allCases where targets.contains(where: { $0.arch == arch }) {
-            for input in try RunnerSet.inputs(arch: arch, host: host, lock: lock, recipesDirectory: recipes) where !inputs.contains(where: { $0.name == input.name }) {
+            for input in try RunnerSet.inputs(arch: arch, host: host, lock: lock, recipesDirectory: project.recipes(choices.recipes))
+            where !inputs.contains(where: { $0.name == input.name }) {
                 inputs.append(input)
             }
         }

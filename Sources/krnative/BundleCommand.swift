@@ -30,6 +30,7 @@ struct BundleCommand: ParsableCommand {
         @OptionGroup var inputs: InputOptions
         @OptionGroup var selection: TargetSelection
         @OptionGroup var choices: InputChoiceOptions
+        @OptionGroup var runner: RunnerChoice
         @Option(name: .customLong("request"), help: "A build request file (as --check writes for its runs): the inputs of that build.")
         var requestFile: String?
         @OptionGroup var output: OutputOptions
@@ -56,11 +57,14 @@ struct BundleCommand: ParsableCommand {
             guard let requestFile else {
                 let (targets, host) = try selection.resolved()
                 let lock = try Lockfile.load(from: inputs.lockPath)
-                return (targets, host, try choices.buildInputs(of: targets, host: host, lock: lock, project: inputs.project), lock, inputs.lockPath)
+                let build =
+                    try runner.buildInputs(of: targets, host: host, lock: lock, project: inputs.project, choices: choices)
+                    ?? choices.buildInputs(of: targets, host: host, lock: lock, project: inputs.project)
+                return (targets, host, build, lock, inputs.lockPath)
             }
             let given = [("--target", !selection.targets.isEmpty), ("--all", selection.all), ("--lock", inputs.lock != nil),
                 ("--config", choices.config != nil), ("--toolchain", choices.toolchain != nil), ("--runtime", choices.runtime != nil),
-                ("--recipes", choices.recipes != nil), ("--runner", choices.runner)]
+                ("--recipes", choices.recipes != nil), ("--runner", runner.runner)]
                 .filter(\.1).map(\.0)
             guard given.isEmpty else { throw UsageError("--request FILE names the build and its lock: drop \(given.joined(separator: ", "))") }
             let request = try BuildRequest.load(from: requestFile)

@@ -157,6 +157,7 @@ struct FetchCommand: ParsableCommand {
     @OptionGroup var inputs: InputOptions
     @OptionGroup var selection: TargetSelection
     @OptionGroup(title: "Which build (narrows the fetch to the inputs it uses)") var choices: InputChoiceOptions
+    @OptionGroup var runner: RunnerChoice
     @OptionGroup var network: NetworkOptions
     @OptionGroup var output: OutputOptions
 
@@ -167,9 +168,8 @@ struct FetchCommand: ParsableCommand {
             let hostOption = host == .current ? "" : " --host \(host)"
             // Without --toolchain or --runtime: every input any build of the targets may use there.
             let (wanted, options) =
-                choices.given
-                ? try choices.buildInputs(of: targets, host: host, lock: lock, project: inputs.project)
-                : (lock.inputs(for: targets, host: host), Target.options(for: targets))
+                try runner.buildInputs(of: targets, host: host, lock: lock, project: inputs.project, choices: choices)
+                ?? (lock.inputs(for: targets, host: host), Target.options(for: targets))
             _ = try fetchInputs(wanted, for: options + hostOption, inputs: inputs, network: network, json: output.json, rehashPresent: true)
         }
     }
