@@ -173,10 +173,7 @@ struct BuildRunnerCommand: ParsableCommand {
             let recipes = only.map { $0.split(separator: ",").map(String.init) } ?? RunnerSet.recipes
             var set = try RunnerSet(arch: arch, only: recipes, options: try build.options(for: .musllinuxX86_64), resolver: resolver)
             set.toolVersion = KrnativeVersion.current
-            // What the set is built from, fetched first (or, --offline, named when the store lacks it).
-            _ = try fetchInputs(
-                set.neededInputs(lock), for: "--target \(set.target.rawValue) --runner", inputs: build.inputs,
-                network: try NetworkOptions.parse(offline ? ["--offline"] : []), json: false, summary: { Reporting.note($0) })
+            try Self.fetchInputs(of: set, lock: lock, inputs: build.inputs, offline: offline)
             let manifest = try set.run(lock: lock)
             if !build.json { Self.show(manifest, in: build.out) }
             guard check else { return build.json ? printJSON(manifest) : () }
@@ -187,6 +184,14 @@ struct BuildRunnerCommand: ParsableCommand {
             if identical { FileSystem.remove(again.directory) }
         }
         if !identical { throw ExitCode(1) }
+    }
+
+    /// What `set` is built from, fetched into the store first — or, `offline`, named with the
+    /// `--runner` way to bring it when the store lacks it — before any step runs.
+    static func fetchInputs(of set: RunnerSet, lock: Lockfile, inputs: InputOptions, offline: Bool) throws {
+        _ = try krnative.fetchInputs(
+            set.neededInputs(lock), for: "--target \(set.target.rawValue) --runner", inputs: inputs,
+            network: try NetworkOptions.parse(offline ? ["--offline"] : []), json: false, summary: { Reporting.note($0) })
     }
 
     static func show(_ manifest: RunnerManifest, in directory: String) {

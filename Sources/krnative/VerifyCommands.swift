@@ -154,6 +154,7 @@ struct VerifyCommand: ParsableCommand {
             options: RecipeBuildOptions(target: .musllinuxX86_64, outputDirectory: out, settings: settings),
             resolver: InputResolver(store: try Store(root: inputs.storePath)))
         set.toolVersion = KrnativeVersion.current
+        try BuildRunnerCommand.fetchInputs(of: set, lock: lock, inputs: inputs, offline: true)
         let again = try set.rebuilt(into: out, lock: lock)
         let identical = BuildRunnerCommand.compare(published, at: manifest, with: again, json: output.json)
         // What the rebuild wrote goes, by name; the directory only if nothing else is in it.
