@@ -26,10 +26,9 @@ extension VolumeBuild {
 
     /// The outputs another machine built with this build key, published as a build would; nil on
     /// a miss or anything wrong (said by the cache).
-    public func restoreFromRemoteCache(lock: Lockfile) throws -> BuildManifest? {
+    public func restoreFromRemoteCache() throws -> BuildManifest? {
         guard let cache = settings.remoteCache else { return nil }
-        let parts = try buildKeyParts(lock: lock)
-        let key = BuildKey.digest(of: parts)
+        let (parts, key) = (plan.keyParts, plan.key)
         let what = "the \(request.target.rawValue) build \(key.hex.prefix(12))"
         guard let recorded = cache.actionResult(key, what: what) else { return nil }
         guard let pointer = try? DuplicateJSONKey.decode(RemoteBuildRecord.self, from: recorded),

@@ -181,8 +181,7 @@ public struct ReproducibilityCheck: Sendable {
         let store = try Store(root: root)
         let request = options.request
         let lock = try Lockfile.load(from: request.locations.lockPath)
-        let inputs = try VolumeBuild.inputs(
-            of: request.target, in: lock, host: .current, toolchain: request.toolchain, runtime: request.runtime, recipes: request.locations.recipesDirectory)
+        let inputs = try BuildPlan(request: request, lock: lock, executable: options.executable).inputs
         for input in inputs {
             guard let digest = source.located(input) else {
                 throw UsageError("the check needs \(input.name) in the store \(options.store); run `krnative fetch --target \(options.target.rawValue)` first")

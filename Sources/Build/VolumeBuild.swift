@@ -63,24 +63,23 @@ public struct VolumeBuild: Sendable {
         }
     }
 
-    public let request: BuildRequest
+    /// What the build makes, resolved once against the lock: inputs, key, epoch, steps, names.
+    public let plan: BuildPlan
     public let settings: Settings
     public let resolver: InputResolver
-    /// How many steps ttyd's recipe has, and the runtime's when it is compiled here (for `[k/n]`).
-    let recipeSteps: (ttyd: Int, runtime: Int)
+    public var request: BuildRequest { plan.request }
+    var lock: Lockfile { plan.lock }
 
-    /// A build of `request`; its recipes are read (and checked) here.
-    public init(request: BuildRequest, settings: Settings, resolver: InputResolver) throws {
-        self.request = request
+    /// A build of `request` from `lock`: its plan (recipes read and checked, key, inputs) is made here.
+    public init(request: BuildRequest, lock: Lockfile, settings: Settings, resolver: InputResolver) throws {
+        self.init(plan: try BuildPlan(request: request, lock: lock, executable: settings.entryExecutable), settings: settings, resolver: resolver)
+    }
+
+    /// A build of `plan`.
+    public init(plan: BuildPlan, settings: Settings, resolver: InputResolver) {
+        self.plan = plan
         self.settings = settings
         self.resolver = resolver
-        let recipes = request.locations.recipesDirectory
-        func steps(_ name: String) throws -> Int {
-            let context = RecipeFile.Context(
-                layout: .sandboxed, target: request.target, buildArch: HostPlatform.current.arch, triple: request.target.ttydTriple, jobs: 1, versions: [:])
-            return try RecipeFile.load(name, from: recipes).recipe(for: context).steps.count
-        }
-        recipeSteps = (try steps(TtydBuild.name), request.runtime == .source ? try steps(RuntimeBuild.name) : 0)
     }
 
     /// Everything a build of `target` on `host` with `toolchain` needs: the target's runtime,
@@ -91,12 +90,20 @@ public struct VolumeBuild: Sendable {
         of target: Target, in lock: Lockfile, host: HostPlatform, toolchain: ToolchainKind, runtime: RuntimeSource = .pbs,
         recipes: String = RecipeFile.builtIn
     ) throws -> [LockedInput] {
-        let toolchainNames =
-            [toolchain.lockName(triple: target.ttydTriple, host: host)]
-            + (runtime == .source ? [ToolchainKind.zig.lockName(triple: "", host: host)] : [])
         // The sources of the recipes a volume is built by (the lock's others, the runner binaries', are not).
         var sources = Set(try RecipeFile.load(TtydBuild.name, from: recipes).components)
         if runtime == .source { sources.formUnion(try RecipeFile.load(RuntimeBuild.name, from: recipes).components) }
+        return inputs(of: target, in: lock, host: host, toolchain: toolchain, runtime: runtime, sources: sources)
+    }
+
+    /// The inputs of a build whose recipes compile `sources` (`inputs(of:in:host:toolchain:runtime:recipes:)`
+    /// with the recipes read already, as a `BuildPlan` has them).
+    static func inputs(
+        of target: Target, in lock: Lockfile, host: HostPlatform, toolchain: ToolchainKind, runtime: RuntimeSource, sources: Set<String>
+    ) -> [LockedInput] {
+        let toolchainNames =
+            [toolchain.lockName(triple: target.ttydTriple, host: host)]
+            + (runtime == .source ? [ToolchainKind.zig.lockName(triple: "", host: host)] : [])
         var needed = lock.inputs(for: [target], host: host).filter { input in
             switch input.kind {
             case .toolchain: toolchainNames.contains(input.name)
@@ -116,10 +123,8 @@ public struct VolumeBuild: Sendable {
         Target.allCases.first { $0.libc == .gnu && $0.arch == host.arch }
     }
 
-    /// The file name of `output` for this build's target and package version.
-    public func name(_ output: BuildOutput) -> String {
-        Self.name(output, target: request.target, flavour: request.chosenFlavour, packageVersion: request.packageVersion)
-    }
+    /// The file name of `output` for this build's target and package version (the plan's).
+    public func name(_ output: BuildOutput) -> String { plan.name(output) }
 
     /// The file name of `output` for `target` as `flavour` and a plugin wheel of `packageVersion`.
     public static func name(_ output: BuildOutput, target: Target, flavour: Flavour, packageVersion: String) -> String {
@@ -138,9 +143,6 @@ public struct VolumeBuild: Sendable {
         }
     }
 
-    /// The file names of the outputs, in the order the manifest lists them.
-    public var outputNames: [String] { BuildOutput.allCases.map(name) }
-
     /// The name `output` has in the plugin wheel's module: its own, but `versions.txt`, which the
     /// agent reads under that name.
     public func wheelName(_ output: BuildOutput) -> String { output == .versions ? "versions.txt" : name(output) }
@@ -153,12 +155,6 @@ public struct VolumeBuild: Sendable {
     /// The names of `outputs`, in their order.
     func names(_ outputs: [BuildOutput]) -> [String] { outputs.map(name) }
 
-    /// The lock's inputs this build uses (`inputs(of:in:host:toolchain:runtime:)` for its request).
-    public func neededInputs(_ lock: Lockfile) throws -> [LockedInput] {
-        try Self.inputs(
-            of: request.target, in: lock, host: .current, toolchain: request.toolchain, runtime: request.runtime, recipes: request.locations.recipesDirectory)
-    }
-
     /// Where the store holds `input`.
     func path(of input: LockedInput) throws -> String {
         guard let path = try resolver.path(of: input) else {
@@ -167,20 +163,38 @@ public struct VolumeBuild: Sendable {
         return path
     }
 
+    /// The build that has something to do, as `build` (each build of `--all`, each `--check` run)
+    /// and `verify` run it: the ledger's word on the volume's number first; then the outputs from
+    /// the remote cache, else the plan's inputs brought into the store by `fetch` and the build
+    /// run here, its outputs given to the remote cache when it takes them.
+    public func make(fetch: ([LockedInput]) throws -> Void) throws -> BuildManifest {
+        // An output directory that cannot take the outputs fails now, not after the build.
+        _ = try StagingDirectory(in: settings.outputDirectory)
+        if let check = settings.ledger {
+            try VolumeLedger.load(from: check.path).preflight(
+                target: request.target, flavour: request.chosenFlavour, volume: request.volumeVersion, record: check.record, path: check.path)
+        }
+        if let restored = try restoreFromRemoteCache() { return restored }
+        try fetch(plan.inputs)
+        let manifest = try run()
+        try uploadToRemoteCache(manifest)
+        return manifest
+    }
+
     /// The stages in a staging directory beside the outputs: ttyd, the volume tree, its audit,
     /// the packed volume and the files beside it, the manifest; then all published at once.
-    public func run(lock: Lockfile) throws -> BuildManifest {
+    public func run() throws -> BuildManifest {
         let stagingDirectory = try StagingDirectory(in: settings.outputDirectory)
         defer { stagingDirectory.remove() }
         let staging = stagingDirectory.path
-        let ttyd = try buildTtyd(lock: lock, into: staging)
+        let ttyd = try buildTtyd(into: staging)
         let prefix = staging + "/volume"
-        let (layout, records) = try layOut(into: prefix, staging: staging, lock: lock)
+        let (layout, records) = try layOut(into: prefix, staging: staging)
         let audit = try audit(prefix)
         let ledgerEntry = try admitToLedger(prefix, volume: request.volumeVersion)
-        let packed = try pack(prefix, records: records, into: staging, lock: lock)
-        try writeSideFiles(layout: layout, licenses: prefix + "/licenses", into: staging, lock: lock)
-        let manifest = try writeManifest(ttyd: ttyd, packed: packed, audit: audit, into: staging, lock: lock)
+        let packed = try pack(prefix, records: records, into: staging)
+        try writeSideFiles(layout: layout, licenses: prefix + "/licenses", into: staging)
+        let manifest = try writeManifest(ttyd: ttyd, packed: packed, audit: audit, into: staging)
         if Cancellation.requested { throw ArchiveError.interrupted(archive: staging) }
         try Self.publish(names(BuildOutput.listedInTheManifest), manifest: name(.manifest), from: staging, into: settings.outputDirectory)
         if let ledgerEntry { try record(ledgerEntry) }
@@ -192,7 +206,8 @@ public struct VolumeBuild: Sendable {
     func stepSettings(firstStep: Int) -> StepRunner.Settings {
         var step = StepRunner.Settings(entryExecutable: settings.entryExecutable, patchesDirectory: request.locations.patchesDirectory)
         step.recipesDirectory = request.locations.recipesDirectory
-        step.sourceDateEpoch = request.sourceDateEpoch
+        step.recipes = plan.recipes
+        step.sourceDateEpoch = plan.sourceDateEpoch
         step.numbering = .init(first: firstStep, total: stageCount.total)
         step.isolation = request.isolation
         step.lockPath = request.locations.lockPath
@@ -213,7 +228,7 @@ public struct VolumeBuild: Sendable {
     /// How many steps the build counts in its `[k/n]`: ttyd's, the runtime's when it is compiled
     /// here, then the stages.
     var stageCount: (ttyd: Int, runtime: Int, total: Int) {
-        let (ttyd, runtime) = recipeSteps
+        let (ttyd, runtime) = plan.recipeSteps
         return (ttyd, runtime, ttyd + runtime + Stage.allCases.count)
     }
 
@@ -224,7 +239,7 @@ public struct VolumeBuild: Sendable {
     }
 
     /// ttyd and its libraries, into `staging`.
-    func buildTtyd(lock: Lockfile, into staging: String) throws -> TtydBuild.Report {
+    func buildTtyd(into staging: String) throws -> TtydBuild.Report {
         let options = TtydBuild.Options(target: request.target, outputDirectory: staging, settings: stepSettings(firstStep: 1))
         let ttyd = try TtydBuild(options: options, toolchain: request.toolchain, resolver: resolver).run(lock: lock)
         let counts = ttyd.counts
@@ -236,10 +251,10 @@ public struct VolumeBuild: Sendable {
 
     /// The volume tree in `prefix`: the runtime, the wheels, ttyd, the licenses, the `.pyc`; and
     /// the tree's content records when the `.pyc` stage read them last (nil otherwise).
-    func layOut(into prefix: String, staging: String, lock: Lockfile) throws -> (VolumeLayout, [DeterministicTarXz.ContentRecord]?) {
-        let needed = try neededInputs(lock)
+    func layOut(into prefix: String, staging: String) throws -> (VolumeLayout, [DeterministicTarXz.ContentRecord]?) {
+        let needed = plan.inputs
         let layout = VolumeLayout(target: request.target)
-        let (runtimeArchive, runtimeSize) = try runtimeArchive(lock: lock, staging: staging, needed: needed)
+        let (runtimeArchive, runtimeSize) = try runtimeArchive(staging: staging, needed: needed)
         settings.log("\(stage(.layout)) laying out the \(request.target.rawValue) volume")
         try layout.placeRuntime(runtimeArchive, into: prefix, recordedSize: runtimeSize)
         switch try layout.ensurePip(in: prefix, runtime: runtimeArchive) {
@@ -256,7 +271,7 @@ public struct VolumeBuild: Sendable {
         for source in needed.filter({ $0.kind == .source }) {
             try layout.collectLicenses(ofArchive: try path(of: source), component: source.name, into: prefix)
         }
-        let records = try compileBytecode(layout: layout, prefix: prefix, staging: staging, lock: lock)
+        let records = try compileBytecode(layout: layout, prefix: prefix, staging: staging)
         return (layout, records)
     }
 
@@ -278,10 +293,10 @@ public struct VolumeBuild: Sendable {
     /// with the same content key (and krnative) is copied from the store's packed archives, unless
     /// the settings ask for it to be packed again (`build --force`, the `--check` runs, `verify`).
     /// `records` are the tree's content records as the last stage that wrote it read them, if it did.
-    func pack(_ prefix: String, records: [DeterministicTarXz.ContentRecord]?, into staging: String, lock: Lockfile) throws -> [DeterministicTarXz.Entry] {
+    func pack(_ prefix: String, records: [DeterministicTarXz.ContentRecord]?, into staging: String) throws -> [DeterministicTarXz.Entry] {
         settings.log("\(stage(.pack)) packing \(name(.volume))")
         let started = Date()
-        var packer = DeterministicTarXz(sourceDateEpoch: request.epoch(of: lock), threads: settings.packThreads)
+        var packer = DeterministicTarXz(sourceDateEpoch: plan.sourceDateEpoch, threads: settings.packThreads)
         if let preset = request.xzPreset { packer.preset = UInt32(preset) }
         let output = staging + "/" + name(.volume)
         let packs = PackedArchives(store: resolver.store, log: settings.log)
@@ -295,33 +310,32 @@ public struct VolumeBuild: Sendable {
     }
 
     /// The version files beside the volume, and the plugin wheel that carries them with the volume and ttyd.
-    func writeSideFiles(layout: VolumeLayout, licenses: String, into staging: String, lock: Lockfile) throws {
+    func writeSideFiles(layout: VolumeLayout, licenses: String, into staging: String) throws {
         try FileSystem.writeAtomically(Data("\(request.volumeVersion)\n".utf8), to: staging + "/" + name(.volumeVersion))
         try FileSystem.writeAtomically(Data("\(layout.python.major).\(layout.python.minor)\n".utf8), to: staging + "/" + name(.pythonVersion))
         try FileSystem.writeAtomically(Data("\(request.chosenFlavour.distro)\n".utf8), to: staging + "/" + name(.versions))
         let payload = wheelPayload(in: staging)
         settings.log("\(stage(.wheel)) writing the plugin wheel, version \(request.packageVersion)")
-        _ = try PluginWheel(target: request.target, flavour: request.chosenFlavour, version: request.packageVersion, sourceDateEpoch: request.epoch(of: lock))
+        _ = try PluginWheel(target: request.target, flavour: request.chosenFlavour, version: request.packageVersion, sourceDateEpoch: plan.sourceDateEpoch)
             .write(into: staging, payload: payload, licenses: licenses)
     }
 
     /// The manifest (the request, the key, the inputs, the outputs and the volume's entries) and
     /// the SBOM made from it, written into `staging`.
     func writeManifest(
-        ttyd: TtydBuild.Report, packed: [DeterministicTarXz.Entry], audit: VolumeAudit.Report?, into staging: String, lock: Lockfile
+        ttyd: TtydBuild.Report, packed: [DeterministicTarXz.Entry], audit: VolumeAudit.Report?, into staging: String
     ) throws -> BuildManifest {
         let outputs = try names(BuildOutput.hashedBeforeTheSBOM).map { file in
             let (digest, size) = try SHA256Digest.of(fileAt: staging + "/" + file)
             return BuildManifest.Output(file: file, sha256: digest, size: size)
         }
-        let inputs = try neededInputs(lock).compactMap { input in
+        let inputs = plan.inputs.compactMap { input in
             resolver.located(input).map {
                 BuildManifest.Input(name: input.name, kind: input.kind, version: input.version, sha256: $0, treeSha256: input.treeSha256, license: input.license)
             }
         }
-        let keyParts = try buildKeyParts(lock: lock)
         var manifest = BuildManifest(
-            request: request.choices, toolVersion: settings.toolVersion, lock: lock, key: keyParts, inputs: inputs, patches: ttyd.patches,
+            request: request.choices, toolVersion: settings.toolVersion, lock: lock, key: plan.keyParts, inputs: inputs, patches: ttyd.patches,
             outputs: outputs, volume: packed.map(BuildManifest.VolumeEntry.init))
         manifest.audit = audit.map { .init(policy: $0.policy, mode: request.auditMode, elfFiles: $0.elfFiles, violations: $0.violations) }
         let sbomName = name(.sbom)
@@ -371,24 +385,18 @@ public struct VolumeBuild: Sendable {
         var outputs: [Output]
     }
 
-    /// Everything that decides the outputs, by name (`BuildKey.parts`): the request's choices,
-    /// the krnative executable, the lock and the patches, the files by their hash.
-    public func buildKeyParts(lock: Lockfile) throws -> [String: String] {
-        try BuildKey.parts(of: request, lock: lock, executable: settings.entryExecutable)
-    }
-
     /// Whether the output directory already holds what this build would make: a manifest with
     /// this build's key, and every output it lists present with that size and hash. When not,
     /// the verdict says why, naming what the user changed or what is missing.
-    public func upToDate(lock: Lockfile) throws -> UpToDateVerdict {
+    public func upToDate() throws -> UpToDateVerdict {
         let directory = settings.outputDirectory
         let manifestPath = directory + "/" + name(.manifest)
         guard let data = (try? FileSystem.readRegularFile(manifestPath)) else { return .noManifest(in: directory) }
         guard let manifest = try? DuplicateJSONKey.decode(BuildManifest.self, from: data) else {
             return .outOfDate(["\(manifestPath) is not a manifest this krnative can read"])
         }
-        let parts = try buildKeyParts(lock: lock)
-        guard manifest.buildKey == BuildKey.digest(of: parts) else {
+        let parts = plan.keyParts
+        guard manifest.buildKey == plan.key else {
             guard let recorded = manifest.buildKeyParts else {
                 return .outOfDate(["the build key differs (the manifest predates recorded key parts)"])
             }
@@ -435,14 +443,14 @@ public struct VolumeBuild: Sendable {
     /// `.pyc` of a tree compiled before by the same interpreter are copied from the store instead
     /// (`CompiledBytecode`), unless the settings ask for them to be compiled again. The tree's
     /// content records after compiling, when they were read to keep the `.pyc` (nil otherwise).
-    func compileBytecode(layout: VolumeLayout, prefix: String, staging: String, lock: Lockfile) throws -> [DeterministicTarXz.ContentRecord]? {
+    func compileBytecode(layout: VolumeLayout, prefix: String, staging: String) throws -> [DeterministicTarXz.ContentRecord]? {
         guard request.isolation == .namespaces else {
             settings.log("\(stage(.bytecode)) SKIPPED .pyc: without the sandbox the volume is not at \(layout.mountPoint) to be compiled there")
             return nil
         }
-        guard let compiler = try bytecodeCompiler(layout: layout, staging: staging, lock: lock) else { return nil }
+        guard let compiler = try bytecodeCompiler(layout: layout, staging: staging) else { return nil }
         settings.log("\(stage(.bytecode)) compiling .pyc with \(compiler.name)")
-        let records = DeterministicTarXz(sourceDateEpoch: request.epoch(of: lock))
+        let records = DeterministicTarXz(sourceDateEpoch: plan.sourceDateEpoch)
         let before = try records.contentRecords(of: prefix)
         let kept = CompiledBytecode(store: resolver.store, log: settings.log)
         let key = try CompiledBytecode.key(before: records.contentKey(of: before), compiler: compiler.identity, executable: settings.entryExecutable)
@@ -454,7 +462,7 @@ public struct VolumeBuild: Sendable {
         defer { compiler.cleanUp() }
         let runner = SandboxRunner(entryExecutable: settings.entryExecutable, isolation: request.isolation)
         try layout.compileBytecode(
-            in: prefix, runner: runner, interpreter: compiler.interpreter, extraMounts: compiler.mounts, sourceDateEpoch: request.epoch(of: lock))
+            in: prefix, runner: runner, interpreter: compiler.interpreter, extraMounts: compiler.mounts, sourceDateEpoch: plan.sourceDateEpoch)
         let after = try records.contentRecords(of: prefix)
         guard let added = CompiledBytecode.added(before: before, after: after) else {
             settings.log("the .pyc stage changed more than it added (a wheel's .pth?): its result is not kept for later builds")
@@ -478,7 +486,7 @@ public struct VolumeBuild: Sendable {
     }
 
     /// Who compiles the `.pyc` of this build's volume; nil when nothing on this host can.
-    func bytecodeCompiler(layout: VolumeLayout, staging: String, lock: Lockfile) throws -> BytecodeCompiler? {
+    func bytecodeCompiler(layout: VolumeLayout, staging: String) throws -> BytecodeCompiler? {
         guard let bytecode = Self.bytecodeTarget(for: request.target, host: .current) else { return nil }
         let beside = "/opt/host-python/bin/python\(layout.python.major).\(layout.python.minor)"
         if request.runtime == .source, bytecode != request.target {
@@ -551,7 +559,7 @@ extension VolumeBuild {
     /// The runtime archive of the target and the size it may unpack from: the lock's, or (with
     /// `runtime: source`) one built here into `staging/runtime`, beside the build Python that
     /// compiles the `.pyc`.
-    func runtimeArchive(lock: Lockfile, staging: String, needed: [LockedInput]) throws -> (path: String, size: Int64?) {
+    func runtimeArchive(staging: String, needed: [LockedInput]) throws -> (path: String, size: Int64?) {
         guard request.runtime == .source else {
             guard let runtime = needed.first(where: { $0.kind == .runtime }) else {
                 throw CompileError.missingInput(name: "the runtime of \(request.target.rawValue)", lockPath: request.locations.lockPath)

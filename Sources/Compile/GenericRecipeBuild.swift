@@ -34,8 +34,11 @@ public struct GenericRecipeBuild: RecipeBuild {
 
     /// A build of `recipes/<recipe>.json`; a recipe that names no outputs is refused here.
     public init(recipe: String, options: RecipeBuildOptions, resolver: InputResolver) throws {
-        file = try RecipeFile.load(recipe, from: options.settings.recipesDirectory)
+        file = try options.settings.recipes[recipe] ?? RecipeFile.load(recipe, from: options.settings.recipesDirectory)
         recipeName = recipe
+        // Its steps are rendered from this reading of the file, not from a second one.
+        var options = options
+        options.settings.recipes[recipe] = file
         self.options = options
         self.resolver = resolver
         triple = try file.triple(for: options.target)

@@ -62,10 +62,12 @@ extension RecipeBuild {
 
     var stepRunner: StepRunner { StepRunner(settings: options.settings, resolver: resolver) }
 
-    /// The recipe's steps for this build: `recipes/<name>.json` of the settings' recipes directory,
-    /// for the target, this machine, the toolchain's triple, the jobs and the lock's versions.
+    /// The recipe's steps for this build: `recipes/<name>.json` of the settings' recipes directory
+    /// (as the settings hold it already read, if they do), for the target, this machine, the
+    /// toolchain's triple, the jobs and the lock's versions.
     public func recipe(lock: Lockfile, layout: BuildLayout) throws -> RenderedRecipe {
-        let file = try RecipeFile.load(recipeName, from: options.settings.recipesDirectory)
+        let settings = options.settings
+        let file = try settings.recipes[recipeName] ?? RecipeFile.load(recipeName, from: settings.recipesDirectory)
         let versions = Dictionary(uniqueKeysWithValues: file.components.compactMap { name in lock[name].map { (name, $0.version) } })
         let context = RecipeFile.Context(
             layout: layout, target: options.target, buildArch: options.settings.host.arch, triple: triple, jobs: options.settings.jobs,

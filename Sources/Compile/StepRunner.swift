@@ -28,6 +28,9 @@ public struct StepRunner: Sendable {
         public var patchesDirectory: String
         /// Where the recipes are (`recipes/<name>.json`).
         public var recipesDirectory = RecipeFile.builtIn
+        /// Recipes read already, by name (a `BuildPlan`'s): a build takes its recipe from here
+        /// rather than reading its file again.
+        public var recipes: [String: RecipeFile] = [:]
         /// The SOURCE_DATE_EPOCH the steps get and the outputs are clamped to (nil: the lock's).
         public var sourceDateEpoch: Int64?
         /// Compile every step even when the step cache has its result (the result is cached again).

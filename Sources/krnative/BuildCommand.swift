@@ -197,17 +197,18 @@ struct BuildCommand: ParsableCommand {
     /// One request: the no-op check, else the build, and with --check the variations. With
     /// `steps`, one of several: its JSON goes into the table, not out on its own.
     func build(_ request: BuildRequest, lock: Lockfile, store: Store, remoteCache: RemoteCache?, steps: StepCounts? = nil) throws {
-        let build = try VolumeBuild(request: request, settings: try settings(remoteCache: remoteCache, steps: steps), resolver: InputResolver(store: store))
+        let build = try VolumeBuild(
+            request: request, lock: lock, settings: try settings(remoteCache: remoteCache, steps: steps), resolver: InputResolver(store: store))
         let runs = try checkRuns()
         let manifest: BuildManifest
-        let verdict = force ? nil : try build.upToDate(lock: lock)
+        let verdict = force ? nil : try build.upToDate()
         let rebuildReasons = verdict?.reasons ?? ["forced (--force)"]
         if case .upToDate(let existing) = verdict {
             manifest = existing
             for file in manifest.outputs { say("\(file.sha256)  \(out)/\(file.file)  (\(file.size) bytes)") }
             say("\(request.target.rawValue) is up to date in \(out) (same build key, outputs as the manifest lists them)")
         } else {
-            manifest = try make(build, lock: lock, remoteCache: remoteCache, verdict: verdict, reasons: rebuildReasons)
+            manifest = try make(build, remoteCache: remoteCache, verdict: verdict, reasons: rebuildReasons)
         }
         guard let runs else {
             return output.json && steps == nil ? printJSON(BuildReport(manifest: manifest, rebuildReasons: rebuildReasons)) : ()
@@ -220,26 +221,15 @@ struct BuildCommand: ParsableCommand {
         if output.json { Reporting.note(line) } else { print(line) }
     }
 
-    /// The build that has something to do: from the remote cache, else fetched and built here.
-    func make(_ build: VolumeBuild, lock: Lockfile, remoteCache: RemoteCache?, verdict: UpToDateVerdict?, reasons: [String]) throws -> BuildManifest {
+    /// The build that has something to do (`VolumeBuild.make`), with what it did said.
+    func make(_ build: VolumeBuild, remoteCache: RemoteCache?, verdict: UpToDateVerdict?, reasons: [String]) throws -> BuildManifest {
         let started = Date()
         let (target, log) = (build.request.target, build.settings.log)
         if case .noManifest = verdict { log("building \(target.rawValue) into \(out)") } else { log("rebuilding \(target.rawValue): " + reasons.joined(separator: "; ")) }
-        // An output directory that cannot take the outputs fails now, not after the build.
-        _ = try StagingDirectory(in: out)
-        if let check = build.settings.ledger {
-            try VolumeLedger.load(from: check.path).preflight(
-                target: target, flavour: build.request.chosenFlavour, volume: build.request.volumeVersion, record: check.record, path: check.path)
-        }
-        var manifest: BuildManifest
-        if let restored = try build.restoreFromRemoteCache(lock: lock) {
-            manifest = restored
-        } else {
+        let manifest = try build.make { needed in
             _ = try fetchInputs(
-                build.neededInputs(lock), for: "--target \(target.rawValue)", inputs: inputs, network: network, json: false, remoteCache: remoteCache,
+                needed, for: "--target \(target.rawValue)", inputs: inputs, network: network, json: false, remoteCache: remoteCache,
                 lockPath: build.request.locations.lockPath, summary: say)
-            manifest = try build.run(lock: lock)
-            try build.uploadToRemoteCache(manifest)
         }
         if let remoteCache {
             let counts = remoteCache.summary

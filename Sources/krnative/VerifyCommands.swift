@@ -115,13 +115,14 @@ struct VerifyCommand: ParsableCommand {
             var settings = VolumeBuild.Settings(outputDirectory: out, entryExecutable: currentExecutable)
             settings.toolVersion = KrnativeVersion.current
             settings.reuseDerivedOutputs = false  // verify makes every stage itself: its outputs are what it checks
-            let build = try VolumeBuild(request: request, settings: settings, resolver: InputResolver(store: try Store(root: inputs.storePath)))
-            _ = try fetchInputs(
-                try build.neededInputs(lock), for: "--target \(request.target.rawValue)", inputs: inputs, network: try NetworkOptions.parse(["--offline"]), json: false, summary: Reporting.note)
-            let rebuilt = try build.run(lock: lock)
+            let build = try VolumeBuild(request: request, lock: lock, settings: settings, resolver: InputResolver(store: try Store(root: inputs.storePath)))
+            let offline = try NetworkOptions.parse(["--offline"])
+            let rebuilt = try build.make { needed in
+                _ = try fetchInputs(needed, for: "--target \(request.target.rawValue)", inputs: inputs, network: offline, json: false, summary: Reporting.note)
+            }
             identical = show(ManifestComparison.compare(published, at: manifest, with: rebuilt, at: out), json: output.json)
             if identical && !keep {
-                for name in build.outputNames { FileSystem.remove(out + "/" + name) }
+                for name in build.plan.outputNames { FileSystem.remove(out + "/" + name) }
                 rmdir(out)
             }
         }

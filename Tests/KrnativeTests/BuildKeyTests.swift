@@ -34,7 +34,7 @@ struct BuildKeyTests {
         change(&request)
         var settings = VolumeBuild.Settings(outputDirectory: out, entryExecutable: directory.path + "/krnative")
         setUp(&settings)
-        return try VolumeBuild(request: request, settings: settings, resolver: InputResolver(store: try Store(root: directory.path + "/store")))
+        return try VolumeBuild(request: request, lock: lock, settings: settings, resolver: InputResolver(store: try Store(root: directory.path + "/store")))
     }
 
     /// Stand-ins for `build`'s outputs in `out` (a small real volume, the wheel carrying it, the
@@ -53,7 +53,7 @@ struct BuildKeyTests {
     func uploadedBuild(to server: WebDAVCache, moreFiles: Int = 0) throws -> (build: VolumeBuild, manifest: BuildManifest, key: SHA256Digest) {
         let a = try build(settings: { $0.remoteCache = try? remoteCache(server, store: "store-a", upload: true) })
         try publish(a, moreFiles: moreFiles)
-        guard case .upToDate(let manifest) = try a.upToDate(lock: lock) else { throw UsageError("the stand-in build is not whole") }
+        guard case .upToDate(let manifest) = try a.upToDate() else { throw UsageError("the stand-in build is not whole") }
         try a.uploadToRemoteCache(manifest)
         return (a, manifest, try #require(manifest.buildKey))
     }
@@ -67,11 +67,11 @@ struct BuildKeyTests {
             .write(into: out, payload: build.wheelPayload(in: out))
         _ = directory.file("out/" + build.name(.sbom), "stand-in for the SBOM")
         var outputs: [[String: Any]] = []
-        for name in build.outputNames.dropLast() {
+        for name in build.plan.outputNames.dropLast() {
             let (digest, size) = try SHA256Digest.of(fileAt: out + "/" + name)
             outputs.append(["file": name, "sha256": digest.hex, "size": size])
         }
-        let parts = try build.buildKeyParts(lock: lock)
+        let parts = build.plan.keyParts
         var manifest: [String: Any] = [
             "tool": ["name": "krnative", "version": "0"], "target": "manylinux-x86_64", "lockSha256": lock.digest.hex,
             "sourceDateEpoch": 0, "isolation": "namespaces", "packageVersion": "4.1.0", "volumeVersion": 15,
@@ -79,7 +79,7 @@ struct BuildKeyTests {
             "buildKey": (recordParts ? BuildKey.digest(of: parts) : SHA256Digest.of(Data("krnative build key v1".utf8))).hex,
         ]
         if recordParts { manifest["buildKeyParts"] = parts }
-        _ = directory.file("out/" + build.outputNames.last!, try JSONSerialization.data(withJSONObject: manifest))
+        _ = directory.file("out/" + build.plan.outputNames.last!, try JSONSerialization.data(withJSONObject: manifest))
     }
 
     /// A volume of a few entries (a file, an executable, a symbolic and a hard link, directories,
@@ -104,7 +104,7 @@ struct BuildKeyTests {
 
     @Test func theSameBuildIsUpToDate() throws {
         try publish(try build())
-        let verdict = try build().upToDate(lock: lock)
+        let verdict = try build().upToDate()
         guard case .upToDate(let manifest) = verdict else {
             Issue.record("not up to date: \(verdict.reasons)")
             return
@@ -114,7 +114,7 @@ struct BuildKeyTests {
     }
 
     @Test func anEmptyOutputDirectoryHasNoManifest() throws {
-        let verdict = try build().upToDate(lock: lock)
+        let verdict = try build().upToDate()
         guard case .noManifest = verdict else {
             Issue.record("\(verdict)")
             return
@@ -124,12 +124,12 @@ struct BuildKeyTests {
 
     @Test func anotherSettingIsNamedWithItsOldAndNewValue() throws {
         try publish(try build())
-        let enforcing = try build { $0.auditMode = .enforce }.upToDate(lock: lock)
+        let enforcing = try build { $0.auditMode = .enforce }.upToDate()
         #expect(enforcing.reasons == ["the build key differs: audit mode report → enforce"])
         let bumped = try build {
             $0.volumeVersion = 16
             $0.toolchain = .muslCross
-        }.upToDate(lock: lock)
+        }.upToDate()
         #expect(bumped.reasons == ["the build key differs: toolchain zig → musl-cross, volume version 15 → 16"])
     }
 
@@ -139,19 +139,19 @@ struct BuildKeyTests {
         _ = directory.file("patches/ttyd/10-version.json", #"{"edits": []}"#)
         _ = directory.file("patches/ttyd/20-writable.json", "{}")
         #expect(
-            try build().upToDate(lock: lock).reasons == [
+            try build().upToDate().reasons == [
                 "the build key differs: the krnative executable changed, patch ttyd/10-version.json changed, patch ttyd/20-writable.json added"
             ])
         try FileManager.default.removeItem(atPath: directory.path + "/patches/ttyd/10-version.json")
         #expect(
-            try build().upToDate(lock: lock).reasons == [
+            try build().upToDate().reasons == [
                 "the build key differs: the krnative executable changed, patch ttyd/10-version.json removed, patch ttyd/20-writable.json added"
             ])
     }
 
     @Test func aManifestWithoutPartsSaysItPredatesThem() throws {
         try publish(try build(), recordParts: false)
-        #expect(try build().upToDate(lock: lock).reasons == ["the build key differs (the manifest predates recorded key parts)"])
+        #expect(try build().upToDate().reasons == ["the build key differs (the manifest predates recorded key parts)"])
     }
 
     @Test func aMissingOrAlteredOutputIsNamed() throws {
@@ -161,7 +161,7 @@ struct BuildKeyTests {
         // The same size: only the hash tells.
         _ = directory.file("out/ttyd_linux.x86_64.bin", "STAND-IN for ttyd_linux.x86_64.bin")
         #expect(
-            try build.upToDate(lock: lock).reasons == [
+            try build.upToDate().reasons == [
                 "\(out)/ttyd_linux.x86_64.bin does not hash as the manifest says", "\(out)/versions.static-gnu.txt is missing",
             ])
     }
@@ -169,18 +169,18 @@ struct BuildKeyTests {
     @Test func aManifestListingOtherOutputsIsNotTrusted() throws {
         let build = try build()
         try publish(build)
-        let path = out + "/" + build.outputNames.last!
+        let path = out + "/" + build.plan.outputNames.last!
         var manifest = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
         manifest["outputs"] = (manifest["outputs"] as? [[String: Any]])?.filter { $0["file"] as? String != "versions.static-gnu.txt" }
-        _ = directory.file("out/" + build.outputNames.last!, try JSONSerialization.data(withJSONObject: manifest))
-        #expect(try build.upToDate(lock: lock).reasons == ["the outputs differ from the manifest's list (not listed: versions.static-gnu.txt)"])
+        _ = directory.file("out/" + build.plan.outputNames.last!, try JSONSerialization.data(withJSONObject: manifest))
+        #expect(try build.upToDate().reasons == ["the outputs differ from the manifest's list (not listed: versions.static-gnu.txt)"])
     }
 
     /// `build --json` prints the manifest's keys, so it still reads as a manifest, and why it built.
     @Test func theJSONReportIsTheManifestAndTheReasons() throws {
         let build = try build()
         try publish(build)
-        guard case .upToDate(let manifest) = try build.upToDate(lock: lock) else {
+        guard case .upToDate(let manifest) = try build.upToDate() else {
             Issue.record("not up to date")
             return
         }
@@ -213,7 +213,7 @@ struct BuildKeyTests {
             $0.remoteCache = cacheB
         })
         try FileManager.default.createDirectory(atPath: directory.path + "/b", withIntermediateDirectories: true)
-        #expect(try b.restoreFromRemoteCache(lock: lock)?.buildKey == key, "\(said.text)")
+        #expect(try b.restoreFromRemoteCache()?.buildKey == key, "\(said.text)")
         for file in manifest.outputs.map(\.file) + [a.name(.manifest)] {
             #expect(FileManager.default.contents(atPath: directory.path + "/b/" + file) == FileManager.default.contents(atPath: out + "/" + file), "\(file)")
         }
@@ -234,11 +234,11 @@ struct BuildKeyTests {
                 $0.outputDirectory = out
                 $0.remoteCache = try? remoteCache(server, store: label + "-store")
             })
-            return (b, try b.restoreFromRemoteCache(lock: lock))
+            return (b, try b.restoreFromRemoteCache())
         }
         let (b, restored) = try machineB("b")
         #expect(restored?.buildKey == manifest.buildKey)
-        guard case .upToDate = try b.upToDate(lock: lock) else { throw UsageError("B is not up to date after the restore") }
+        guard case .upToDate = try b.upToDate() else { throw UsageError("B is not up to date after the restore") }
         for output in manifest.outputs {
             #expect(FileManager.default.contents(atPath: b.settings.outputDirectory + "/" + output.file) == FileManager.default.contents(atPath: out + "/" + output.file))
         }

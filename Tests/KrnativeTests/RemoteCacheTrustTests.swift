@@ -274,7 +274,7 @@ extension BuildKeyTests {
                 $0.remoteCache = try? remoteCache(server, store: label + "-store", said: said)
             })
             let mark = said.text.count
-            #expect(try b.restoreFromRemoteCache(lock: lock) == nil, "\(label) was published")
+            #expect(try b.restoreFromRemoteCache() == nil, "\(label) was published")
             #expect(try FileManager.default.contentsOfDirectory(atPath: target).isEmpty, "\(label) left files")
             let now = String(said.text.dropFirst(mark))
             #expect(now.contains("\(server.url)/ac/\(key.hex)") && now.contains(reason) && now.contains("nothing published, building here"), "\(now)")
@@ -302,6 +302,6 @@ extension BuildKeyTests {
             $0.remoteCache = try? remoteCache(server, store: "d-store", said: said)
         })
         try FileManager.default.createDirectory(atPath: directory.path + "/d", withIntermediateDirectories: true)
-        #expect(try honestB.restoreFromRemoteCache(lock: lock)?.buildKey == key, "\(said.text)")
+        #expect(try honestB.restoreFromRemoteCache()?.buildKey == key, "\(said.text)")
     }
 }
