@@ -225,15 +225,12 @@ final class CurlTransfer {
         return target.map { String(cString: $0) }
     }
 
+    /// Hashes what the partial file holds; its length (up to a read that failed: the rest is fetched again).
     private func rehashExisting(into hasher: inout StreamingSHA256) -> Int64 {
         var total: Int64 = 0
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
-        defer { buffer.deallocate() }
-        while true {
-            let count = read(fd, buffer.baseAddress, buffer.count)
-            guard count > 0 else { break }
-            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-            total += Int64(count)
+        _ = try? FileSystem.readBlocks(fd) { block in
+            hasher.update(block)
+            total += Int64(block.count)
         }
         return total
     }

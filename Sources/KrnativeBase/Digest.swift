@@ -71,19 +71,15 @@ public struct SHA256Digest: Hashable, Sendable, Comparable, CustomStringConverti
 
     /// The digest and size of a file, read in chunks.
     public static func of(fileAt path: String) throws(FileSystemError) -> (digest: SHA256Digest, size: Int64) {
-        let handle = FileHandle(fileDescriptor: try FileSystem.openRegularFile(path), closeOnDealloc: true)
-        defer { try? handle.close() }
+        let fd = try FileSystem.openRegularFile(path)
+        defer { close(fd) }
         var hasher = StreamingSHA256()
-        var size: Int64 = 0
         do {
-            while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
-                hasher.update(chunk)
-                size += Int64(chunk.count)
-            }
+            let size = try FileSystem.readBlocks(fd) { hasher.update($0) }
+            return (hasher.finalize(), size)
         } catch {
             throw .cannotRead(path: path, reason: FileSystem.reason(error))
         }
-        return (hasher.finalize(), size)
     }
 }
 

@@ -66,10 +66,11 @@ public enum FileSystem {
         }
     }
 
-    /// A Foundation file error in the system's words: the POSIX error under it, which says what
+    /// A system call's or Foundation's file error in the system's words: the POSIX error under it, which says what
     /// went wrong (Foundation's own text says "The file doesn't exist." for a path that exists but
     /// cannot be read), else its description.
     public static func reason(_ error: any Error) -> String {
+        if let errno = error as? Errno { return String(cString: strerror(errno.rawValue)) }
         let error = error as NSError
         if error.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(error.code))) }
         if let underlying = error.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain {
@@ -84,6 +85,22 @@ public enum FileSystem {
         guard fd >= 0 else { throw .cannotOpen(path: path, errno: errno) }
         defer { close(fd) }
         guard Glibc.fsync(fd) == 0 else { throw .cannotWrite(path: path, errno: errno) }
+    }
+
+    /// Reads `fd` from where it stands to its end, 1 MiB at a time, handing each block to `body`
+    /// (swift-system's read, which retries on EINTR); the number of bytes read. A read that fails
+    /// throws its `Errno`; what `body` throws ends the reading too.
+    @discardableResult
+    public static func readBlocks(_ fd: Int32, _ body: (UnsafeRawBufferPointer) throws -> Void) throws -> Int64 {
+        let descriptor = FileDescriptor(rawValue: fd)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        var total: Int64 = 0
+        while case let count = try descriptor.read(into: buffer), count > 0 {
+            try body(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+            total += Int64(count)
+        }
+        return total
     }
 
     /// Writes every byte of `bytes` to `fd`, at `offset` or else where the descriptor stands:
@@ -370,6 +387,33 @@ public final class FileLock: @unchecked Sendable {
         }
         let pid = Array("\(getpid())\n".utf8)
         if ftruncate(fd, 0) == 0 { _ = pwrite(fd, pid, pid.count, 0) }
+    }
+
+    private init(holding fd: Int32, path: String) {
+        self.fd = fd
+        self.path = path
+    }
+
+    /// What trying the lock of an existing file once, without waiting, found.
+    public enum Attempt {
+        /// No such file: nobody made the lock (or a cleaner removed it).
+        case absent
+        /// Another open file holds it: its owner is alive.
+        case heldElsewhere
+        /// Nobody held it; now this process does.
+        case taken(FileLock)
+    }
+
+    /// Tries the exclusive lock on `path` once, neither creating the file nor waiting nor writing
+    /// a pid into it: how a cleaner tells a living owner's lock from an abandoned one.
+    public static func attempt(_ path: String) -> Attempt {
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { return .absent }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            close(fd)
+            return .heldElsewhere
+        }
+        return .taken(FileLock(holding: fd, path: path))
     }
 
     /// Takes the exclusive `flock` on `fd`, telling `waiting` once when another has held it for

@@ -44,10 +44,8 @@ public final class StagingDirectory: @unchecked Sendable {
     /// Whether `path` is a staging directory (or its lock) that a living run holds.
     public static func isHeld(_ path: String) -> Bool {
         let lockPath = path.hasSuffix(".lock") ? path : path + ".lock"
-        let fd = open(lockPath, O_RDWR | O_CLOEXEC)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        return flock(fd, LOCK_EX | LOCK_NB) != 0
+        if case .heldElsewhere = FileLock.attempt(lockPath) { return true }
+        return false
     }
 
     /// Removes the staging directories in `parent` whose owner is gone: no lock file (the lock is
@@ -58,22 +56,21 @@ public final class StagingDirectory: @unchecked Sendable {
         var removed: [String] = []
         for name in names where name.hasPrefix(prefix) && !name.hasSuffix(".lock") {
             let staging = parent + "/" + name
-            let fd = open(staging + ".lock", O_RDWR | O_CLOEXEC)
-            if fd >= 0 {
-                defer { close(fd) }
-                guard flock(fd, LOCK_EX | LOCK_NB) == 0 else { continue }
+            switch FileLock.attempt(staging + ".lock") {
+            case .heldElsewhere: continue
+            case .absent: FileSystem.remove(staging)
+            case .taken(let lock):
                 FileSystem.remove(staging)
                 unlink(staging + ".lock")
-            } else {
-                FileSystem.remove(staging)
+                lock.unlock()
             }
             removed.append(staging)
         }
         for name in names where name.hasPrefix(prefix) && name.hasSuffix(".lock") && !names.contains(String(name.dropLast(5))) {
-            let fd = open(parent + "/" + name, O_RDWR | O_CLOEXEC)
-            guard fd >= 0 else { continue }
-            if flock(fd, LOCK_EX | LOCK_NB) == 0 { unlink(parent + "/" + name) }
-            close(fd)
+            if case .taken(let lock) = FileLock.attempt(parent + "/" + name) {
+                unlink(parent + "/" + name)
+                lock.unlock()
+            }
         }
         return removed
     }

@@ -160,24 +160,23 @@ public struct Store: Sendable {
 
     /// Copies a file, hashing the bytes as they pass; returns digest and size.
     public static func copyHashing(from source: String, to destination: String) throws(FileSystemError) -> (SHA256Digest, Int64) {
-        let input = FileHandle(fileDescriptor: try FileSystem.openRegularFile(source), closeOnDealloc: true)
-        defer { try? input.close() }
-        guard FileManager.default.createFile(atPath: destination, contents: nil),
-            let output = FileHandle(forWritingAtPath: destination)
-        else { throw .cannotOpen(path: destination, errno: errno) }
-        defer { try? output.close() }
+        let input = try FileSystem.openRegularFile(source)
+        defer { close(input) }
+        let output = open(destination, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard output >= 0 else { throw .cannotOpen(path: destination, errno: errno) }
+        defer { close(output) }
         var hasher = StreamingSHA256()
-        var size: Int64 = 0
         do {
-            while let chunk = try input.read(upToCount: 1 << 20), !chunk.isEmpty {
-                hasher.update(chunk)
-                try output.write(contentsOf: chunk)
-                size += Int64(chunk.count)
+            let size = try FileSystem.readBlocks(input) { block in
+                hasher.update(block)
+                if let failed = FileSystem.writeAll(output, block) { throw FileSystemError.cannotWrite(path: destination, errno: failed) }
             }
+            return (hasher.finalize(), size)
+        } catch let error as FileSystemError {
+            throw error
         } catch {
-            throw .cannotWrite(path: destination, errno: errno)
+            throw .cannotRead(path: source, reason: FileSystem.reason(error))
         }
-        return (hasher.finalize(), size)
     }
 
     // MARK: Source tree index
