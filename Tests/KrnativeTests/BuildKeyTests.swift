@@ -1,5 +1,6 @@
 import Archive
 import Build
+import Compile
 import Fetch
 import Foundation
 import Inputs
@@ -100,6 +101,30 @@ struct BuildKeyTests {
             if let target = entry.target { listed["target"] = target }
             return listed
         }
+    }
+
+    /// A build's plan reads its recipe once: the key's recipe part, the step count and the steps
+    /// the recipe build renders all come from that reading, so a recipe edited while the build
+    /// runs changes none of them (before the plan, each stage read the file again).
+    @Test func aPlanReadsItsRecipesOnceAndItsStepsComeFromThatReading() throws {
+        let recipes = TemporaryDirectory("krnative-plan-recipes")
+        let original = try FileSystem.readRegularFile(RecipeFile.builtIn + "/ttyd.json")
+        try original.write(to: URL(fileURLWithPath: recipes.path + "/ttyd.json"))
+        let plan = try build { $0.locations.recipesDirectory = recipes.path }.plan
+        #expect(plan.keyParts["recipe ttyd.json"] == "sha256:" + SHA256Digest.of(original).hex)
+        #expect(plan.recipes.keys.sorted() == ["ttyd"] && plan.recipeSteps.runtime == 0)
+
+        _ = recipes.file("ttyd.json", "{\"edited\": \"while the build runs\"}")
+        var settings = StepRunner.Settings(entryExecutable: directory.path + "/krnative", patchesDirectory: directory.path + "/patches")
+        settings.recipesDirectory = recipes.path
+        func rendered(_ settings: StepRunner.Settings) throws -> Int {
+            try TtydBuild(options: .init(target: .manylinuxX86_64, outputDirectory: out, settings: settings), resolver: InputResolver(store: try Store(root: directory.path + "/store")))
+                .recipe(lock: lock, layout: .sandboxed).steps.count
+        }
+        // Without the plan's reading the edited file is what a build would read, and it is no recipe.
+        #expect(throws: RecipeError.self) { try rendered(settings) }
+        settings.recipes = plan.recipes
+        #expect(try rendered(settings) == plan.recipeSteps.ttyd && plan.recipeSteps.ttyd > 1)
     }
 
     @Test func theSameBuildIsUpToDate() throws {
