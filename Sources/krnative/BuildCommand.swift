@@ -26,17 +26,9 @@ struct BuildCommand: ParsableCommand {
             "krnative build --all --remote-cache https://cache.internal:8080\n--remote-cache-upload"))
 
     @OptionGroup var inputs: InputOptions
-    @Option(name: .customLong("target"), help: "A target to build (repeatable).") var targets: [Target] = []
-    @Flag(help: "Every target, one after another (sharing the store, toolchains, Zig's cache and the step cache), then a table.")
-    var all = false
+    @OptionGroup var asked: BuildChoiceOptions
     @Option(name: .customLong("out"), help: "Where the outputs go. Default: the project's out/.") var outOption: String?
     @OptionGroup var choices: InputChoiceOptions
-    @Option(
-        help: ArgumentHelp(
-            "The package a volume ships as (repeatable): static-gnu (glibc targets); alpine or static-musl (musl targets: static-musl is the one the agent selects for Alpine images). Default: krunner.json's flavours for the target, else every flavour of it that krunner.json numbers.",
-            valueName: "flavour"))
-    var flavour: [Flavour] = []
-    @Option(name: .customLong("patches"), help: "The patches directory. Default: the project's patches/, else those krnative was built with.") var patchesOption: String?
     @Option(help: "The volume ledger (the tree hash each volume number holds), or none to not check. Default: krunner-volumes.json beside --config.")
     var ledger: String?
     @Flag(
@@ -54,7 +46,6 @@ struct BuildCommand: ParsableCommand {
         help: "enforce: a volume that breaks its target's policy fails the build; report: print and record it in the manifest (with --request, instead of the file's). Default: enforce."
     )
     var audit: AuditMode?
-    @Option(name: .customLong("policy"), help: "The audit policy. Default: the project's sysroots/audit-policy.json.") var policyOption: String?
     @Option(
         name: .customLong("request"),
         help: "A build request file, as --check writes for its runs: the target, lock, patches and everything that decides the bytes, instead of those options.")
@@ -65,13 +56,6 @@ struct BuildCommand: ParsableCommand {
     var concurrentSteps: Int?
     @Option(parsing: .unconditional, help: "xz compression threads; the bytes are the same for any number. Default: the number of CPUs.")
     var packThreads: Int?
-    @Option(help: "The xz preset the volume is compressed with, 0 to 9 (in the build key). Default: 6.") var xzPreset: Int?
-    @Option(
-        parsing: .unconditional,
-        help: ArgumentHelp(
-            "The SOURCE_DATE_EPOCH every step gets and every output's times are clamped to, in seconds since 1970 (in the build key and the manifest; verify and --check rebuild with it), e.g. $(git log -1 --format=%ct). Default: the lock's sourceDateEpoch.",
-            valueName: "seconds"))
-    var sourceDateEpoch: Int64?
     @Flag(help: "Then build again elsewhere with the circumstances varied, offline, and compare every output (exit 1 when they differ).")
     var check = false
     @Option(
@@ -87,8 +71,8 @@ struct BuildCommand: ParsableCommand {
 
     func validate() throws {
         try requirePositive(["--compile-jobs": compileJobs, "--pack-threads": packThreads, "--concurrent-steps": concurrentSteps])
-        if let xzPreset, !(0...9).contains(xzPreset) { throw ValidationError("--xz-preset takes a whole number from 0 to 9 (got \(xzPreset))") }
-        try Self.validateEpoch(sourceDateEpoch)
+        if let xzPreset = asked.xzPreset, !(0...9).contains(xzPreset) { throw ValidationError("--xz-preset takes a whole number from 0 to 9 (got \(xzPreset))") }
+        try Self.validateEpoch(asked.sourceDateEpoch)
         if requestFile != nil {
             let given = optionsTheRequestHolds
             guard given.isEmpty else { throw ValidationError("--request FILE holds the target and what decides the bytes: drop \(given.joined(separator: ", "))") }
@@ -96,26 +80,21 @@ struct BuildCommand: ParsableCommand {
         }
         // No target at all is said in run(): ArgumentParser reports an option it does not know
         // (`--targt`, with the nearest name) only after validate() has passed.
-        if all && !targets.isEmpty {
-            throw ValidationError("--all and --target \(targets.map(\.rawValue).joined(separator: ", ")) contradict each other: give one or the other")
+        if asked.all && !asked.target.isEmpty {
+            throw ValidationError("--all and --target \(asked.target.map(\.rawValue).joined(separator: ", ")) contradict each other: give one or the other")
         }
         if check && chosenTargets.count > 1 { throw ValidationError("--check compares the builds of one target: give one --target") }
     }
 
-    /// The options given that a request file holds instead.
+    /// The options given that a request file holds instead: those of the two groups of what a
+    /// build makes, and the lock.
     var optionsTheRequestHolds: [String] {
-        let given: [(String, Bool)] = [
-            ("--target", !targets.isEmpty), ("--all", all), ("--lock", inputs.lock != nil), ("--config", choices.config != nil),
-            ("--patches", patchesOption != nil), ("--recipes", choices.recipes != nil), ("--policy", policyOption != nil), ("--toolchain", choices.toolchain != nil),
-            ("--runtime", choices.runtime != nil), ("--xz-preset", xzPreset != nil), ("--flavour", !flavour.isEmpty),
-            ("--source-date-epoch", sourceDateEpoch != nil),
-        ]
-        return given.filter(\.1).map(\.0)
+        (inputs.lock != nil ? ["--lock"] : []) + CommandLineValues.given(in: asked) + CommandLineValues.given(in: choices)
     }
 
     /// The targets asked for, each once, in the order given.
     var chosenTargets: [Target] {
-        all ? Target.allCases : targets.reduce(into: []) { chosen, target in if !chosen.contains(target) { chosen.append(target) } }
+        asked.all ? Target.allCases : asked.target.reduce(into: []) { chosen, target in if !chosen.contains(target) { chosen.append(target) } }
     }
 
     func run() throws {
@@ -158,11 +137,11 @@ struct BuildCommand: ParsableCommand {
     func chosenRequests() throws -> [BuildRequest] {
         let krunner = try KrunnerConfig.load(from: config)
         return try chosenTargets.flatMap { target in
-            let flavours = flavour.isEmpty ? try krunner.flavours(of: target) : flavour.filter { target.flavours.contains($0) }
+            let flavours = asked.flavour.isEmpty ? try krunner.flavours(of: target) : asked.flavour.filter { target.flavours.contains($0) }
             guard !flavours.isEmpty else {
                 throw UsageError(
                     "\(target.rawValue) volumes ship as \(target.flavours.map(\.rawValue).joined(separator: " or ")); "
-                        + "--flavour \(flavour.map(\.rawValue).joined(separator: ", ")) names none of them")
+                        + "--flavour \(asked.flavour.map(\.rawValue).joined(separator: ", ")) names none of them")
             }
             return try flavours.map { try request(for: target, flavour: $0, config: krunner) }
         }
@@ -173,8 +152,8 @@ struct BuildCommand: ParsableCommand {
         var chosen = try BuildRequest.Choices(
             target: target, flavour: flavour, config: krunner, toolchain: choices.toolchain(for: .current),
             runtime: choices.runtime, isolation: try Isolation.chosen(sandbox), auditMode: audit ?? .enforce, auditPolicy: try AuditPolicy.load(from: policy))
-        chosen.xzPreset = xzPreset
-        chosen.sourceDateEpoch = sourceDateEpoch
+        chosen.xzPreset = asked.xzPreset
+        chosen.sourceDateEpoch = asked.sourceDateEpoch
         return BuildRequest(
             choices: chosen, locations: .init(lockPath: inputs.lockPath, patchesDirectory: patches, recipesDirectory: inputs.project.recipes(choices.recipes)))
     }
@@ -327,8 +306,8 @@ extension BuildCommand {
 
     var out: String { inputs.project.file(outOption, default: "out") }
     var config: String { choices.configPath(in: inputs.project) }
-    var patches: String { inputs.project.patches(patchesOption) }
-    var policy: String { inputs.project.file(policyOption, default: AuditPolicy.defaultPath) }
+    var patches: String { inputs.project.patches(asked.patches) }
+    var policy: String { inputs.project.file(asked.policy, default: AuditPolicy.defaultPath) }
 }
 
 extension BuildCommand {
@@ -368,6 +347,30 @@ extension BuildCommand {
 /// `path` made absolute against the current directory.
 func absolute(_ path: String) -> String {
     path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+}
+
+/// What `build` is asked to make besides what `InputChoiceOptions` and the lock say: with those,
+/// the options a request file holds instead (`--request FILE`). Which of them a command line gave
+/// is read off their values (`CommandLineValues.given`), so an option added here is refused beside
+/// `--request` with no list to keep.
+struct BuildChoiceOptions: ParsableArguments {
+    @Option(help: "A target to build (repeatable).") var target: [Target] = []
+    @Flag(help: "Every target, one after another (sharing the store, toolchains, Zig's cache and the step cache), then a table.")
+    var all = false
+    @Option(
+        help: ArgumentHelp(
+            "The package a volume ships as (repeatable): static-gnu (glibc targets); alpine or static-musl (musl targets: static-musl is the one the agent selects for Alpine images). Default: krunner.json's flavours for the target, else every flavour of it that krunner.json numbers.",
+            valueName: "flavour"))
+    var flavour: [Flavour] = []
+    @Option(help: "The patches directory. Default: the project's patches/, else those krnative was built with.") var patches: String?
+    @Option(help: "The audit policy. Default: the project's sysroots/audit-policy.json.") var policy: String?
+    @Option(help: "The xz preset the volume is compressed with, 0 to 9 (in the build key). Default: 6.") var xzPreset: Int?
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "The SOURCE_DATE_EPOCH every step gets and every output's times are clamped to, in seconds since 1970 (in the build key and the manifest; verify and --check rebuild with it), e.g. $(git log -1 --format=%ct). Default: the lock's sourceDateEpoch.",
+            valueName: "seconds"))
+    var sourceDateEpoch: Int64?
 }
 
 /// What decides which of the lock's inputs a build uses besides its target: `build` and

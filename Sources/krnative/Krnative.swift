@@ -295,3 +295,48 @@ func helpText(_ discussion: String = "", examples: String...) -> String {
     let lines = examples.map { "  " + $0.split(separator: "\n").joined(separator: " \\\n      ") }.joined(separator: "\n")
     return [discussion, "Examples:\n" + lines].filter { !$0.isEmpty }.joined(separator: "\n\n")
 }
+
+/// Which options of a group the command line gave, read off their parsed values: an optional
+/// with a value, a repeatable option with one or more, a flag that is on. An option keeps
+/// ArgumentParser's default name, its property's in kebab case (`xzPreset`: `--xz-preset`), and
+/// a default of nothing (nil, empty, off), so that its value tells whether it was given.
+enum CommandLineValues {
+    /// The long names of the options of `group` the command line gave, in declaration order.
+    static func given(in group: some ParsableArguments) -> [String] {
+        Mirror(reflecting: group).children.compactMap { child in
+            guard let label = child.label, label.hasPrefix("_"), let option = child.value as? any GivenOnCommandLine, option.given else { return nil }
+            return "--" + kebab(label.dropFirst())
+        }
+    }
+
+    /// `sourceDateEpoch` as `source-date-epoch`.
+    static func kebab(_ name: Substring) -> String {
+        name.reduce(into: "") { words, character in
+            if character.isUppercase && !words.isEmpty { words.append("-") }
+            words.append(character.lowercased())
+        }
+    }
+
+    /// Whether `value` says something: an optional holds a value (even an empty one), a
+    /// collection an element, a Bool is true.
+    static func says(_ value: Any) -> Bool {
+        let mirror = Mirror(reflecting: value)
+        if mirror.displayStyle == .optional { return !mirror.children.isEmpty }
+        if let flag = value as? Bool { return flag }
+        if let collection = value as? any Collection { return !collection.isEmpty }
+        return true
+    }
+}
+
+/// An option or flag whose value tells whether the command line gave it (`CommandLineValues`).
+protocol GivenOnCommandLine {
+    var given: Bool { get }
+}
+
+extension Option: GivenOnCommandLine {
+    var given: Bool { CommandLineValues.says(wrappedValue) }
+}
+
+extension Flag: GivenOnCommandLine {
+    var given: Bool { CommandLineValues.says(wrappedValue) }
+}

@@ -32,6 +32,13 @@ struct UsageTests {
         Case(
             arguments: ["build", "--request", "request.json", "--target", "manylinux-x86_64", "--toolchain", "zig"],
             message: "--request FILE holds the target and what decides the bytes: drop --target, --toolchain"),
+        // Every option a request file holds is named, read off the parsed values (no list to keep).
+        Case(
+            arguments: [
+                "build", "--request", "r.json", "--all", "--lock", "l", "--flavour", "alpine", "--patches", "p", "--policy", "a", "--xz-preset", "3",
+                "--source-date-epoch", "0", "--config", "c", "--runtime", "source", "--recipes", "", "--out", "o", "--compile-jobs", "1",
+            ],
+            message: "drop --lock, --all, --flavour, --patches, --policy, --xz-preset, --source-date-epoch, --config, --runtime, --recipes\n"),
         Case(
             arguments: ["build", "--target", "musllinux-x86_64", "--check"],
             message: "--check compares the builds of one volume; musllinux-x86_64 ships as alpine and static-musl: name one with --flavour"),
