@@ -76,6 +76,11 @@ public struct ReproducibilityCheck: Sendable {
 
     public func run() throws -> Report {
         try FileSystem.createDirectory(options.workDirectory)
+        if options.runs.joined().contains(.user) {
+            // The check user reaches its run directory through this one, whatever the umask made it.
+            var info = stat()
+            if stat(options.workDirectory, &info) == 0 { chmod(options.workDirectory, (info.st_mode & 0o7777) | 0o011) }
+        }
         let reference = try Self.outputs(in: options.reference, of: options.target, flavour: options.flavour)
         var runs: [Run] = []
         for variations in options.runs {

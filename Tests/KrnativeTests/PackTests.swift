@@ -9,21 +9,29 @@ import Testing
 
 @Suite("Deterministic tar.xz and zip", .timeLimit(.minutes(60)))
 struct PackTests {
-    /// A small volume-like tree, made in the given order with the given umask and times.
+    /// A small volume-like tree, made in the given order with the modes the given umask gives and
+    /// the given times. The modes are set entry by entry: the process's umask is shared with the
+    /// tests running beside this one and the children they start (two of these changing and
+    /// restoring it at once left it at 077, and a volume build's check user found its run
+    /// directory closed).
     func makeVolume(_ root: String, reversed: Bool = false, umask mask: mode_t = 0o022) throws {
-        let previous = umask(mask)
-        defer { umask(previous) }
         var directories = [root + "/bin", root + "/lib/python3.13/site-packages/ai/backend/kernel", root + "/lib/python3.13/site-packages/ai/backend/helpers"]
         if reversed { directories.reverse() }
         for directory in directories { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
         let library = Data((0..<3_000_000).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13) })
         #expect(FileManager.default.createFile(atPath: root + "/lib/libpython3.13.so.1.0", contents: library))
         FileManager.default.createFile(atPath: root + "/bin/python3.13", contents: Data("#!python\n".utf8))
-        chmod(root + "/bin/python3.13", 0o700)
         try FileManager.default.createSymbolicLink(atPath: root + "/bin/python3", withDestinationPath: "python3.13")
         link(root + "/bin/python3.13", root + "/bin/python3.13-hardlink")
         FileManager.default.createFile(atPath: root + "/lib/Z-last", contents: Data("z".utf8))
         FileManager.default.createFile(atPath: root + "/lib/a-first", contents: Data("a".utf8))
+        for relative in FileManager.default.subpaths(atPath: root) ?? [] {
+            var info = stat()
+            guard lstat(root + "/" + relative, &info) == 0, info.st_mode & S_IFMT != S_IFLNK else { continue }
+            chmod(root + "/" + relative, (info.st_mode & S_IFMT == S_IFDIR ? 0o777 : 0o666) & ~mask)
+        }
+        chmod(root, 0o777 & ~mask)
+        chmod(root + "/bin/python3.13", 0o700)
         var times = [timespec(tv_sec: 4_000_000_000, tv_nsec: 5), timespec(tv_sec: 4_000_000_000, tv_nsec: 5)]
         utimensat(AT_FDCWD, root + "/lib/a-first", &times, 0)
     }

@@ -72,4 +72,26 @@ struct ReproducibilityCheckTests {
         #expect(!different.reproducible)
         #expect(different.runs.first?.differences.map(\.path).contains("krunner-env.\(Target.manylinuxX86_64.defaultFlavour.distro).x86_64.txt") == true)
     }
+
+    /// The check user reaches its run directory through the check's own directory, whatever the
+    /// umask that made it (CI's run of 7c1af56: a umask of 077 left it closed, and the user
+    /// variation was not applied). Nothing is built: the empty reference stops the check after.
+    @Test(.timeLimit(.minutes(60))) func theCheckUserCanPassThroughTheChecksDirectory() throws {
+        let lock = work.path + "/krnative.lock.json"
+        try Lockfile(sourceDateEpoch: 0).write(to: lock)
+        let choices = BuildRequest.Choices(target: .manylinuxX86_64, toolchain: .zig, packageVersion: "4.1.0", volumeVersion: 15)
+        let request = BuildRequest(choices: choices, locations: .init(lockPath: lock, patchesDirectory: work.path + "/patches"))
+        let runs = work.path + "/out.check"
+        mkdir(runs, 0o700)
+        chmod(runs, 0o700)
+        try FileSystem.createDirectory(work.path + "/out")
+        var options = ReproducibilityCheck.Options(
+            request: request, executable: "/bin/false", reference: work.path + "/out", workDirectory: runs, store: work.path + "/store",
+            runs: [[.timezone], [.user]])
+        options.log = { _ in }
+        #expect(throws: UsageError.self) { try ReproducibilityCheck(options: options).run() }
+        var info = stat()
+        #expect(stat(runs, &info) == 0)
+        #expect(info.st_mode & 0o7777 == 0o711)
+    }
 }

@@ -55,6 +55,8 @@ struct VolumeTests {
         let standin = ChildProcess.run([Package.root + "/scripts/standin-lock", work.path + "/standin"], environment: environment, directory: Package.root)
         try #require(standin.succeeded, "standin-lock: \(standin.stderr)")
         let lock = standin.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        chmod(work.path + "/standin", 0o755)  // and the lock, whatever the umask (the check user reads it)
+        chmod(lock, 0o644)
 
         // Machine A uploads what it fetched and compiled to a team's cache (nginx with WebDAV).
         try #require(Machine.hasExecutable(WebDAVCache.nginx), "nginx is not installed (scripts/setup installs nginx-light)")
