@@ -352,7 +352,8 @@ func absolute(_ path: String) -> String {
 /// What `build` is asked to make besides what `InputChoiceOptions` and the lock say: with those,
 /// the options a request file holds instead (`--request FILE`). Which of them a command line gave
 /// is read off their values (`CommandLineValues.given`), so an option added here is refused beside
-/// `--request` with no list to keep.
+/// `--request` with no list to keep; its default must say nothing (nil, empty, false), or every
+/// `--request` would be refused.
 struct BuildChoiceOptions: ParsableArguments {
     @Option(help: "A target to build (repeatable).") var target: [Target] = []
     @Flag(help: "Every target, one after another (sharing the store, toolchains, Zig's cache and the step cache), then a table.")
