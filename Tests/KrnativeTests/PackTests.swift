@@ -91,27 +91,24 @@ struct PackTests {
     }
 
     /// libarchive takes a zip's DOS date and time from the local zone: ZipWriter writes the UTC ones
-    /// whatever TZ is, and leaves TZ alone (the children krnative starts inherit it).
-    @Test func zipBytesAreTheUTCOnesWhateverTheTimeZone() throws {
+    /// whatever TZ is, and leaves TZ alone (the children krnative starts inherit it). TZ belongs to
+    /// the whole process: the zips are written in a process of their own (an exit test), so the
+    /// tests running beside this one, and the children they start, never see it changed.
+    @Test func zipBytesAreTheUTCOnesWhateverTheTimeZone() async throws {
         let work = TemporaryDirectory()
-        let original = getenv("TZ").map { String(cString: $0) }
-        defer {
-            if let original { setenv("TZ", original, 1) } else { unsetenv("TZ") }
-            tzset()
-        }
         // 1_700_000_000 is 2023-11-14 22:13:20 UTC: the 15th at UTC+14, 12:13 at UTC-10. POSIX zones need no tzdata.
-        var digests: [SHA256Digest] = []
-        for zone in ["UTC", "<+14>-14", "<-10>10"] {
-            setenv("TZ", zone, 1)
-            tzset()
-            let path = work.path + "/\(digests.count).whl"
-            let zip = try ZipWriter(path: path, mtime: 1_700_000_000)
-            try zip.add("pkg/__init__.py", data: Data("x = 1\n".utf8))
-            try zip.add("pkg/tool.bin", data: Data((0..<200_000).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13) }), executable: true)
-            try zip.close()
-            #expect(getenv("TZ").map { String(cString: $0) } == zone, "ZipWriter changed TZ")
-            digests.append(try SHA256Digest.of(fileAt: path).digest)
+        await #expect(processExitsWith: .success, "ZipWriter failed or changed TZ") { [directory = work.path as String] in
+            for (index, zone) in ["UTC", "<+14>-14", "<-10>10"].enumerated() {
+                setenv("TZ", zone, 1)
+                tzset()
+                let zip = try ZipWriter(path: directory + "/\(index).whl", mtime: 1_700_000_000)
+                try zip.add("pkg/__init__.py", data: Data("x = 1\n".utf8))
+                try zip.add("pkg/tool.bin", data: Data((0..<200_000).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13) }), executable: true)
+                try zip.close()
+                if getenv("TZ").map({ String(cString: $0) }) != zone { exit(3) }
+            }
         }
+        let digests = try (0..<3).map { try SHA256Digest.of(fileAt: work.path + "/\($0).whl").digest }
         #expect(Set(digests).count == 1, "the zip's bytes depend on TZ: \(digests)")
         let script = """
             import sys, zipfile
