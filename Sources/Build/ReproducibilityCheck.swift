@@ -76,11 +76,7 @@ public struct ReproducibilityCheck: Sendable {
 
     public func run() throws -> Report {
         try FileSystem.createDirectory(options.workDirectory)
-        if options.runs.joined().contains(.user) {
-            // The check user reaches its run directory through this one, whatever the umask made it.
-            var info = stat()
-            if stat(options.workDirectory, &info) == 0 { chmod(options.workDirectory, (info.st_mode & 0o7777) | 0o011) }
-        }
+        if options.runs.joined().contains(.user) { try Self.letThrough(options.workDirectory) }
         let reference = try Self.outputs(in: options.reference, of: options.target, flavour: options.flavour)
         var runs: [Run] = []
         for variations in options.runs {
@@ -88,6 +84,23 @@ public struct ReproducibilityCheck: Sendable {
             runs.append(try run(variations))
         }
         return Report(target: options.target, reference: options.reference, referenceOutputs: reference, runs: runs)
+    }
+
+    /// Lets others through `directory` (g+x, o+x), whatever the umask made it: the check user
+    /// reaches its run directory through it. A link there is refused, never followed (its target's
+    /// mode would change).
+    static func letThrough(_ directory: String) throws {
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            let code = errno
+            var info = stat()
+            let isLink = lstat(directory, &info) == 0 && info.st_mode & S_IFMT == S_IFLNK
+            let reason = isLink ? "it is a symbolic link" : String(cString: strerror(code))
+            throw UsageError("the check's directory \(directory) cannot be opened for the check user: \(reason); remove it, or build into another --out")
+        }
+        defer { close(fd) }
+        var info = stat()
+        if fstat(fd, &info) == 0 { fchmod(fd, (info.st_mode & 0o7777) | 0o011) }
     }
 
     /// The output files of `target`'s build in `directory` and their hashes, from its manifest (the

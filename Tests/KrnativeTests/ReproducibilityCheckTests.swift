@@ -83,7 +83,6 @@ struct ReproducibilityCheckTests {
         let request = BuildRequest(choices: choices, locations: .init(lockPath: lock, patchesDirectory: work.path + "/patches"))
         let runs = work.path + "/out.check"
         mkdir(runs, 0o700)
-        chmod(runs, 0o700)
         try FileSystem.createDirectory(work.path + "/out")
         var options = ReproducibilityCheck.Options(
             request: request, executable: "/bin/false", reference: work.path + "/out", workDirectory: runs, store: work.path + "/store",
@@ -93,5 +92,15 @@ struct ReproducibilityCheckTests {
         var info = stat()
         #expect(stat(runs, &info) == 0)
         #expect(info.st_mode & 0o7777 == 0o711)
+
+        // A link in its place (another user's, in a shared directory) is refused, its target's mode left.
+        let elsewhere = work.path + "/elsewhere"
+        mkdir(elsewhere, 0o700)
+        let linked = work.path + "/linked.check"
+        symlink(elsewhere, linked)
+        options.workDirectory = linked
+        let refusal = #expect(throws: UsageError.self) { try ReproducibilityCheck(options: options).run() }
+        #expect(refusal?.description.contains("\(linked) cannot be opened for the check user: it is a symbolic link") == true, "\(String(describing: refusal))")
+        #expect(stat(elsewhere, &info) == 0 && info.st_mode & 0o7777 == 0o700)
     }
 }
