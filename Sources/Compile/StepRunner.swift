@@ -251,8 +251,7 @@ public struct StepRunner: Sendable {
     ///
     /// In the sandbox each step has a build directory of its own (`steps/<name>/`, seen as
     /// `/build`): its source, krnative's wrappers, and a stage made of the results of the steps
-    /// it needs, nothing else; and a Zig cache of its own: what krnative warmed, read-only beneath
-    /// the step's own directory (an overlay; copied in where the kernel mounts none). What a
+    /// it needs, nothing else; and a Zig cache of its own, a copy of one krnative warmed. What a
     /// step could leave for another (in a shared stage, wrappers or Zig cache) reaches only steps
     /// whose keys name it. A step's result is what it added to or changed in its stage.
     public func run(_ recipe: some Recipe, lock: Lockfile, in space: Workspace) throws -> Outcome {
@@ -423,20 +422,13 @@ public struct StepRunner: Sendable {
         // In the sandbox, a build directory and a Zig cache of the step's own; without it, the work directory's.
         let directory = warm == nil ? space.work : space.work + "/steps/" + name
         let zigCache = warm == nil ? space.zigCache : space.zigCache + "/" + name
-        var zigLayers: [String]? = nil
         if let warm {
             FileSystem.remove(directory)
             try FileSystem.createDirectory(directory)
             try space.writeBuildFiles(into: directory)
             FileSystem.remove(zigCache)
             try FileSystem.createDirectory(zigCache)
-            if Self.overlaysWork(in: space, runner: sandboxRunner) {
-                // The warm-up's items beneath, read-only; what Zig adds lands in zigCache/upper.
-                for part in ["upper", "work"] { try FileSystem.createDirectory(zigCache + "/" + part) }
-                zigLayers = warm
-            } else {
-                for item in warm { _ = try StepResultTree(root: item, madeBy: "krnative's Zig warm-up").merge(into: zigCache) }
-            }
+            for item in warm { _ = try StepResultTree(root: item, madeBy: "krnative's Zig warm-up").merge(into: zigCache) }
         }
         defer { if warm != nil { FileSystem.remove(zigCache) } }
         let stage = directory + "/stage"
@@ -450,8 +442,7 @@ public struct StepRunner: Sendable {
         // Begun here, ended on both paths below: no status outlives its step.
         progress.begin(label(planned, counter: counter, space: space, verb: "building"))
         do {
-            try runCommands(
-                planned.step, in: space, directory: directory, zigCache: zigCache, zigLayers: zigLayers, epoch: settings.epoch(lock), progress: progress)
+            try runCommands(planned.step, in: space, directory: directory, zigCache: zigCache, epoch: settings.epoch(lock), progress: progress)
         } catch {
             progress.end("\(done) failed after \(Console.duration(Date().timeIntervalSince(started)))")
             throw error
@@ -541,37 +532,6 @@ public struct StepRunner: Sendable {
         settings.log("Zig's cache warmed for \(machine) (\(group.component)) in \(Console.duration(Date().timeIntervalSince(started)))")
     }
 
-    var sandboxRunner: SandboxRunner { SandboxRunner(entryExecutable: settings.entryExecutable, isolation: settings.isolation) }
-
-    /// Whether the sandbox mounts an overlay on this kernel (Linux 5.11 and later, in a user
-    /// namespace): then each step's Zig cache is the warm-up's items read-only beneath a
-    /// directory of its own, instead of a copy of them (some 280 MB and 19,000 files a step for
-    /// aarch64-linux-musl, copied in and removed again). Found out once per process by a step
-    /// that reads a layer and writes over it; where it fails, the steps get copies as before.
-    static func overlaysWork(in space: Workspace, runner: SandboxRunner) -> Bool {
-        overlaySupport.withLock { known in
-            if let known { return known }
-            let works = probeOverlays(in: space.work + "/.overlay-probe", runner: runner)
-            known = works
-            return works
-        }
-    }
-    private static let overlaySupport = Mutex<Bool?>(nil)
-
-    /// Runs, in `directory` (removed after), a step that reads a layer and writes and removes over
-    /// it; whether all of that worked and the layer is as it was.
-    public static func probeOverlays(in directory: String, runner: SandboxRunner) -> Bool {
-        FileSystem.remove(directory)
-        defer { FileSystem.remove(directory) }
-        for part in ["lower", "over/upper", "over/work"] { guard (try? FileSystem.createDirectory(directory + "/" + part)) != nil else { return false } }
-        guard (try? FileSystem.writeAtomically(Data("layer\n".utf8), to: directory + "/lower/read")) != nil else { return false }
-        let spec = SandboxSpec(
-            argv: ["/bin/sh", "-c", "test \"$(cat /layered/read)\" = layer && echo over > /layered/written && rm /layered/read"],
-            mounts: [.layered([directory + "/lower"], over: directory + "/over", at: "/layered")], workingDirectory: "/")
-        guard (try? runner.run(spec)) != nil else { return false }
-        return FileSystem.exists(directory + "/over/upper/written") && FileSystem.exists(directory + "/lower/read")
-    }
-
     /// The warm-up group that compiles for the build machine (kept per machine, not per target).
     static let buildMachineWarmUp = "warm-up-build-machine"
 
@@ -642,19 +602,18 @@ public struct StepRunner: Sendable {
     }
 
     /// Runs `step`'s commands with `directory` as the build directory (`/build` in the sandbox)
-    /// and `zigCache` as Zig's (with `zigLayers`: those read-only beneath `zigCache/upper`); the
-    /// output goes to `logs/<step>.log` of the work directory.
+    /// and `zigCache` as Zig's; the output goes to `logs/<step>.log` of the work directory.
     func runCommands(
-        _ step: BuildStep, in space: Workspace, directory: String, zigCache: String, zigLayers: [String]? = nil, epoch: Int64,
-        progress: StepProgress? = nil
+        _ step: BuildStep, in space: Workspace, directory: String, zigCache: String, epoch: Int64, progress: StepProgress? = nil
     ) throws {
         let layout = space.layout
-        let runner = sandboxRunner
-        let zigMount: SandboxSpec.Mount =
-            zigLayers.map { .layered($0, over: zigCache, at: layout.zigCache) } ?? .writable(zigCache, at: layout.zigCache)
+        let runner = SandboxRunner(entryExecutable: settings.entryExecutable, isolation: settings.isolation)
         let mounts: [SandboxSpec.Mount] =
             settings.isolation == .namespaces
-            ? [.writable(directory, at: layout.build), .readOnly(space.toolchain.hostRoot, at: layout.toolchain), zigMount]
+            ? [
+                .writable(directory, at: layout.build), .readOnly(space.toolchain.hostRoot, at: layout.toolchain),
+                .writable(zigCache, at: layout.zigCache),
+            ]
             : []
         // Without its log a failed step could not be looked into: no log, no step.
         let log = try Self.openLog(of: step.name, in: space.work)

@@ -137,28 +137,6 @@ public enum SandboxEntry {
         try check(mount(nil, mounted.procPath, nil, flags, nil), "cannot make \(inside) read-only")
     }
 
-    /// Mounts an overlay at `inside`: `layers` read-only beneath, `directory/upper` (with
-    /// `directory/work`) writable on top. Each directory is named to the kernel as an open
-    /// descriptor (`/proc/self/fd/N`), so no path needs escaping in the options and no link at
-    /// `directory`'s parts is followed.
-    static func overlay(_ layers: [String], over directory: String, at inside: String, under root: String) throws {
-        func openDirectory(_ path: String, followLink: Bool) throws -> OpenPath {
-            let opened = OpenPath(open(path, krn_o_path | O_DIRECTORY | O_CLOEXEC | (followLink ? 0 : O_NOFOLLOW)))
-            try check(opened.fd >= 0 ? 0 : -1, "cannot open \(path) for the overlay at \(inside)")
-            return opened
-        }
-        let lowers = try layers.map { try openDirectory($0, followLink: true) }
-        let base = try openDirectory(directory, followLink: false)
-        let upper = OpenPath(openat(base.fd, "upper", krn_o_path | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC))
-        let work = OpenPath(openat(base.fd, "work", krn_o_path | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC))
-        try check(upper.fd >= 0 && work.fd >= 0 ? 0 : -1, "cannot open \(directory)/upper and \(directory)/work for the overlay at \(inside)")
-        let (parent, name) = try mountPoint(inside, under: root, directory: true)
-        let target = OpenPath(openat(parent.fd, name, krn_o_path | O_NOFOLLOW | O_CLOEXEC))
-        try check(target.fd >= 0 ? 0 : -1, "cannot open the mount point \(inside)")
-        let options = "lowerdir=\(lowers.map(\.procPath).joined(separator: ":")),upperdir=\(upper.procPath),workdir=\(work.procPath)"
-        try check(mount("overlay", target.procPath, "overlay", UInt(MS_NOSUID | MS_NODEV), options), "cannot mount an overlay at \(inside)")
-    }
-
     static func buildRoot(_ spec: SandboxSpec, at root: String) throws {
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         try check(mount("tmpfs", root, "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=0755"), "cannot mount a tmpfs at \(root)")
@@ -191,11 +169,7 @@ public enum SandboxEntry {
         _ = try mountPoint("/tmp", under: root, directory: true)
         try check(mount("tmpfs", root + "/tmp", "tmpfs", UInt(MS_NOSUID | MS_NODEV), "mode=1777"), "cannot mount /tmp")
         for entry in spec.mounts {
-            if let layers = entry.lowerLayers {
-                try overlay(layers, over: entry.source, at: entry.target, under: root)
-            } else {
-                try bind(entry.source, at: entry.target, under: root, writable: entry.writable, followLink: entry.followLink)
-            }
+            try bind(entry.source, at: entry.target, under: root, writable: entry.writable, followLink: entry.followLink)
         }
         if let emulator = spec.emulator { registerEmulator(emulator, under: root) }
         try bringUpLoopback()

@@ -11,28 +11,17 @@ public struct SandboxSpec: Codable, Sendable, Equatable {
         /// Whether `source` may itself be a symbolic link (false for a path a step could have
         /// made: the bind then refuses a link there).
         public var followLink: Bool
-        /// Read-only host directories seen beneath `source` (an overlay): the step reads them and
-        /// writes into `source/upper` (with `source/work`, the overlay's own), never into them.
-        /// nil for a bind mount.
-        public var lowerLayers: [String]?
-        public init(source: String, target: String, writable: Bool, followLink: Bool = true, lowerLayers: [String]? = nil) {
+        public init(source: String, target: String, writable: Bool, followLink: Bool = true) {
             self.source = source
             self.target = target
             self.writable = writable
             self.followLink = followLink
-            self.lowerLayers = lowerLayers
         }
         public static func readOnly(_ source: String, at target: String? = nil, followLink: Bool = true) -> Mount {
             Mount(source: source, target: target ?? source, writable: false, followLink: followLink)
         }
         public static func writable(_ source: String, at target: String? = nil, followLink: Bool = true) -> Mount {
             Mount(source: source, target: target ?? source, writable: true, followLink: followLink)
-        }
-        /// `layers` (read-only, the first on top) with the writable `directory/upper` over them, at
-        /// `target`: what a step adds or changes lands in `directory`, and the layers stay as they
-        /// were. `directory` holds `upper` and `work` (both empty, on one file system).
-        public static func layered(_ layers: [String], over directory: String, at target: String) -> Mount {
-            Mount(source: directory, target: target, writable: true, followLink: false, lowerLayers: layers)
         }
     }
 

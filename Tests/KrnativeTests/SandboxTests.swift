@@ -1,4 +1,3 @@
-import Compile
 import Foundation
 import KrnativeBase
 import Sandbox
@@ -146,56 +145,6 @@ struct SandboxTests {
         ])
         let umask = try runner.run(SandboxSpec(argv: ["sh", "-c", "umask"], mounts: [.writable(work.path)], workingDirectory: work.path))
         #expect(umask.outputTail.trimmingCharacters(in: .whitespacesAndNewlines) == "0022")
-    }
-
-    /// A step's Zig cache over the warm-up's items: it reads them, and what it writes, changes or
-    /// removes lands in its own directory; the items are as they were.
-    @Test func layersStayAsTheyWereAndWritesLandAbove() throws {
-        let work = TemporaryDirectory("krnative-sb-layers")
-        for (layer, files) in [("top", ["shared": "top\n", "kept": "kept\n"]), ("bottom", ["shared": "bottom\n", "o/lib.a": "archive\n"])] {
-            for (name, text) in files {
-                try FileSystem.createDirectory(work.path + "/\(layer)/" + ((name as NSString).deletingLastPathComponent))
-                try Data(text.utf8).write(to: URL(fileURLWithPath: work.path + "/\(layer)/\(name)"))
-            }
-        }
-        for part in ["upper", "work"] { try FileSystem.createDirectory(work.path + "/cache/" + part) }
-        let script = """
-            set -e
-            cat /z/shared /z/o/lib.a
-            echo more >> /z/kept
-            echo new > /z/o/new.a
-            rm /z/o/lib.a
-            ls /z/o
-            """
-        let result = try runner.run(
-            SandboxSpec(
-                argv: ["sh", "-c", script], mounts: [.layered([work.path + "/top", work.path + "/bottom"], over: work.path + "/cache", at: "/z")],
-                workingDirectory: "/"))
-        // The first layer is on top; the step saw its own changes.
-        #expect(result.outputTail == "top\narchive\nnew.a\n")
-        #expect(try String(contentsOfFile: work.path + "/top/kept", encoding: .utf8) == "kept\n")
-        #expect(try String(contentsOfFile: work.path + "/bottom/o/lib.a", encoding: .utf8) == "archive\n")
-        #expect(try String(contentsOfFile: work.path + "/cache/upper/kept", encoding: .utf8) == "kept\nmore\n")
-        #expect(try String(contentsOfFile: work.path + "/cache/upper/o/new.a", encoding: .utf8) == "new\n")
-        // The host removes what the step left (the overlay's work directory is mode 000).
-        FileSystem.remove(work.path + "/cache")
-        #expect(!FileSystem.exists(work.path + "/cache"))
-
-        // A link where the step's directory should be is refused, not followed.
-        let elsewhere = TemporaryDirectory("krnative-sb-elsewhere")
-        for part in ["upper", "work"] { try FileSystem.createDirectory(elsewhere.path + "/" + part) }
-        symlink(elsewhere.path, work.path + "/linked")
-        let refusal = #expect(throws: SandboxError.self) {
-            try runner.run(
-                SandboxSpec(argv: ["sh", "-c", "echo x > /z/made"], mounts: [.layered([work.path + "/top"], over: work.path + "/linked", at: "/z")], workingDirectory: "/"))
-        }
-        #expect(refusal?.description.contains("cannot open \(work.path)/linked for the overlay at /z") == true, "\(String(describing: refusal))")
-        #expect(!FileSystem.exists(elsewhere.path + "/upper/made"))
-
-        // The build's probe: yes here (the kernel mounts overlays in a user namespace); no without the sandbox.
-        #expect(StepRunner.probeOverlays(in: work.path + "/probe", runner: runner))
-        #expect(!StepRunner.probeOverlays(in: work.path + "/probe", runner: SandboxRunner(entryExecutable: Package.binary, isolation: .none)))
-        #expect(!FileSystem.exists(work.path + "/probe"))
     }
 
     @Test func exitStatusAndSignalsPropagate() throws {
