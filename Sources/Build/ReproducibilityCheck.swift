@@ -100,7 +100,11 @@ public struct ReproducibilityCheck: Sendable {
         }
         defer { close(fd) }
         var info = stat()
-        if fstat(fd, &info) == 0 { fchmod(fd, (info.st_mode & 0o7777) | 0o011) }
+        guard fstat(fd, &info) == 0, fchmod(fd, (info.st_mode & 0o7777) | 0o011) == 0 else {
+            // Another user's directory: the check user's run would fail later, as "not applied".
+            throw UsageError(
+                "the check's directory \(directory) cannot be opened for the check user: \(String(cString: strerror(errno))); remove it, or build into another --out")
+        }
     }
 
     /// The output files of `target`'s build in `directory` and their hashes, from its manifest (the
