@@ -160,33 +160,4 @@ struct CompileTests {
         let page = (try? String(contentsOfFile: saved, encoding: .utf8)) ?? ""
         #expect(page.hasPrefix("<!DOCTYPE html>") && page.contains("</html>"), "ttyd served no page (\(page.utf8.count) bytes)")
     }
-
-    @Test func sameBytesFromTwoBuildDirectoriesAndTheStepCache() throws {
-        let work = TemporaryDirectory("krnative-ttyd")
-        let (lock, _) = try Self.makeLock(in: work)
-        // The first may come from the step cache (patchedStackBuildsAndRuns compiled it, in a
-        // directory of its own); the second compiles every step again, elsewhere.
-        let first = try build(.manylinuxX86_64, lock: lock, work: work.path + "/one", rebuild: false)
-        let second = try build(.manylinuxX86_64, lock: lock, work: work.path + "/two/deeper")
-        let last = { (report: TtydBuild.Report) in report.output?.sha256 ?? report.steps.last!.key }
-        print("ttyd sha256 from two build directories: \(first.output!.sha256) and \(second.output!.sha256)")
-        #expect(first.output!.sha256 == second.output!.sha256)
-        let firstStage = try TreeHash.ofDirectory(at: work.path + "/one/build/stage")
-        #expect(try TreeHash.ofDirectory(at: work.path + "/two/deeper/build/stage") == firstStage, "the installed libraries differ")
-
-        // Nothing changed: nothing compiles.
-        let again = try build(.manylinuxX86_64, lock: lock, work: work.path + "/three", rebuild: false)
-        #expect(again.steps.allSatisfy { $0.cached })
-        #expect(last(again) == last(first))
-
-        // A patch change rebuilds libwebsockets and what comes after it only.
-        let patches = work.path + "/patches"
-        try FileManager.default.copyItem(atPath: Package.root + "/patches", toPath: patches)
-        let pingPong = patches + "/libwebsockets/10-ping-pong.json"
-        let edited = try String(contentsOfFile: pingPong, encoding: .utf8).replacingOccurrences(of: "ping = 20", with: "ping = \(Int.random(in: 21...299))")
-        try edited.write(toFile: pingPong, atomically: true, encoding: .utf8)
-        let changed = try build(.manylinuxX86_64, lock: lock, work: work.path + "/four", patches: patches, rebuild: false)
-        let rebuilt = changed.steps.filter { !$0.cached }.map(\.component)
-        #expect(rebuilt == ["libwebsockets", "ttyd"])
-    }
 }

@@ -67,14 +67,7 @@ struct GenericRecipeBuildTests {
         let work = TemporaryDirectory("krnative-recipe")
         let inputs = try ShellRecipeInputs(work)
         try inputs.addTtydSources()
-        // libwebsockets 4.x with the text every built-in patch of it edits, once.
-        var files = ["CMakeLists.txt": ShellRecipeInputs.cmakeProject, "evil.sh": ":\n"]
-        let folder = Package.root + "/patches/libwebsockets"
-        for name in try FileManager.default.contentsOfDirectory(atPath: folder) where name.hasSuffix(".json") {
-            let patch = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/" + name))) as! [String: Any]
-            for edit in patch["edits"] as! [[String: Any]] { files[edit["file"] as! String, default: ""] += (edit["find"] as! String) + "\n" }
-        }
-        try inputs.replaceSource("libwebsockets", version: "4.3.5", files: files)
+        try inputs.replaceLibwebsockets(withTextEditedBy: Package.root + "/patches/libwebsockets")
         try inputs.writeLock()
         let elsewhere = work.path + "/elsewhere"
         try FileSystem.createDirectory(elsewhere)
@@ -83,5 +76,36 @@ struct GenericRecipeBuildTests {
         try #require(built.succeeded, "\(built.stderr)")
         let report = try String(contentsOfFile: work.path + "/out/ttyd_linux.\(target.arch.rawValue).json", encoding: .utf8)
         #expect(report.contains("libwebsockets/05-static-link.json") && report.contains("libwebsockets/10-ping-pong.json"), "\(report)")
+    }
+
+    /// A patch change rebuilds the component it patches and what comes after it, nothing before
+    /// (a step's key covers its patches and the steps it needs): ttyd's recipe with the real
+    /// ping/pong patch, edited, over stand-in sources whose build is shell.
+    @Test func aPatchChangeRebuildsItsComponentAndWhatFollowsOnly() throws {
+        let work = TemporaryDirectory("krnative-recipe")
+        let inputs = try ShellRecipeInputs(work)
+        try inputs.addTtydSources()
+        let patches = work.path + "/patches"
+        try FileManager.default.copyItem(atPath: Package.root + "/patches", toPath: patches)
+        try inputs.replaceLibwebsockets(withTextEditedBy: patches + "/libwebsockets")
+        try inputs.writeLock()
+        func build(_ out: String) throws -> [(component: String, cached: Bool)] {
+            let result = krnative(
+                ["build-ttyd", "--target", target.rawValue, "--lock", inputs.lock, "--store", inputs.store, "--out", work.path + "/" + out,
+                 "--patches", patches, "--jobs", "1", "--json"])
+            try #require(result.succeeded, "\(result.stderr)")
+            let report = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+            let steps = try #require(report?["steps"] as? [[String: Any]], "\(result.stdout)")
+            return steps.map { ($0["component"] as? String ?? "?", $0["cached"] as? Bool ?? false) }
+        }
+        let first = try build("one")
+        #expect(first.map(\.component) == ["zlib", "json-c", "libuv", "mbedtls", "libwebsockets", "ttyd"] && first.allSatisfy { !$0.cached }, "\(first)")
+        #expect(try build("two").allSatisfy(\.cached), "nothing changed: nothing is built")
+        let pingPong = patches + "/libwebsockets/10-ping-pong.json"
+        let text = try String(contentsOfFile: pingPong, encoding: .utf8)
+        try #require(text.contains("ping = 20"))
+        try text.replacingOccurrences(of: "ping = 20", with: "ping = 21").write(toFile: pingPong, atomically: true, encoding: .utf8)
+        let changed = try build("three")
+        #expect(changed.filter { !$0.cached }.map(\.component) == ["libwebsockets", "ttyd"], "\(changed)")
     }
 }

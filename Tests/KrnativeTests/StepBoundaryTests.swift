@@ -325,6 +325,17 @@ final class ShellRecipeInputs {
         }
     }
 
+    /// libwebsockets 4.x in place of its stand-in, holding once the text that each patch in
+    /// `folder` edits, so that every one of them applies.
+    func replaceLibwebsockets(withTextEditedBy folder: String) throws {
+        var files = ["CMakeLists.txt": Self.cmakeProject, "evil.sh": ":\n"]
+        for name in try FileManager.default.contentsOfDirectory(atPath: folder) where name.hasSuffix(".json") {
+            let patch = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/" + name))) as! [String: Any]
+            for edit in patch["edits"] as! [[String: Any]] { files[edit["file"] as! String, default: ""] += (edit["find"] as! String) + "\n" }
+        }
+        try replaceSource("libwebsockets", version: "4.3.5", files: files)
+    }
+
     /// The runtime recipe's ten sources, one shape for all: `configure` (which notes its
     /// `--prefix`), perl's `Configure`, a Makefile whose `install` runs `evil.sh "$(DESTDIR)"`, and
     /// the Makefile.pre.in lines the recipe edits. Only cpython's installs write anything, unless
