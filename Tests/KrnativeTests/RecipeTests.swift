@@ -113,6 +113,9 @@ struct RuntimeRecipeTests {
         }
         #expect(step("util-linux").commands[0].contains("--enable-libuuid") && step("util-linux").commands[0].contains("--disable-all-programs"))
         #expect(step("ncurses").commands[0].contains("--enable-widec"))
+        // SQLite's library, headers and pkg-config file: its `install` target builds the shell too.
+        let sqlite = step("sqlite").commands
+        #expect(sqlite.contains { $0.starts(with: ["make", "lib_install"]) } && !sqlite.contains { $0.first == "make" && $0.contains("install") }, "\(sqlite)")
         #expect(step("zlib").commands[0] == ["./configure", "--static", "--prefix=/build/stage/deps"])
     }
 
