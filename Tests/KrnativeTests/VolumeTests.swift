@@ -144,10 +144,13 @@ struct VolumeTests {
     }
 
     /// The variation harness: every variation this machine can apply, offline, compared entry by
-    /// entry with the first build; each in a build of its own but path and user, which share one
-    /// (`path+user`: as another user, at another path, from an empty step cache, ttyd compiled again).
+    /// entry with the first build, in three builds (each compiles the .pyc and packs the volume
+    /// again, a few minutes here): `path+user`, as another user at another path from an empty step
+    /// cache (ttyd compiled again); the cheap ones together, as `build --check` runs them; and
+    /// `file-order`, under disorderfs.
     func checkVariations(lock: String, out: String) throws {
-        let runs = ["path+user"] + Variation.allCases.filter { $0 != .path && $0 != .user }.map(\.rawValue)
+        let runs = ["path+user", Variation.together.map(\.rawValue).joined(separator: "+"), Variation.fileOrder.rawValue]
+        #expect(Set(runs.flatMap { $0.split(separator: "+").map(String.init) }) == Set(Variation.allCases.map(\.rawValue)), "a variation is left out")
         let result = ChildProcess.run(
             [
                 Package.binary, "build", "--lock", lock, "--store", Self.store, "--target", "manylinux-x86_64",
