@@ -145,11 +145,13 @@ struct VolumeTests {
 
     /// The variation harness: every variation this machine can apply, offline, compared entry by
     /// entry with the first build, in three builds (each compiles the .pyc and packs the volume
-    /// again, a few minutes here): `path+user`, as another user at another path from an empty step
-    /// cache (ttyd compiled again); the cheap ones together, as `build --check` runs them; and
-    /// `file-order`, under disorderfs.
+    /// again, a few minutes here): `path+user+jobs`, as another user at another path from an empty
+    /// step cache with other compile jobs and pack threads (ttyd compiled again: a step's key names
+    /// its jobs, so `jobs` compiles wherever it runs); the other cheap ones together, as
+    /// `build --check` runs them; and `file-order`, under disorderfs.
     func checkVariations(lock: String, out: String) throws {
-        let runs = ["path+user", Variation.together.map(\.rawValue).joined(separator: "+"), Variation.fileOrder.rawValue]
+        let cheap = Variation.together.filter { $0 != .jobs }.map(\.rawValue).joined(separator: "+")
+        let runs = ["path+user+jobs", cheap, Variation.fileOrder.rawValue]
         #expect(Set(runs.flatMap { $0.split(separator: "+").map(String.init) }) == Set(Variation.allCases.map(\.rawValue)), "a variation is left out")
         let result = ChildProcess.run(
             [
@@ -171,7 +173,7 @@ struct VolumeTests {
         }
         #expect(made.compactMap { $0["name"] as? String } == runs)
         #expect(result.succeeded, "\(result.stderr.suffix(2000))")
-        #expect(!FileManager.default.fileExists(atPath: out + ".check/path+user"), "an identical run is not kept")
+        #expect(!FileManager.default.fileExists(atPath: out + ".check/path+user+jobs"), "an identical run is not kept")
     }
 
     /// The audit finds in the stand-in runtime exactly what makes it not manylinux2014 (this
