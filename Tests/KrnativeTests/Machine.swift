@@ -46,6 +46,11 @@ enum Machine {
     /// `scripts/test --fast` (`KRNATIVE_TEST_TIER=fast`): only the tests that run in this process,
     /// never the krnative binary, a compiler, a sandbox or pip.
     static var fastTier: Bool { ProcessInfo.processInfo.environment["KRNATIVE_TEST_TIER"] == "fast" }
+
+    /// `scripts/test --full` (`KRNATIVE_TEST_TIER=full`): the end-to-end tier and the runtime
+    /// compiled from source, which alone takes some 25 minutes of both cores on a two-core machine
+    /// and would not let the rest end within the suites' hour there.
+    static var fullTier: Bool { ProcessInfo.processInfo.environment["KRNATIVE_TEST_TIER"] == "full" }
 }
 
 extension Trait where Self == ConditionTrait {
@@ -53,6 +58,9 @@ extension Trait where Self == ConditionTrait {
     /// (its tags say which). `scripts/test` runs it; `scripts/test --fast` skips it, saying so.
     static var endToEnd: Self {
         .enabled(if: !Machine.fastTier, "end-to-end (launches krnative, a compiler, a sandbox or pip): scripts/test without --fast runs it")
+    }
+    static var fullTierOnly: Self {
+        .enabled(if: Machine.fullTier, "compiles the runtime from source (some 25 minutes of two cores): scripts/test --full runs it")
     }
     static var needsNamespaces: Self {
         .enabled(if: Machine.userNamespaces, "user namespaces do not work here; `krnative doctor` says why")

@@ -9,7 +9,7 @@ import Testing
 
 /// The runtime from source: CPython 3.13 and its libraries compiled with Zig from Debian's
 /// upstream tarballs, for musllinux-x86_64, then run on a minimal Debian with musl (`krnative smoke`).
-@Suite("Runtime from source", .timeLimit(.minutes(60)), .tags(.compile, .namespaces, .pypi), .endToEnd, .serialized, .needsCompileRuntime)
+@Suite("Runtime from source", .timeLimit(.minutes(60)), .tags(.compile, .namespaces, .pypi), .endToEnd, .fullTierOnly, .serialized, .needsCompileRuntime)
 struct RuntimeTests {
     static let distro = Target.musllinuxX86_64.defaultFlavour.distro
     /// `krnative build --runtime source --target musllinux-x86_64` from the stand-in lock (the
