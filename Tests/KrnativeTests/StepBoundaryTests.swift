@@ -359,7 +359,9 @@ final class ShellRecipeInputs {
                 name, version: name == "cpython" ? "3.13.0" : "1.0",
                 files: [
                     "configure": configure, "Configure": "exit 0;\n", "build-python.sh": name == "cpython" ? buildPython : ":\n",
-                    "Makefile": "all:\n\t@true\ninstall:\n\tsh ./build-python.sh \"$(DESTDIR)\"\n\tsh ./evil.sh \"$(DESTDIR)\"\nbuild_libs:\n\t@true\ninstall_dev:\n\t@true\n",
+                    "Makefile": "all:\n\t@true\ninstall:\n\tsh ./build-python.sh \"$(DESTDIR)\"\n\tsh ./evil.sh \"$(DESTDIR)\"\nbuild_libs install_dev sqlite3.h libsqlite3.la sqlite3.pc lib_install:\n\t@true\n",
+                    // What sqlite's step installs by hand.
+                    "sqlite3.h": "", "src/sqlite3ext.h": "", "sqlite3.pc": "",
                     "Makefile.pre.in": "\t$(BLDSHARED) $(NO_AS_NEEDED) -o $@ -Wl,-h$@ $^\nLDFLAGS = -Wl,-h$(INSTSONAME)\n",
                     // The line the recipe edits for musl targets.
                     "Misc/platform_triplet.c": "#  ifdef __DEFINED_va_list\n",
