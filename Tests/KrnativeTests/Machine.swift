@@ -45,12 +45,15 @@ enum Machine {
 
     /// `scripts/test --fast` (`KRNATIVE_TEST_TIER=fast`): only the tests that run in this process,
     /// never the krnative binary, a compiler, a sandbox or pip.
-    static var fastTier: Bool { ProcessInfo.processInfo.environment["KRNATIVE_TEST_TIER"] == "fast" }
+    static var fastTier: Bool { tier == "fast" }
 
     /// `scripts/test --full` (`KRNATIVE_TEST_TIER=full`): the end-to-end tier and the runtime
     /// compiled from source, which alone takes some 25 minutes of both cores on a two-core machine
     /// and would not let the rest end within the suites' hour there.
-    static var fullTier: Bool { ProcessInfo.processInfo.environment["KRNATIVE_TEST_TIER"] == "full" }
+    static var fullTier: Bool { tier == "full" }
+
+    /// The tier `scripts/test` asks for (`KRNATIVE_TEST_TIER`): nil for the default, end-to-end tier.
+    static var tier: String? { ProcessInfo.processInfo.environment["KRNATIVE_TEST_TIER"] }
 }
 
 extension Trait where Self == ConditionTrait {
